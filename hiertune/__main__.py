@@ -1,0 +1,3 @@
+from hiertune.cli import main
+
+raise SystemExit(main())

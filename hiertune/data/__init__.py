@@ -1,0 +1,1 @@
+"""Data layer: loading, validation, caching, splits, outliers, synthetic data, batches."""

@@ -1,0 +1,220 @@
+"""Decode a folder's images once into a uint8 Parquet cache; later loads read only the cache.
+
+One Parquet file per (image folder, image size), under the cache root. Each row holds an
+image's name, its file's size and mtime, a BLAKE2 digest of its bytes, the decode-policy fixes
+and the pixels. A load stats every file (cheap); rows whose stat matches are trusted. A file
+whose stat changed is re-hashed: same content means only the stat is refreshed, new content
+means that image alone is decoded again. So a changed file rebuilds its row, and a warm load
+never opens an image.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from hiertune.data.images import FixCounts, decode_image
+from hiertune.errors import UserError
+from hiertune.fsutil import atomic_file
+
+CACHE_VERSION = "1"
+
+
+def default_cache_root() -> Path:
+    if os.environ.get("HIERTUNE_CACHE_DIR"):
+        return Path(os.environ["HIERTUNE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hiertune"
+
+
+def cache_path(cache_root: Path, image_dir: Path, size: int) -> Path:
+    key = hashlib.blake2b(f"{CACHE_VERSION}|{image_dir.resolve()}|{size}".encode(), digest_size=10)
+    return cache_root / f"{image_dir.name}-{size}px-{key.hexdigest()}.parquet"
+
+
+@dataclass
+class CacheReport:
+    path: Path
+    status: str  # "warm": nothing decoded, "built": no usable cache, "updated": some rows redone
+    images: int
+    decoded: int
+    seconds: float
+    fixes: FixCounts = field(default_factory=FixCounts)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "status": self.status, "images": self.images,
+            "decoded": self.decoded, "seconds": round(self.seconds, 4),
+            "converted": self.fixes.converted, "resized": self.fixes.resized,
+        }
+
+
+@dataclass
+class _Stat:
+    size: int
+    mtime_ns: int
+
+
+class PendingWrites:
+    """Cache writes held back until every part of a dataset has validated, so that data which
+    fails anywhere leaves no cache behind at all."""
+
+    def __init__(self) -> None:
+        self._writes: list[Callable[[], None]] = []
+
+    def add(self, write: Callable[[], None]) -> None:
+        self._writes.append(write)
+
+    def commit(self) -> None:
+        while self._writes:
+            self._writes.pop(0)()
+
+
+def load_images(image_dir: Path, names: list[str], size: int, cache_root: Path,
+                sources: list[str] | None = None, desc: str = "decoding",
+                pending: PendingWrites | None = None) -> tuple[np.ndarray, CacheReport]:
+    """Pixels of `names` (already checked to lie inside `image_dir`) as [N, size, size, 3] uint8.
+
+    `sources[i]` says where name i came from ("train_data.csv line 7"), to prefix messages.
+    With `pending`, the cache update waits for `pending.commit()`.
+    """
+    start = time.perf_counter()
+    labels = [f"{image_dir.name}/{n}" for n in names]
+    if sources is not None:
+        labels = [f"{src}: {label}" for src, label in zip(sources, labels)]
+    stats = [_stat(os.path.join(image_dir, n), label) for n, label in zip(names, labels)]
+    path = cache_path(cache_root, image_dir, size)
+    cached = _read_cache(path, size)
+
+    rows = np.full(len(names), -1, dtype=np.int64)  # row in the cache, or -1 to decode
+    digests: list[str | None] = [None] * len(names)
+    stale_stat = False
+    if cached is not None:
+        index = {name: i for i, name in enumerate(cached["name"])}
+        for i, (name, st) in enumerate(zip(names, stats)):
+            j = index.get(name)
+            if j is None:
+                continue
+            if cached["size"][j] == st.size and cached["mtime_ns"][j] == st.mtime_ns:
+                rows[i], digests[i] = j, cached["sha"][j]
+            elif _digest((image_dir / name).read_bytes()) == cached["sha"][j]:
+                rows[i], digests[i] = j, cached["sha"][j]
+                stale_stat = True
+
+    todo = np.flatnonzero(rows < 0)
+    hit = np.flatnonzero(rows >= 0)
+    if len(hit) == len(names) and np.array_equal(rows, np.arange(len(rows))):
+        # The common warm case: Arrow's buffer as is. Read-only, like arrays that come out of
+        # Ray's object store, so consumers must not write into it anyway.
+        pixels = cached["pixels"]
+    else:
+        pixels = np.empty((len(names), size, size, 3), dtype=np.uint8)
+        if len(hit):
+            pixels[hit] = cached["pixels"][rows[hit]]
+    converted = np.zeros(len(names), dtype=bool)
+    resized = np.zeros(len(names), dtype=bool)
+    if len(hit):
+        converted[hit] = cached["converted"][rows[hit]]
+        resized[hit] = cached["resized"][rows[hit]]
+
+    def work(i: int) -> tuple[int, str, np.ndarray, FixCounts]:
+        data = (image_dir / names[i]).read_bytes()
+        array, fixes = decode_image(data, size, labels[i])
+        return i, _digest(data), array, fixes
+
+    if len(todo):
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for i, digest, array, fixes in tqdm(pool.map(work, todo), total=len(todo), desc=desc,
+                                                unit="img", disable=None, leave=False):
+                pixels[i], digests[i] = array, digest
+                converted[i], resized[i] = bool(fixes.converted), bool(fixes.resized)
+
+    unchanged = (cached is not None and not len(todo) and not stale_stat
+                 and len(cached["name"]) == len(names))
+    if not unchanged:
+        write = functools.partial(_write_cache, path, size, names, stats, digests, converted, resized, pixels)
+        if pending is None:
+            write()
+        else:
+            pending.add(write)
+    status = "warm" if unchanged else ("built" if cached is None else "updated")
+    report = CacheReport(path, status, len(names), int(len(todo)), time.perf_counter() - start,
+                         FixCounts(int(converted.sum()), int(resized.sum())))
+    return pixels, report
+
+
+def _stat(path: str, label: str) -> _Stat:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{label}: image does not exist") from None
+    except OSError as exc:
+        raise UserError(f"{label}: cannot read image ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{label}: not a file")
+    return _Stat(st.st_size, st.st_mtime_ns)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _read_cache(path: Path, size: int) -> dict | None:
+    """The cache's columns as numpy/lists, or None when absent, stale in format, or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        # ParquetFile, not read_table: the latter imports pyarrow.dataset, a tenth of a second
+        # that a warm load should not pay.
+        with pq.ParquetFile(path) as parquet:
+            table = parquet.read()
+        meta = table.schema.metadata or {}
+        if meta.get(b"hiertune_cache_version") != CACHE_VERSION.encode() or \
+                meta.get(b"image_size") != str(size).encode():
+            return None
+        column = table.column("pixels").combine_chunks()
+        flat = np.frombuffer(column.buffers()[1], dtype=np.uint8,
+                             count=len(column) * size * size * 3, offset=column.offset * size * size * 3)
+        return {
+            "name": table.column("name").to_pylist(),
+            "sha": table.column("sha").to_pylist(),
+            "size": table.column("size").to_numpy(),
+            "mtime_ns": table.column("mtime_ns").to_numpy(),
+            "converted": table.column("converted").to_numpy(zero_copy_only=False),
+            "resized": table.column("resized").to_numpy(zero_copy_only=False),
+            "pixels": flat.reshape(len(column), size, size, 3),
+        }
+    except (OSError, pa.ArrowException, KeyError, ValueError):
+        # A truncated or foreign file is only a cache: rebuilding it is the fix.
+        return None
+
+
+def _write_cache(path: Path, size: int, names: list[str], stats: list[_Stat], digests: list[str | None],
+                 converted: np.ndarray, resized: np.ndarray, pixels: np.ndarray) -> None:
+    nbytes = size * size * 3
+    pixel_column = pa.Array.from_buffers(pa.binary(nbytes), len(names),
+                                         [None, pa.py_buffer(np.ascontiguousarray(pixels))])
+    table = pa.table({
+        "name": pa.array(names, pa.string()),
+        "sha": pa.array(digests, pa.string()),
+        "size": pa.array([s.size for s in stats], pa.int64()),
+        "mtime_ns": pa.array([s.mtime_ns for s in stats], pa.int64()),
+        "converted": pa.array(converted),
+        "resized": pa.array(resized),
+        "pixels": pixel_column,
+    }).replace_schema_metadata({"hiertune_cache_version": CACHE_VERSION, "image_size": str(size)})
+    with atomic_file(path) as tmp:
+        # Pixels barely compress and a warm load should be a plain read, so no codec.
+        pq.write_table(table, tmp, compression="none", use_dictionary=["name"])

@@ -1,0 +1,142 @@
+"""Seeded splits implementing the validation protocol of the brief.
+
+- Pseudo-novel subclasses: per superclass, a fraction of its subclasses is held out of training
+  entirely; their images are validation's "novel subclass of a known superclass".
+- The remaining labeled images split train/validation, stratified by subclass.
+- Outlier classes split into a training pool and a disjoint validation pool; validation
+  outliers are "novel superclass"; `outlier_count` images are drawn from the training pool.
+
+Each part draws from its own seeded stream, and the outlier draw takes a prefix of one fixed
+permutation: a sweep that searches `outlier_count` keeps the same validation set in every
+trial, and a larger count is a superset of a smaller one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hiertune.data.dataset import CompetitionData
+from hiertune.data.outliers import OutlierSet
+from hiertune.errors import UserError
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val_fraction: float = 0.2
+    pseudo_novel_fraction: float = 0.2  # of each superclass's subclasses
+    outlier_val_fraction: float = 0.3  # of the outlier classes
+    outlier_count: int | None = None  # None: the whole training pool
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "pseudo_novel_fraction", "outlier_val_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise UserError(f"split: {name} must be in [0, 1), got {value}")
+        if self.outlier_count is not None and self.outlier_count < 0:
+            raise UserError(f"split: outlier_count must be >= 0, got {self.outlier_count}")
+
+
+@dataclass
+class Splits:
+    train: np.ndarray  # indices into the labeled images
+    val: np.ndarray  # seen-subclass validation images, then every pseudo-novel image
+    pseudo_novel_subclasses: np.ndarray
+    outlier_train: np.ndarray  # indices into the outlier set: the drawn outlier_count
+    outlier_val: np.ndarray
+    outlier_train_classes: np.ndarray
+    outlier_val_classes: np.ndarray
+
+    def summary(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val),
+                "pseudo_novel_subclasses": self.pseudo_novel_subclasses.tolist(),
+                "outlier_train": len(self.outlier_train), "outlier_val": len(self.outlier_val),
+                "outlier_train_classes": len(self.outlier_train_classes),
+                "outlier_val_classes": len(self.outlier_val_classes)}
+
+
+def make_splits(superclass: np.ndarray, subclass: np.ndarray, outlier_class: np.ndarray | None,
+                config: SplitConfig) -> Splits:
+    streams = np.random.SeedSequence(config.seed).spawn(3)
+    held_out = _pseudo_novel(superclass, subclass, config.pseudo_novel_fraction,
+                             np.random.default_rng(streams[0]))
+    train, val = _stratified(subclass, held_out, config.val_fraction, np.random.default_rng(streams[1]))
+    novel_images = np.flatnonzero(np.isin(subclass, held_out))
+    if outlier_class is None:
+        outlier_class = np.empty(0, dtype=np.int64)
+    o_train, o_val, c_train, c_val = _outliers(outlier_class, config, np.random.default_rng(streams[2]))
+    return Splits(train, np.concatenate([val, novel_images]), held_out, o_train, o_val, c_train, c_val)
+
+
+def _pseudo_novel(superclass: np.ndarray, subclass: np.ndarray, fraction: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    held = []
+    for s in np.unique(superclass):
+        subs = np.unique(subclass[superclass == s])
+        # At least one held out when asked for any, and at least one left to learn from.
+        n = min(max(round(fraction * len(subs)), 1 if fraction > 0 else 0), len(subs) - 1)
+        held.append(rng.permutation(subs)[:n])
+    return np.sort(np.concatenate(held)).astype(np.int64)
+
+
+def _stratified(subclass: np.ndarray, held_out: np.ndarray, fraction: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    train, val = [], []
+    for c in np.setdiff1d(np.unique(subclass), held_out):
+        members = rng.permutation(np.flatnonzero(subclass == c))
+        n_val = min(max(round(fraction * len(members)), 1 if fraction > 0 else 0), len(members) - 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _outliers(outlier_class: np.ndarray, config: SplitConfig, rng: np.random.Generator):
+    classes = np.unique(outlier_class)
+    if len(classes) == 0:
+        if config.outlier_count:
+            raise UserError(f"split: outlier_count is {config.outlier_count} but no outlier source is set")
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    n_val = min(max(round(config.outlier_val_fraction * len(classes)),
+                    1 if config.outlier_val_fraction > 0 else 0), len(classes) - 1)
+    shuffled = rng.permutation(classes)
+    val_classes, train_classes = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
+    pool = rng.permutation(np.flatnonzero(np.isin(outlier_class, train_classes)))
+    count = len(pool) if config.outlier_count is None else config.outlier_count
+    if count > len(pool):
+        raise UserError(f"split: outlier_count {count} exceeds the outlier training pool "
+                        f"({len(pool)} images in {len(train_classes)} classes)")
+    val = np.flatnonzero(np.isin(outlier_class, val_classes))
+    return np.sort(pool[:count]), val, train_classes, val_classes
+
+
+@dataclass
+class SplitData:
+    """Images and targets ready for a trainer: novel targets use the mappings' novel indices."""
+
+    train_images: np.ndarray
+    train_superclass: np.ndarray
+    train_subclass: np.ndarray
+    val_images: np.ndarray
+    val_superclass: np.ndarray
+    val_subclass: np.ndarray
+
+
+def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits) -> SplitData:
+    h, t = data.hierarchy, data.train
+    val_sub = t.subclass[splits.val].copy()
+    val_sub[np.isin(val_sub, splits.pseudo_novel_subclasses)] = h.novel_subclass
+    parts_x = [t.images[splits.train]], [t.images[splits.val]]
+    parts_sup = [t.superclass[splits.train]], [t.superclass[splits.val]]
+    parts_sub = [t.subclass[splits.train]], [val_sub]
+    if outliers is not None:
+        for k, idx in enumerate((splits.outlier_train, splits.outlier_val)):
+            parts_x[k].append(outliers.images[idx])
+            parts_sup[k].append(np.full(len(idx), h.novel_superclass, dtype=np.int64))
+            parts_sub[k].append(np.full(len(idx), h.novel_subclass, dtype=np.int64))
+    train_x, val_x = (np.concatenate(p) for p in parts_x)
+    train_sup, val_sup = (np.concatenate(p) for p in parts_sup)
+    train_sub, val_sub = (np.concatenate(p) for p in parts_sub)
+    return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub)

@@ -1,0 +1,69 @@
+"""The CLI contract: --help everywhere, --json as the last stdout line, one-line errors, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = [[], ["demo"], ["data"], ["data", "inspect"], ["data", "synth"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hiertune")
+def test_help_on_every_command(cli, command):
+    result = cli(*command, "--help")
+    assert result.code == 0
+    assert result.out.startswith("usage: hiertune")
+
+
+def test_unknown_command_and_missing_argument_are_one_line(cli):
+    for argv, message in [(["frobnicate"], "invalid choice: 'frobnicate'"),
+                          (["data", "inspect"], "the following arguments are required: dir"),
+                          (["data", "inspect", "x", "--image-size", "big"], "invalid int value: 'big'")]:
+        result = cli(*argv)
+        assert result.code == 2
+        assert len(result.err_lines) == 1 and message in result.err_lines[0], result.err
+
+
+def test_inspect_json_is_the_last_stdout_line(cli, tiny_data, tiny_outliers):
+    result = cli("data", "inspect", str(tiny_data), "--outliers", str(tiny_outliers), "--json")
+    assert result.code == 0
+    summary = json.loads(result.out.strip().splitlines()[-1])
+    assert summary["labeled_images"] == 30
+    assert summary["superclasses"] == 2 and summary["subclasses"] == 6
+    assert summary["per_superclass"] == {"bird": 15, "dog": 15}
+    assert summary["test_images"] == 4
+    assert summary["image_size"] == [64, 64, 3]
+    assert summary["outliers"]["classes"] == 4 and summary["outliers"]["images"] == 12
+    assert {c["status"] for c in summary["cache"].values()} == {"built"}
+    again = json.loads(cli("data", "inspect", str(tiny_data), "--outliers", str(tiny_outliers),
+                           "--json").out.splitlines()[-1])
+    assert {c["status"] for c in again["cache"].values()} == {"warm"}
+
+
+def test_inspect_human_output(cli, tiny_data):
+    result = cli("data", "inspect", str(tiny_data))
+    assert result.code == 0
+    assert "labeled    30 images, 2 superclasses, 6 subclasses" in result.out
+    assert "test       4 images" in result.out and "outliers   none" in result.out
+
+
+def test_synth_refuses_to_overwrite_without_force(cli, tmp_path):
+    target = tmp_path / "synthetic"
+    first = cli("data", "synth", str(target), "--json")
+    assert first.code == 0 and json.loads(first.out.splitlines()[-1])["train_images"] > 0
+    second = cli("data", "synth", str(target))
+    assert second.code == 2 and "already exists and is not empty; pass --force" in second.err_lines[0]
+    assert cli("data", "synth", str(target), "--force").code == 0
+
+
+def test_console_script_and_module_are_the_same_cli(tmp_path):
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    missing = str(tmp_path / "missing")
+    for argv in ([str(bin_dir / "hiertune")], [sys.executable, "-m", "hiertune"]):
+        proc = subprocess.run(argv + ["data", "inspect", missing], capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr == f"hiertune: error: {missing}: data directory not found\n"
+        assert proc.stdout == ""
