@@ -20,6 +20,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to other users
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

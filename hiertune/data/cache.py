@@ -29,7 +29,7 @@ from hiertune.data.images import FixCounts, decode_image
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def default_cache_root() -> Path:
@@ -177,28 +177,35 @@ def _read_cache(path: Path, size: int) -> dict | None:
         return None
     try:
         # ParquetFile, not read_table: the latter imports pyarrow.dataset, a tenth of a second
-        # that a warm load should not pay.
-        with pq.ParquetFile(path) as parquet:
+        # that a warm load should not pay. Memory-mapped, the pixels are copied once, not twice.
+        with pq.ParquetFile(path, memory_map=True) as parquet:
             table = parquet.read()
         meta = table.schema.metadata or {}
         if meta.get(b"hiertune_cache_version") != CACHE_VERSION.encode() or \
                 meta.get(b"image_size") != str(size).encode():
             return None
-        column = table.column("pixels").combine_chunks()
-        flat = np.frombuffer(column.buffers()[1], dtype=np.uint8,
-                             count=len(column) * size * size * 3, offset=column.offset * size * size * 3)
+        n = table.num_rows
         return {
             "name": table.column("name").to_pylist(),
             "sha": table.column("sha").to_pylist(),
-            "size": table.column("size").to_numpy(),
-            "mtime_ns": table.column("mtime_ns").to_numpy(),
-            "converted": table.column("converted").to_numpy(zero_copy_only=False),
-            "resized": table.column("resized").to_numpy(zero_copy_only=False),
-            "pixels": flat.reshape(len(column), size, size, 3),
+            "size": _numeric(table, "size", np.int64, n),
+            "mtime_ns": _numeric(table, "mtime_ns", np.int64, n),
+            "converted": _numeric(table, "converted", np.uint8, n).astype(bool),
+            "resized": _numeric(table, "resized", np.uint8, n).astype(bool),
+            "pixels": _numeric(table, "pixels", np.uint8, n * size * size * 3).reshape(n, size, size, 3),
         }
-    except (OSError, pa.ArrowException, KeyError, ValueError):
+    except (OSError, pa.ArrowException, KeyError, ValueError, TypeError):
         # A truncated or foreign file is only a cache: rebuilding it is the fix.
         return None
+
+
+def _numeric(table: pa.Table, column: str, dtype: type, count: int) -> np.ndarray:
+    """A null-free fixed-width column as a numpy view of Arrow's buffer. Arrow's own to_numpy
+    imports pandas on first use, which alone would cost a warm load half a second."""
+    array = table.column(column).combine_chunks()
+    width = count // len(array) if len(array) else 0
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=count,
+                         offset=array.offset * width * np.dtype(dtype).itemsize)
 
 
 def _write_cache(path: Path, size: int, names: list[str], stats: list[_Stat], digests: list[str | None],
@@ -211,8 +218,8 @@ def _write_cache(path: Path, size: int, names: list[str], stats: list[_Stat], di
         "sha": pa.array(digests, pa.string()),
         "size": pa.array([s.size for s in stats], pa.int64()),
         "mtime_ns": pa.array([s.mtime_ns for s in stats], pa.int64()),
-        "converted": pa.array(converted),
-        "resized": pa.array(resized),
+        "converted": pa.array(converted.astype(np.uint8)),
+        "resized": pa.array(resized.astype(np.uint8)),
         "pixels": pixel_column,
     }).replace_schema_metadata({"hiertune_cache_version": CACHE_VERSION, "image_size": str(size)})
     with atomic_file(path) as tmp:
