@@ -91,6 +91,88 @@ def _render_demo(result: dict) -> str:
     return render(result["data"])
 
 
+def _space_from_args(args: argparse.Namespace):
+    from hiertune.space import load_space, parse_assignments
+
+    overrides = parse_assignments(args.set or [])
+    for key in ("data", "outliers"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    space = load_space(args.space)
+    return space.with_overrides(overrides) if overrides else space
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from hiertune.single import train_single
+
+    return train_single(_space_from_args(args), Path(args.out) if args.out else None, _cache_root(args),
+                        progress=not args.json)
+
+
+def _render_train(result: dict) -> str:
+    from hiertune.single import render
+
+    return render(result)
+
+
+def _sweep(args: argparse.Namespace) -> dict:
+    import time
+
+    from hiertune.sweep import SweepPlace, run_sweep
+
+    if args.resume and not args.name:
+        raise UserError("--resume needs --name of the sweep to continue")
+    if args.num_samples is not None:
+        args.set = (args.set or []) + [f"tune.num_samples={args.num_samples}"]
+    space = _space_from_args(args)
+    name = args.name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = args.storage or space.storage
+    place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
+    log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", name, space.path, space.tune.num_samples,
+             place.dir, place.mlflow_uri)
+    return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)
+
+
+def _render_sweep(result: dict) -> str:
+    from hiertune.pareto import render
+
+    t = result["trials"]
+    return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by ASHA, "
+            f"{t['failed']} failed in {result['wall_seconds']:.0f}s\n"
+            f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
+            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}\n"
+            f"MLflow: mlflow ui --backend-store-uri {result['mlflow_uri']}")
+
+
+def _pareto(args: argparse.Namespace) -> dict:
+    from hiertune.pareto import load_trials
+    from hiertune.sweep import SweepPlace, finish
+    from hiertune.tracking import SweepRecorder
+
+    place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
+    if not place.dir.is_dir():
+        raise UserError(f"{place.dir}: no such sweep")
+    trials = load_trials(place.dir)
+    summary = finish(place, trials, SweepRecorder(place.mlflow_uri, place.name, place.dir))
+    return {"name": place.name, **summary}
+
+
+def _render_pareto(result: dict) -> str:
+    from hiertune.pareto import render
+
+    return (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
+            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}")
+
+
+def _add_space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
+    p.add_argument("--data", help="competition-format directory (default: the space's, else synthetic)")
+    p.add_argument("--outliers", help="outlier directory, 'cifar100' or 'none' (default: the space's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting: a trial parameter (epochs=3) or a section key (tune.num_samples=4)")
+    p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hiertune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hiertune {__version__}")
@@ -101,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
                     _demo, _render_demo)
     demo.add_argument("--dir", default="sweeps/demo", help="where the demo writes (default: %(default)s)")
     demo.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+
+    train = _command(sub, "train", "run one trial in-process (midpoints of the searched parameters unless --set)",
+                     _train, _render_train)
+    _add_space_args(train)
+    train.add_argument("--out", help="run directory (default: sweeps/train/SPACE-TIMESTAMP)")
+
+    sweep = _command(sub, "sweep", "run a search space as a Ray Tune sweep (Optuna + ASHA + MLflow) and print its "
+                     "Pareto front", _sweep, _render_sweep)
+    _add_space_args(sweep)
+    sweep.add_argument("--name", help="sweep name (default: SPACE-TIMESTAMP); its folder is STORAGE/NAME")
+    sweep.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
+    sweep.add_argument("--storage", help="where sweeps live (default: the space's storage, else ./sweeps)")
+    sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    sweep.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+
+    pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
+                      _pareto, _render_pareto)
+    pareto.add_argument("name", help="sweep name")
+    pareto.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
+    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
 
     data = sub.add_parser("data", help="validate, inspect and generate datasets",
                           description="validate, inspect and generate datasets")

@@ -13,7 +13,7 @@ trial, and a larger count is a superset of a smaller one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,15 @@ class Splits:
     outlier_val: np.ndarray
     outlier_train_classes: np.ndarray
     outlier_val_classes: np.ndarray
+    outlier_pool: np.ndarray  # the training pool in draw order: outlier_train is a prefix of it
+
+    def with_outlier_count(self, count: int | None) -> "Splits":
+        """The same split with another outlier_count: what a trial that samples it needs."""
+        count = len(self.outlier_pool) if count is None else count
+        if count > len(self.outlier_pool):
+            raise UserError(f"split: outlier_count {count} exceeds the outlier training pool "
+                            f"({len(self.outlier_pool)} images in {len(self.outlier_train_classes)} classes)")
+        return replace(self, outlier_train=np.sort(self.outlier_pool[:count]))
 
     def summary(self) -> dict:
         return {"train": len(self.train), "val": len(self.val),
@@ -66,8 +75,10 @@ def make_splits(superclass: np.ndarray, subclass: np.ndarray, outlier_class: np.
     novel_images = np.flatnonzero(np.isin(subclass, held_out))
     if outlier_class is None:
         outlier_class = np.empty(0, dtype=np.int64)
-    o_train, o_val, c_train, c_val = _outliers(outlier_class, config, np.random.default_rng(streams[2]))
-    return Splits(train, np.concatenate([val, novel_images]), held_out, o_train, o_val, c_train, c_val)
+    pool, o_val, c_train, c_val = _outliers(outlier_class, config, np.random.default_rng(streams[2]))
+    empty = np.empty(0, dtype=np.int64)
+    splits = Splits(train, np.concatenate([val, novel_images]), held_out, empty, o_val, c_train, c_val, pool)
+    return splits.with_outlier_count(config.outlier_count)
 
 
 def _pseudo_novel(superclass: np.ndarray, subclass: np.ndarray, fraction: float,
@@ -93,6 +104,7 @@ def _stratified(subclass: np.ndarray, held_out: np.ndarray, fraction: float,
 
 
 def _outliers(outlier_class: np.ndarray, config: SplitConfig, rng: np.random.Generator):
+    """The training pool in draw order, the validation images, and both class sets."""
     classes = np.unique(outlier_class)
     if len(classes) == 0:
         if config.outlier_count:
@@ -104,12 +116,8 @@ def _outliers(outlier_class: np.ndarray, config: SplitConfig, rng: np.random.Gen
     shuffled = rng.permutation(classes)
     val_classes, train_classes = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
     pool = rng.permutation(np.flatnonzero(np.isin(outlier_class, train_classes)))
-    count = len(pool) if config.outlier_count is None else config.outlier_count
-    if count > len(pool):
-        raise UserError(f"split: outlier_count {count} exceeds the outlier training pool "
-                        f"({len(pool)} images in {len(train_classes)} classes)")
     val = np.flatnonzero(np.isin(outlier_class, val_classes))
-    return np.sort(pool[:count]), val, train_classes, val_classes
+    return pool, val, train_classes, val_classes
 
 
 @dataclass

@@ -1,0 +1,192 @@
+"""timm backbones for the timm families: creation (random, timm's hub, or a local weights file)
+and the fine-tuning strategies that decide which backbone parameters train.
+
+Stages come from timm's `feature_info`, the list of modules that end each feature (reduction)
+stage, which resnet, efficientnet, convnext, mobilenet, regnet, densenet, swin and vit all
+provide; the layover family indexes the same list, so "stage k" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import pickle
+from itertools import chain
+from pathlib import Path
+
+import timm
+from safetensors import SafetensorError
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from hiertune.errors import UserError
+from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
+
+log = logging.getLogger("hiertune")
+
+NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)  # timm's LayerNorm2d is an nn.LayerNorm
+
+
+def check_config(config: ModelConfig) -> None:
+    """The fields every family reads; unfreeze_depth is checked once the stages are known."""
+    for name, allowed in (("finetune", FINETUNE_STRATEGIES), ("outlier_mode", OUTLIER_MODES)):
+        if getattr(config, name) not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}")
+    if not 0 <= config.dropout <= 1:
+        raise UserError(f"dropout must be in [0, 1], got {config.dropout}")
+    if config.gradual_every < 1:
+        raise UserError(f"gradual_every must be >= 1, got {config.gradual_every}")
+
+
+def check_backbone(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown backbone {name!r}{hint}")
+
+
+def create_backbone(config: ModelConfig) -> nn.Module:
+    """A timm model without classifier: `backbone(x)` is the pooled pre-logit feature."""
+    name = config.backbone
+    check_backbone(name)
+    if config.pretrained is False:
+        log.info("backbone %s: random initialisation, trains from scratch", name)
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    if config.pretrained is True:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=0)
+        except (OSError, RuntimeError) as exc:  # hub/HTTP errors are OSErrors; no weights: RuntimeError
+            raise UserError(f"pretrained=True: cannot get timm's weights for {name!r} "
+                            f"({type(exc).__name__}: {_one_line(exc)}); offline, pass the path "
+                            f"of a local weights file as pretrained") from exc
+    return _from_file(name, Path(config.pretrained))
+
+
+def _from_file(name: str, path: Path) -> nn.Module:
+    # timm honours pretrained_cfg['file'] ahead of its hub and URL sources, reading it with
+    # timm.models.load_state_dict (safetensors by extension, else torch.load(weights_only=True)),
+    # then applies any checkpoint filter the model defines and drops the classifier keys.
+    # Dropping them makes timm load with strict=False, so a file with foreign key names would
+    # silently leave the backbone random: the key check below turns that into an error.
+    if not path.is_file():
+        raise UserError(f"pretrained weights file not found: {path}")
+    try:
+        backbone = timm.create_model(name, pretrained=True, num_classes=0,
+                                     pretrained_cfg_overlay=dict(file=str(path)))
+        found = timm.models.load_state_dict(str(path)).keys()
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
+                        f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    # A checkpoint may legitimately omit BatchNorm's step counters; only momentum=None reads them.
+    missing = [k for k in backbone.state_dict() if k not in found and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
+                        f"{len(missing)} of its tensors are missing from the file (first: {missing[0]})")
+    log.info("backbone %s: weights from %s", name, path)
+    return backbone
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    # torch puts the useful part of a load error ("size mismatch for ...") on its later lines.
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    # Where a head has a hidden layer (mobilenetv3) the pooled feature is wider than num_features.
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
+
+
+def linear_head(dim: int, outputs: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, outputs))
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
+    """The modules that hold parameters or buffers, grouped by feature_info stage.
+
+    A module inside a stage's module belongs to it. One outside every stage module (resnet's
+    conv1/bn1 before `act1`, efficientnet's blocks.3 between two listed blocks) joins the next
+    stage in registration order, which in timm is forward order; one after the last stage
+    (final norms, efficientnet's conv_head) joins the last stage.
+    """
+    names = [info["module"] for info in getattr(backbone, "feature_info", None) or []]
+    modules = dict(backbone.named_modules())
+    if not names or any(n not in modules for n in names):
+        raise UserError(f"backbone {type(backbone).__name__} does not describe its stages (timm "
+                        f"feature_info); use finetune full, linear or bn, or another backbone")
+    position = {name: i for i, name in enumerate(modules)}
+    starts = [position[n] for n in names]
+    stages: list[list[nn.Module]] = [[] for _ in names]
+    for name, module in modules.items():
+        if not _holds_state(module):
+            continue
+        inside = [k for k, n in enumerate(names) if name == n or name.startswith(n + ".")]
+        after = [k for k, start in enumerate(starts) if start > position[name]]
+        stages[(inside or after or [-1])[0]].append(module)
+    return stages
+
+
+def _holds_state(module: nn.Module) -> bool:
+    return next(chain(module.parameters(recurse=False), module.buffers(recurse=False)), None) is not None
+
+
+class FinetunedModel(nn.Module):
+    """Base of the timm families: owns `backbones` and applies `config.finetune` to them.
+
+    Heads and other modules a subclass adds always train. Hand the optimizer every parameter:
+    frozen ones get no gradient, and torch optimizers skip those, so gradual unfreezing only
+    has to flip requires_grad.
+    """
+
+    def __init__(self, config: ModelConfig, heads: Heads, n_backbones: int):
+        super().__init__()
+        check_config(config)
+        self.heads = heads
+        self.finetune = config.finetune
+        self.unfreeze_depth = config.unfreeze_depth
+        self.gradual_every = config.gradual_every
+        self.backbones = nn.ModuleList(create_backbone(config) for _ in range(n_backbones))
+        staged = self.finetune in ("partial", "gradual")
+        self._stages = [backbone_stages(b) if staged else [] for b in self.backbones]
+        n = len(self._stages[0])
+        if staged and not 0 <= self.unfreeze_depth <= n:
+            raise UserError(f"unfreeze_depth must be in 0..{n} ({config.backbone} has {n} stages), "
+                            f"got {self.unfreeze_depth}")
+        self._kept_in_eval: list[nn.Module] = []
+        self.set_epoch(0)
+
+    def trained_stages(self, epoch: int) -> int:
+        """How many of the last backbone stages train at this epoch (partial and gradual)."""
+        grown = epoch // self.gradual_every if self.finetune == "gradual" else 0
+        return min(len(self._stages[0]), self.unfreeze_depth + grown)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._kept_in_eval = []
+        for backbone, stages in zip(self.backbones, self._stages):
+            trainable = self._trainable(backbone, stages, epoch)
+            for module in backbone.modules():
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(module in trainable)
+            if trainable:
+                self._kept_in_eval += [m for m in backbone.modules()
+                                       if isinstance(m, _BatchNorm) and m not in trainable]
+            else:  # a fixed feature extractor: its dropout and drop-path would only add noise
+                self._kept_in_eval.append(backbone)
+        self.train(self.training)
+
+    def _trainable(self, backbone: nn.Module, stages: list[list[nn.Module]], epoch: int) -> set[nn.Module]:
+        if self.finetune == "full":
+            return set(backbone.modules())
+        if self.finetune == "linear":
+            return set()
+        if self.finetune == "bn":
+            return {m for m in backbone.modules() if isinstance(m, NORM_LAYERS)}
+        return {m for stage in stages[len(stages) - self.trained_stages(epoch):] for m in stage}
+
+    def train(self, mode: bool = True) -> FinetunedModel:
+        # A frozen BatchNorm keeps its running statistics too: updating them from our batches
+        # would shift the features under layers that cannot adapt, so it stays in eval mode.
+        super().train(mode)
+        for module in self._kept_in_eval:
+            module.eval()
+        return self

@@ -1,0 +1,64 @@
+"""Seed 004 ("layover"): a frozen backbone plus a small side branch that mixes an intermediate
+stage back into the pre-logit feature.
+
+    h = stage `layover_stage` feature map          z = pooled pre-logit feature
+    ĥ = sigmoid(MLP(avgpool(h)))                   (representation summarisation, eq. 2)
+    α = sigmoid(W z + b), one scalar per image     (scale learning, eq. 6)
+    z' = α ĥ + (1 - α) z                           (representation mixup, eq. 5); both heads read z'
+
+Only the side branch and the heads train, whatever `finetune` says: the method is an
+alternative to fine-tuning, with linear-probe cost. The backbone stays in eval mode and runs
+without autograd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+from torch import nn
+
+from hiertune.errors import UserError
+from hiertune.models.backbone import FinetunedModel, check_config, feature_dim, linear_head
+from hiertune.models.registry import Heads, ModelConfig, ModelOutput, register_family
+
+log = logging.getLogger("hiertune")
+
+
+@register_family("layover")
+class Layover(FinetunedModel):
+    def __init__(self, config: ModelConfig, heads: Heads):
+        check_config(config)  # before finetune is overridden, so a typo in it still fails
+        if config.finetune != "linear":
+            log.info("layover trains only its side branch and heads; finetune=%s is ignored", config.finetune)
+        super().__init__(dataclasses.replace(config, finetune="linear"), heads, n_backbones=1)
+        backbone = self.backbones[0]
+        n = len(getattr(backbone, "feature_info", None) or [])
+        if not hasattr(backbone, "forward_intermediates") or n == 0:
+            raise UserError(f"layover needs a backbone with intermediate features (timm feature_info and "
+                            f"forward_intermediates); {config.backbone!r} has none")
+        if not -n <= config.layover_stage < n:
+            raise UserError(f"layover_stage must be in {-n}..{n - 1} ({config.backbone} has {n} stages), "
+                            f"got {config.layover_stage}")
+        if config.layover_hidden < 1:
+            raise UserError(f"layover_hidden must be >= 1, got {config.layover_hidden}")
+        self.stage = config.layover_stage % n
+        channels = backbone.feature_info[self.stage]["num_chs"]
+        dim = feature_dim(backbone)
+        # The paper ends the summary in a sigmoid "throughout all experiments"; kept as published.
+        self.summary = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(channels, config.layover_hidden), nn.ReLU(),
+                                     nn.Linear(config.layover_hidden, dim), nn.Sigmoid())
+        self.gate = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
+        self.super_head = linear_head(dim, heads.super_outputs, config.dropout)
+        self.sub_head = linear_head(dim, heads.sub_outputs, config.dropout)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        backbone = self.backbones[0]
+        with torch.no_grad():
+            final, (hidden,) = backbone.forward_intermediates(x, indices=[self.stage])
+            pooled = backbone.forward_head(final, pre_logits=True)
+        alpha = self.gate(pooled)
+        mixed = alpha * self.summary(hidden) + (1 - alpha) * pooled
+        return ModelOutput(self.super_head(mixed), self.sub_head(mixed), mixed, mixed)

@@ -1,0 +1,77 @@
+"""Optuna behind Ray Tune: the define-by-run space and what Optuna learns from stopped trials.
+
+ASHA ranks trials by one scalar, each trial's own front hypervolume. Ray's OptunaSearch would
+tell Optuna that an ASHA-stopped trial COMPLETED with the value it had at its last rung, so a
+trial stopped after 2 epochs would sit in Optuna's history beside finished ones as if 2 epochs
+were all it could do. Here a stopped trial is told as PRUNED, with its last value reported as an
+intermediate value at its epoch: TPE then ranks it below every completed trial (and among pruned
+ones by how far it got), and NSGA-II, which selects only among completed trials, ignores it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from hiertune.space import SearchSpace
+
+# What Optuna optimises: one scalar for TPE/random, the two objectives for NSGA-II.
+SCALAR = "hypervolume"
+OBJECTIVES = ["seen", "unseen"]
+
+
+def define_by_run(space: SearchSpace):
+    """Sample the non-post-hoc parameters, honouring `when` conditions; return the fixed ones."""
+
+    def sample(trial: optuna.Trial) -> dict[str, Any]:
+        values: dict[str, Any] = {"family": space.family, **space.fixed}
+        for p in space.sampled:
+            if not p.active(values):
+                continue
+            if p.type == "categorical":
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+            elif p.type == "int":
+                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+        for p in space.posthoc:  # declared values, the one point each trial also reports
+            values.setdefault(p.name, p.midpoint())
+        return values
+
+    return sample
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    seed = space.tune.seed
+    if space.tune.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if space.tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+class FidelityAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial stopped before `max_t` was PRUNED (see above)."""
+
+    def __init__(self, space: SearchSpace, **kwargs):
+        multi = space.tune.sampler == "nsga2"
+        super().__init__(space=define_by_run(space), metric=OBJECTIVES if multi else SCALAR,
+                         mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
+                         **kwargs)  # the seed lives in the sampler
+        self._max_t = space.scheduler.max_t
+        self._multi = multi
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        iteration = (result or {}).get("training_iteration", self._max_t)
+        if error or result is None or iteration >= self._max_t or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = result.get(SCALAR)
+        if value is not None and not self._multi:  # Optuna has no intermediate values for several objectives
+            ot_trial.report(float(value), step=int(iteration))
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,57 @@
+"""`hiertune train`: one trial in-process, for debugging a search space before sweeping it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from hiertune.data.bundle import load_bundle
+from hiertune.fsutil import atomic_dir
+from hiertune.space import SearchSpace
+from hiertune.train import run_trial
+
+log = logging.getLogger("hiertune")
+
+
+def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, progress: bool = True) -> dict:
+    cfg = space.trial_config()
+    bundle = load_bundle(cfg.data, cfg.outliers, cfg.image_size, cfg.split_config(), cache_root)
+    summary = bundle.summary()
+    log.info("data %s: %d train / %d validation images, %d outlier training images, pseudo-novel subclasses %s",
+             summary["data"], summary["train"], summary["val"],
+             bundle.outlier_count(cfg.outlier_count, cfg.outlier_fraction), summary["pseudo_novel_subclasses"])
+    out = out_dir or Path("sweeps") / "train" / f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    history: list[dict] = []
+
+    def report(metrics: dict, checkpoint: Path) -> None:
+        history.append(metrics)
+        with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
+            shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        log.info("epoch %d/%d  loss %.3f  seen %.3f  unseen %.3f  hypervolume %.3f  (%.0f img/s)",
+                 metrics["epoch"], cfg.epochs, metrics["train_loss"], metrics["seen"], metrics["unseen"],
+                 metrics["hypervolume"], metrics["train_images_per_s"])
+
+    start = time.perf_counter()
+    run_trial(cfg, bundle, report, progress=progress)
+    best = max(history, key=lambda m: m["hypervolume"])
+    result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
+              "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def render(result: dict) -> str:
+    b = result["best"]
+    lines = [f"trained {result['config']['family']} for {result['epochs']} epochs in {result['wall_seconds']:.0f}s; "
+             f"checkpoint in {result['out']}/checkpoint",
+             f"best hypervolume {b['hypervolume']:.3f} at epoch {result['best_epoch']}; its best post-hoc point "
+             f"({b['best_score']}, tau_super {b['tau_super']:.3f}, tau_sub {b['tau_sub']:.3f}):",
+             f"  seen super {b['seen_super_acc']:.3f}  unseen super {b['unseen_super_acc']:.3f}  "
+             f"seen sub {b['seen_sub_acc']:.3f}  unseen sub {b['unseen_sub_acc']:.3f}  "
+             f"-> seen {b['seen']:.3f}  unseen {b['unseen']:.3f}"]
+    return "\n".join(lines)

@@ -1,0 +1,333 @@
+"""Search-space YAML → typed settings and Optuna distributions.
+
+    family: dualhead
+    fixed:       {backbone: resnet18, epochs: 15, batch_size: 64, data: null, ...}
+    search:      {lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, ...}
+    tune:        {num_samples: 24, sampler: tpe, seed: 0}
+    scheduler:   {max_t: 15, grace_period: 2, reduction_factor: 3}
+    resources:   {cpus_per_trial: 1, gpus_per_trial: 0.25}
+    mlflow:      {tracking_uri: null}
+    storage:     null
+
+`search` entries use Optuna's own shape ({type, low, high, log, step, choices}), may carry a
+`default` (what `hiertune train` uses; otherwise the midpoint), a `when: {param: [values]}`
+condition, and `posthoc: true|false`. Thresholds and the novelty score are post-hoc by default
+(BRIEF): declared here like any parameter, they are evaluated on every trial's logits after
+the forward pass instead of being sampled, unless `posthoc: false` asks Optuna to sample them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hiertune.config import TrialConfig, coerce
+from hiertune.errors import UserError
+
+POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+    default: Any = None
+    when: dict[str, tuple] | None = None
+    posthoc: bool = False
+
+    def distribution(self):
+        import optuna.distributions as d
+
+        if self.type == "float":
+            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return d.CategoricalDistribution(self.choices)
+
+    def midpoint(self):
+        """What a single debugging run uses: the default, else the (log-)middle, else the first choice."""
+        if self.default is not None:
+            return self.default
+        if self.type == "categorical":
+            return self.choices[0]
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if self.step:
+            mid = self.low + round((mid - self.low) / self.step) * self.step
+        return int(round(mid)) if self.type == "int" else float(mid)
+
+    def active(self, values: dict) -> bool:
+        return not self.when or all(values.get(k) in allowed for k, allowed in self.when.items())
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    num_samples: int = 8
+    sampler: str = "tpe"
+    seed: int = 0
+    max_concurrent: int = 0  # 0: as many as resources allow
+    max_failures: int = 1  # retries of a failed trial, from its last checkpoint
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    max_t: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: Path
+    family: str
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    storage: str | None = None
+
+    @property
+    def sampled(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not p.posthoc)
+
+    @property
+    def posthoc(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.posthoc)
+
+    def trial_config(self, values: dict | None = None) -> TrialConfig:
+        """Fixed settings + midpoints of active searched parameters + `values`, validated."""
+        merged = {"family": self.family, **self.fixed}
+        for p in self.params:
+            if p.active({**merged, **(values or {})}):
+                merged[p.name] = p.midpoint()
+        merged.update(values or {})
+        return TrialConfig.from_dict(merged, where=str(self.path))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "SearchSpace":
+        """`--set key=value`: a section key (`tune.num_samples`) or a trial parameter, which
+        becomes fixed (and leaves the search if it was searched)."""
+        raw = {"family": self.family, "fixed": dict(self.fixed), "storage": self.storage,
+               "search": {p.name: _param_to_raw(p) for p in self.params},
+               **{s: _section_to_raw(getattr(self, s)) for s in SECTIONS}}
+        for key, value in overrides.items():
+            section, _, sub = key.partition(".")
+            if sub and section in SECTIONS:
+                raw[section][sub] = value
+            elif key in ("family", "storage"):
+                raw[key] = value
+            else:
+                raw["fixed"][key] = value
+                raw["search"].pop(key, None)
+        return parse_space(raw, self.path)
+
+
+SECTIONS = {"tune": TuneSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings,
+            "mlflow": MlflowSettings}
+TOP_KEYS = ("family", "fixed", "search", "storage", *SECTIONS)
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "default", "when", "posthoc")
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are read as YAML scalars (1e-3, true, null, [a, b])."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: value is not a valid YAML scalar") from None
+    return out
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: search space not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    return parse_space(raw, path)
+
+
+def parse_space(raw: Any, path: Path) -> SearchSpace:
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    _known_keys(raw, TOP_KEYS, str(path))
+    if "family" not in raw:
+        raise UserError(f"{path}: missing key 'family'")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise UserError(f"{path}: fixed must be a mapping")
+    search = raw.get("search") or {}
+    if not isinstance(search, dict):
+        raise UserError(f"{path}: search must be a mapping")
+    trial_fields = TrialConfig.field_names()
+    _known_keys(fixed, trial_fields, f"{path}: fixed")
+    _known_keys(search, trial_fields, f"{path}: search")
+    params = tuple(_param(name, spec, f"{path}: search.{name}") for name, spec in search.items())
+    for p in params:
+        for cond in (p.when or {}):
+            if cond not in trial_fields:
+                raise UserError(f"{path}: search.{p.name}.when: unknown parameter {cond!r}")
+    sections = {name: _section(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
+    tune = sections["tune"]
+    if tune.sampler not in SAMPLERS:
+        close = difflib.get_close_matches(tune.sampler, SAMPLERS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(SAMPLERS)}"
+        raise UserError(f"{path}: tune.sampler: unknown sampler {tune.sampler!r} ({hint})")
+    for name, minimum in (("num_samples", 1), ("max_concurrent", 0), ("max_failures", 0)):
+        if getattr(tune, name) < minimum:
+            raise UserError(f"{path}: tune.{name} must be >= {minimum}, got {getattr(tune, name)}")
+    sched = sections["scheduler"]
+    if not 1 <= sched.grace_period <= sched.max_t or sched.reduction_factor < 2:
+        raise UserError(f"{path}: scheduler needs 1 <= grace_period <= max_t and reduction_factor >= 2 "
+                        f"(got grace_period {sched.grace_period}, max_t {sched.max_t}, "
+                        f"reduction_factor {sched.reduction_factor})")
+    res = sections["resources"]
+    if res.cpus_per_trial <= 0 or res.gpus_per_trial < 0:
+        raise UserError(f"{path}: resources need cpus_per_trial > 0 and gpus_per_trial >= 0")
+    storage = coerce(str | None, raw.get("storage"), f"{path}: storage")
+    space = SearchSpace(path, coerce(str, raw["family"], f"{path}: family"), fixed, params, storage=storage,
+                        **sections)
+    _check_trial(space)
+    return space
+
+
+def _check_trial(space: SearchSpace) -> None:
+    """Build the midpoint trial and one trial at every categorical choice, so an unknown family,
+    backbone or choice fails now, not hours into the sweep."""
+    base = space.trial_config()
+    for p in space.params:
+        if p.type == "categorical":
+            for choice in p.choices:
+                space.trial_config({p.name: choice})
+    if base.family != "cnn":
+        from hiertune.models.backbone import check_backbone
+
+        try:
+            check_backbone(base.backbone)
+        except UserError as exc:
+            raise UserError(f"{space.path}: {exc}") from None
+
+
+def _param(name: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}")
+    _known_keys(spec, PARAM_KEYS, where)
+    kind = spec.get("type")
+    if kind not in ("float", "int", "categorical"):
+        raise UserError(f"{where}.type must be float, int or categorical, got {kind!r}")
+    posthoc = coerce(bool, spec.get("posthoc", name in POSTHOC_PARAMS), f"{where}.posthoc")
+    when = spec.get("when")
+    if when is not None:
+        if not isinstance(when, dict) or not all(isinstance(v, list) for v in when.values()):
+            raise UserError(f"{where}.when must map parameter names to lists of values")
+        when = {k: tuple(v) for k, v in when.items()}
+    hint = typing_hint(name)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}.choices must be a non-empty list")
+        for c in choices:
+            coerce(hint, c, f"{where}.choices")
+        extra = [k for k in ("low", "high", "log", "step") if k in spec]
+        if extra:
+            raise UserError(f"{where}: {extra[0]!r} does not apply to a categorical parameter")
+        return Param(name, kind, choices=tuple(choices), default=spec.get("default"), when=when, posthoc=posthoc)
+    number = int if kind == "int" else float
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{where}: a {kind} parameter needs low and high")
+    low = coerce(number, spec["low"], f"{where}.low")
+    high = coerce(number, spec["high"], f"{where}.high")
+    log = coerce(bool, spec.get("log", False), f"{where}.log")
+    step = coerce(number | None, spec.get("step"), f"{where}.step")
+    if low > high:
+        raise UserError(f"{where}: low {low} > high {high}")
+    if log and low <= 0:
+        raise UserError(f"{where}: log scale needs low > 0, got {low}")
+    if log and step is not None and (kind == "float" or step != 1):
+        raise UserError(f"{where}: log and step cannot be combined")
+    if step is not None and step <= 0:
+        raise UserError(f"{where}.step must be > 0, got {step}")
+    if kind == "int" and hint is float:
+        kind = "float"  # an int range for a float parameter samples integers-as-floats: allow it
+    coerce(hint, low, f"{where}.low")
+    default = spec.get("default")
+    if default is not None:
+        coerce(hint, default, f"{where}.default")
+        if not low <= default <= high:
+            raise UserError(f"{where}.default {default} is outside [{low}, {high}]")
+    return Param(name, kind, low=low, high=high, log=log, step=step, default=default, when=when, posthoc=posthoc)
+
+
+def typing_hint(name: str):
+    return typing.get_type_hints(TrialConfig)[name]
+
+
+def _section(cls, raw: Any, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    _known_keys(raw, hints, where)
+    return cls(**{k: coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
+
+
+def _known_keys(mapping: dict, known, where: str) -> None:
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _param_to_raw(p: Param) -> dict:
+    raw = {"type": p.type, "posthoc": p.posthoc}
+    for key in ("low", "high", "step", "default"):
+        if getattr(p, key) is not None:
+            raw[key] = getattr(p, key)
+    if p.log:
+        raw["log"] = True
+    if p.choices is not None:
+        raw["choices"] = list(p.choices)
+    if p.when:
+        raw["when"] = {k: list(v) for k, v in p.when.items()}
+    return raw
+
+
+def _section_to_raw(settings) -> dict:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}

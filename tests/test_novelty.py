@@ -1,0 +1,278 @@
+"""Novelty scores, the feature bank, hierarchical prediction, and the post-hoc grid against
+brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hiertune.errors import UserError
+from hiertune.metrics import LEADERBOARD_KEYS, leaderboard_metrics
+from hiertune.models.registry import Heads
+from hiertune.novelty import (
+    SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, PosthocResult, logit_score,
+    posthoc_grid, predict, raw_thresholds, score_levels,
+)
+
+S, K, D = 3, 9, 6
+SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
+TAUS = (0.0, 0.05, 0.2, 0.5, 0.8, 0.85, 0.95, 0.99, 1.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These tensors are tiny: a thread pool only adds synchronisation, which on a busy
+    # machine costs more than the work itself.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def heads(novel_logit: bool) -> Heads:
+    return Heads(S, K, SUB_TO_SUPER, novel_logit)
+
+
+def synthetic(n: int, novel_logit: bool, seed: int, kinds=(0, 1, 2)):
+    """Images of kind 0 (seen), 1 (novel subclass of a seen superclass), 2 (novel superclass),
+    with logits and features that lean, noisily, toward the truth."""
+    g = torch.Generator().manual_seed(seed)
+    kind = torch.tensor(kinds)[torch.randint(0, len(kinds), (n,), generator=g)]
+    sub = torch.randint(0, K, (n,), generator=g)
+    sup = torch.tensor(SUB_TO_SUPER)[sub]
+    rows = torch.arange(n)
+    extra = int(novel_logit)
+    super_logits = torch.randn(n, S + extra, generator=g)
+    super_logits[rows, sup] += 2.0 * (kind < 2)
+    sub_logits = torch.randn(n, K + extra, generator=g)
+    sub_logits[rows, sub] += 2.0 * (kind == 0)
+    if novel_logit:
+        super_logits[:, -1] += 1.5 * (kind == 2)
+        sub_logits[:, -1] += 1.5 * (kind > 0)
+    centres = torch.randn(K, D, generator=torch.Generator().manual_seed(99)) * 2
+    sub_features = centres[sub] * (kind == 0)[:, None] + torch.randn(n, D, generator=g)
+    super_features = sub_features + 0.5 * torch.randn(n, D, generator=g)
+    return EvalBatch(super_logits, sub_logits, super_features, sub_features,
+                     torch.where(kind == 2, S, sup), torch.where(kind == 0, sub, K))
+
+
+def fit_scorers(seed: int = 1, capacity: int = 64) -> dict[str, FeatureScorer]:
+    train = synthetic(300, False, seed)  # its novel rows must be ignored by the banks
+    banks = {"super": FeatureBank(S, D, capacity), "sub": FeatureBank(K, D, capacity)}
+    banks["super"].update(train.super_features, train.super_target)
+    banks["sub"].update(train.sub_features, train.sub_target)
+    return {level: bank.fit() for level, bank in banks.items()}
+
+
+@pytest.mark.parametrize("novel_logit", [False, True])
+def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
+    batch, h, scorers = synthetic(200, novel_logit, 0), heads(novel_logit), fit_scorers()
+    config = PosthocConfig(tau_super=TAUS, tau_sub=TAUS[::-1][:7], knn_k=5)
+    result = posthoc_grid(batch, h, config, scorers)
+    assert result.scores == SCORES
+    assert result.grid.shape == (5, len(TAUS), 7, 4)
+    for s, name in enumerate(result.scores):
+        for i in range(len(config.tau_super)):
+            for j in range(len(config.tau_sub)):
+                pred_super, pred_sub = predict(batch, h, name, result.thr_super[s, i], result.thr_sub[s, j],
+                                               scorers, config.knn_k)
+                expected = leaderboard_metrics(pred_super, pred_sub, batch.super_target, batch.sub_target,
+                                               S, K)
+                got = result.point(s, i, j)
+                assert {k: got[k] for k in LEADERBOARD_KEYS} == pytest.approx(expected), (name, i, j)
+
+
+def test_front_is_non_dominated_and_best_maximises_seen_plus_unseen():
+    result = posthoc_grid(synthetic(200, True, 3), heads(True), PosthocConfig(knn_k=5), fit_scorers())
+    points = np.stack([result.seen.ravel(), result.unseen.ravel()], 1)
+    front = np.array([(p["seen"], p["unseen"]) for p in result.front])
+    for p in front:
+        assert not ((points >= p).all(1) & (points > p).any(1)).any()
+    for q in points:  # and every grid point is weakly dominated by the front
+        assert ((front >= q).all(1)).any()
+    total = points.sum(1)
+    top = points[total == total.max()]
+    assert result.best["seen"] + result.best["unseen"] == pytest.approx(total.max())
+    assert result.best["seen"] == pytest.approx(top[:, 0].max())
+    assert result.hypervolume > 0
+
+
+def test_raw_thresholds_reject_tau_of_seen_images():
+    scores = np.random.default_rng(0).normal(size=500)
+    seen = np.arange(500) < 400
+    thr = raw_thresholds("energy", TAUS, scores, seen)
+    rejected = (scores[seen][None, :] < thr[:, None]).mean(1)
+    assert np.abs(rejected - np.array(TAUS)).max() <= 1 / 400 + 1e-12
+    assert raw_thresholds("msp", TAUS, scores, seen).tolist() == list(TAUS)
+    assert np.isnan(raw_thresholds("knn", [0.5], scores, np.zeros(500, bool))).all()
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_predictions_are_hierarchically_consistent(score):
+    batch, h, scorers = synthetic(300, True, 5), heads(True), fit_scorers()
+    s = score_levels(batch, h, score, scorers, knn_k=5)
+    owner = np.array(SUB_TO_SUPER)
+    for q_super, q_sub in [(0.1, 0.9), (0.5, 0.5), (0.9, 0.1), (0.0, 0.0)]:
+        thr_super = np.quantile(s.super_score.numpy(), q_super)
+        thr_sub = np.quantile(s.sub_score.numpy(), q_sub)
+        pred_super, pred_sub = (p.numpy() for p in predict(batch, h, score, thr_super, thr_sub, scorers, 5))
+        seen_sub = pred_sub < K
+        assert (pred_super[seen_sub] < S).all()
+        assert (owner[pred_sub[seen_sub]] == pred_super[seen_sub]).all()
+        assert (pred_sub[pred_super == S] == K).all()
+
+
+def test_logit_scores_by_direct_computation():
+    logits = torch.randn(50, K + 1)
+    mask = torch.rand(50, K) < 0.5
+    mask[:, 0] = True
+    probs = logits.softmax(1)[:, :K]  # the novel logit takes part in the softmax
+    for i in range(50):
+        row, allowed = logits[i:i + 1], mask[i]
+
+        def score(name):
+            return logit_score(row, K, name, mask[i:i + 1]).item()
+
+        assert score("msp") == pytest.approx(probs[i][allowed].max().item())
+        assert score("maxlogit") == pytest.approx(logits[i, :K][allowed].max().item())
+        energy = math.log(sum(math.exp(v) for v in logits[i, :K][allowed].tolist()))
+        assert score("energy") == pytest.approx(energy, rel=1e-5)
+    assert torch.allclose(logit_score(logits, K, "maxlogit"), logits[:, :K].amax(1))
+
+
+def test_feature_scores_are_skipped_without_scorers():
+    result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig())
+    assert result.scores == ("msp", "energy", "maxlogit")
+    assert "super_auroc_msp" in result.to_metrics() and "super_auroc_knn" not in result.to_metrics()
+    with pytest.raises(ValueError, match="scorers"):
+        predict(synthetic(10, False, 0), heads(False), "mahalanobis", 0.0, 0.0)
+
+
+def test_missing_group_gives_nan_and_the_sweep_goes_on():
+    batch = synthetic(100, False, 0, kinds=(0, 1))  # no novel superclass in validation
+    result = posthoc_grid(batch, heads(False), PosthocConfig(scores=("msp",)))
+    assert np.isnan(result.grid[..., 1]).all()
+    assert np.allclose(result.unseen, result.grid[..., 3])
+    metrics = result.to_metrics()
+    assert math.isnan(metrics["super_auroc_msp"]) and not math.isnan(metrics["sub_auroc_msp"])
+    assert len(result.front) >= 1 and not math.isnan(metrics["unseen"])
+
+
+def test_config_rejects_unknown_scores_and_taus():
+    with pytest.raises(UserError, match="scores"):
+        PosthocConfig(scores=("msp", "odin"))
+    with pytest.raises(UserError, match="tau_sub"):
+        PosthocConfig(tau_sub=(0.5, 1.5))
+    assert PosthocConfig(tau_super=[0.1, 0.2]).tau_super == (0.1, 0.2)
+
+
+def test_result_save_load_round_trip(tmp_path):
+    result = posthoc_grid(synthetic(120, True, 2), heads(True), PosthocConfig(knn_k=5), fit_scorers())
+    result.save(tmp_path / "posthoc.npz")
+    loaded = PosthocResult.load(tmp_path / "posthoc.npz")
+    assert loaded.scores == result.scores and loaded.counts == result.counts
+    assert np.array_equal(loaded.grid, result.grid)
+    assert loaded.front == result.front and loaded.best == result.best
+    assert loaded.to_metrics() == pytest.approx(result.to_metrics(), nan_ok=True)
+    assert all(isinstance(v, float) for v in result.to_metrics().values())
+
+
+# --- FeatureBank / FeatureScorer ---
+
+def _train(n=400, seed=0, n_classes=5):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    labels[labels == 3] = 2  # class 3 never appears: it must not attract any image
+    labels[:20] = n_classes  # outliers: ignored
+    features = torch.randn(n, D, generator=g) + 10 + 3 * torch.nn.functional.one_hot(labels % D, D)
+    return features, labels
+
+
+@pytest.mark.parametrize("capacity", [1000, 50])
+def test_bank_streamed_in_chunks_equals_all_at_once(capacity):
+    features, labels = _train()
+    whole, chunked = FeatureBank(5, D, capacity, seed=3), FeatureBank(5, D, capacity, seed=3)
+    whole.update(features, labels)
+    for start in range(0, len(labels), 37):
+        chunked.update(features[start:start + 37], labels[start:start + 37])
+    a, b = whole.fit().state_dict(), chunked.fit().state_dict()
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-9), key
+
+
+def test_mahalanobis_matches_numpy():
+    features, labels = _train()
+    scorer = _bank(features, labels).fit(shrinkage=0.1)
+    x, y = features.numpy().astype(float), labels.numpy()
+    keep = y < 5
+    x, y = x[keep], y[keep]
+    present = np.array([(y == c).any() for c in range(5)])
+    means = np.stack([x[y == c].mean(0) if present[c] else np.zeros(D) for c in range(5)])
+    cov = (x - means[y]).T @ (x - means[y]) / len(x)
+    cov = 0.9 * cov + 0.1 * np.trace(cov) / D * np.eye(D)
+    precision = np.linalg.inv(cov)
+    # Half the queries sit near the origin, where a never-seen class's zero mean would win.
+    queries = np.random.default_rng(1).normal(size=(30, D)) + 10 * (np.arange(30) % 2)[:, None]
+    mask = np.random.default_rng(2).random((30, 5)) < 0.6
+    mask[:, 0] = True
+    d2 = np.array([[(q - m) @ precision @ (q - m) for m in means] for q in queries])
+    expected = -np.where(mask & present, d2, np.inf).min(1)
+    got = scorer.mahalanobis(torch.tensor(queries, dtype=torch.float32), torch.tensor(mask))
+    assert np.allclose(got.numpy(), expected, rtol=1e-5)
+    unmasked = scorer.mahalanobis(torch.tensor(queries, dtype=torch.float32))
+    assert np.allclose(unmasked.numpy(), -np.where(present, d2, np.inf).min(1), rtol=1e-5)
+
+
+def test_knn_matches_brute_force():
+    features, labels = _train()
+    scorer = _bank(features, labels, capacity=1000).fit()  # holds every training feature
+    train = features[labels < 5].numpy().astype(float)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    queries = np.random.default_rng(1).normal(size=(30, D)) + 10
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    dist = np.linalg.norm(unit[:, None] - train[None], axis=2)
+    for k in (1, 7):
+        expected = -np.sort(dist, 1)[:, k - 1]
+        assert np.allclose(scorer.knn(torch.tensor(queries), k).numpy(), expected, atol=1e-4)
+    assert scorer.knn(torch.tensor(queries), 10_000).shape == (30,)  # k capped at the bank size
+
+
+def test_reservoir_is_a_uniform_sample():
+    # Row t carries the angle t, so which rows survived can be read back from the sample.
+    angles = torch.linspace(0, 1.5, 1000, dtype=torch.float64)
+    features = torch.stack([angles.cos(), angles.sin()], 1)
+    labels = torch.zeros(1000, dtype=torch.long)
+    hits = np.zeros(1000)
+    for seed in range(100):
+        bank = FeatureBank(1, 2, knn_capacity=100, seed=seed)
+        for start in range(0, 1000, 300):
+            bank.update(features[start:start + 300], labels[start:start + 300])
+        sample = bank.fit().bank.double()
+        rows = np.rint((torch.atan2(sample[:, 1], sample[:, 0]) / 1.5 * 999).numpy()).astype(int)
+        assert len(set(rows)) == 100
+        hits[rows] += 1
+    per_decile = hits.reshape(10, 100).sum(1) / (100 * 100)  # expected 0.1 each
+    assert np.abs(per_decile - 0.1).max() < 0.01
+
+
+def test_scorer_state_dict_round_trip(tmp_path):
+    features, labels = _train()
+    scorer = _bank(features, labels).fit()
+    torch.save(scorer.state_dict(), tmp_path / "scorer.pt")
+    save_file(scorer.state_dict(), tmp_path / "scorer.safetensors")
+    queries = torch.randn(20, D) + 10
+    states = torch.load(tmp_path / "scorer.pt", weights_only=True), load_file(tmp_path / "scorer.safetensors")
+    for state in states:
+        again = FeatureScorer.from_state_dict(state)
+        assert torch.equal(again.mahalanobis(queries), scorer.mahalanobis(queries))
+        assert torch.equal(again.knn(queries, 3), scorer.knn(queries, 3))
+
+
+def _bank(features, labels, capacity=4096) -> FeatureBank:
+    bank = FeatureBank(5, D, capacity)
+    bank.update(features, labels)
+    return bank

@@ -1,0 +1,117 @@
+"""Search-space YAML: parsing, Optuna distributions, midpoints, and one clear line per error."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna.distributions as od
+import pytest
+
+from hiertune.errors import UserError
+from hiertune.space import load_space, parse_assignments
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+VALID = """
+family: dualhead
+fixed: {backbone: resnet18, epochs: 3}
+search:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  unfreeze_depth: {type: int, low: 1, high: 4, when: {finetune: [partial]}}
+  finetune: {type: categorical, choices: [full, partial]}
+  outlier_count: {type: int, low: 0, high: 200, step: 50}
+  tau_super: {type: float, low: 0.5, high: 1.0}
+  novelty_score: {type: categorical, choices: [msp, energy]}
+tune: {num_samples: 4, sampler: nsga2}
+scheduler: {max_t: 3, grace_period: 1}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SPACES.glob("*.yaml")))
+def test_shipped_spaces_parse(name):
+    space = load_space(SPACES / name)
+    assert space.trial_config().family == space.family
+    assert {p.name for p in space.posthoc} <= {"tau_super", "tau_sub", "novelty_score"}
+
+
+def test_distributions_and_posthoc_marking(tmp_path):
+    space = load_space(write(tmp_path, VALID))
+    params = {p.name: p for p in space.params}
+    assert params["lr"].distribution() == od.FloatDistribution(1e-4, 1e-2, log=True)
+    assert params["outlier_count"].distribution() == od.IntDistribution(0, 200, step=50)
+    assert params["finetune"].distribution() == od.CategoricalDistribution(("full", "partial"))
+    assert {p.name for p in space.posthoc} == {"tau_super", "novelty_score"}
+    assert {p.name for p in space.sampled} == {"lr", "unfreeze_depth", "finetune", "outlier_count"}
+    assert space.tune.sampler == "nsga2" and space.tune.num_samples == 4
+
+
+def test_midpoints_defaults_and_conditions(tmp_path):
+    space = load_space(write(tmp_path, VALID))
+    cfg = space.trial_config()
+    assert math.isclose(cfg.lr, 1e-3)  # geometric middle of a log range
+    assert cfg.outlier_count == 100 and cfg.finetune == "full" and cfg.tau_super == 0.75
+    assert cfg.unfreeze_depth == 2  # inactive for finetune=full: the dataclass default stays
+    partial = space.trial_config({"finetune": "partial"})
+    assert partial.unfreeze_depth == 2 and partial.finetune == "partial"
+    params = {p.name: p for p in space.params}
+    assert params["unfreeze_depth"].active({"finetune": "partial"})
+    assert not params["unfreeze_depth"].active({"finetune": "full"})
+
+
+def test_overrides_fix_a_searched_parameter_and_set_sections(tmp_path):
+    space = load_space(write(tmp_path, VALID)).with_overrides(
+        parse_assignments(["lr=0.05", "tune.num_samples=9", "epochs=1", "data=null"]))
+    assert "lr" not in {p.name for p in space.params}
+    cfg = space.trial_config()
+    assert cfg.lr == 0.05 and cfg.epochs == 1 and cfg.data is None
+    assert space.tune.num_samples == 9
+
+
+@pytest.mark.parametrize("text, message", [
+    ("family: dualhead\nfixd: {}\n", "unknown key 'fixd' (did you mean 'fixed'?)"),
+    ("family: dualhead\nfixed: {epoch: 3}\n", "fixed: unknown key 'epoch' (did you mean 'epochs'?)"),
+    ("family: dualhead\nsearch: {lr: {type: float, low: 0.1, high: 0.01}}\n", "search.lr: low 0.1 > high 0.01"),
+    ("family: dualhead\nsearch: {lr: {type: float, low: 0.0, high: 0.1, log: true}}\n",
+     "search.lr: log scale needs low > 0, got 0.0"),
+    ("family: dualhead\nsearch: {lr: {type: float, low: a, high: 0.1}}\n", "search.lr.low must be float, got 'a'"),
+    ("family: dualhead\nfixed: {epochs: ten}\n", "epochs must be int, got 'ten'"),
+    ("family: dualhead\nsearch: {lr: {type: floaty, low: 1, high: 2}}\n",
+     "search.lr.type must be float, int or categorical, got 'floaty'"),
+    ("family: dualhead\nsearch: {lr: {type: float, low: 1.0e-3, hihg: 0.1}}\n",
+     "search.lr: unknown key 'hihg' (did you mean 'high'?)"),
+    ("family: dualhead\nsearch: {optimizer: {type: categorical, choices: [adamw, lion]}}\n",
+     "unknown optimizer 'lion'"),
+    ("family: dualhed\n", "unknown family 'dualhed' (did you mean 'dualhead'?)"),
+    ("family: dualhead\nfixed: {backbone: resnet81}\n", "unknown backbone 'resnet81' (did you mean 'resnet18'?)"),
+    ("family: dualhead\ntune: {sampler: tpee}\n", "tune.sampler: unknown sampler 'tpee' (did you mean 'tpe'?)"),
+    ("family: dualhead\nscheduler: {max_t: 2, grace_period: 5}\n", "scheduler needs 1 <= grace_period <= max_t"),
+    ("family: dualhead\nfixed: {epochs: 3\n", "malformed YAML at line 3, column 1"),
+    ("- just\n- a list\n", "expected a mapping at the top level"),
+    ("fixed: {}\n", "missing key 'family'"),
+])
+def test_space_errors_are_one_clear_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as err:
+        load_space(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_cli_reports_space_errors_with_exit_2(cli, tmp_path):
+    path = write(tmp_path, "family: dualhead\nsearch: {lr: {type: float, low: 0.1, high: 0.01}}\n")
+    result = cli("train", str(path))
+    assert result.code == 2
+    assert result.err_lines == [f"hiertune: error: {path}: search.lr: low 0.1 > high 0.01"]
+
+
+def test_bad_set_assignment(cli):
+    result = cli("train", str(SPACES / "smoke.yaml"), "--set", "epochs")
+    assert result.code == 2 and "--set 'epochs': expected key=value" in result.err
