@@ -51,7 +51,7 @@ def front_points(trials: list[TrialRecord]) -> list[dict]:
     for t in trials:
         if t.checkpoint is None or t.status == "failed":
             continue
-        path = t.checkpoint / f"{Checkpoint.POSTHOC}.npz"
+        path = t.checkpoint / Checkpoint.POSTHOC
         try:
             result = PosthocResult.load(path)
         except (OSError, ValueError, KeyError) as exc:

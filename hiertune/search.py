@@ -23,10 +23,15 @@ SCALAR = "hypervolume"
 OBJECTIVES = ["seen", "unseen"]
 
 
-def define_by_run(space: SearchSpace):
-    """Sample the non-post-hoc parameters, honouring `when` conditions; return the fixed ones."""
+class DefineByRun:
+    """Samples the non-post-hoc parameters, honouring `when` conditions, and returns the fixed
+    ones. A class rather than a closure: OptunaSearch pickles it into the sweep's state."""
 
-    def sample(trial: optuna.Trial) -> dict[str, Any]:
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        space = self.space
         values: dict[str, Any] = {"family": space.family, **space.fixed}
         for p in space.sampled:
             if not p.active(values):
@@ -40,8 +45,6 @@ def define_by_run(space: SearchSpace):
         for p in space.posthoc:  # declared values, the one point each trial also reports
             values.setdefault(p.name, p.midpoint())
         return values
-
-    return sample
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -58,7 +61,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
 
     def __init__(self, space: SearchSpace, **kwargs):
         multi = space.tune.sampler == "nsga2"
-        super().__init__(space=define_by_run(space), metric=OBJECTIVES if multi else SCALAR,
+        super().__init__(space=DefineByRun(space), metric=OBJECTIVES if multi else SCALAR,
                          mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
                          **kwargs)  # the seed lives in the sampler
         self._max_t = space.scheduler.max_t

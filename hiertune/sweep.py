@@ -1,9 +1,10 @@
 """`hiertune sweep`: a search space run on Ray Tune with Optuna and ASHA, recorded in MLflow,
 ending in the Pareto front.
 
-Layout: Ray Tune's state and checkpoints, `trials.json`, `pareto.csv`/`pareto.png` and
-`mlflow_runs.json` under `<storage>/<name>/`; by default the MLflow store (`mlflow.db`,
-`mlartifacts/`) sits beside the sweeps in `<storage>/`.
+Layout: `<storage>/<name>/` holds `trials.json`, `pareto.csv`/`pareto.png`, the learning curves
+and `mlflow_runs.json`; Ray Tune's own state and checkpoints are in its `tune/` folder, kept
+apart because Ray syncs its staged copy of that folder back over whatever else is in it. By
+default the MLflow store (`mlflow.db`, `mlartifacts/`) sits beside the sweeps in `<storage>/`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class SweepPlace:
     def dir(self) -> Path:
         return self.root / self.name
 
+    @property
+    def tune_dir(self) -> Path:
+        return self.dir / "tune"
+
     @classmethod
     def resolve(cls, name: str, storage: str | None, mlflow_uri: str | None) -> "SweepPlace":
         root = Path(storage or "sweeps").resolve()
@@ -45,14 +50,8 @@ class SweepPlace:
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from hiertune.search import FidelityAwareOptunaSearch
-    from hiertune.tracking import MlflowSweepCallback, SweepRecorder
-    from hiertune.trainable import tune_trainable
-
-    started = (place.dir / "tuner.pkl").exists()
+    started = (place.tune_dir / "tuner.pkl").exists()
     if resume and not started:
         raise UserError(f"{place.dir}: no sweep to resume here")
     if started and not resume:
@@ -66,9 +65,27 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Trials in worker processes must not oversubscribe the CPUs: each sets torch threads to
     # its own CPU count (run_trial), and the libraries' own pools follow.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(space.resources.cpus_per_trial))))
-    if not ray.is_initialized():
+    # Every trial checkpoints every epoch by design; Ray's warning about frequent state
+    # snapshots would repeat all sweep long.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    own_ray = not ray.is_initialized()
+    if own_ray:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}})
+    try:
+        return _run(space, place, bundle, resume)
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.tracking import MlflowSweepCallback, SweepRecorder
+    from hiertune.trainable import tune_trainable
 
     SweepRecorder(place.mlflow_uri, place.name, place.dir, place.artifact_location()).start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
@@ -80,7 +97,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
 
     start = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(str(place.dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(str(place.tune_dir), trainable=trainable, resume_errored=True)
     else:
         callback = MlflowSweepCallback(place.mlflow_uri, place.name, place.dir, space.family,
                                        space.scheduler.max_t)
@@ -93,9 +110,10 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
                                         reduction_factor=space.scheduler.reduction_factor),
                 num_samples=space.tune.num_samples,
                 max_concurrent_trials=space.tune.max_concurrent or None,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=place.name, storage_path=str(place.root), callbacks=[callback], verbose=1,
+                name=place.tune_dir.name, storage_path=str(place.dir), callbacks=[callback], verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
@@ -146,7 +164,7 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    return TrialRecord(trial_id, f"trial_{trial_id.split('_')[-1]}", status, epochs, params,
+    return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
                        Path(result.checkpoint.path) if result.checkpoint else None, clean,
                        str(result.error).strip().splitlines()[-1][:500] if result.error else None)
 

@@ -46,7 +46,8 @@ class SweepRecorder:
         self.client = MlflowClient(tracking_uri)
         self.sweep = sweep
         self.state_path = sweep_dir / "mlflow_runs.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"trials": {}}
+        self.state = self._load()
+        self._active: dict[str, str] = {}  # trials seen by this process
         experiment = self.client.get_experiment_by_name(sweep)
         self.experiment_id = (experiment.experiment_id if experiment else
                               self.client.create_experiment(sweep, artifact_location=artifact_location))
@@ -63,14 +64,18 @@ class SweepRecorder:
         return self.state["parent"]
 
     def trial_run(self, trial_id: str, name: str, config: dict, tags: dict) -> str:
+        if trial_id in self._active:
+            return self._active[trial_id]
         run_id = self.state["trials"].get(trial_id)
         if run_id is not None:  # a resumed or restarted trial keeps its run
             self.client.update_run(run_id, status="RUNNING")
+            self._active[trial_id] = run_id
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
             PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
             "hiertune.status": "running", **tags})
         self.state["trials"][trial_id] = run.info.run_id
+        self._active[trial_id] = run.info.run_id
         self._save()
         self._log_params(run.info.run_id, config)
         return run.info.run_id
@@ -91,7 +96,14 @@ class SweepRecorder:
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
+    def _load(self) -> dict:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {"trials": {}}
+
     def _save(self) -> None:
+        # Merge with what is on disk: an interrupted driver still winding down may have
+        # written since this one read it, and no trial's run may be forgotten.
+        disk = self._load()
+        self.state = {**disk, **self.state, "trials": {**disk["trials"], **self.state["trials"]}}
         with atomic_file(self.state_path) as tmp:
             tmp.write_text(json.dumps(self.state, indent=1))
 

@@ -47,7 +47,7 @@ class Checkpoint:
     MODEL = "model.safetensors"
     STATE = "state.pt"  # optimizer, scheduler, RNG: tensors and numbers only (weights_only=True)
     HISTORY = "history.json"
-    POSTHOC = "posthoc"  # posthoc.npz + posthoc.json: every grid point of the last evaluation
+    POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
     SCORERS = "scorers.safetensors"
 
 

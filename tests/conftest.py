@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from hiertune.cli import main
+from hiertune.data.synth import SynthConfig, write_synthetic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -93,3 +94,15 @@ def tiny_outliers(tmp_path: Path) -> Path:
 
 def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+# A smaller synthetic set than the default, for tests that train: same generator, same format.
+SMALL = SynthConfig(train_per_subclass=10, test_per_subclass=2, novel_superclass_test_images=10,
+                    outlier_per_class=12)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    write_synthetic(root, SMALL)
+    return root

@@ -13,19 +13,9 @@ from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
-from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.train import Checkpoint, run_trial
 
-SMALL = SynthConfig(train_per_subclass=10, test_per_subclass=2, novel_superclass_test_images=10,
-                    outlier_per_class=12)
 FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    write_synthetic(root, SMALL)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,193 @@
+"""Real sweeps on synthetic data: Ray Tune + Optuna + ASHA + MLflow, the front, a server, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hiertune.metrics import pareto_front
+from hiertune.pareto import compute_front, front_points, load_trials
+
+
+def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(f"""
+family: cnn
+fixed: {{epochs: {max_t}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
+search:
+  lr: {{type: float, low: 1.0e-4, high: 3.0e-2, log: true}}
+  dropout: {{type: float, low: 0.0, high: 0.5}}
+  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
+  novelty_score: {{type: categorical, choices: [msp, energy]}}
+tune: {{num_samples: {samples}, sampler: tpe, seed: 3}}
+scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1}}
+""")
+    return path
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_small_sweep_end_to_end(cli, small_data, tmp_path):
+    result = cli("sweep", str(space_file(tmp_path, small_data, samples=6, max_t=3)), "--name", "e2e",
+                 "--storage", str(tmp_path / "sweeps"), "--json")
+    assert result.code == 0, result.err[-3000:]
+    summary = last_json(result.out)
+    counts = summary["trials"]
+    assert sum(counts.values()) == 6 and counts["failed"] == 0
+    assert counts["stopped"] >= 1  # ASHA stopped at least one trial early
+
+    sweep_dir = tmp_path / "sweeps" / "e2e"
+    trials = load_trials(sweep_dir)
+    by_id = {t.trial_id: t for t in trials}
+
+    # MLflow: one experiment, a parent run, a child run per trial with its metrics and status.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:
+        trial = by_id[child.data.tags["hiertune.trial_id"]]
+        assert child.data.tags["hiertune.status"] == trial.status
+        assert child.data.tags["hiertune.family"] == "cnn"
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "hypervolume")
+        assert [m.step for m in history] == list(range(1, trial.epochs + 1))
+        assert float(child.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "learning_curves.png" in artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "trials.json",
+                                                                           "learning_curves.png"}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.lr"] == "float log [0.0001, 0.03]"
+
+    # The front: non-empty, non-dominated, and reproducible from the stored per-trial results.
+    points = front_points(trials)
+    front = summary["front"]
+    assert front and len(points) > len(front)
+    all_pts = np.array([[p["seen"], p["unseen"]] for p in points])
+    for p in front:
+        dominated = (all_pts[:, 0] >= p["seen"]) & (all_pts[:, 1] >= p["unseen"]) & (
+            (all_pts[:, 0] > p["seen"]) | (all_pts[:, 1] > p["unseen"]))
+        assert not dominated.any()
+    assert compute_front(points) == front
+    with (sweep_dir / "pareto.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["seen"]), float(r["unseen"])) for r in rows] == [(p["seen"], p["unseen"]) for p in front]
+    again = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert again.code == 0 and last_json(again.out)["front"] == front
+    assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rest(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    mlflow = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_sweep_logs_to_an_mlflow_server_over_http(cli, small_data, tmp_path, mlflow_server):
+    result = cli("sweep", str(space_file(tmp_path, small_data, samples=2, max_t=1)), "--name", "remote",
+                 "--storage", str(tmp_path / "sweeps"), "--mlflow-uri", mlflow_server, "--json")
+    assert result.code == 0, result.err[-3000:]
+    assert not (tmp_path / "sweeps" / "mlflow.db").exists()  # nothing went to a local store
+    experiment = rest(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=remote")["experiment"]
+    runs = rest(mlflow_server, "/api/2.0/mlflow/runs/search",
+                {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    children = [t for t in tags if "mlflow.parentRunId" in t]
+    assert len(runs) == 3 and len(children) == 2
+    assert all(t["hiertune.status"] == "completed" for t in children)
+    metric_names = {m["key"] for r in runs for m in r["data"].get("metrics", [])}
+    assert {"hypervolume", "seen", "unseen", "train_loss"} <= metric_names
+    parent_id = next(r["info"]["run_id"] for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t)
+    listing = rest(mlflow_server, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}")
+    assert {"pareto.csv", "pareto.png"} <= {f["path"] for f in listing.get("files", [])}
+
+
+def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_data, tmp_path):
+    """SIGINT the driver once a trial has finished, then --resume: every trial ends up run and
+    logged exactly once."""
+    space = space_file(tmp_path, small_data, samples=4, max_t=2, grace=2)
+    storage = tmp_path / "sweeps"
+    env = {**os.environ, "HIERTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "hiertune", "sweep", str(space), "--name", "r", "--storage", str(storage)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    runs_file = storage / "r" / "mlflow_runs.json"
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if runs_file.exists():
+            experiment = client.get_experiment_by_name("r")
+            done = client.search_runs([experiment.experiment_id], "tags.`hiertune.status` = 'completed'")
+            if done:
+                break
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    before = json.loads(runs_file.read_text())["trials"]
+    assert 1 <= len(before) < 4
+
+    resumed = subprocess.run(cmd + ["--resume", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = last_json(resumed.stdout)
+    assert sum(summary["trials"].values()) == 4
+    after = json.loads(runs_file.read_text())["trials"]
+    assert len(after) == 4 and all(after[k] == v for k, v in before.items())
+    experiment = client.get_experiment_by_name("r")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4
+    assert sorted(r.data.tags["hiertune.trial_id"] for r in children) == sorted(after)
+    assert all(r.info.status == "FINISHED" for r in children)
