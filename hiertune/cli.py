@@ -72,23 +72,29 @@ def _render_synth(summary: dict) -> str:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    from hiertune.data.inspect import inspect_data
-    from hiertune.data.synth import SynthConfig, write_synthetic
+    import time
 
-    data_dir = Path(args.dir) / "data"
+    from hiertune.data.synth import SynthConfig, write_synthetic
+    from hiertune.space import load_space
+    from hiertune.sweep import SweepPlace, run_sweep
+
+    root = Path(args.dir)
+    data_dir = root / "data"
     if not (data_dir / "train_data.csv").is_file():
         log.info("generating the synthetic dataset in %s", data_dir)
         write_synthetic(data_dir, SynthConfig(), overwrite=True)
-    summary, warnings = inspect_data(str(data_dir), None, 64, _cache_root(args))
-    for line in warnings:
-        print(line, file=sys.stderr)
-    return {"data": summary}
+    space = load_space(_bundled_space("smoke.yaml")).with_overrides({"data": str(data_dir.resolve())})
+    place = SweepPlace.resolve(f"smoke-{time.strftime('%Y%m%d-%H%M%S')}", str(root), None)
+    log.info("sweep %s: %d trials of %s on %s", place.name, space.tune.num_samples, space.path, data_dir)
+    return run_sweep(space, place, _cache_root(args))
 
 
-def _render_demo(result: dict) -> str:
-    from hiertune.data.inspect import render
-
-    return render(result["data"])
+def _bundled_space(name: str) -> Path:
+    """search_spaces/ ships beside the package in a checkout (the README's editable install)."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "search_spaces" / name).is_file():
+            return root / "search_spaces" / name
+    raise UserError(f"search_spaces/{name} not found beside the package or in the current directory")
 
 
 def _space_from_args(args: argparse.Namespace):
@@ -179,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    demo = _command(sub, "demo", "run the main job end to end on the embedded synthetic dataset",
-                    _demo, _render_demo)
+    demo = _command(sub, "demo", "the main job end to end on the embedded synthetic dataset: a small sweep and its "
+                    "Pareto front",
+                    _demo, _render_sweep)
     demo.add_argument("--dir", default="sweeps/demo", help="where the demo writes (default: %(default)s)")
     demo.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 

@@ -45,11 +45,20 @@ class TrialRecord:
         return cls(**{**d, "checkpoint": Path(d["checkpoint"]) if d["checkpoint"] else None})
 
 
-def front_points(trials: list[TrialRecord]) -> list[dict]:
-    """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint."""
+def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[dict]:
+    """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint; or, when
+    Optuna sampled the thresholds, each trial's one point at its sampled thresholds."""
     points = []
     for t in trials:
         if t.checkpoint is None or t.status == "failed":
+            continue
+        if sampled_thresholds:
+            m = t.metrics
+            points.append({"trial": t.name, "trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
+                           **{f"param.{k}": v for k, v in sorted(t.params.items())},
+                           "score": t.params.get("novelty_score", "msp"), "tau_super": t.params.get("tau_super"),
+                           "tau_sub": t.params.get("tau_sub"),
+                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen")}})
             continue
         path = t.checkpoint / Checkpoint.POSTHOC
         try:

@@ -18,9 +18,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hiertune.space import SearchSpace
 
-# What Optuna optimises: one scalar for TPE/random, the two objectives for NSGA-II.
-SCALAR = "hypervolume"
-OBJECTIVES = ["seen", "unseen"]
+
+
+def objectives(space: SearchSpace) -> tuple[str, list[str]]:
+    """What ASHA and Optuna rank by: with post-hoc thresholds, the trial's own front hypervolume
+    (one scalar) or its best (seen, unseen) point for NSGA-II; with sampled thresholds, the one
+    point the sampled thresholds give."""
+    if space.samples_thresholds:
+        return "point_objective", ["point_seen", "point_unseen"]
+    return "hypervolume", ["seen", "unseen"]
 
 
 class DefineByRun:
@@ -61,7 +67,8 @@ class FidelityAwareOptunaSearch(OptunaSearch):
 
     def __init__(self, space: SearchSpace, **kwargs):
         multi = space.tune.sampler == "nsga2"
-        super().__init__(space=DefineByRun(space), metric=OBJECTIVES if multi else SCALAR,
+        self._scalar, pair = objectives(space)
+        super().__init__(space=DefineByRun(space), metric=pair if multi else self._scalar,
                          mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
                          **kwargs)  # the seed lives in the sampler
         self._max_t = space.scheduler.max_t
@@ -73,7 +80,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
             return
         ot_trial = self._ot_trials[trial_id]
-        value = result.get(SCALAR)
+        value = result.get(self._scalar)
         if value is not None and not self._multi:  # Optuna has no intermediate values for several objectives
             ot_trial.report(float(value), step=int(iteration))
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)

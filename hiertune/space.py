@@ -119,6 +119,12 @@ class SearchSpace:
     def posthoc(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.posthoc)
 
+    @property
+    def samples_thresholds(self) -> bool:
+        """True when the space asks Optuna to sample the thresholds (`posthoc: false`): each trial
+        is then judged, and enters the front, at its one sampled point instead of its grid."""
+        return any(p.name in ("tau_super", "tau_sub") for p in self.sampled)
+
     def trial_config(self, values: dict | None = None) -> TrialConfig:
         """Fixed settings + midpoints of active searched parameters + `values`, validated."""
         merged = {"family": self.family, **self.fixed}

@@ -9,6 +9,7 @@ default the MLflow store (`mlflow.db`, `mlartifacts/`) sits beside the sweeps in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
+from hiertune.fsutil import atomic_file
 from hiertune.pareto import TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
 
@@ -61,6 +63,10 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
     place.dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        with atomic_file(place.dir / "sweep.json") as tmp:
+            tmp.write_text(json.dumps({"space": str(space.path), "family": space.family,
+                                       "sampled_thresholds": space.samples_thresholds}))
 
     # Trials in worker processes must not oversubscribe the CPUs: each sets torch threads to
     # its own CPU count (run_trial), and the libraries' own pools follow.
@@ -72,6 +78,12 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     if own_ray:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}})
+    if address is None and space.resources.gpus_per_trial and not ray.cluster_resources().get("GPU"):
+        # A local machine without a GPU would leave GPU-requesting trials pending forever; a
+        # cluster (address given) may still add GPU nodes through its autoscaler.
+        log.warning("no GPU on this machine: running trials on %s CPU(s) each, without gpus_per_trial %s",
+                    space.resources.cpus_per_trial, space.resources.gpus_per_trial)
+        space = space.with_overrides({"resources.gpus_per_trial": 0})
     try:
         return _run(space, place, bundle, resume)
     finally:
@@ -83,7 +95,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.search import FidelityAwareOptunaSearch, objectives
     from hiertune.tracking import MlflowSweepCallback, SweepRecorder
     from hiertune.trainable import tune_trainable
 
@@ -105,12 +117,13 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=FidelityAwareOptunaSearch(space),
-                scheduler=ASHAScheduler(time_attr="training_iteration", metric="hypervolume", mode="max",
+                scheduler=ASHAScheduler(time_attr="training_iteration", metric=objectives(space)[0], mode="max",
                                         max_t=space.scheduler.max_t, grace_period=space.scheduler.grace_period,
                                         reduction_factor=space.scheduler.reduction_factor),
                 num_samples=space.tune.num_samples,
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
             ),
             run_config=tune.RunConfig(
                 name=place.tune_dir.name, storage_path=str(place.dir), callbacks=[callback], verbose=1,
@@ -134,7 +147,7 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     from hiertune.plots import plot_sweep_curves
     from hiertune.tracking import trial_history
 
-    points = front_points(trials)
+    points = front_points(trials, sampled_thresholds(place))
     front = compute_front(points)
     csv_path, png_path = write_front(place.dir, place.name, points, front)
     parent = recorder.state["parent"]
@@ -151,6 +164,11 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
                                       "best_unseen": best["unseen"]}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
     return {"front": front, "points": len(points), "pareto_csv": str(csv_path), "pareto_png": str(png_path)}
+
+
+def sampled_thresholds(place: SweepPlace) -> bool:
+    path = place.dir / "sweep.json"
+    return json.loads(path.read_text())["sampled_thresholds"] if path.exists() else False
 
 
 def _record(result, space: SearchSpace) -> TrialRecord:

@@ -13,7 +13,6 @@ import math
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,13 +35,15 @@ log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
 
 
+POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen")
+
+
 class TrialFailed(RuntimeError):
     """A trial that cannot go on (non-finite loss, a test-requested failure); the sweep records it."""
 
 
-@dataclass
 class Checkpoint:
-    """What a checkpoint directory holds, all loadable without executing code."""
+    """File names in a checkpoint directory; everything loads without executing code."""
 
     MODEL = "model.safetensors"
     STATE = "state.pt"  # optimizer, scheduler, RNG: tensors and numbers only (weights_only=True)
@@ -167,7 +168,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         scorers = fit_scorers(kept, heads)
         result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
         point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers)
-                 if scorers or cfg.novelty_score in LOGIT_SCORES else {"seen": math.nan, "unseen": math.nan})
+                 if scorers or cfg.novelty_score in LOGIT_SCORES else dict.fromkeys(POINT_KEYS, math.nan))
         t3 = time.perf_counter()
 
         metrics = {
@@ -182,7 +183,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             **_closed_set(batch, heads),
             # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
             # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
-            "point_seen": point["seen"], "point_unseen": point["unseen"],
+            **{f"point_{k}": point[k] for k in POINT_KEYS},
+            "point_objective": (point["seen"] + point["unseen"]) / 2,
             "train_images": len(train_x),
             "outlier_images": int((split.train_superclass == heads.n_super).sum()),
             "train_images_per_s": seen_images / train_seconds,

@@ -21,7 +21,7 @@ from hiertune.metrics import pareto_front
 from hiertune.pareto import compute_front, front_points, load_trials
 
 
-def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1) -> Path:
+def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(f"""
 family: cnn
@@ -33,7 +33,7 @@ search:
   novelty_score: {{type: categorical, choices: [msp, energy]}}
 tune: {{num_samples: {samples}, sampler: tpe, seed: 3}}
 scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
-resources: {{cpus_per_trial: 1}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
 """)
     return path
 
@@ -43,7 +43,8 @@ def last_json(out: str) -> dict:
 
 
 def test_small_sweep_end_to_end(cli, small_data, tmp_path):
-    result = cli("sweep", str(space_file(tmp_path, small_data, samples=6, max_t=3)), "--name", "e2e",
+    # A GPU share on a machine without one: the local sweep runs on CPUs instead of hanging.
+    result = cli("sweep", str(space_file(tmp_path, small_data, samples=6, max_t=3, gpus=0.25)), "--name", "e2e",
                  "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
     summary = last_json(result.out)
@@ -191,3 +192,38 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_da
     assert len(children) == 4
     assert sorted(r.data.tags["hiertune.trial_id"] for r in children) == sorted(after)
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(small_data, tmp_path):
+    from optuna.trial import TrialState
+
+    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.space import load_space
+
+    space = load_space(space_file(tmp_path, small_data, samples=3, max_t=4))
+    searcher = FidelityAwareOptunaSearch(space)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert all(c["family"] == "cnn" and 1e-4 <= c["lr"] <= 3e-2 and "novelty_score" in c for c in configs)
+    searcher.on_trial_complete("t0", {"hypervolume": 0.7, "training_iteration": 4})
+    searcher.on_trial_complete("t1", {"hypervolume": 0.4, "training_iteration": 1})  # stopped by ASHA
+    searcher.on_trial_complete("t2", None, error=True)
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == 0.7
+    assert trials[1].intermediate_values == {1: 0.4}
+
+
+def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
+    from hiertune.pareto import TrialRecord
+
+    def record(i, seen, unseen):
+        metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,
+                   "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen}
+        return TrialRecord(f"id{i}", f"trial_{i}", "completed", 2, {"tau_super": 0.9, "tau_sub": 0.5,
+                                                                     "novelty_score": "energy"},
+                           Path("/nonexistent"), metrics)
+
+    trials = [record(0, 0.8, 0.5), record(1, 0.6, 0.7), record(2, 0.5, 0.4)]
+    points = front_points(trials, sampled_thresholds=True)
+    assert len(points) == 3 and points[0]["score"] == "energy" and points[0]["tau_super"] == 0.9
+    assert [p["trial"] for p in compute_front(points)] == ["trial_0", "trial_1"]

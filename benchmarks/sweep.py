@@ -1,0 +1,106 @@
+"""Sweep figures: orchestration overhead, and post-hoc vs Optuna-sampled thresholds.
+
+    python benchmarks/sweep.py [--trials 8] [--epochs 2] [--data DIR]
+
+(a) N short trials through `run_sweep` (Ray Tune + Optuna + ASHA + MLflow + checkpoints to
+    storage) against the same trials run one after another by `run_trial` in a bare loop;
+    ratio of wall times, target ≤ 1.15 at N = 8 on 2 CPUs. ASHA's grace period is set to max_t so
+    both sides do the same epochs, and the sweep runs one trial at a time on both CPUs, as the
+    loop does; a second sweep packs two 1-CPU trials side by side.
+(b) The hypervolume of the front at equal trial count when thresholds and score are post-hoc
+    (every trial contributes its whole τ grid) vs sampled by Optuna (one point per trial).
+Runs on the synthetic default unless --data is given. Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from hiertune.data.bundle import load_bundle
+from hiertune.data.cache import default_cache_root
+from hiertune.metrics import hypervolume_2d
+from hiertune.pareto import load_trials
+from hiertune.space import load_space
+from hiertune.sweep import SweepPlace, run_sweep
+from hiertune.train import run_trial
+
+SPACE = """
+family: cnn
+fixed: {{epochs: {epochs}, batch_size: 64, cnn_width: 16, data: {data}, outliers: {outliers}}}
+search:
+  lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
+  tau_super: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
+  tau_sub: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
+  novelty_score: {{type: categorical, choices: [msp, energy, maxlogit, mahalanobis, knn], posthoc: {posthoc}}}
+tune: {{num_samples: {trials}, sampler: tpe, seed: 0}}
+scheduler: {{max_t: {epochs}, grace_period: {grace}, reduction_factor: 2}}
+resources: {{cpus_per_trial: {cpus}}}
+"""
+
+
+def make_space(tmp: Path, name: str, **kw):
+    path = tmp / f"{name}.yaml"
+    path.write_text(SPACE.format(**kw))
+    return load_space(path)
+
+
+def sweep(space, tmp: Path, name: str, cache: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    result = run_sweep(space, SweepPlace.resolve(name, str(tmp / "sweeps"), None), cache)
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--outliers", default=None)
+    args = parser.parse_args()
+    cache = default_cache_root()
+    common = dict(epochs=args.epochs, trials=args.trials, data=yaml.safe_dump(args.data).split("\n")[0],
+                  outliers=yaml.safe_dump(args.outliers).split("\n")[0])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # (a) overhead: same trials, same epochs, one at a time on both CPUs.
+        one = make_space(tmp, "one", posthoc="true", grace=args.epochs, cpus=2, **common)
+        t_sweep, res = sweep(one, tmp, "one", cache)
+        trials = load_trials(Path(res["dir"]))
+        start = time.perf_counter()
+        base = one.trial_config()
+        bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache)
+        for t in trials:
+            run_trial(one.trial_config({**t.params, "threads": 2}), bundle, lambda m, c: None)
+        t_bare = time.perf_counter() - start
+        packed = make_space(tmp, "packed", posthoc="true", grace=args.epochs, cpus=1, **common)
+        t_packed, _ = sweep(packed, tmp, "packed", cache)
+        print(f"(a) {len(trials)} trials x {args.epochs} epochs")
+        print(f"    bare loop, one after another   {t_bare:7.1f} s")
+        print(f"    hiertune sweep, 1 x 2-CPU trial {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
+              f"(target <= 1.15: {'OK' if t_sweep / t_bare <= 1.15 else 'ABOVE'})")
+        print(f"    hiertune sweep, 2 x 1-CPU trials {t_packed:6.1f} s   ratio {t_packed / t_bare:5.2f}")
+
+        # (b) post-hoc vs sampled thresholds, ASHA on for both, equal trial count.
+        grace = max(1, args.epochs // 2)
+        _, post = sweep(make_space(tmp, "posthoc", posthoc="true", grace=grace, cpus=1, **common), tmp,
+                        "posthoc", cache)
+        _, samp = sweep(make_space(tmp, "sampled", posthoc="false", grace=grace, cpus=1, **common), tmp,
+                        "sampled", cache)
+        hv_post = hypervolume_2d([(p["seen"], p["unseen"]) for p in post["front"]])
+        hv_samp = hypervolume_2d([(p["seen"], p["unseen"]) for p in samp["front"]])
+        print(f"(b) {args.trials} trials each")
+        print(f"    post-hoc thresholds: front of {len(post['front'])} points, hypervolume {hv_post:.4f}")
+        print(f"    Optuna-sampled:      front of {len(samp['front'])} points, hypervolume {hv_samp:.4f}")
+        print(f"    ratio post-hoc / sampled {hv_post / hv_samp:.3f}")
+
+
+if __name__ == "__main__":
+    main()
