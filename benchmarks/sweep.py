@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--data", default=None)
     parser.add_argument("--outliers", default=None)
+    parser.add_argument("--only", choices=("a", "b"), help="run one part")
     args = parser.parse_args()
     cache = default_cache_root()
     common = dict(epochs=args.epochs, trials=args.trials, data=yaml.safe_dump(args.data).split("\n")[0],
@@ -70,36 +71,46 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # (a) overhead: same trials, same epochs, one at a time on both CPUs.
-        one = make_space(tmp, "one", posthoc="true", grace=args.epochs, cpus=2, **common)
-        t_sweep, res = sweep(one, tmp, "one", cache)
-        trials = load_trials(Path(res["dir"]))
-        start = time.perf_counter()
-        base = one.trial_config()
-        bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache)
-        for t in trials:
-            run_trial(one.trial_config({**t.params, "threads": 2}), bundle, lambda m, c: None)
-        t_bare = time.perf_counter() - start
-        packed = make_space(tmp, "packed", posthoc="true", grace=args.epochs, cpus=1, **common)
-        t_packed, _ = sweep(packed, tmp, "packed", cache)
-        print(f"(a) {len(trials)} trials x {args.epochs} epochs")
-        print(f"    bare loop, one after another   {t_bare:7.1f} s")
-        print(f"    hiertune sweep, 1 x 2-CPU trial {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
-              f"(target <= 1.15: {'OK' if t_sweep / t_bare <= 1.15 else 'ABOVE'})")
-        print(f"    hiertune sweep, 2 x 1-CPU trials {t_packed:6.1f} s   ratio {t_packed / t_bare:5.2f}")
+        if args.only != "b":
+            overhead(args, common, tmp, cache)
+        if args.only != "a":
+            thresholds(args, common, tmp, cache)
 
-        # (b) post-hoc vs sampled thresholds, ASHA on for both, equal trial count.
-        grace = max(1, args.epochs // 2)
-        _, post = sweep(make_space(tmp, "posthoc", posthoc="true", grace=grace, cpus=1, **common), tmp,
-                        "posthoc", cache)
-        _, samp = sweep(make_space(tmp, "sampled", posthoc="false", grace=grace, cpus=1, **common), tmp,
-                        "sampled", cache)
-        hv_post = hypervolume_2d([(p["seen"], p["unseen"]) for p in post["front"]])
-        hv_samp = hypervolume_2d([(p["seen"], p["unseen"]) for p in samp["front"]])
-        print(f"(b) {args.trials} trials each")
-        print(f"    post-hoc thresholds: front of {len(post['front'])} points, hypervolume {hv_post:.4f}")
-        print(f"    Optuna-sampled:      front of {len(samp['front'])} points, hypervolume {hv_samp:.4f}")
-        print(f"    ratio post-hoc / sampled {hv_post / hv_samp:.3f}")
+
+def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
+    """(a) same trials, same epochs, one at a time on both CPUs."""
+    one = make_space(tmp, "one", posthoc="true", grace=args.epochs, cpus=2, **common)
+    t_sweep, res = sweep(one, tmp, "one", cache)
+    trials = load_trials(Path(res["dir"]))
+    start = time.perf_counter()
+    base = one.trial_config()
+    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache)
+    for t in trials:
+        run_trial(one.trial_config({**t.params, "threads": 2}), bundle, lambda m, c: None)
+    t_bare = time.perf_counter() - start
+    packed = make_space(tmp, "packed", posthoc="true", grace=args.epochs, cpus=1, **common)
+    t_packed, _ = sweep(packed, tmp, "packed", cache)
+    print(f"(a) {len(trials)} trials x {args.epochs} epochs")
+    print(f"    bare loop, one after another   {t_bare:7.1f} s")
+    print(f"    hiertune sweep, 1 x 2-CPU trial {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
+          f"(target <= 1.15: {'OK' if t_sweep / t_bare <= 1.15 else 'ABOVE'})")
+    print(f"    hiertune sweep, 2 x 1-CPU trials {t_packed:6.1f} s   ratio {t_packed / t_bare:5.2f}")
+
+
+
+def thresholds(args, common: dict, tmp: Path, cache: Path) -> None:
+    """(b) post-hoc vs sampled thresholds, ASHA on for both, equal trial count."""
+    grace = max(1, args.epochs // 2)
+    _, post = sweep(make_space(tmp, "posthoc", posthoc="true", grace=grace, cpus=1, **common), tmp,
+                    "posthoc", cache)
+    _, samp = sweep(make_space(tmp, "sampled", posthoc="false", grace=grace, cpus=1, **common), tmp,
+                    "sampled", cache)
+    hv_post = hypervolume_2d([(p["seen"], p["unseen"]) for p in post["front"]])
+    hv_samp = hypervolume_2d([(p["seen"], p["unseen"]) for p in samp["front"]])
+    print(f"(b) {args.trials} trials each")
+    print(f"    post-hoc thresholds: front of {len(post['front'])} points, hypervolume {hv_post:.4f}")
+    print(f"    Optuna-sampled:      front of {len(samp['front'])} points, hypervolume {hv_samp:.4f}")
+    print(f"    ratio post-hoc / sampled {hv_post / hv_samp:.3f}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: H
         loss_sub = _seen_cross_entropy(out.sub_logits, sub_t, ~sub_out, smoothing)
         loss_oe = (_uniform_cross_entropy(out.super_logits, super_out)
                    + _uniform_cross_entropy(out.sub_logits, sub_out))
-    loss_kl = _interaction_kl(out.super_logits, out.sub_logits, heads, cfg.kl_temperature)
+    # Not computed at weight 0: families without the interaction term would pay for it every step.
+    loss_kl = (_interaction_kl(out.super_logits, out.sub_logits, heads, cfg.kl_temperature) if cfg.kl_alpha
+               else out.super_logits.new_zeros((), dtype=torch.float32))
     total = loss_super + loss_sub + cfg.kl_alpha * loss_kl + cfg.oe_weight * loss_oe
     return total, torch.stack([loss_super, loss_sub, loss_kl, loss_oe]).detach().float()
 
