@@ -262,7 +262,7 @@ def _param(name: str, spec: Any, where: str) -> Param:
         if not isinstance(when, dict) or not all(isinstance(v, list) for v in when.values()):
             raise UserError(f"{where}.when must map parameter names to lists of values")
         when = {k: tuple(v) for k, v in when.items()}
-    hint = typing_hint(name)
+    hint = typing.get_type_hints(TrialConfig)[name]
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -288,8 +288,6 @@ def _param(name: str, spec: Any, where: str) -> Param:
         raise UserError(f"{where}: log and step cannot be combined")
     if step is not None and step <= 0:
         raise UserError(f"{where}.step must be > 0, got {step}")
-    if kind == "int" and hint is float:
-        kind = "float"  # an int range for a float parameter samples integers-as-floats: allow it
     coerce(hint, low, f"{where}.low")
     default = spec.get("default")
     if default is not None:
@@ -297,10 +295,6 @@ def _param(name: str, spec: Any, where: str) -> Param:
         if not low <= default <= high:
             raise UserError(f"{where}.default {default} is outside [{low}, {high}]")
     return Param(name, kind, low=low, high=high, log=log, step=step, default=default, when=when, posthoc=posthoc)
-
-
-def typing_hint(name: str):
-    return typing.get_type_hints(TrialConfig)[name]
 
 
 def _section(cls, raw: Any, where: str):

@@ -109,6 +109,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     posthoc_cfg = PosthocConfig()
+    loss_cfg = cfg.loss_config()
 
     start_epoch, history = 0, []
     if resume is not None:
@@ -140,9 +141,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
                 x = lam * x + (1 - lam) * x[perm]
             with autocast():
                 out = model(x)
-                loss, parts = hierarchical_loss(out, sup, sub, heads, cfg.loss_config())
+                loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
                 if mix:
-                    loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, cfg.loss_config())
+                    loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
                     loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
