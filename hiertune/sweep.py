@@ -76,7 +76,9 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     own_ray = not ray.is_initialized()
     if own_ray:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+        # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
+        # which ray.init(address=None) would silently join.
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}})
     if address is None and space.resources.gpus_per_trial and not ray.cluster_resources().get("GPU"):
         # A local machine without a GPU would leave GPU-requesting trials pending forever; a

@@ -112,7 +112,7 @@ def test_tune_trainable_reports_and_checkpoints_in_a_real_tune_session(bundle, t
 
     from hiertune.trainable import tune_trainable
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         config = TrialConfig(family="cnn", **{**FAST, "epochs": 2}).to_dict()
         tuner = tune.Tuner(
