@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hiertune.errors import UserError
@@ -168,6 +169,18 @@ class FeatureScorer:
         return cls(means=d["means"], present=d["present"].bool(), whiten=d["whiten"], bank=d["bank"])
 
 
+def save_scorers(scorers: dict[str, FeatureScorer], path: str | os.PathLike) -> None:
+    save_file({f"{level}.{k}": v.contiguous() for level, sc in scorers.items() for k, v in sc.state_dict().items()},
+              str(path))
+
+
+def load_scorers(path: str | os.PathLike) -> dict[str, FeatureScorer]:
+    tensors = load_file(str(path))
+    return {level: FeatureScorer.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
+                                                  if k.split(".", 1)[0] == level})
+            for level in LEVELS}
+
+
 @dataclass(frozen=True)
 class PosthocConfig:
     scores: tuple[str, ...] = SCORES
@@ -273,7 +286,16 @@ def point_metrics(batch: EvalBatch, heads: Heads, score: str, tau_super: float, 
     pred_super, pred_sub = decide(s, heads, thr_super, thr_sub)
     metrics = leaderboard_metrics(pred_super.numpy(), pred_sub.numpy(), true_super, true_sub,
                                   heads.n_super, heads.n_sub)
-    return {**metrics, "thr_super": thr_super, "thr_sub": thr_sub}
+    return {**metrics, "thr_super": thr_super, "thr_sub": thr_sub,
+            "accept_super": seen_acceptance(s.super_score.numpy(), true_super < heads.n_super, thr_super),
+            "accept_sub": seen_acceptance(s.sub_score.numpy(), true_sub < heads.n_sub, thr_sub)}
+
+
+def seen_acceptance(scores, seen, thr: float) -> float:
+    """Fraction of the images whose true class at this level is seen that the level's threshold
+    accepts (score >= thr): the rate an exported model's calibration reproduces."""
+    ref = np.asarray(scores, dtype=float)[np.asarray(seen, dtype=bool)]
+    return float((ref >= thr).mean()) if len(ref) else float("nan")
 
 
 def raw_thresholds(score: str, tau, scores, seen) -> np.ndarray:
@@ -305,6 +327,7 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
     grid = np.empty((len(names), len(tau_super), len(tau_sub), len(ACCURACIES)))
     thr_super = np.empty((len(names), len(tau_super)))
     thr_sub = np.empty((len(names), len(tau_sub)))
+    accept = {"super": np.empty_like(thr_super), "sub": np.empty_like(thr_sub)}
     free = np.empty((len(names), len(LEVELS), len(MEASURES)))
     for i, name in enumerate(names):
         s = score_levels(batch, heads, name, scorers, config.knn_k)
@@ -315,6 +338,8 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
         thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
         accept_super = (score_super[None, :] >= thr_super[i][:, None]).astype(float)  # [T_super, N]
         accept_sub = (score_sub[None, :] >= thr_sub[i][:, None]).astype(float)  # [T_sub, N]
+        accept["super"][i] = _rate(accept_super @ seen_super, counts["seen_super"])
+        accept["sub"][i] = _rate(accept_sub @ seen_sub, counts["seen_sub"])
         # A subclass counts as accepted only if its superclass is too, so the sub-level tallies
         # are sums over images of accept_super * accept_sub * indicator: one matrix product.
         grid[i, ..., 0] = _rate(accept_super @ hit_super, counts["seen_super"])[:, None]
@@ -324,7 +349,8 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
                                 counts["novel_sub"])
         free[i, 0] = _threshold_free(score_super, seen_super, hit_super)
         free[i, 1] = _threshold_free(score_sub, seen_sub, hit_sub)
-    return PosthocResult(names, tau_super, tau_sub, thr_super, thr_sub, grid, free, counts)
+    return PosthocResult(names, tau_super, tau_sub, thr_super, thr_sub, grid, free, counts, accept["super"],
+                         accept["sub"])
 
 
 def _has_scorers(scorers) -> bool:
@@ -351,6 +377,8 @@ class PosthocResult:
     grid: np.ndarray  # [n_scores, T_super, T_sub, 4] accuracies in ACCURACIES order
     threshold_free: np.ndarray  # [n_scores, 2, 3]: LEVELS x MEASURES
     counts: dict[str, int]  # validation images per group: seen_super, novel_super, seen_sub, novel_sub
+    accept_super: np.ndarray  # [n_scores, T_super]: fraction of seen-superclass images accepted
+    accept_sub: np.ndarray  # [n_scores, T_sub]: fraction of seen-subclass images accepted (sub score alone)
 
     @property
     def seen(self) -> np.ndarray:  # [n_scores, T_super, T_sub]
@@ -372,7 +400,9 @@ class PosthocResult:
         acc["unseen"] = objective(acc["unseen_super_acc"], acc["unseen_sub_acc"])
         return {"score": self.scores[score],
                 "tau_super": float(self.tau_super[i]), "tau_sub": float(self.tau_sub[j]),
-                "thr_super": float(self.thr_super[score, i]), "thr_sub": float(self.thr_sub[score, j]), **acc}
+                "thr_super": float(self.thr_super[score, i]), "thr_sub": float(self.thr_sub[score, j]),
+                "accept_super": float(self.accept_super[score, i]), "accept_sub": float(self.accept_sub[score, j]),
+                **acc}
 
     @cached_property
     def front(self) -> list[dict]:
@@ -413,14 +443,14 @@ class PosthocResult:
         with atomic_file(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, meta=np.array(meta), tau_super=self.tau_super, tau_sub=self.tau_sub,
                      thr_super=self.thr_super, thr_sub=self.thr_sub, grid=self.grid,
-                     threshold_free=self.threshold_free)
+                     threshold_free=self.threshold_free, accept_super=self.accept_super, accept_sub=self.accept_sub)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PosthocResult:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(tuple(meta["scores"]), z["tau_super"], z["tau_sub"], z["thr_super"], z["thr_sub"],
-                       z["grid"], z["threshold_free"], meta["counts"])
+                       z["grid"], z["threshold_free"], meta["counts"], z["accept_super"], z["accept_sub"])
 
 
 def _pooled(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from hiertune.plots import plot_front
 from hiertune.train import Checkpoint
 
 ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
+ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
 
 
 @dataclass
@@ -36,6 +38,7 @@ class TrialRecord:
     checkpoint: Path | None
     metrics: dict
     error: str | None = None
+    config: dict = field(default_factory=dict)  # the whole trial config: what export retrains
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
@@ -58,7 +61,7 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            **{f"param.{k}": v for k, v in sorted(t.params.items())},
                            "score": t.params.get("novelty_score", "msp"), "tau_super": t.params.get("tau_super"),
                            "tau_sub": t.params.get("tau_sub"),
-                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen")}})
+                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE)}})
             continue
         path = t.checkpoint / Checkpoint.POSTHOC
         try:
@@ -72,7 +75,7 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
             points.append({"trial": t.name, "trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
                            **{f"param.{k}": v for k, v in sorted(t.params.items())},
                            **{k: p[k] for k in ("score", "tau_super", "tau_sub", "thr_super", "thr_sub", *ACCURACIES,
-                                                "seen", "unseen")}})
+                                                "seen", "unseen", *ACCEPTANCE)}})
     return points
 
 
@@ -81,6 +84,72 @@ def compute_front(points: list[dict]) -> list[dict]:
         return []
     index = pareto_front(np.array([[p["seen"], p["unseen"]] for p in points]))
     return [points[k] for k in index]
+
+
+@dataclass(frozen=True)
+class Pick:
+    """Which front points `export-best` retrains: `knee`, `max-seen`, `max-unseen` or `weight=W`
+    (maximise W·seen + (1−W)·unseen).
+
+    The knee is the point farthest above the chord joining the front's two ends, both axes
+    scaled to the front's range: where giving up seen accuracy stops buying much unseen."""
+
+    kind: str
+    weight: float = 0.5
+
+    @classmethod
+    def parse(cls, text: str) -> "Pick":
+        if text in ("knee", "max-seen", "max-unseen"):
+            return cls(text)
+        key, _, value = text.partition("=")
+        if key == "weight":
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = math.nan
+            if 0.0 <= weight <= 1.0:
+                return cls("weight", weight)
+            raise UserError(f"--pick weight=W needs W in [0, 1], got {value!r}")
+        raise UserError(f"--pick {text!r}: expected knee, max-seen, max-unseen or weight=W")
+
+    def __str__(self) -> str:
+        return f"weight={self.weight:g}" if self.kind == "weight" else self.kind
+
+    def rank(self, front: list[dict]) -> list[dict]:
+        """The front, best first under this pick; ties go to the higher seen + unseen."""
+        seen = np.array([p["seen"] for p in front], dtype=float)
+        unseen = np.array([p["unseen"] for p in front], dtype=float)
+        if self.kind == "max-seen":
+            key = seen + 1e-9 * unseen
+        elif self.kind == "max-unseen":
+            key = unseen + 1e-9 * seen
+        elif self.kind == "weight":
+            key = self.weight * seen + (1 - self.weight) * unseen
+        else:
+            key = _knee_distance(seen, unseen)
+        order = np.lexsort((-(seen + unseen), -key))
+        return [front[i] for i in order]
+
+    def choose(self, front: list[dict], top: int) -> list[dict]:
+        """The `top` best points of distinct trials: two points of one trial differ only in
+        thresholds, and retraining the same configuration twice would buy nothing."""
+        chosen, trials = [], set()
+        for p in self.rank(front):
+            if p["trial_id"] not in trials:
+                chosen.append(p)
+                trials.add(p["trial_id"])
+            if len(chosen) == top:
+                break
+        return chosen
+
+
+def _knee_distance(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    span_s, span_u = np.ptp(seen), np.ptp(unseen)
+    if len(seen) < 3 or span_s == 0 or span_u == 0:
+        return seen + unseen  # no interior point: the balanced one
+    x, y = (seen - seen.min()) / span_s, (unseen - unseen.min()) / span_u
+    # Normalised, the front's ends are (1, 0) and (0, 1): the chord is x + y = 1.
+    return (x + y - 1) / math.sqrt(2)
 
 
 def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict]) -> tuple[Path, Path]:

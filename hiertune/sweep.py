@@ -9,10 +9,12 @@ default the MLflow store (`mlflow.db`, `mlartifacts/`) sits beside the sweeps in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +53,6 @@ class SweepPlace:
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
-    import ray
-
     started = (place.tune_dir / "tuner.pkl").exists()
     if resume and not started:
         raise UserError(f"{place.dir}: no sweep to resume here")
@@ -66,31 +66,50 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     if not resume:
         with atomic_file(place.dir / "sweep.json") as tmp:
             tmp.write_text(json.dumps({"space": str(space.path), "family": space.family,
-                                       "sampled_thresholds": space.samples_thresholds}))
+                                       "sampled_thresholds": space.samples_thresholds,
+                                       "resources": space.resources.__dict__}))
 
-    # Trials in worker processes must not oversubscribe the CPUs: each sets torch threads to
-    # its own CPU count (run_trial), and the libraries' own pools follow.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(space.resources.cpus_per_trial))))
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    with ray_session(address, space.resources.cpus_per_trial):
+        gpus = usable_gpus(space.resources.gpus_per_trial, space.resources.cpus_per_trial, address)
+        if gpus != space.resources.gpus_per_trial:
+            space = space.with_overrides({"resources.gpus_per_trial": gpus})
+        return _run(space, place, bundle, resume)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
+    """Connect to `address`, or start a private local Ray (stopped on exit) when none is given."""
+    import ray
+
+    # Tasks in worker processes must not oversubscribe the CPUs: each sets torch threads to
+    # its own CPU count (run_trial), and the libraries' own pools follow.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cpus_per_task))))
     own_ray = not ray.is_initialized()
     if own_ray:
         # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
         # which ray.init(address=None) would silently join.
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}})
-    if address is None and space.resources.gpus_per_trial and not ray.cluster_resources().get("GPU"):
-        # A local machine without a GPU would leave GPU-requesting trials pending forever; a
-        # cluster (address given) may still add GPU nodes through its autoscaler.
-        log.warning("no GPU on this machine: running trials on %s CPU(s) each, without gpus_per_trial %s",
-                    space.resources.cpus_per_trial, space.resources.gpus_per_trial)
-        space = space.with_overrides({"resources.gpus_per_trial": 0})
     try:
-        return _run(space, place, bundle, resume)
+        yield
     finally:
         if own_ray:
             ray.shutdown()
+
+
+def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
+    """GPUs to request per trial from the connected Ray. A local machine without a GPU would
+    leave GPU-requesting trials pending forever; a cluster (address given) may still add GPU
+    nodes through its autoscaler."""
+    import ray
+
+    if address is None and gpus and not ray.cluster_resources().get("GPU"):
+        log.warning("no GPU on this machine: running trials on %s CPU(s) each, without gpus_per_trial %s", cpus, gpus)
+        return 0
+    return gpus
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
@@ -186,7 +205,8 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
                        Path(result.checkpoint.path) if result.checkpoint else None, clean,
-                       str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+                       str(result.error).strip().splitlines()[-1][:500] if result.error else None,
+                       dict(result.config or {}))
 
 
 def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:

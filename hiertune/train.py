@@ -29,13 +29,14 @@ from hiertune.errors import UserError
 from hiertune.losses import LOSS_PARTS, hierarchical_loss
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty import (LOGIT_SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics,
-                              posthoc_grid)
+                              posthoc_grid, save_scorers)
 
 log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
 
 
-POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen")
+POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
+              "accept_super", "accept_sub")
 
 
 class TrialFailed(RuntimeError):
@@ -202,25 +203,34 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
 
 
 @torch.no_grad()
-def evaluate(model, images: torch.Tensor, sup: np.ndarray, sub: np.ndarray, heads: Heads, cfg: TrialConfig,
-             augment: BatchAugment, device: torch.device, autocast) -> tuple[EvalBatch, float]:
-    """Logits and features of every validation image, and the loss over the seen ones."""
+def forward_all(model, images: torch.Tensor, augment: BatchAugment, device: torch.device, autocast,
+                batch_size: int = 256, progress: str | None = None) -> ModelOutput:
+    """Logits and features of every image (uint8 NHWC), on the CPU in float32, in eval mode."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"sl": [], "ul": [], "sf": [], "uf": []}
-    for (xb,) in iterate_batches(images, (), 256, shuffle=False, generator=None, device=device):
+    batches = iterate_batches(images, (), batch_size, shuffle=False, generator=None, device=device)
+    for (xb,) in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=progress, unit="batch",
+                      disable=None if progress else True, leave=False):
         with autocast():
             out = model(augment(xb, train=False))
         for key, t in zip(parts, (out.super_logits, out.sub_logits, out.super_features, out.sub_features)):
             parts[key].append(t.float().cpu())
-    sl, ul, sf, uf = (torch.cat(v) for v in parts.values())
+    return ModelOutput(*(torch.cat(v) for v in parts.values()))
+
+
+def evaluate(model, images: torch.Tensor, sup: np.ndarray, sub: np.ndarray, heads: Heads, cfg: TrialConfig,
+             augment: BatchAugment, device: torch.device, autocast) -> tuple[EvalBatch, float]:
+    """Logits and features of every validation image, and the loss over the seen ones."""
+    out = forward_all(model, images, augment, device, autocast)
     sup_t, sub_t = torch.from_numpy(sup), torch.from_numpy(sub)
     seen = (sup_t < heads.n_super) & (sub_t < heads.n_sub)
     val_loss = float("nan")
     if seen.any():
-        loss, _ = hierarchical_loss(ModelOutput(sl[seen], ul[seen], sf[seen], uf[seen]), sup_t[seen],
-                                    sub_t[seen], heads, cfg.loss_config())
+        seen_out = ModelOutput(out.super_logits[seen], out.sub_logits[seen], out.super_features[seen],
+                               out.sub_features[seen])
+        loss, _ = hierarchical_loss(seen_out, sup_t[seen], sub_t[seen], heads, cfg.loss_config())
         val_loss = loss.item()
-    return EvalBatch(sl, ul, sf, uf, sup_t, sub_t), val_loss
+    return EvalBatch(out.super_logits, out.sub_logits, out.super_features, out.sub_features, sup_t, sub_t), val_loss
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
@@ -249,8 +259,7 @@ def _save_checkpoint(path: Path, epoch: int, history: list[dict], model, optimiz
     (path / Checkpoint.HISTORY).write_text(json.dumps(history))
     result.save(path / Checkpoint.POSTHOC)
     if scorers:
-        save_file({f"{level}.{k}": v.contiguous() for level, s in scorers.items() for k, v in s.state_dict().items()},
-                  path / Checkpoint.SCORERS)
+        save_scorers(scorers, path / Checkpoint.SCORERS)
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, order_gen: torch.Generator,

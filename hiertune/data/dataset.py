@@ -113,6 +113,14 @@ def read_mapping(path: Path) -> list[str]:
     return seen
 
 
+def write_mapping(path: Path, seen: list[str] | tuple[str, ...]) -> None:
+    """An `index,class` mapping as read_mapping reads it: the seen classes, then 'novel'."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["index", "class"])
+        writer.writerows([*enumerate(seen), (len(seen), NOVEL)])
+
+
 def _read_train_csv(root: Path, superclasses: list[str], subclasses: list[str]
                     ) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
     """Image name → file line, and the label arrays, after checking every row."""

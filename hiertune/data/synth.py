@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from hiertune.data.dataset import write_mapping
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_dir
 
@@ -240,8 +241,7 @@ def write_synthetic(
 
         sub_names = [f"{sh}-{t}-{h}" for _, sh, t, h in seen]
         for level, names in (("superclass", families), ("subclass", sub_names)):
-            rows = [*enumerate(names), (len(names), "novel")]
-            _write_csv(tmp / f"{level}_mapping.csv", ["index", "class"], rows)
+            write_mapping(tmp / f"{level}_mapping.csv", names)
         _write_csv(
             tmp / "train_data.csv",
             ["image", "superclass_index", "subclass_index", "description"],

@@ -1,0 +1,174 @@
+"""An exported model directory, and predictions from it on any folder of images.
+
+The directory is everything a prediction needs, and nothing in it executes code when loaded
+(safetensors, JSON, CSV):
+
+    model.safetensors      weights
+    scorers.safetensors    feature-space scorers (mahalanobis / knn scores only)
+    config.json            the resolved trial config it was trained with, and its head sizes
+    thresholds.json        score, raw thresholds, and how they were calibrated
+    superclass_mapping.csv, subclass_mapping.csv   the label maps (novel last)
+    metrics.json           validation (the sweep's point), calibration and retraining figures
+    source.json            the sweep, trial and front point it came from
+    history.json           per-epoch metrics of the retraining
+    submission.csv         predictions for the competition's test images, when there were any
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from hiertune.config import TrialConfig
+from hiertune.data.augment import BatchAugment
+from hiertune.data.cache import load_images
+from hiertune.data.dataset import read_mapping
+from hiertune.data.images import FixCounts, check_links_inside, list_image_files
+from hiertune.errors import UserError
+from hiertune.fsutil import atomic_file
+from hiertune.models.registry import Heads, create_model
+from hiertune.novelty import FeatureScorer, LevelScores, decide, load_scorers, score_levels
+
+MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
+SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
+METRICS, SOURCE, HISTORY, SUBMISSION = "metrics.json", "source.json", "history.json", "submission.csv"
+REQUIRED = (MODEL, CONFIG, THRESHOLDS, SUPER_MAP, SUB_MAP)
+HEADER = ("image", "superclass_index", "subclass_index")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    score: str
+    thr_super: float  # raw: a level is accepted when its score >= its threshold
+    thr_sub: float
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "thr_super": self.thr_super, "thr_sub": self.thr_sub}
+
+
+@dataclass
+class Predictions:
+    names: list[str]
+    superclass: np.ndarray
+    subclass: np.ndarray
+    scores: LevelScores
+    super_probs: np.ndarray  # softmax of the superclass head (a trailing novel column when trained with one)
+    sub_probs: np.ndarray
+    fixes: FixCounts
+
+    def write_csv(self, path: str | Path, with_scores: bool = False) -> None:
+        """Atomically; rows in the given (numeric file name) order."""
+        head = list(HEADER)
+        columns = [self.names, self.superclass.tolist(), self.subclass.tolist()]
+        if with_scores:
+            head += ["novelty_score_super", "novelty_score_sub"]
+            head += [f"p_super_{i}" for i in range(self.super_probs.shape[1])]
+            head += [f"p_sub_{i}" for i in range(self.sub_probs.shape[1])]
+            columns += [self.scores.super_score.tolist(), self.scores.sub_score.tolist(),
+                        *self.super_probs.T.round(6).tolist(), *self.sub_probs.T.round(6).tolist()]
+        with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(head)
+            writer.writerows(zip(*columns))
+
+
+class ExportedModel:
+    """A loaded model directory: `predict_folder` / `predict_images` give the submission's indices."""
+
+    def __init__(self, root: Path, cfg: TrialConfig, heads: Heads, thresholds: Thresholds,
+                 model: torch.nn.Module, scorers: dict[str, FeatureScorer] | None, superclasses: list[str],
+                 subclasses: list[str], device: torch.device):
+        self.root, self.cfg, self.heads, self.thresholds = root, cfg, heads, thresholds
+        self.model, self.scorers, self.device = model, scorers, device
+        self.superclasses, self.subclasses = superclasses, subclasses
+        self.augment = BatchAugment(cfg.augment_config(), device)
+
+    @classmethod
+    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"{root}: no such model directory")
+        missing = [name for name in REQUIRED if not (root / name).is_file()]
+        if missing:
+            raise UserError(f"{root}: not an exported model (missing {', '.join(missing)})")
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            raw = json.loads((root / CONFIG).read_text())
+            cfg = TrialConfig.from_dict(raw["trial"], where=str(root / CONFIG))
+            heads = Heads(**{**raw["heads"], "sub_to_super": tuple(raw["heads"]["sub_to_super"])})
+            thr = json.loads((root / THRESHOLDS).read_text())
+            thresholds = Thresholds(thr["score"], float(thr["thr_super"]), float(thr["thr_sub"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{root}: config.json or thresholds.json is unreadable or truncated ({exc})") from None
+        superclasses, subclasses = read_mapping(root / SUPER_MAP), read_mapping(root / SUB_MAP)
+        if (len(superclasses), len(subclasses)) != (heads.n_super, heads.n_sub):
+            raise UserError(f"{root}: the label maps have {len(superclasses)}/{len(subclasses)} seen classes but "
+                            f"the model {heads.n_super}/{heads.n_sub}")
+        run_on = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        if device == "cuda" and run_on.type != "cuda":
+            raise UserError("device cuda requested but no CUDA device is visible")
+        # Weights come from the directory: never from the hub or the file the trial started from.
+        model = create_model(replace(cfg.model_config(), pretrained=False), heads)
+        scorers = None
+        try:
+            model.load_state_dict(load_file(str(root / MODEL)))
+            if (root / SCORERS).is_file():
+                scorers = load_scorers(root / SCORERS)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{root}: weights are unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+        if thresholds.score in ("mahalanobis", "knn") and scorers is None:
+            raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")
+        return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on)
+
+    def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,
+                                                                                      np.ndarray]:
+        """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
+        from hiertune.train import forward_all
+
+        cuda = self.device.type == "cuda"
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and self.cfg.amp else nullcontext
+        out = forward_all(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.augment, self.device,
+                          autocast, progress=progress)
+        scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
+        return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
+
+    def predict_images(self, names: list[str], images: np.ndarray, fixes: FixCounts | None = None,
+                       progress: str | None = None) -> Predictions:
+        scores, p_super, p_sub = self.level_scores(images, progress)
+        sup, sub = decide(scores, self.heads, self.thresholds.thr_super, self.thresholds.thr_sub)
+        return Predictions(names, sup.numpy(), sub.numpy(), scores, p_super, p_sub, fixes or FixCounts())
+
+    def predict_folder(self, folder: str | Path, cache_root: Path, progress: bool = True) -> Predictions:
+        """Every image directly in `folder` (validated as training images are), numerically ordered."""
+        names, images, fixes = read_folder(Path(folder), self.cfg.image_size, cache_root)
+        return self.predict_images(names, images, fixes, progress="predicting" if progress else None)
+
+
+def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[str], np.ndarray, FixCounts]:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: image folder not found")
+    names = list_image_files(folder)
+    if not names:
+        raise UserError(f"{folder}: folder has no images")
+    check_links_inside(folder, names, [str(folder)] * len(names))
+    images, report = load_images(folder, names, image_size, cache_root, desc=f"decoding {folder.name}")
+    return names, images, report.fixes
+
+
+def calibrate(scores: np.ndarray, accept: float) -> float:
+    """The raw threshold that accepts the fraction `accept` of these (seen calibration) scores.
+
+    A sweep threshold that accepted every seen validation image carries over as -inf, accepting
+    everything, rather than the calibration minimum, which would reject new images below it."""
+    if not math.isfinite(accept) or accept >= 1.0:
+        return -math.inf
+    return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - accept, method="lower"))
