@@ -170,6 +170,59 @@ def _render_pareto(result: dict) -> str:
             f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}")
 
 
+def _export_best(args: argparse.Namespace) -> dict:
+    from hiertune.export import export_best
+    from hiertune.pareto import Pick
+    from hiertune.sweep import SweepPlace
+
+    place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
+    return export_best(place, Pick.parse(args.pick), args.top, _cache_root(args), test_images=args.test_images,
+                       address=args.address, calibration_fraction=args.calibration_fraction)
+
+
+def _render_export(result: dict) -> str:
+    lines = [f"export-best {result['name']} ({result['pick']}): {len(result['exports'])} model(s), retrained in "
+             f"{result['retrain_wall_seconds']:.0f}s wall"]
+    for e in result["exports"]:
+        c = e["calibration"]
+        lines.append(f"  {e['k']}: {e['dir']}  {e['trial']} score={e['score']}  validation seen/unseen "
+                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  retrain {e['retrain_seconds']:.0f}s")
+        lines.append(f"     calibration: seen acceptance super {_pct(c['accept_super'])} (target "
+                     f"{_pct(c['target_accept_super'])}), sub {_pct(c['accept_sub'])} (target "
+                     f"{_pct(c['target_accept_sub'])}) on {c['images']} images")
+        if "submission" in e:
+            lines.append(f"     submission: {e['submission']} ({e['rows']:,} rows)")
+        if "test" in e:
+            t = e["test"]
+            lines.append(f"     test (hidden labels): seen super/sub {t['seen_super_acc']:.3f}/{t['seen_sub_acc']:.3f}, "
+                         f"unseen super/sub {t['unseen_super_acc']:.3f}/{t['unseen_sub_acc']:.3f}")
+        lines.append(f"     MLflow: {e['mlflow']['registered_model']} version {e['mlflow']['version']}")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, float) else str(value)
+
+
+def _predict(args: argparse.Namespace) -> dict:
+    from hiertune.predictor import ExportedModel
+
+    model = ExportedModel.load(args.model_dir, device=args.device)
+    predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)
+    if (w := predictions.fixes.warning(f"{args.images}", model.cfg.image_size)):
+        print(w, file=sys.stderr)
+    predictions.write_csv(args.output, with_scores=args.scores)
+    n_super, n_sub = model.heads.n_super, model.heads.n_sub
+    return {"output": str(args.output), "rows": len(predictions.names), "model_dir": str(args.model_dir),
+            "novel_superclass": int((predictions.superclass == n_super).sum()),
+            "novel_subclass": int((predictions.subclass == n_sub).sum())}
+
+
+def _render_predict(result: dict) -> str:
+    return (f"wrote {result['output']}: {result['rows']:,} rows ({result['novel_superclass']:,} novel superclass, "
+            f"{result['novel_subclass']:,} novel subclass)")
+
+
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--data", help="competition-format directory (default: the space's, else synthetic)")
@@ -211,6 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("name", help="sweep name")
     pareto.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
     pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+
+    export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
+                      "thresholds and export models + submissions", _export_best, _render_export)
+    export.add_argument("name", help="sweep name")
+    export.add_argument("--pick", default="knee",
+                        help="knee | max-seen | max-unseen | weight=W (W·seen + (1-W)·unseen); default: %(default)s")
+    export.add_argument("--top", type=int, default=1, help="export the K best points of distinct trials "
+                                                           "(default: %(default)s)")
+    export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
+    export.add_argument("--calibration-fraction", type=float, default=0.1,
+                        help="labeled images held out to calibrate thresholds (default: %(default)s)")
+    export.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
+    export.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    export.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    export.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+
+    predict = _command(sub, "predict", "predict every image of a folder with an exported model", _predict,
+                       _render_predict)
+    predict.add_argument("model_dir", help="an exported model directory (STORAGE/NAME/export/K)")
+    predict.add_argument("images", help="folder of images (any names; ordered by numeric file name)")
+    predict.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
+    predict.add_argument("--scores", action="store_true", help="add novelty scores and class probabilities")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    predict.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 
     data = sub.add_parser("data", help="validate, inspect and generate datasets",
                           description="validate, inspect and generate datasets")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
@@ -73,7 +74,7 @@ class Predictions:
             head += [f"p_super_{i}" for i in range(self.super_probs.shape[1])]
             head += [f"p_sub_{i}" for i in range(self.sub_probs.shape[1])]
             columns += [self.scores.super_score.tolist(), self.scores.sub_score.tolist(),
-                        *self.super_probs.T.round(6).tolist(), *self.sub_probs.T.round(6).tolist()]
+                        *self.super_probs.T.astype(float).round(6).tolist(), *self.sub_probs.T.astype(float).round(6).tolist()]
         with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(head)
@@ -123,7 +124,7 @@ class ExportedModel:
             model.load_state_dict(load_file(str(root / MODEL)))
             if (root / SCORERS).is_file():
                 scorers = load_scorers(root / SCORERS)
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:
             raise UserError(f"{root}: weights are unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
         if thresholds.score in ("mahalanobis", "knn") and scorers is None:
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")

@@ -58,7 +58,7 @@ class SweepRecorder:
                                          tags={"hiertune.sweep": self.sweep, **tags})
             self.state["parent"] = run.info.run_id
             self._save()
-            self._log_params(run.info.run_id, params)
+            self.log_params(run.info.run_id, params)
         else:
             self.client.update_run(self.state["parent"], status="RUNNING")
         return self.state["parent"]
@@ -77,7 +77,7 @@ class SweepRecorder:
         self.state["trials"][trial_id] = run.info.run_id
         self._active[trial_id] = run.info.run_id
         self._save()
-        self._log_params(run.info.run_id, config)
+        self.log_params(run.info.run_id, config)
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
@@ -91,7 +91,7 @@ class SweepRecorder:
         self.client.log_batch(run_id, tags=tags, synchronous=True)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
-    def _log_params(self, run_id: str, params: dict) -> None:
+    def log_params(self, run_id: str, params: dict) -> None:
         items = [Param(k, redact(k, v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)

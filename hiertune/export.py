@@ -1,0 +1,322 @@
+"""`hiertune export-best`: retrain chosen front points on all labeled data and export them.
+
+Per chosen point (distinct trials, best first under `--pick`):
+
+1. Retrain the trial's configuration for the epochs the point was measured at, on every labeled
+   image except a small stratified calibration split: no pseudo-novel holdout, and every outlier
+   class in the training pool. Each retraining is a Ray task with the sweep's per-trial
+   resources, so several run at once where the cluster has room.
+2. Calibrate the thresholds. A raw threshold means nothing for a different model, so what carries
+   over is the rate: at the point, the sweep's threshold accepted a fraction `accept_super` of the
+   seen validation images at the superclass level (and `accept_sub` at the subclass level). The
+   retrained model's threshold is the one that accepts the same fraction of the calibration
+   split (all seen images). metrics.json records the target rate, the rate reached, and the rate
+   the blindly copied sweep threshold would have given.
+3. Write `STORAGE/NAME/export/<k>/` (k = 1 … K) atomically: the model directory of
+   predictor.py, plus `submission.csv` for the test images.
+4. Log it to MLflow under the sweep (a child run of the sweep's parent run with the directory as
+   artifacts) as a pyfunc model, registered as `hiertune-<sweep>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import DataBundle, load_bundle
+from hiertune.data.dataset import write_mapping
+from hiertune.errors import UserError
+from hiertune.fsutil import atomic_dir
+from hiertune.metrics import leaderboard_metrics
+from hiertune.novelty import decide, seen_acceptance
+from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
+from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
+                                THRESHOLDS, ExportedModel, calibrate)
+from hiertune.sweep import SweepPlace, ray_session, sampled_thresholds, usable_gpus
+
+log = logging.getLogger("hiertune")
+
+CALIBRATION_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    k: int
+    point: dict  # the front point: trial, score, thresholds, seen acceptance, accuracies
+    cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
+
+
+def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None = None,
+                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
+    if top < 1:
+        raise UserError(f"--top must be >= 1, got {top}")
+    if not 0.0 < calibration_fraction < 0.5:
+        raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
+    if not place.dir.is_dir():
+        raise UserError(f"{place.dir}: no such sweep")
+    trials = {t.trial_id: t for t in load_trials(place.dir)}
+    front = compute_front(front_points(list(trials.values()), sampled_thresholds(place)))
+    if not front:
+        raise UserError(f"{place.dir}: the sweep has no front (no trial reported a checkpoint)")
+    jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction))
+            for k, p in enumerate(pick.choose(front, top), start=1)]
+    if len(jobs) < top:
+        log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
+    base = jobs[0].cfg
+    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
+    test_dir = Path(test_images) if test_images else bundle.data.root / "test_images"
+    if test_images is None and not test_dir.is_dir():
+        test_dir = None  # a dataset without a test folder: models only, no submission
+    resources = _sweep_meta(place).get("resources", {})
+    cpus = float(resources.get("cpus_per_trial", 1))
+
+    log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
+             place.name, len(jobs), pick, 100 * calibration_fraction)
+    start = time.perf_counter()
+    outputs, failures = _retrain_all(jobs, bundle, cpus, float(resources.get("gpus_per_trial", 0)), address)
+    retrain_wall = time.perf_counter() - start
+
+    exports = []
+    for job in jobs:
+        if job.k in outputs:
+            exports.append(_write_export(place, job, pick, outputs[job.k], test_dir, cache_root))
+    if failures:
+        done = ", ".join(str(e["k"]) for e in exports) or "none"
+        raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
+    return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": retrain_wall, "exports": exports}
+
+
+def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float) -> TrialConfig:
+    if not trial.config:
+        raise UserError(f"{trial.name}: trials.json has no configuration for this trial; rerun the sweep")
+    cfg = TrialConfig.from_dict(trial.config, where=f"{trial.name} config")
+    # The schedule is compressed to the epochs the point was measured at: an ASHA-stopped trial
+    # is retrained for what it ran, not for max_t.
+    return replace(cfg, epochs=max(1, int(point["epochs"])), val_fraction=calibration_fraction,
+                   pseudo_novel_fraction=0.0, outlier_val_fraction=0.0, fail_at_epoch=-1,
+                   novelty_score=point["score"])
+
+
+def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
+                 address: str | None) -> tuple[dict[int, dict], list[str]]:
+    import ray
+    from tqdm.auto import tqdm
+
+    outputs: dict[int, dict] = {}
+    failures: list[str] = []
+    with ray_session(address, cpus):
+        gpus = usable_gpus(gpus, cpus, address)
+        task = ray.remote(retrain).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        ref = ray.put(bundle)
+        pending = {task.remote(job, ref, cpus): job for job in jobs}
+        with tqdm(total=len(jobs), desc="retraining", unit="model", disable=None) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(done[0])
+                try:
+                    outputs[job.k] = ray.get(done[0])
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+                    failures.append(f"export {job.k} ({job.point['trial']}) failed: {reason[:300]}")
+                bar.update()
+    return outputs, failures
+
+
+def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
+    """Train, calibrate, and return the model directory's files as bytes: the task may run on
+    another node, so nothing is written where the driver would have to find it."""
+    from hiertune.train import Checkpoint, heads_for, run_trial
+
+    cfg, point = job.cfg, job.point
+    heads = heads_for(bundle, cfg)
+    with tempfile.TemporaryDirectory(prefix="hiertune-export-") as tmp:
+        last, out = Path(tmp) / "last", Path(tmp) / "model"
+
+        def keep_latest(metrics: dict, directory: Path) -> None:
+            shutil.rmtree(last, ignore_errors=True)
+            shutil.copytree(directory, last)
+
+        start = time.perf_counter()
+        final = run_trial(cfg, bundle, keep_latest, cpus=cpus)
+        seconds = time.perf_counter() - start
+
+        out.mkdir()
+        shutil.copyfile(last / Checkpoint.MODEL, out / MODEL)
+        shutil.copyfile(last / Checkpoint.HISTORY, out / HISTORY)
+        if (last / Checkpoint.SCORERS).is_file():
+            shutil.copyfile(last / Checkpoint.SCORERS, out / SCORERS)
+        h = bundle.data.hierarchy
+        write_mapping(out / SUPER_MAP, h.superclasses)
+        write_mapping(out / SUB_MAP, h.subclasses)
+        _write_json(out / CONFIG, {"trial": cfg.to_dict(), "heads": {
+            "n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
+            "novel_logit": heads.novel_logit}})
+        # Placeholders so that the directory loads; calibration replaces them below.
+        _write_json(out / THRESHOLDS, {"score": point["score"], "thr_super": -math.inf, "thr_sub": -math.inf})
+
+        model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus))
+        calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+        scores, _, _ = model.level_scores(calib.val_images)
+        s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
+        seen_super = calib.val_superclass < heads.n_super
+        seen_sub = calib.val_subclass < heads.n_sub
+        thr_super = calibrate(s_super[seen_super], point["accept_super"])
+        thr_sub = calibrate(s_sub[seen_sub], point["accept_sub"])
+        calibration = {
+            "images": int(len(calib.val_images)),
+            "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
+            "accept_super": seen_acceptance(s_super, seen_super, thr_super),
+            "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
+        }
+        if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
+            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
+            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
+        pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
+        calibration.update({k: v for k, v in leaderboard_metrics(
+            pred_super.numpy(), pred_sub.numpy(), calib.val_superclass, calib.val_subclass, heads.n_super,
+            heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
+        _write_json(out / THRESHOLDS, {
+            "score": point["score"], "thr_super": thr_super, "thr_sub": thr_sub,
+            "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
+                    "threshold accepted of seen validation images at this point",
+            "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
+                                            "accept_sub") if k in point}})
+        _write_json(out / METRICS, {
+            "validation": {k: point[k] for k in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc",
+                                                 "unseen_sub_acc", "seen", "unseen")},
+            "calibration": calibration,
+            "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
+                        "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},
+        })
+        return {"files": {p.name: p.read_bytes() for p in out.iterdir()}, "calibration": calibration,
+                "seconds": seconds}
+
+
+def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, test_dir: Path | None,
+                  cache_root: Path) -> dict:
+    target = place.dir / "export" / str(job.k)
+    with atomic_dir(target, overwrite=True) as stage:
+        for name, data in output["files"].items():
+            (stage / name).write_bytes(data)
+        _write_json(stage / SOURCE, {
+            "sweep": place.name, "sweep_dir": str(place.dir), "trial": job.point["trial"],
+            "trial_id": job.point["trial_id"], "pick": str(pick), "rank": job.k,
+            "point": job.point})
+        summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
+                   "retrain_seconds": output["seconds"], "calibration": output["calibration"],
+                   "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
+        if test_dir is not None:
+            model = ExportedModel.load(stage)
+            predictions = model.predict_folder(test_dir, cache_root)
+            predictions.write_csv(stage / SUBMISSION)
+            summary.update(submission=str(target / SUBMISSION), rows=len(predictions.names))
+            truth = _hidden_labels(test_dir)
+            if truth is not None:  # the synthetic dataset ships its test labels
+                summary["test"] = _score(predictions, truth, model)
+                metrics = json.loads((stage / METRICS).read_text())
+                metrics["test"] = summary["test"]
+                _write_json(stage / METRICS, metrics)
+        summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
+        _write_json(stage / "mlflow.json", summary["mlflow"])
+    log.info("export %d: %s (%s) -> %s", job.k, job.point["trial"], job.point["score"], target)
+    return summary
+
+
+def _hidden_labels(test_dir: Path) -> dict[str, tuple[int, int]] | None:
+    path = test_dir.parent / "test_labels.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return {r["image"]: (int(r["superclass_index"]), int(r["subclass_index"])) for r in csv.DictReader(f)}
+
+
+def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel) -> dict:
+    known = [i for i, n in enumerate(predictions.names) if n in truth]
+    true = np.array([truth[predictions.names[i]] for i in known]).reshape(-1, 2)
+    return leaderboard_metrics(predictions.superclass[known], predictions.subclass[known], true[:, 0], true[:, 1],
+                               model.heads.n_super, model.heads.n_sub)
+
+
+def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, summary: dict) -> dict:
+    """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from hiertune import mlflow_model
+    from hiertune.tracking import PARENT_TAG, SweepRecorder
+
+    recorder = SweepRecorder(place.mlflow_uri, place.name, place.dir)
+    tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point["trial"],
+            "hiertune.trial_id": job.point["trial_id"], "hiertune.pick": str(pick)}
+    if recorder.state.get("parent"):
+        tags[PARENT_TAG] = recorder.state["parent"]
+    run = recorder.client.create_run(recorder.experiment_id, run_name=f"export-{job.k}", tags=tags)
+    run_id = run.info.run_id
+    recorder.log_params(run_id, {**job.cfg.to_dict(), "pick": str(pick)})
+    flat = {"retrain_seconds": summary["retrain_seconds"],
+            **{f"validation_{k}": v for k, v in summary["validation"].items()},
+            **{f"calibration_{k}": v for k, v in summary["calibration"].items()},
+            **{f"test_{k}": v for k, v in summary.get("test", {}).items()}}
+    recorder.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}, 0)
+    recorder.client.log_artifacts(run_id, str(stage), artifact_path="export")
+    name = "hiertune-" + re.sub(r"[^A-Za-z0-9_.-]", "-", place.name)
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "image")]),
+                               outputs=Schema([ColSpec("string", "image"), ColSpec("long", "superclass_index"),
+                                               ColSpec("long", "subclass_index")]))
+    mlflow.set_tracking_uri(place.mlflow_uri)
+    mlflow.set_registry_uri(place.mlflow_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact copy otherwise
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # An input example would be a file path that exists only here; the signature says the shape.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model.__file__,
+                                       artifacts={"model_dir": str(stage)}, signature=signature,
+                                       code_paths=[str(Path(mlflow_model.__file__).parent)],
+                                       registered_model_name=name)
+    recorder.client.set_terminated(run_id, "FINISHED")
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        if key != PARENT_TAG:
+            recorder.client.set_model_version_tag(name, version, key, value)
+    return {"tracking_uri": place.mlflow_uri, "run_id": run_id, "model_uri": info.model_uri,
+            "registered_model": name, "version": version}
+
+
+def _sweep_meta(place: SweepPlace) -> dict:
+    path = place.dir / "sweep.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        raise UserError(f"{path}: unreadable or truncated") from None
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(_plain(obj), indent=1))
+
+
+def _plain(obj):
+    """Strict JSON has no NaN or infinity: those become "nan" / "inf" / "-inf", which float() reads."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else str(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,222 @@
+"""export-best and predict on a real small sweep: retrain, calibrate, submission, MLflow registry."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import write_image
+from hiertune import export as export_module
+from hiertune.cli import main
+from hiertune.data.dataset import read_mapping
+from hiertune.data.images import list_image_files
+from hiertune.pareto import Pick
+from hiertune.predictor import calibrate
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_data):
+    """A 3-trial sweep on the small synthetic set, then export-best --top 2."""
+    root = tmp_path_factory.mktemp("export")
+    cache = str(root / "cache")
+    space = root / "space.yaml"
+    space.write_text(f"""
+family: cnn
+fixed: {{epochs: 2, batch_size: 32, cnn_width: 8, threads: 1, data: {small_data}}}
+search:
+  lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
+  outlier_fraction: {{type: float, low: 0.3, high: 1.0}}
+tune: {{num_samples: 3, sampler: random, seed: 1}}
+scheduler: {{max_t: 2, grace_period: 1, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1}}
+""")
+    storage = root / "sweeps"
+    assert main(["sweep", str(space), "--name", "ex", "--storage", str(storage), "--cache-dir", cache,
+                 "--json"]) == 0
+    assert main(["export-best", "ex", "--storage", str(storage), "--top", "2", "--cache-dir", cache, "--json"]) == 0
+    return {"root": root, "storage": storage, "sweep": storage / "ex", "cache": cache, "data": small_data,
+            "uri": f"sqlite:///{storage / 'mlflow.db'}"}
+
+
+def test_export_writes_valid_submissions_and_self_contained_models(exported):
+    test_dir = exported["data"] / "test_images"
+    names = list_image_files(test_dir)
+    n_super = len(read_mapping(exported["data"] / "superclass_mapping.csv"))
+    n_sub = len(read_mapping(exported["data"] / "subclass_mapping.csv"))
+    dirs = sorted((exported["sweep"] / "export").iterdir())
+    assert [d.name for d in dirs] == ["1", "2"]  # and no staging leftovers beside them
+    trials = set()
+    for d in dirs:
+        header, rows = read_rows(d / "submission.csv")
+        assert header == ["image", "superclass_index", "subclass_index"]
+        assert [r["image"] for r in rows] == names  # every test image once, numeric order
+        sup = np.array([int(r["superclass_index"]) for r in rows])
+        sub = np.array([int(r["subclass_index"]) for r in rows])
+        assert sup.min() >= 0 and sup.max() <= n_super and sub.min() >= 0 and sub.max() <= n_sub
+        assert np.all(sub[sup == n_super] == n_sub)  # a novel superclass has a novel subclass
+        config = json.loads((d / "config.json").read_text())
+        sub_to_super = np.array(config["heads"]["sub_to_super"])
+        seen_sub = sub < n_sub
+        assert np.array_equal(sub_to_super[sub[seen_sub]], sup[seen_sub])  # hierarchy respected
+
+        # Retrained on everything but the calibration split: no pseudo-novel holdout, all outlier classes.
+        trial = config["trial"]
+        assert trial["pseudo_novel_fraction"] == 0.0 and trial["outlier_val_fraction"] == 0.0
+        assert trial["val_fraction"] == pytest.approx(0.1)
+        source = json.loads((d / "source.json").read_text())
+        assert source["sweep"] == "ex" and trial["epochs"] == source["point"]["epochs"]
+        trials.add(source["trial_id"])
+
+        # Calibration reproduces the seen acceptance the sweep's threshold had, to within a
+        # calibration image or two, at both levels.
+        calib = json.loads((d / "metrics.json").read_text())["calibration"]
+        thresholds = json.loads((d / "thresholds.json").read_text())
+        assert thresholds["sweep"]["accept_super"] == pytest.approx(calib["target_accept_super"])
+        for level in ("super", "sub"):
+            target, got = calib[f"target_accept_{level}"], calib[f"accept_{level}"]
+            assert target - 1e-9 <= got <= target + 3 / calib["images"], (level, target, got)
+        assert calib["images"] > 0
+    assert len(trials) == 2  # --top 2 means two different trials
+
+
+def test_predict_and_mlflow_pyfunc_agree_with_the_export(exported, cli, tmp_path):
+    export_dir = exported["sweep"] / "export" / "1"
+    test_dir = exported["data"] / "test_images"
+    _, submission = read_rows(export_dir / "submission.csv")
+    expected = {r["image"]: (r["superclass_index"], r["subclass_index"]) for r in submission}
+
+    # Any folder, any file names: the test images renamed, plus one grayscale image.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    renamed = {}
+    for i, name in enumerate(list_image_files(test_dir)[:40]):
+        new = f"img_{chr(97 + i % 26)}{i}.jpg"
+        shutil.copyfile(test_dir / name, folder / new)
+        renamed[new] = name
+    write_image(folder / "gray.png", 7, mode="L")
+
+    out = tmp_path / "predictions.csv"
+    result = cli("predict", str(export_dir), str(folder), "-o", str(out), "--scores", "--json")
+    assert result.code == 0, result.err[-2000:]
+    assert "converted 1 non-RGB image" in result.err
+    header, rows = read_rows(out)
+    assert header[:3] == ["image", "superclass_index", "subclass_index"]
+    assert {"novelty_score_super", "novelty_score_sub", "p_super_0", "p_sub_0"} <= set(header)
+    assert len(rows) == len(renamed) + 1
+    for r in rows:
+        if r["image"] in renamed:
+            assert (r["superclass_index"], r["subclass_index"]) == expected[renamed[r["image"]]]
+        probs = [float(r[k]) for k in header if k.startswith("p_super_")]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+
+    # The registered model, loaded back through MLflow, gives the same predictions.
+    info = json.loads((export_dir / "mlflow.json").read_text())
+    mlflow.set_tracking_uri(exported["uri"])
+    mlflow.set_registry_uri(exported["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{info['registered_model']}/{info['version']}")
+    paths = [str(folder / r["image"]) for r in rows]
+    frame = model.predict(pd.DataFrame({"image": paths}))
+    assert frame["superclass_index"].tolist() == [int(r["superclass_index"]) for r in rows]
+    assert frame["subclass_index"].tolist() == [int(r["subclass_index"]) for r in rows]
+    assert np.allclose(frame["novelty_score_super"], [float(r["novelty_score_super"]) for r in rows])
+
+
+def test_exports_are_logged_and_registered_under_the_sweep(exported):
+    client = MlflowClient(exported["uri"])
+    experiment = client.get_experiment_by_name("ex")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    exports = [r for r in runs if "hiertune.export" in r.data.tags]
+    assert sorted(r.data.tags["hiertune.export"] for r in exports) == ["1", "2"]
+    for run in exports:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["retrain_seconds"] > 0
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
+        assert {"export/submission.csv", "export/model.safetensors", "export/thresholds.json"} <= files
+    versions = client.search_model_versions("name='hiertune-ex'")
+    assert sorted(v.tags["hiertune.export"] for v in versions) == ["1", "2"]
+
+
+def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypatch):
+    target = exported["sweep"] / "export" / "1"
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (test)")
+
+    # Fails after the staging directory holds the retrained model and the submission.
+    monkeypatch.setattr(export_module, "_log_to_mlflow", broken)
+    with pytest.raises(OSError):
+        cli("export-best", "ex", "--storage", str(exported["storage"]), "--cache-dir", exported["cache"])
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2"]
+
+
+def test_bad_input_is_one_line(exported, cli, tmp_path):
+    storage = str(exported["storage"])
+    cases = [
+        (["export-best", "nope", "--storage", storage], "no such sweep"),
+        (["export-best", "ex", "--storage", storage, "--pick", "best"], "expected knee, max-seen"),
+        (["export-best", "ex", "--storage", storage, "--pick", "weight=2"], "W in [0, 1]"),
+        (["export-best", "ex", "--storage", storage, "--top", "0"], "--top must be >= 1"),
+        (["predict", str(tmp_path / "missing"), str(tmp_path)], "no such model directory"),
+    ]
+    broken = tmp_path / "broken"
+    shutil.copytree(exported["sweep"] / "export" / "1", broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
+    cases.append((["predict", str(broken), str(exported["data"] / "test_images")], "weights are unreadable"))
+    bad_images = tmp_path / "bad"
+    bad_images.mkdir()
+    (bad_images / "0.jpg").write_bytes(b"not a jpeg")
+    cases.append((["predict", str(exported["sweep"] / "export" / "1"), str(bad_images)], "cannot decode image"))
+    no_thresholds = tmp_path / "nothr"
+    shutil.copytree(exported["sweep"] / "export" / "1", no_thresholds)
+    (no_thresholds / "thresholds.json").unlink()
+    cases.append((["predict", str(no_thresholds), str(bad_images)], "missing thresholds.json"))
+    for argv, message in cases:
+        result = cli(*argv, "-o", str(tmp_path / "out.csv")) if argv[0] == "predict" else cli(*argv)
+        assert result.code == 2, (argv, result.err)
+        assert len(result.err_lines) == 1 and message in result.err, (argv, result.err)
+    assert not (tmp_path / "out.csv").exists()
+
+
+FRONT = [{"trial_id": t, "seen": s, "unseen": u}
+         for t, s, u in [("a", 0.95, 0.10), ("b", 0.90, 0.60), ("b", 0.85, 0.65), ("c", 0.50, 0.80), ("d", 0.10, 0.90)]]
+
+
+@pytest.mark.parametrize(("pick", "first"), [("knee", "b"), ("max-seen", "a"), ("max-unseen", "d"),
+                                             ("weight=0.25", "c"), ("weight=1", "a")])
+def test_picks_rank_the_front(pick, first):
+    assert Pick.parse(pick).rank(FRONT)[0]["trial_id"] == first
+
+
+def test_choose_takes_distinct_trials():
+    chosen = Pick.parse("knee").choose(FRONT, 3)
+    assert [(p["trial_id"], p["seen"]) for p in chosen] == [("b", 0.85), ("c", 0.50), ("a", 0.95)]
+    assert len(Pick.parse("max-seen").choose(FRONT, 10)) == 4
+
+
+@pytest.mark.parametrize("accept", [0.0, 0.05, 0.5, 0.93, 1.0])
+def test_calibrate_accepts_the_target_fraction(accept):
+    scores = np.random.default_rng(0).normal(size=1000)
+    thr = calibrate(scores, accept)
+    got = float((scores >= thr).mean())
+    assert accept <= got <= accept + 1e-3
+    if accept == 1.0:
+        assert thr == -np.inf  # accepts new images below the calibration minimum too
