@@ -75,6 +75,8 @@ def _demo(args: argparse.Namespace) -> dict:
     import time
 
     from hiertune.data.synth import SynthConfig, write_synthetic
+    from hiertune.export import export_best
+    from hiertune.pareto import Pick
     from hiertune.space import load_space
     from hiertune.sweep import SweepPlace, run_sweep
 
@@ -86,7 +88,12 @@ def _demo(args: argparse.Namespace) -> dict:
     space = load_space(_bundled_space("smoke.yaml")).with_overrides({"data": str(data_dir.resolve())})
     place = SweepPlace.resolve(f"smoke-{time.strftime('%Y%m%d-%H%M%S')}", str(root), None)
     log.info("sweep %s: %d trials of %s on %s", place.name, space.tune.num_samples, space.path, data_dir)
-    return run_sweep(space, place, _cache_root(args))
+    sweep = run_sweep(space, place, _cache_root(args))
+    return {"sweep": sweep, "export": export_best(place, Pick.parse("knee"), 1, _cache_root(args))}
+
+
+def _render_demo(result: dict) -> str:
+    return f"{_render_sweep(result['sweep'])}\n\n{_render_export(result['export'])}"
 
 
 def _bundled_space(name: str) -> Path:
@@ -238,9 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    demo = _command(sub, "demo", "the main job end to end on the embedded synthetic dataset: a small sweep and its "
-                    "Pareto front",
-                    _demo, _render_sweep)
+    demo = _command(sub, "demo", "the main job end to end on the embedded synthetic dataset: a small sweep, its "
+                    "Pareto front, and the knee point retrained and exported with a submission", _demo, _render_demo)
     demo.add_argument("--dir", default="sweeps/demo", help="where the demo writes (default: %(default)s)")
     demo.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["demo"], ["data"], ["data", "inspect"], ["data", "synth"]]
+COMMANDS = [[], ["demo"], ["train"], ["sweep"], ["pareto"], ["export-best"], ["predict"], ["data"], ["data", "inspect"],
+            ["data", "synth"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hiertune")

@@ -84,6 +84,14 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
                                                S, K)
                 got = result.point(s, i, j)
                 assert {k: got[k] for k in LEADERBOARD_KEYS} == pytest.approx(expected), (name, i, j)
+                # The seen acceptance per level, by that level's score alone: what export calibrates to.
+                levels = score_levels(batch, h, name, scorers, config.knn_k)
+                seen_super = batch.super_target.numpy() < S
+                seen_sub = batch.sub_target.numpy() < K
+                assert got["accept_super"] == pytest.approx(
+                    (levels.super_score.numpy()[seen_super] >= result.thr_super[s, i]).mean())
+                assert got["accept_sub"] == pytest.approx(
+                    (levels.sub_score.numpy()[seen_sub] >= result.thr_sub[s, j]).mean())
 
 
 def test_front_is_non_dominated_and_best_maximises_seen_plus_unseen():

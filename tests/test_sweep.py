@@ -218,7 +218,8 @@ def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
 
     def record(i, seen, unseen):
         metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,
-                   "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen}
+                   "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen,
+                   "point_accept_super": 0.9, "point_accept_sub": 0.5}
         return TrialRecord(f"id{i}", f"trial_{i}", "completed", 2, {"tau_super": 0.9, "tau_sub": 0.5,
                                                                      "novelty_score": "energy"},
                            Path("/nonexistent"), metrics)
@@ -226,4 +227,5 @@ def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
     trials = [record(0, 0.8, 0.5), record(1, 0.6, 0.7), record(2, 0.5, 0.4)]
     points = front_points(trials, sampled_thresholds=True)
     assert len(points) == 3 and points[0]["score"] == "energy" and points[0]["tau_super"] == 0.9
+    assert points[0]["accept_super"] == 0.9  # what export-best calibrates the retrained model to
     assert [p["trial"] for p in compute_front(points)] == ["trial_0", "trial_1"]
