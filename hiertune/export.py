@@ -89,6 +89,7 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     outputs, failures = _retrain_all(jobs, bundle, cpus, float(resources.get("gpus_per_trial", 0)), address)
     retrain_wall = time.perf_counter() - start
 
+    _clear_leftovers(place.dir / "export")
     exports = []
     for job in jobs:
         if job.k in outputs:
@@ -222,6 +223,8 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, 
         if test_dir is not None:
             model = ExportedModel.load(stage)
             predictions = model.predict_folder(test_dir, cache_root)
+            if (warning := predictions.fixes.warning(str(test_dir), model.cfg.image_size)):
+                log.warning(warning)
             predictions.write_csv(stage / SUBMISSION)
             summary.update(submission=str(target / SUBMISSION), rows=len(predictions.names))
             truth = _hidden_labels(test_dir)
@@ -234,6 +237,15 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, 
         _write_json(stage / "mlflow.json", summary["mlflow"])
     log.info("export %d: %s (%s) -> %s", job.k, job.point["trial"], job.point["score"], target)
     return summary
+
+
+def _clear_leftovers(export_dir: Path) -> None:
+    """Staging directories of an export that was killed before its rename (atomic_dir's names)."""
+    if export_dir.is_dir():
+        for path in export_dir.glob(".*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in export_dir.glob(".*.old"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _hidden_labels(test_dir: Path) -> dict[str, tuple[int, int]] | None:

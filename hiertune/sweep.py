@@ -107,7 +107,7 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
     import ray
 
     if address is None and gpus and not ray.cluster_resources().get("GPU"):
-        log.warning("no GPU on this machine: running trials on %s CPU(s) each, without gpus_per_trial %s", cpus, gpus)
+        log.warning("no GPU on this machine: %s CPU(s) per trial instead of gpus_per_trial %s", cpus, gpus)
         return 0
     return gpus
 

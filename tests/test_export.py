@@ -155,6 +155,7 @@ def test_exports_are_logged_and_registered_under_the_sweep(exported):
 def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypatch):
     target = exported["sweep"] / "export" / "1"
     before = {p.name: p.read_bytes() for p in target.iterdir()}
+    (target.parent / ".1.killed.tmp").mkdir()  # the staging directory of an export killed mid-write
 
     def broken(*args, **kwargs):
         raise OSError("disk full (test)")
@@ -164,7 +165,7 @@ def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypat
     with pytest.raises(OSError):
         cli("export-best", "ex", "--storage", str(exported["storage"]), "--cache-dir", exported["cache"])
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2"]  # no staging left, old or new
 
 
 def test_bad_input_is_one_line(exported, cli, tmp_path):
