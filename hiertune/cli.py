@@ -57,6 +57,18 @@ def _render_inspect(summary: dict) -> str:
     return render(summary)
 
 
+def _data_push(args: argparse.Namespace) -> dict:
+    from hiertune.data.push import push_data
+
+    return push_data(args.dir, args.dest, args.outliers, args.image_size, _cache_root(args))
+
+
+def _render_push(summary: dict) -> str:
+    from hiertune.data.push import render
+
+    return render(summary)
+
+
 def _data_synth(args: argparse.Namespace) -> dict:
     from hiertune.data.synth import SynthConfig, write_synthetic
 
@@ -172,8 +184,10 @@ def _render_pareto(result: dict) -> str:
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
-    p.add_argument("--data", help="competition-format directory (default: the space's, else synthetic)")
-    p.add_argument("--outliers", help="outlier directory, 'cifar100' or 'none' (default: the space's)")
+    p.add_argument("--data", help="competition-format directory or a pushed s3:// one (default: the space's, "
+                                  "else synthetic)")
+    p.add_argument("--outliers", help="outlier directory, pushed s3:// outliers, 'cifar100' or 'none' (default: "
+                                      "the space's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting: a trial parameter (epochs=3) or a section key (tune.num_samples=4)")
     p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
@@ -217,11 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser)
     inspect = _command(data_sub, "inspect", "validate a competition-format directory and print its counts",
                        _data_inspect, _render_inspect)
-    inspect.add_argument("dir", help="competition-format directory, or 'synthetic' for the embedded default")
+    inspect.add_argument("dir", help="competition-format directory, a pushed s3:// one, or 'synthetic' for the "
+                                     "embedded default")
     inspect.add_argument("--outliers", help="class-per-folder outlier directory, 'cifar100', or 'none' "
                                             "(default: the data directory's own outliers/, if any)")
     inspect.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     inspect.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+    push = _command(data_sub, "push", "validate a competition-format directory and upload it to S3 without its "
+                    "image files (CSVs and decoded pixels), for an s3:// data root", _data_push, _render_push)
+    push.add_argument("dir", help="competition-format directory, or 'synthetic' for the embedded default")
+    push.add_argument("dest", help="s3://bucket/prefix")
+    push.add_argument("--outliers", help="class-per-folder outlier directory or 'none', pushed into DEST/outliers "
+                                         "(default: the data directory's own outliers/, if any)")
+    push.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
+    push.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
     synth = _command(data_sub, "synth", "write the synthetic hierarchical dataset in competition format",
                      _data_synth, _render_synth)
     synth.add_argument("dir", help="directory to create")
@@ -234,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
+        for name in ("botocore", "boto3", "s3transfer"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         result = args.handler(args)
     except UserError as exc:
