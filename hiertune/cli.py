@@ -137,6 +137,7 @@ def _sweep(args: argparse.Namespace) -> dict:
     import time
 
     from hiertune.sweep import SweepPlace, run_sweep
+    from hiertune.tracking import redact
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
@@ -147,7 +148,7 @@ def _sweep(args: argparse.Namespace) -> dict:
     storage = args.storage or space.storage
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", name, space.path, space.tune.num_samples,
-             place.dir, place.mlflow_uri)
+             place.uri, redact("mlflow_uri", place.mlflow_uri))
     return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)
 
 
@@ -168,10 +169,11 @@ def _pareto(args: argparse.Namespace) -> dict:
     from hiertune.tracking import SweepRecorder
 
     place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
+    place.prepare()
     if not place.dir.is_dir():
-        raise UserError(f"{place.dir}: no such sweep")
+        raise UserError(f"{place.uri}: no such sweep")
     trials = load_trials(place.dir)
-    summary = finish(place, trials, SweepRecorder(place.mlflow_uri, place.name, place.dir))
+    summary = finish(place, trials, SweepRecorder(place))
     return {"name": place.name, **summary}
 
 
@@ -215,16 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space_args(sweep)
     sweep.add_argument("--name", help="sweep name (default: SPACE-TIMESTAMP); its folder is STORAGE/NAME")
     sweep.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
-    sweep.add_argument("--storage", help="where sweeps live (default: the space's storage, else ./sweeps)")
-    sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    sweep.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: the space's "
+                                         "storage, else ./sweeps)")
+    sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db; for S3 "
+                                            "storage ./sweeps/mlflow.db with artifacts on S3)")
     sweep.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
                       _pareto, _render_pareto)
     pareto.add_argument("name", help="sweep name")
-    pareto.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
-    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: ./sweeps)")
+    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: as for sweep)")
 
     data = sub.add_parser("data", help="validate, inspect and generate datasets",
                           description="validate, inspect and generate datasets")

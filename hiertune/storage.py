@@ -1,7 +1,8 @@
 """Where sweeps, pushed data and MLflow artifacts live: a local path or an `s3://bucket/prefix` URI.
 
 hiertune's own S3 reads and writes go through boto3, whose errors carry AWS's error codes;
-Ray Tune will get a pyarrow S3FileSystem. Both take credentials from AWS's standard chain (environment, profile, instance
+Ray Tune gets a pyarrow S3FileSystem, which it pickles to every node that persists a
+checkpoint. Both take credentials from AWS's standard chain (environment, profile, instance
 role) and the endpoint of an S3-compatible server from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.
 No credential is ever passed explicitly, so none is pickled into Ray's state or shipped to
 another process, and every S3 failure is one UserError naming the URI and AWS's error code,
@@ -169,3 +170,24 @@ def sync_down(uri: str, dest: Path, keep: Callable[[str], bool]) -> list[str]:
             client().download_file(bucket, f"{key}/{rel}" if key else rel, str(tmp))
         os.utime(target, (mtime, mtime))
     return names
+
+
+def tune_storage(uri: str):
+    """Ray Tune's (storage_path, storage_filesystem) for a sweep folder: the filesystem's own
+    path (bucket/key) and an S3FileSystem for S3, the path and None (Ray's default) locally."""
+    if not is_s3(uri):
+        return uri, None
+    import boto3
+    from pyarrow.fs import S3FileSystem
+
+    bucket, key = split(uri)
+    # The same region and endpoint boto3 resolves, so both clients talk to the same place;
+    # without a configured region pyarrow applies its own heuristics (e.g. the instance's).
+    region = boto3.session.Session().region_name
+    fs = S3FileSystem(endpoint_override=endpoint_url(), **({"region": region} if region else {}))
+    return f"{bucket}/{key}".rstrip("/"), fs
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray Checkpoint's location as a URI this module reads: s3://… on S3, a path locally."""
+    return SCHEME + checkpoint.path if checkpoint.filesystem.type_name == "s3" else checkpoint.path

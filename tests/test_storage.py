@@ -1,12 +1,18 @@
-"""S3 through a real S3-compatible server (moto) on loopback: pushed data."""
+"""S3 through a real S3-compatible server (moto) on loopback: pushed data, and credential errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import urllib.request
+import uuid
 
+import boto3
 import numpy as np
-from test_sweep import last_json
+import pytest
+from conftest import AWS_KEY_ID, AWS_SECRET
+from test_sweep import last_json, space_file
 
 from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SplitConfig
@@ -69,3 +75,63 @@ def test_pushed_data_rejects_what_it_cannot_serve_in_one_line(cli, small_data, s
         assert result.code == 2 and len(result.err_lines) == 1, result.err
         assert result.err_lines[0].startswith("hiertune: error: ") and message in result.err_lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def _moto_auth(endpoint: str, count: str) -> None:
+    """moto checks signatures and IAM policies after `count` more requests ('inf': never)."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    urllib.request.urlopen(request, timeout=30).close()
+
+
+@pytest.fixture
+def iam_users(s3):
+    """Two IAM users on the S3 server, one allowed everything and one nothing, with moto
+    checking every request's signature and permissions until the test ends."""
+    iam = boto3.client("iam", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=AWS_KEY_ID,
+                       aws_secret_access_key=AWS_SECRET)
+    keys = {}
+    for role, policy in (("allowed", {"Effect": "Allow", "Action": "*", "Resource": "*"}), ("denied", None)):
+        user = f"{role}-{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=user)
+        if policy:
+            iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [policy]}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[role] = (key["AccessKeyId"], key["SecretAccessKey"])
+    _moto_auth(s3.endpoint, "0")
+    try:
+        yield keys
+    finally:
+        _moto_auth(s3.endpoint, "inf")
+
+
+def test_missing_or_wrong_credentials_are_one_line_without_the_key(cli, small_data, s3, iam_users, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = str(space_file(tmp_path, small_data, samples=1, max_t=1))
+    allowed_id, allowed_secret = iam_users["allowed"]
+    cases = [  # (key id, secret, command, what the line must say); each command a different S3 entry point
+        (allowed_id, allowed_secret, ("data", "inspect", "s3://no-such-bucket-hiertune/d"),
+         "s3://no-such-bucket-hiertune/d/hiertune-data.json: bucket 'no-such-bucket-hiertune' does not exist "
+         "(NoSuchBucket)"),
+        (allowed_id, "wrong" + allowed_secret[5:], ("sweep", space, "--name", "n", "--storage", s3.uri("sweeps")),
+         f"{s3.uri('sweeps', 'n')}: the secret key does not belong to the access key (SignatureDoesNotMatch)"),
+        ("AKIAUNKNOWNKEY000000", allowed_secret, ("data", "push", str(small_data), s3.uri("d")),
+         f"{s3.uri('d')}: AWS does not know this access key (InvalidAccessKeyId)"),
+        (*iam_users["denied"], ("pareto", "n", "--storage", s3.uri("sweeps")),
+         f"{s3.uri('sweeps', 'n')}: access denied (AccessDenied)"),
+        (None, None, ("sweep", space, "--name", "n", "--storage", s3.uri("sweeps")),
+         f"{s3.uri('sweeps', 'n')}: no AWS credentials found"),
+    ]
+    for key_id, secret, argv, message in cases:
+        for name, value in (("AWS_ACCESS_KEY_ID", key_id), ("AWS_SECRET_ACCESS_KEY", secret)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        result = cli(*argv)
+        assert result.code == 2 and len(result.err_lines) == 1, result.err
+        assert result.err_lines[0].startswith(f"hiertune: error: {message}"), result.err_lines[0]
+        assert all(part not in result.err for part in (key_id, secret, allowed_secret) if part)
+    assert not (tmp_path / "sweeps").exists()  # nothing was started
