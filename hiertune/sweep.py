@@ -12,6 +12,7 @@ SweepPlace), and a default SQLite store stays on the driver's disk with its arti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from hiertune import storage
 from hiertune.data.bundle import load_bundle
@@ -181,7 +183,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
         )
-    grid = tuner.fit()
+    with _pending_trials(space):
+        grid = tuner.fit()
     wall = time.perf_counter() - start
 
     trials = [_record(r, space) for r in grid]
@@ -239,6 +242,28 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
                        str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+
+
+@contextlib.contextmanager
+def _pending_trials(space: SearchSpace) -> Iterator[None]:
+    """With a searcher, Tune keeps one trial pending at a time unless max_concurrent is set:
+    trials then start one by one, actor reuse keeps a second node idle, and an autoscaler sees
+    demand for one trial only. Keep as many pending as the cluster holds now (a user's own
+    TUNE_MAX_PENDING_TRIALS_PG wins); restored after, as the next sweep may differ."""
+    import ray
+
+    if space.tune.max_concurrent or "TUNE_MAX_PENDING_TRIALS_PG" in os.environ:
+        yield
+        return
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 0) // space.resources.cpus_per_trial] if space.resources.cpus_per_trial else []
+    if space.resources.gpus_per_trial:
+        fits.append(resources.get("GPU", 0) // space.resources.gpus_per_trial)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, default=1))))
+    try:
+        yield
+    finally:
+        del os.environ["TUNE_MAX_PENDING_TRIALS_PG"]
 
 
 def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:
