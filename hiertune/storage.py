@@ -51,6 +51,8 @@ def split(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len(SCHEME):].partition("/")
     if not bucket:
         raise UserError(f"{uri}: an S3 URI needs a bucket (s3://bucket/prefix)")
+    if ".." in key.split("/"):  # its local copy would land outside the folder meant for it
+        raise UserError(f"{uri}: an S3 URI may not contain '..'")
     return bucket, key.strip("/")
 
 
@@ -162,6 +164,8 @@ def sync_down(uri: str, dest: Path, keep: Callable[[str], bool]) -> list[str]:
     for rel, (size, mtime) in listing(uri).items():
         if not rel or rel.endswith("/") or not keep(rel):
             continue
+        if ".." in rel.split("/") or rel.startswith("/"):
+            raise UserError(f"{uri}: object {rel!r} would be written outside {dest}")
         target = dest / rel
         names.append(rel)
         if target.is_file() and target.stat().st_size == size and int(target.stat().st_mtime) == int(mtime):

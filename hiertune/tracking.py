@@ -49,20 +49,27 @@ class SweepRecorder:
     """The sweep's MLflow bookkeeping, usable with or without a Tune run."""
 
     def __init__(self, place: SweepPlace):
-        self.client = MlflowClient(place.mlflow_uri)
         self.place = place
         self.sweep = place.name
         self.state_path = place.dir / "mlflow_runs.json"
         self.state = self._load()
         self._active: dict[str, str] = {}  # trials seen by this process
+        parent = self.state.get("parent")
+        uri = place.mlflow_uri
+        if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            raise self._elsewhere(parent)  # before MlflowClient, which would create the file
+        self.client = MlflowClient(uri)
         experiment = self.client.get_experiment_by_name(self.sweep)
+        if parent is not None and (experiment is None or not self.client.search_runs(
+                [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
+            raise self._elsewhere(parent)
         self.experiment_id = (experiment.experiment_id if experiment else
                               self.client.create_experiment(self.sweep, artifact_location=place.artifact_location()))
-        parent = self.state.get("parent")
-        if parent is not None and not self.client.search_runs([self.experiment_id], f"attributes.run_id = '{parent}'"):
-            # The sweep logged to another store (another machine's SQLite, another server).
-            raise UserError(f"MLflow store {redact('mlflow_uri', place.mlflow_uri)} does not hold sweep "
-                            f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
+
+    def _elsewhere(self, parent: str) -> UserError:
+        """The sweep logged to another store (another machine's SQLite, another server)."""
+        return UserError(f"MLflow store {redact('mlflow_uri', self.place.mlflow_uri)} does not hold sweep "
+                         f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
     def start_parent(self, params: dict, tags: dict) -> str:
         if self.state.get("parent") is None:

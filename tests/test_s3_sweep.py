@@ -89,6 +89,7 @@ def test_s3_sweep_resumes_from_s3_alone_and_records_no_credential(cli, small_dat
     elsewhere = cli("pareto", "r", "--storage", storage, "--mlflow-uri", f"sqlite:///{tmp_path / 'other.db'}")
     assert elsewhere.code == 2 and len(elsewhere.err_lines) == 1
     assert "does not hold sweep 'r'" in elsewhere.err and "pass --mlflow-uri of the store it logged to" in elsewhere.err
+    assert not (tmp_path / "other.db").exists()
 
     # No credential in any output, MLflow param or tag, stored object or local file.
     texts = [first_log.read_text(), resumed.out, resumed.err, again.out, again.err]

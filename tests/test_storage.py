@@ -69,6 +69,7 @@ def test_pushed_data_rejects_what_it_cannot_serve_in_one_line(cli, small_data, s
         ("data", "push", str(small_data), s3.uri("d"), "--outliers", "cifar100"): "cifar100: CIFAR-100 is downloaded "
                                                                                   "where a sweep runs, not pushed",
         ("data", "push", str(small_data), str(tmp_path / "x")): "push to an s3:// URI",
+        ("data", "inspect", s3.uri("d", "..", "..", "etc")): "an S3 URI may not contain '..'",
     }
     for argv, message in cases.items():
         result = cli(*argv)
