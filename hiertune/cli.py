@@ -57,6 +57,18 @@ def _render_inspect(summary: dict) -> str:
     return render(summary)
 
 
+def _data_push(args: argparse.Namespace) -> dict:
+    from hiertune.data.push import push_data
+
+    return push_data(args.dir, args.dest, args.outliers, args.image_size, _cache_root(args))
+
+
+def _render_push(summary: dict) -> str:
+    from hiertune.data.push import render
+
+    return render(summary)
+
+
 def _data_synth(args: argparse.Namespace) -> dict:
     from hiertune.data.synth import SynthConfig, write_synthetic
 
@@ -132,6 +144,7 @@ def _sweep(args: argparse.Namespace) -> dict:
     import time
 
     from hiertune.sweep import SweepPlace, run_sweep
+    from hiertune.tracking import redact
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
@@ -142,7 +155,7 @@ def _sweep(args: argparse.Namespace) -> dict:
     storage = args.storage or space.storage
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", name, space.path, space.tune.num_samples,
-             place.dir, place.mlflow_uri)
+             place.uri, redact("mlflow_uri", place.mlflow_uri))
     return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)
 
 
@@ -163,10 +176,11 @@ def _pareto(args: argparse.Namespace) -> dict:
     from hiertune.tracking import SweepRecorder
 
     place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
+    place.prepare()
     if not place.dir.is_dir():
-        raise UserError(f"{place.dir}: no such sweep")
+        raise UserError(f"{place.uri}: no such sweep")
     trials = load_trials(place.dir)
-    summary = finish(place, trials, SweepRecorder(place.mlflow_uri, place.name, place.dir))
+    summary = finish(place, trials, SweepRecorder(place))
     return {"name": place.name, **summary}
 
 
@@ -232,8 +246,10 @@ def _render_predict(result: dict) -> str:
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
-    p.add_argument("--data", help="competition-format directory (default: the space's, else synthetic)")
-    p.add_argument("--outliers", help="outlier directory, 'cifar100' or 'none' (default: the space's)")
+    p.add_argument("--data", help="competition-format directory or a pushed s3:// one (default: the space's, "
+                                  "else synthetic)")
+    p.add_argument("--outliers", help="outlier directory, pushed s3:// outliers, 'cifar100' or 'none' (default: "
+                                      "the space's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting: a trial parameter (epochs=3) or a section key (tune.num_samples=4)")
     p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
@@ -260,16 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space_args(sweep)
     sweep.add_argument("--name", help="sweep name (default: SPACE-TIMESTAMP); its folder is STORAGE/NAME")
     sweep.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
-    sweep.add_argument("--storage", help="where sweeps live (default: the space's storage, else ./sweeps)")
-    sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    sweep.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: the space's "
+                                         "storage, else ./sweeps)")
+    sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db; for S3 "
+                                            "storage ./sweeps/mlflow.db with artifacts on S3)")
     sweep.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
                       _pareto, _render_pareto)
     pareto.add_argument("name", help="sweep name")
-    pareto.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
-    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+    pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: ./sweeps)")
+    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: as for sweep)")
 
     export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
                       "thresholds and export models + submissions", _export_best, _render_export)
@@ -300,11 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser)
     inspect = _command(data_sub, "inspect", "validate a competition-format directory and print its counts",
                        _data_inspect, _render_inspect)
-    inspect.add_argument("dir", help="competition-format directory, or 'synthetic' for the embedded default")
+    inspect.add_argument("dir", help="competition-format directory, a pushed s3:// one, or 'synthetic' for the "
+                                     "embedded default")
     inspect.add_argument("--outliers", help="class-per-folder outlier directory, 'cifar100', or 'none' "
                                             "(default: the data directory's own outliers/, if any)")
     inspect.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     inspect.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+    push = _command(data_sub, "push", "validate a competition-format directory and upload it to S3 without its "
+                    "image files (CSVs and decoded pixels), for an s3:// data root", _data_push, _render_push)
+    push.add_argument("dir", help="competition-format directory, or 'synthetic' for the embedded default")
+    push.add_argument("dest", help="s3://bucket/prefix")
+    push.add_argument("--outliers", help="class-per-folder outlier directory or 'none', pushed into DEST/outliers "
+                                         "(default: the data directory's own outliers/, if any)")
+    push.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
+    push.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
     synth = _command(data_sub, "synth", "write the synthetic hierarchical dataset in competition format",
                      _data_synth, _render_synth)
     synth.add_argument("dir", help="directory to create")
@@ -317,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
+        for name in ("botocore", "boto3", "s3transfer"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         result = args.handler(args)
     except UserError as exc:

@@ -35,16 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertune import storage
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
-from hiertune.data.dataset import write_mapping
+from hiertune.data.dataset import load_competition, write_mapping
+from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_dir
 from hiertune.metrics import leaderboard_metrics
 from hiertune.novelty import decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
 from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
-                                THRESHOLDS, ExportedModel, calibrate)
+                                THRESHOLDS, ExportedModel, calibrate, read_folder)
 from hiertune.sweep import SweepPlace, ray_session, sampled_thresholds, usable_gpus
 
 log = logging.getLogger("hiertune")
@@ -65,21 +67,20 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
         raise UserError(f"--top must be >= 1, got {top}")
     if not 0.0 < calibration_fraction < 0.5:
         raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
+    place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
-        raise UserError(f"{place.dir}: no such sweep")
+        raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir)}
     front = compute_front(front_points(list(trials.values()), sampled_thresholds(place)))
     if not front:
-        raise UserError(f"{place.dir}: the sweep has no front (no trial reported a checkpoint)")
+        raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
     jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction))
             for k, p in enumerate(pick.choose(front, top), start=1)]
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
-    test_dir = Path(test_images) if test_images else bundle.data.root / "test_images"
-    if test_images is None and not test_dir.is_dir():
-        test_dir = None  # a dataset without a test folder: models only, no submission
+    test_set = _test_set(bundle, base.image_size, cache_root, test_images)
     resources = _sweep_meta(place).get("resources", {})
     cpus = float(resources.get("cpus_per_trial", 1))
 
@@ -93,7 +94,7 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     exports = []
     for job in jobs:
         if job.k in outputs:
-            exports.append(_write_export(place, job, pick, outputs[job.k], test_dir, cache_root))
+            exports.append(_write_export(place, job, pick, outputs[job.k], test_set))
     if failures:
         done = ", ".join(str(e["k"]) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
@@ -207,34 +208,62 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
                 "seconds": seconds}
 
 
-def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, test_dir: Path | None,
-                  cache_root: Path) -> dict:
+@dataclass
+class TestImages:
+    source: str
+    names: list[str]
+    images: np.ndarray
+    fixes: FixCounts
+    labels: dict[str, tuple[int, int]] | None  # hidden truth, where the data has it (the synthetic set)
+
+
+def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str | None) -> TestImages | None:
+    """--test-images, else the competition's test images (a folder, or pushed to S3), else none."""
+    if folder is not None:
+        names, images, fixes = read_folder(Path(folder), image_size, cache_root)
+        return TestImages(folder, names, images, fixes, None)
+    if not bundle.data.test_names:
+        log.warning("%s has no test images: exporting models without a submission", bundle.data.root)
+        return None
+    data = load_competition(bundle.data.root, image_size, cache_root, with_test=True)
+    report = data.caches.get("test")
+    return TestImages(f"{data.root}/test_images", data.test_names, data.test_images,
+                   report.fixes if report else FixCounts(), _hidden_labels(data.root / "test_labels.csv"))
+
+
+def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, test_set: TestImages | None) -> dict:
     target = place.dir / "export" / str(job.k)
     with atomic_dir(target, overwrite=True) as stage:
         for name, data in output["files"].items():
             (stage / name).write_bytes(data)
         _write_json(stage / SOURCE, {
-            "sweep": place.name, "sweep_dir": str(place.dir), "trial": job.point["trial"],
+            "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
             "trial_id": job.point["trial_id"], "pick": str(pick), "rank": job.k,
             "point": job.point})
         summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
                    "retrain_seconds": output["seconds"], "calibration": output["calibration"],
                    "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
-        if test_dir is not None:
+        if test_set is not None:
             model = ExportedModel.load(stage)
-            predictions = model.predict_folder(test_dir, cache_root)
-            if (warning := predictions.fixes.warning(str(test_dir), model.cfg.image_size)):
+            predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
+            if (warning := predictions.fixes.warning(test_set.source, model.cfg.image_size)):
                 log.warning(warning)
             predictions.write_csv(stage / SUBMISSION)
-            summary.update(submission=str(target / SUBMISSION), rows=len(predictions.names))
-            truth = _hidden_labels(test_dir)
-            if truth is not None:  # the synthetic dataset ships its test labels
-                summary["test"] = _score(predictions, truth, model)
+            summary.update(submission=storage.join(place.uri, "export", str(job.k), SUBMISSION)
+                           if place.remote else str(target / SUBMISSION), rows=len(predictions.names))
+            if test_set.labels is not None:
+                summary["test"] = _score(predictions, test_set.labels, model)
                 metrics = json.loads((stage / METRICS).read_text())
                 metrics["test"] = summary["test"]
                 _write_json(stage / METRICS, metrics)
         summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
         _write_json(stage / "mlflow.json", summary["mlflow"])
+    if place.remote:
+        # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
+        remote = storage.join(place.uri, "export", str(job.k))
+        for path in sorted(target.iterdir(), key=lambda p: p.name == "mlflow.json"):
+            storage.upload(path, storage.join(remote, path.name))
+        summary["dir"] = remote
     log.info("export %d: %s (%s) -> %s", job.k, job.point["trial"], job.point["score"], target)
     return summary
 
@@ -248,8 +277,7 @@ def _clear_leftovers(export_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _hidden_labels(test_dir: Path) -> dict[str, tuple[int, int]] | None:
-    path = test_dir.parent / "test_labels.csv"
+def _hidden_labels(path: Path) -> dict[str, tuple[int, int]] | None:
     if not path.is_file():
         return None
     with path.open(newline="") as f:
@@ -272,7 +300,7 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     from hiertune import mlflow_model
     from hiertune.tracking import PARENT_TAG, SweepRecorder
 
-    recorder = SweepRecorder(place.mlflow_uri, place.name, place.dir)
+    recorder = SweepRecorder(place)
     tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point["trial"],
             "hiertune.trial_id": job.point["trial_id"], "hiertune.pick": str(pick)}
     if recorder.state.get("parent"):

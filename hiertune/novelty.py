@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -446,7 +447,7 @@ class PosthocResult:
                      threshold_free=self.threshold_free, accept_super=self.accept_super, accept_sub=self.accept_sub)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> PosthocResult:
+    def load(cls, path: str | os.PathLike | typing.BinaryIO) -> PosthocResult:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(tuple(meta["scores"]), z["tau_super"], z["tau_sub"], z["thr_super"], z["thr_sub"],

@@ -10,6 +10,7 @@ that many epochs. Failed trials and trials without a checkpoint do not enter.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertune import storage
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.metrics import pareto_front
@@ -35,17 +37,17 @@ class TrialRecord:
     status: str  # completed | stopped | failed | running | pending
     epochs: int
     params: dict  # the sampled parameters
-    checkpoint: Path | None
+    checkpoint: str | None  # the latest checkpoint: a local path or an s3:// URI (read with hiertune.storage)
     metrics: dict
     error: str | None = None
     config: dict = field(default_factory=dict)  # the whole trial config: what export retrains
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialRecord":
-        return cls(**{**d, "checkpoint": Path(d["checkpoint"]) if d["checkpoint"] else None})
+        return cls(**d)
 
 
 def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[dict]:
@@ -63,11 +65,11 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            "tau_sub": t.params.get("tau_sub"),
                            **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE)}})
             continue
-        path = t.checkpoint / Checkpoint.POSTHOC
+        uri = storage.join(t.checkpoint, Checkpoint.POSTHOC)
         try:
-            result = PosthocResult.load(path)
+            result = PosthocResult.load(io.BytesIO(storage.read_bytes(uri)))
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{path}: unreadable post-hoc results ({str(exc).splitlines()[0][:120]})") from None
+            raise UserError(f"{uri}: unreadable post-hoc results ({str(exc).splitlines()[0][:120]})") from None
         for s, i, j in np.ndindex(*result.grid.shape[:3]):
             p = result.point(s, i, j)
             if np.isnan(p["seen"]) or np.isnan(p["unseen"]):

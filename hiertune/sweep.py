@@ -5,6 +5,9 @@ Layout: `<storage>/<name>/` holds `trials.json`, `pareto.csv`/`pareto.png`, the 
 and `mlflow_runs.json`; Ray Tune's own state and checkpoints are in its `tune/` folder, kept
 apart because Ray syncs its staged copy of that folder back over whatever else is in it. By
 default the MLflow store (`mlflow.db`, `mlartifacts/`) sits beside the sweeps in `<storage>/`.
+With `<storage>` on S3 the same layout is there (Ray Tune persists to it through a pyarrow
+S3FileSystem, from every node), the driver keeps a working copy of the sweep's own files (see
+SweepPlace), and a default SQLite store stays on the driver's disk with its artifacts on S3.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hiertune import storage
 from hiertune.data.bundle import load_bundle
+from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.pareto import TrialRecord, compute_front, front_points, save_trials, write_front
@@ -29,33 +35,72 @@ log = logging.getLogger("hiertune")
 
 @dataclass(frozen=True)
 class SweepPlace:
-    root: Path  # the storage root: every sweep's folder is in it
+    """Where a sweep lives. `root` holds every sweep's folder: a local folder, or an S3 URI.
+    On S3 the driver writes the sweep's own files into a local working copy under the cache
+    root and publishes each to S3, the copy that counts: `prepare` rebuilds the working copy
+    from S3, so a fresh machine can resume a sweep or redraw its front."""
+
+    root: str  # an absolute local path, or s3://bucket/prefix
     name: str
     mlflow_uri: str
 
     @property
-    def dir(self) -> Path:
-        return self.root / self.name
+    def uri(self) -> str:
+        return storage.join(self.root, self.name)
 
     @property
-    def tune_dir(self) -> Path:
-        return self.dir / "tune"
+    def remote(self) -> bool:
+        return storage.is_s3(self.root)
+
+    @property
+    def dir(self) -> Path:
+        # Computed where it is used: a resumed sweep unpickles its callbacks on another machine.
+        return storage.mirror_path(self.uri, default_cache_root() / "sweeps") if self.remote else Path(self.uri)
+
+    @property
+    def tune_uri(self) -> str:
+        return storage.join(self.uri, "tune")
 
     @classmethod
-    def resolve(cls, name: str, storage: str | None, mlflow_uri: str | None) -> "SweepPlace":
-        root = Path(storage or "sweeps").resolve()
-        return cls(root, name, mlflow_uri or f"sqlite:///{root / 'mlflow.db'}")
+    def resolve(cls, name: str, root: str | None, mlflow_uri: str | None) -> "SweepPlace":
+        if storage.is_s3(root):
+            # SQLite cannot live on S3: the store stays on the driver's disk, its artifacts go to S3.
+            return cls(root.rstrip("/"), name, mlflow_uri or f"sqlite:///{Path('sweeps').resolve() / 'mlflow.db'}")
+        local = Path(root or "sweeps").resolve()
+        return cls(str(local), name, mlflow_uri or f"sqlite:///{local / 'mlflow.db'}")
 
     def artifact_location(self) -> str | None:
-        # A local SQLite store keeps its artifacts beside it; a server decides for itself.
-        return (self.root / "mlartifacts").as_uri() if self.mlflow_uri.startswith("sqlite:") else None
+        # A local SQLite store keeps its artifacts beside the sweeps; a server decides for itself.
+        if not self.mlflow_uri.startswith("sqlite:"):
+            return None
+        return storage.join(self.root, "mlartifacts") if self.remote else Path(self.root, "mlartifacts").as_uri()
+
+    def prepare(self) -> None:
+        """Check S3 access and make the working copy what S3 holds (nothing to do locally)."""
+        if self.remote:
+            storage.check(self.uri)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            storage.sync_down(self.uri, self.dir, keep=lambda name: "/" not in name)  # not Ray's tune/
+
+    def publish(self, *paths: Path) -> None:
+        if self.remote:
+            for path in paths:
+                storage.upload(path, storage.join(self.uri, path.name))
+
+    def location(self, path: Path) -> str:
+        """Where a file of the sweep's folder is for a user: on S3 for an S3 sweep."""
+        return storage.join(self.uri, path.name) if self.remote else str(path)
+
+    def started(self) -> bool:
+        return storage.exists(storage.join(self.tune_uri, "tuner.pkl"))
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
-    started = (place.tune_dir / "tuner.pkl").exists()
+    place.prepare()
+    started = place.started()
     if resume and not started:
-        raise UserError(f"{place.dir}: no sweep to resume here")
+        raise UserError(f"{place.uri}: no sweep to resume here")
     if started and not resume:
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
@@ -68,6 +113,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
             tmp.write_text(json.dumps({"space": str(space.path), "family": space.family,
                                        "sampled_thresholds": space.samples_thresholds,
                                        "resources": space.resources.__dict__}))
+        place.publish(place.dir / "sweep.json")
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
@@ -117,10 +163,10 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
     from ray.tune.schedulers import ASHAScheduler
 
     from hiertune.search import FidelityAwareOptunaSearch, objectives
-    from hiertune.tracking import MlflowSweepCallback, SweepRecorder
+    from hiertune.tracking import MlflowSweepCallback, SweepRecorder, redact
     from hiertune.trainable import tune_trainable
 
-    SweepRecorder(place.mlflow_uri, place.name, place.dir, place.artifact_location()).start_parent(
+    SweepRecorder(place).start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
@@ -128,12 +174,13 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial),
         resources)
 
+    storage_path, filesystem = storage.tune_storage(place.uri)
     start = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(str(place.tune_dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, resume_errored=True,
+                                   storage_filesystem=filesystem)
     else:
-        callback = MlflowSweepCallback(place.mlflow_uri, place.name, place.dir, space.family,
-                                       space.scheduler.max_t)
+        callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -147,20 +194,23 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
             ),
             run_config=tune.RunConfig(
-                name=place.tune_dir.name, storage_path=str(place.dir), callbacks=[callback], verbose=1,
+                name="tune", storage_path=storage_path, storage_filesystem=filesystem, callbacks=[callback],
+                verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
         )
-    grid = tuner.fit()
+    with _pending_trials(space):
+        grid = tuner.fit()
     wall = time.perf_counter() - start
 
     trials = [_record(r, space) for r in grid]
     save_trials(place.dir, trials)
-    summary = finish(place, trials, SweepRecorder(place.mlflow_uri, place.name, place.dir))
+    place.publish(place.dir / "trials.json")
+    summary = finish(place, trials, SweepRecorder(place))
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
-    return {"name": place.name, "dir": str(place.dir), "mlflow_uri": place.mlflow_uri, "trials": counts,
-            "wall_seconds": wall, **summary}
+    return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
+            "trials": counts, "wall_seconds": wall, **summary}
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
@@ -171,6 +221,7 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     points = front_points(trials, sampled_thresholds(place))
     front = compute_front(points)
     csv_path, png_path = write_front(place.dir, place.name, points, front)
+    place.publish(csv_path, png_path)
     parent = recorder.state["parent"]
     for path in (csv_path, png_path, place.dir / "trials.json"):
         recorder.client.log_artifact(parent, str(path))
@@ -178,13 +229,15 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     if histories:
         curves = place.dir / "learning_curves.png"
         plot_sweep_curves(histories, curves, place.name)
+        place.publish(curves)
         recorder.client.log_artifact(parent, str(curves))
     best = max(front, key=lambda p: p["seen"] + p["unseen"]) if front else None
     if best:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
                                       "best_unseen": best["unseen"]}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
-    return {"front": front, "points": len(points), "pareto_csv": str(csv_path), "pareto_png": str(png_path)}
+    return {"front": front, "points": len(points), "pareto_csv": place.location(csv_path),
+            "pareto_png": place.location(png_path)}
 
 
 def sampled_thresholds(place: SweepPlace) -> bool:
@@ -204,9 +257,31 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
-                       Path(result.checkpoint.path) if result.checkpoint else None, clean,
+                       storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
                        str(result.error).strip().splitlines()[-1][:500] if result.error else None,
                        dict(result.config or {}))
+
+
+@contextlib.contextmanager
+def _pending_trials(space: SearchSpace) -> Iterator[None]:
+    """With a searcher, Tune keeps one trial pending at a time unless max_concurrent is set:
+    trials then start one by one, actor reuse keeps a second node idle, and an autoscaler sees
+    demand for one trial only. Keep as many pending as the cluster holds now (a user's own
+    TUNE_MAX_PENDING_TRIALS_PG wins); restored after, as the next sweep may differ."""
+    import ray
+
+    if space.tune.max_concurrent or "TUNE_MAX_PENDING_TRIALS_PG" in os.environ:
+        yield
+        return
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 0) // space.resources.cpus_per_trial] if space.resources.cpus_per_trial else []
+    if space.resources.gpus_per_trial:
+        fits.append(resources.get("GPU", 0) // space.resources.gpus_per_trial)
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(min(fits, default=1))))
+    try:
+        yield
+    finally:
+        del os.environ["TUNE_MAX_PENDING_TRIALS_PG"]
 
 
 def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:

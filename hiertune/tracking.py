@@ -12,14 +12,20 @@ import json
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.plots import plot_learning_curves
+from hiertune.storage import checkpoint_uri, join, read_bytes
+
+if TYPE_CHECKING:
+    from hiertune.sweep import SweepPlace
 
 PARENT_TAG = "mlflow.parentRunId"
 SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key)", re.I)
@@ -42,15 +48,28 @@ def redact(key: str, value) -> str:
 class SweepRecorder:
     """The sweep's MLflow bookkeeping, usable with or without a Tune run."""
 
-    def __init__(self, tracking_uri: str, sweep: str, sweep_dir: Path, artifact_location: str | None = None):
-        self.client = MlflowClient(tracking_uri)
-        self.sweep = sweep
-        self.state_path = sweep_dir / "mlflow_runs.json"
+    def __init__(self, place: SweepPlace):
+        self.place = place
+        self.sweep = place.name
+        self.state_path = place.dir / "mlflow_runs.json"
         self.state = self._load()
         self._active: dict[str, str] = {}  # trials seen by this process
-        experiment = self.client.get_experiment_by_name(sweep)
+        parent = self.state.get("parent")
+        uri = place.mlflow_uri
+        if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            raise self._elsewhere(parent)  # before MlflowClient, which would create the file
+        self.client = MlflowClient(uri)
+        experiment = self.client.get_experiment_by_name(self.sweep)
+        if parent is not None and (experiment is None or not self.client.search_runs(
+                [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
+            raise self._elsewhere(parent)
         self.experiment_id = (experiment.experiment_id if experiment else
-                              self.client.create_experiment(sweep, artifact_location=artifact_location))
+                              self.client.create_experiment(self.sweep, artifact_location=place.artifact_location()))
+
+    def _elsewhere(self, parent: str) -> UserError:
+        """The sweep logged to another store (another machine's SQLite, another server)."""
+        return UserError(f"MLflow store {redact('mlflow_uri', self.place.mlflow_uri)} does not hold sweep "
+                         f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
     def start_parent(self, params: dict, tags: dict) -> str:
         if self.state.get("parent") is None:
@@ -106,6 +125,7 @@ class SweepRecorder:
         self.state = {**disk, **self.state, "trials": {**disk["trials"], **self.state["trials"]}}
         with atomic_file(self.state_path) as tmp:
             tmp.write_text(json.dumps(self.state, indent=1))
+        self.place.publish(self.state_path)
 
 
 class MlflowSweepCallback(tune.Callback):
@@ -115,9 +135,8 @@ class MlflowSweepCallback(tune.Callback):
     it carries only where to write; the recorder (and its MLflow client) is rebuilt on first use
     and reads the trial → run map from the sweep folder."""
 
-    def __init__(self, tracking_uri: str, sweep: str, sweep_dir: Path, family: str, max_t: int):
-        self.tracking_uri, self.sweep, self.sweep_dir = tracking_uri, sweep, sweep_dir
-        self.family, self.max_t = family, max_t
+    def __init__(self, place: SweepPlace, family: str, max_t: int):
+        self.place, self.family, self.max_t = place, family, max_t
         self._recorder: SweepRecorder | None = None
 
     def __getstate__(self) -> dict:
@@ -126,7 +145,7 @@ class MlflowSweepCallback(tune.Callback):
     @property
     def recorder(self) -> SweepRecorder:
         if self._recorder is None:
-            self._recorder = SweepRecorder(self.tracking_uri, self.sweep, self.sweep_dir)
+            self._recorder = SweepRecorder(self.place)
         return self._recorder
 
     def _run(self, trial) -> str:
@@ -151,22 +170,22 @@ class MlflowSweepCallback(tune.Callback):
         self.recorder.finish_trial(trial.trial_id, "failed", _error_line(trial))
 
     def _curves(self, trial) -> None:
-        history = trial_history(trial.checkpoint.path if trial.checkpoint else None)
+        history = trial_history(checkpoint_uri(trial.checkpoint) if trial.checkpoint else None)
         if history:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "learning_curves.png"
-                plot_learning_curves(history, path, f"{self.sweep} / {trial}")
+                plot_learning_curves(history, path, f"{self.place.name} / {trial}")
                 self.recorder.client.log_artifact(self._run(trial), str(path))
 
 
-def trial_history(checkpoint: str | Path | None) -> list[dict]:
+def trial_history(checkpoint: str | None) -> list[dict]:
     """Every epoch a trial reported, from its latest checkpoint (complete across resumes)."""
     from hiertune.train import Checkpoint
 
     if checkpoint is None:
         return []
     try:
-        return json.loads((Path(checkpoint) / Checkpoint.HISTORY).read_text())
+        return json.loads(read_bytes(join(checkpoint, Checkpoint.HISTORY)))
     except (OSError, ValueError):
         return []
 

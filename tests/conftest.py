@@ -106,3 +106,67 @@ def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "data"
     write_synthetic(root, SMALL)
     return root
+
+
+# Credentials a test hands to every AWS client through the standard chain; distinctive, so a
+# test can prove they never reach a log, MLflow or the stored sweep.
+AWS_KEY_ID = "AKIAHIERTUNETESTKEY7"
+AWS_SECRET = "hiertune/TEST+secret/u2NLmQ8rVbX1yZ4kPq"
+
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback, in a thread of this process (so nothing outlives the tests)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
+    """A fresh bucket, and the environment that boto3, pyarrow, MLflow and the Ray processes this
+    test starts all read: endpoint, region and credentials, and nothing from ~/.aws or EC2."""
+    import uuid
+
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+                        "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+                        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config")}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = S3(s3_endpoint, f"hiertune-{uuid.uuid4().hex[:10]}")
+    bucket.client().create_bucket(Bucket=bucket.bucket)
+    return bucket

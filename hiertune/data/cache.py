@@ -96,7 +96,7 @@ def load_images(image_dir: Path, names: list[str], size: int, cache_root: Path,
         labels = [f"{src}: {label}" for src, label in zip(sources, labels)]
     stats = [_stat(os.path.join(image_dir, n), label) for n, label in zip(names, labels)]
     path = cache_path(cache_root, image_dir, size)
-    cached = _read_cache(path, size)
+    cached = read_cache(path, size)
 
     rows = np.full(len(names), -1, dtype=np.int64)  # row in the cache, or -1 to decode
     digests: list[str | None] = [None] * len(names)
@@ -171,7 +171,7 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _read_cache(path: Path, size: int) -> dict | None:
+def read_cache(path: Path, size: int) -> dict | None:
     """The cache's columns as numpy/lists, or None when absent, stale in format, or unreadable."""
     if not path.exists():
         return None

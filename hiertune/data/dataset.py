@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from hiertune.data.cache import CacheReport, PendingWrites, load_images
-from hiertune.data.images import FixCounts, check_image_name, check_links_inside, list_image_files
+from hiertune.data.images import FixCounts, check_image_name, check_links_inside, list_image_files, numeric_sort_key
+from hiertune.data.packed import is_packed, packed_names, read_packed
 from hiertune.errors import UserError
 
 NOVEL = "novel"
 TRAIN_COLUMNS = ("image", "superclass_index", "subclass_index")
+CSV_FILES = ("superclass_mapping.csv", "subclass_mapping.csv", "train_data.csv")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def load_competition(root: str | Path, image_size: int, cache_root: Path, with_t
     hierarchy = Hierarchy(tuple(superclasses), tuple(subclasses), sub_to_super)
 
     train_dir = root / "train_images"
+    if not train_dir.is_dir() and is_packed(root, "train_images"):
+        return _load_packed(root, hierarchy, names, sup, sub, image_size, with_test)
     if not train_dir.is_dir():
         raise UserError(f"{train_dir}: folder not found")
     sources = [f"train_data.csv line {line}" for line in names.values()]
@@ -90,6 +94,18 @@ def load_competition(root: str | Path, image_size: int, cache_root: Path, with_t
                                                   desc="decoding test_images", pending=pending)
     train = LabeledImages(list(names), images, sup, sub)
     return CompetitionData(root, hierarchy, train, test_names, test_images, caches)
+
+
+def _load_packed(root: Path, hierarchy: Hierarchy, names: dict[str, int], sup: np.ndarray, sub: np.ndarray,
+                 image_size: int, with_test: bool) -> CompetitionData:
+    """A pushed dataset (see packed.py): the CSVs checked as above, pixels from its Parquet files."""
+    train = LabeledImages(list(names), read_packed(root, "train_images", image_size, list(names)), sup, sub)
+    test_names, test_images = [], None
+    if is_packed(root, "test_images"):
+        test_names = packed_names(root, "test_images", image_size, key=numeric_sort_key)
+        if with_test:
+            test_images = read_packed(root, "test_images", image_size, test_names)
+    return CompetitionData(root, hierarchy, train, test_names, test_images)
 
 
 def read_mapping(path: Path) -> list[str]:

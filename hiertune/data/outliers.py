@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from hiertune.data.cache import CacheReport, PendingWrites, load_images
-from hiertune.data.images import IMAGE_EXTENSIONS, list_image_files
+from hiertune.data.images import IMAGE_EXTENSIONS, list_image_files, numeric_sort_key
+from hiertune.data.packed import is_packed, packed_names, read_packed
 from hiertune.errors import UserError
 
 # Reptiles, plus the canids a dog head would be right to call "dog".
@@ -43,6 +44,8 @@ def load_outlier_folder(root: str | Path, image_size: int, cache_root: Path,
     if not root.is_dir():
         raise UserError(f"{root}: outlier directory not found")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes and is_packed(root, "outliers"):
+        return _load_packed(root, image_size)
     if not classes:
         stray = [n for n in os.listdir(root) if n.lower().endswith(IMAGE_EXTENSIONS)]
         hint = " (images must sit in one sub-folder per class)" if stray else ""
@@ -60,6 +63,16 @@ def load_outlier_folder(root: str | Path, image_size: int, cache_root: Path,
     images, report = load_images(root, names, image_size, cache_root, desc=f"decoding {root.name}",
                                  pending=pending)
     return OutlierSet(str(root), classes, names, images, np.asarray(class_index, dtype=np.int64), report)
+
+
+def _load_packed(root: Path, image_size: int) -> OutlierSet:
+    """Pushed outliers (see packed.py), in the order their class folders would list them."""
+    names = packed_names(root, "outliers", image_size,
+                         key=lambda n: (n.split("/", 1)[0], *numeric_sort_key(n.split("/", 1)[-1])))
+    classes = sorted({n.split("/", 1)[0] for n in names})
+    index = {cls: k for k, cls in enumerate(classes)}
+    return OutlierSet(str(root), classes, names, read_packed(root, "outliers", image_size, names),
+                      np.asarray([index[n.split("/", 1)[0]] for n in names], dtype=np.int64))
 
 
 def load_cifar100(root: str | Path, image_size: int, download: bool = True) -> OutlierSet:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hiertune import storage
 from hiertune.data.cache import PendingWrites
+from hiertune.data.packed import fetch
 from hiertune.data.outliers import OutlierSet, load_cifar100, load_outlier_folder
 from hiertune.data.synth import SynthConfig, write_synthetic
 
@@ -21,12 +23,16 @@ def synthetic_default(cache_root: Path) -> Path:
 
 
 def resolve_data_dir(spec: str | None, cache_root: Path) -> Path:
-    return synthetic_default(cache_root) if spec in (None, "", "synthetic") else Path(spec)
+    """A local directory to load: the synthetic default, the mirror of a pushed s3:// dataset,
+    or the folder named."""
+    if spec in (None, "", "synthetic"):
+        return synthetic_default(cache_root)
+    return fetch(spec, cache_root) if storage.is_s3(spec) else Path(spec)
 
 
 def load_outliers(spec: str | None, data_dir: Path, image_size: int, cache_root: Path,
                   pending: PendingWrites | None = None) -> OutlierSet | None:
-    """`spec`: a class-per-folder directory, 'cifar100', 'none', or unset.
+    """`spec`: a class-per-folder directory, pushed outliers (s3://…), 'cifar100', 'none', or unset.
 
     Unset takes the data directory's own `outliers/` folder when it has one (the synthetic
     layout), and no outliers otherwise: synthetic shapes would be misleading next to photos.
@@ -38,4 +44,5 @@ def load_outliers(spec: str | None, data_dir: Path, image_size: int, cache_root:
     if spec in (None, ""):
         own = data_dir / "outliers"
         return load_outlier_folder(own, image_size, cache_root, pending) if own.is_dir() else None
-    return load_outlier_folder(spec, image_size, cache_root, pending)
+    folder = fetch(spec, cache_root) if storage.is_s3(spec) else spec
+    return load_outlier_folder(folder, image_size, cache_root, pending)
