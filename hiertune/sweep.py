@@ -9,7 +9,6 @@ default the MLflow store (`mlflow.db`, `mlartifacts/`) sits beside the sweeps in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,9 +17,10 @@ from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
-from hiertune.fsutil import atomic_file
-from hiertune.pareto import TrialRecord, compute_front, front_points, save_trials, write_front
+from hiertune.faults import FAILURE_KEY
+from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
+from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
 
 log = logging.getLogger("hiertune")
 
@@ -53,20 +53,26 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
               resume: bool = False) -> dict:
     import ray
 
+    from hiertune.tracking import SweepRecorder
+
     started = (place.tune_dir / "tuner.pkl").exists()
     if resume and not started:
         raise UserError(f"{place.dir}: no sweep to resume here")
     if started and not resume:
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
+    if resume:
+        read_sweep_json(place.dir)
+        check_ray_state(place.tune_dir)
     base = space.trial_config()
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        with atomic_file(place.dir / "sweep.json") as tmp:
-            tmp.write_text(json.dumps({"space": str(space.path), "family": space.family,
-                                       "sampled_thresholds": space.samples_thresholds}))
+        write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
+                                     "sampled_thresholds": space.samples_thresholds})
+    # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
+    recorder = SweepRecorder(place.mlflow_uri, place.name, place.dir, place.artifact_location())
 
     # Trials in worker processes must not oversubscribe the CPUs: each sets torch threads to
     # its own CPU count (run_trial), and the libraries' own pools follow.
@@ -74,6 +80,9 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A trial's final failure is reported as a result without metrics (hiertune.trainable);
+    # Ray's check that every result carries the scheduler's metric would reject it.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     own_ray = not ray.is_initialized()
     if own_ray:
         # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
@@ -87,21 +96,21 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
                     space.resources.cpus_per_trial, space.resources.gpus_per_trial)
         space = space.with_overrides({"resources.gpus_per_trial": 0})
     try:
-        return _run(space, place, bundle, resume)
+        return _run(space, place, bundle, recorder, resume)
     finally:
         if own_ray:
             ray.shutdown()
 
 
-def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
+def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from hiertune.search import FidelityAwareOptunaSearch, objectives
-    from hiertune.tracking import MlflowSweepCallback, SweepRecorder
-    from hiertune.trainable import tune_trainable
+    from hiertune.tracking import MlflowSweepCallback
+    from hiertune.trainable import FinalFailures, tune_trainable
 
-    SweepRecorder(place.mlflow_uri, place.name, place.dir, place.artifact_location()).start_parent(
+    recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
@@ -111,7 +120,9 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
 
     start = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(str(place.tune_dir), trainable=trainable, resume_errored=True)
+        # Finished trials stay finished and failed ones failed: a failure that Ray's retries
+        # (tune.max_failures) did not mend, or a final one, would only fail again.
+        tuner = tune.Tuner.restore(str(place.tune_dir), trainable=trainable)
     else:
         callback = MlflowSweepCallback(place.mlflow_uri, place.name, place.dir, space.family,
                                        space.scheduler.max_t)
@@ -128,7 +139,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
             ),
             run_config=tune.RunConfig(
-                name=place.tune_dir.name, storage_path=str(place.dir), callbacks=[callback], verbose=1,
+                name=place.tune_dir.name, storage_path=str(place.dir), callbacks=[FinalFailures(), callback],
+                verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
@@ -138,8 +150,9 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
 
     trials = [_record(r, space) for r in grid]
     save_trials(place.dir, trials)
-    summary = finish(place, trials, SweepRecorder(place.mlflow_uri, place.name, place.dir))
-    counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
+    recorder.reconcile(trials)
+    summary = finish(place, trials, recorder)
+    counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     return {"name": place.name, "dir": str(place.dir), "mlflow_uri": place.mlflow_uri, "trials": counts,
             "wall_seconds": wall, **summary}
 
@@ -155,7 +168,15 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     parent = recorder.state["parent"]
     for path in (csv_path, png_path, place.dir / "trials.json"):
         recorder.client.log_artifact(parent, str(path))
-    histories = {t.name: h for t in trials if (h := trial_history(t.checkpoint))}
+    histories = {}
+    for t in trials:
+        try:
+            if history := trial_history(t.checkpoint):
+                histories[t.name] = history
+        except UserError as exc:
+            if t.status != "failed":
+                raise
+            log.warning("no learning curves for failed trial %s: %s", t.name, exc)  # it may be why it failed
     if histories:
         curves = place.dir / "learning_curves.png"
         plot_sweep_curves(histories, curves, place.name)
@@ -169,24 +190,27 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
 
 
 def sampled_thresholds(place: SweepPlace) -> bool:
-    path = place.dir / "sweep.json"
-    return json.loads(path.read_text())["sampled_thresholds"] if path.exists() else False
+    return read_sweep_json(place.dir)["sampled_thresholds"] if (place.dir / SWEEP_JSON).exists() else False
 
 
 def _record(result, space: SearchSpace) -> TrialRecord:
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or Path(result.path).name
-    epochs = int(metrics.get("training_iteration", 0))
-    if result.error is not None:
+    failure = metrics.get(FAILURE_KEY)
+    # A final failure's report is one result past the trial's last epoch.
+    epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
+    error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+    if error is not None:
         status = "failed"
+    elif not metrics.get("done"):  # the sweep stopped (Ctrl+C) before this trial finished
+        status = "interrupted"
     else:
         status = "completed" if epochs >= space.scheduler.max_t else "stopped"
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
-                       Path(result.checkpoint.path) if result.checkpoint else None, clean,
-                       str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+                       Path(result.checkpoint.path) if result.checkpoint else None, clean, error)
 
 
 def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:
