@@ -158,25 +158,17 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
-    """Front from the stored per-trial results, written and logged to the parent run."""
+    """Front from the stored per-trial results, written and logged to the parent run. Every
+    input is read before anything is written, so a damaged one leaves the outputs as they were."""
     from hiertune.plots import plot_sweep_curves
-    from hiertune.tracking import trial_history
 
     points = front_points(trials, sampled_thresholds(place))
+    histories = _histories(trials)
     front = compute_front(points)
     csv_path, png_path = write_front(place.dir, place.name, points, front)
     parent = recorder.state["parent"]
     for path in (csv_path, png_path, place.dir / "trials.json"):
         recorder.client.log_artifact(parent, str(path))
-    histories = {}
-    for t in trials:
-        try:
-            if history := trial_history(t.checkpoint):
-                histories[t.name] = history
-        except UserError as exc:
-            if t.status != "failed":
-                raise
-            log.warning("no learning curves for failed trial %s: %s", t.name, exc)  # it may be why it failed
     if histories:
         curves = place.dir / "learning_curves.png"
         plot_sweep_curves(histories, curves, place.name)
@@ -187,6 +179,22 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
                                       "best_unseen": best["unseen"]}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
     return {"front": front, "points": len(points), "pareto_csv": str(csv_path), "pareto_png": str(png_path)}
+
+
+def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
+    from hiertune.tracking import trial_history
+
+    histories = {}
+    for t in trials:
+        try:
+            if history := trial_history(t.checkpoint):
+                histories[t.name] = history
+        except UserError as exc:
+            if t.status != "failed":
+                raise
+            # A failed trial's damaged checkpoint may be what failed it; it costs only its curve.
+            log.warning("no learning curves for failed trial %s: %s", t.name, exc)
+    return histories
 
 
 def sampled_thresholds(place: SweepPlace) -> bool:
