@@ -22,14 +22,14 @@ FIRST_WAIT_S = 0.2
 
 
 def open_client(uri: str) -> MlflowClient:
-    client = MlflowClient(uri)
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            client.search_experiments(max_results=1)  # the first call creates or migrates the schema
-    return RetryOnLocked(client)  # type: ignore[return-value]  # the same methods
+    if db is None:
+        return RetryOnLocked(MlflowClient(uri))  # type: ignore[return-value]  # the same methods
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)  # opening the store creates or migrates its schema
+    return RetryOnLocked(client)  # type: ignore[return-value]
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,34 @@ class SweepProcess:
         return self.proc.wait(timeout=timeout)
 
 
+class Launcher:
+    """Starts `hiertune sweep` processes, each in a session of its own, and ends every process of
+    those sessions on close: Ray's workers sit in process groups of their own, and Ray's agents
+    outlive a killed driver."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.started: list[SweepProcess] = []
+
+    def start(self, space: Path, storage: Path, name: str, *extra: str) -> SweepProcess:
+        env = {**os.environ, "HIERTUNE_CACHE_DIR": str(self.cache)}
+        cmd = [sys.executable, "-m", "hiertune", "sweep", str(space), "--name", name, "--storage", str(storage),
+               "--json", *extra]
+        log = storage.parent / f"{name}-{len(self.started)}.log"
+        with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, start_new_session=True)
+        self.started.append(SweepProcess(proc, storage, name, log))
+        return self.started[-1]
+
+    def close(self) -> None:
+        for sweep in self.started:
+            kill_session(sweep.proc.pid)
+            if sweep.proc.poll() is None:
+                sweep.proc.wait(timeout=60)
+
+
 def session_pids(sid: int) -> list[int]:
-    """Every process of session `sid`: the sweep and what Ray started for it, workers included
-    (they sit in process groups of their own, so a process-group kill would miss them)."""
+    """Every process of session `sid`."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
