@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -71,9 +72,9 @@ class SweepRecorder:
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
                 "hiertune.sweep": self.sweep, ROLE_TAG: "sweep", **tags}).info.run_id
-            self._log_params(run_id, params)
         else:
             self.client.update_run(run_id, status="RUNNING")
+        self._log_params_once(run_id, params)
         self.state["parent"] = run_id
         self._save()
         return run_id
@@ -86,12 +87,12 @@ class SweepRecorder:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
                 PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
                 "hiertune.status": "running", **tags}).info.run_id
-            self._log_params(run_id, config)
         else:  # a resumed or restarted trial keeps its run, and what it logged
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "hiertune.status", "running")
             history = self.client.get_metric_history(run_id, "epoch")
             self._logged[run_id] = max((m.step for m in history), default=0)
+        self._log_params_once(run_id, config)
         self.state["trials"][trial_id] = run_id
         self._active[trial_id] = run_id
         self._save()
@@ -141,7 +142,11 @@ class SweepRecorder:
         runs = self.client.search_runs([self.experiment_id], filter_string, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def _log_params(self, run_id: str, params: dict) -> None:
+    def _log_params_once(self, run_id: str, params: dict) -> None:
+        """Params are logged with the run's creation; a run reopened without them lost its
+        driver in between. (Logging them again would fail if `--set` changed one on resume.)"""
+        if self.client.get_run(run_id).data.params:
+            return
         items = [Param(k, redact(k, v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
@@ -154,7 +159,7 @@ class SweepRecorder:
             raise UserError(f"{self.state_path}: not a trial → MLflow run map (no 'trials')")
         return state
 
-    def _save(self, drop: list[str] = ()) -> None:
+    def _save(self, drop: Collection[str] = ()) -> None:
         # Merge with what is on disk: an interrupted driver still winding down may have
         # written since this one read it, and no trial's run may be forgotten.
         disk = self._load()

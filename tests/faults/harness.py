@@ -18,13 +18,14 @@ DEADLINE_S = 600
 
 
 def fault_space(path: Path, data: Path, samples: int, epochs: int, faults: str = "") -> Path:
-    """A tiny cnn sweep whose trials all run to the end (grace period = max_t: ASHA stops none)."""
+    """A tiny cnn sweep whose trials all run to the end (grace period = max_t: ASHA stops none),
+    two at a time whatever the machine, so trials start in a known order."""
     path.write_text(f"""
 family: cnn
 fixed: {{epochs: {epochs}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}, faults: "{faults}"}}
 search:
   lr: {{type: float, low: 1.0e-3, high: 1.0e-2, log: true}}
-tune: {{num_samples: {samples}, sampler: tpe, seed: 5, max_failures: 1}}
+tune: {{num_samples: {samples}, sampler: tpe, seed: 5, max_failures: 1, max_concurrent: 2}}
 scheduler: {{max_t: {epochs}, grace_period: {epochs}, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1}}
 """)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import FaultSweep
+from harness import FaultSweep, fault_space
 
 from hiertune.pareto import load_trials
 
@@ -93,9 +93,8 @@ def test_resume_without_a_saved_experiment_state_says_so(cli, fault_sweep: Fault
                                    "a new --name")
 
 
-def test_a_malformed_fault_plan_is_one_line(cli, fault_sweep: FaultSweep, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text(fault_sweep.space.read_text().replace("0=raise_once@1", "0=explode@1"))
+def test_a_malformed_fault_plan_is_one_line(cli, small_data, tmp_path):
+    space = fault_space(tmp_path / "space.yaml", small_data, samples=1, epochs=1, faults="0=explode@1")
     result = cli("train", str(space), "--out", str(tmp_path / "out"))
     assert result.code == 2 and len(result.err_lines) == 1
     assert "faults: '0=explode@1' is not N=KIND@EPOCH" in result.err_lines[0]
