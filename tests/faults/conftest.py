@@ -6,7 +6,8 @@ import os
 import signal
 
 import pytest
-from harness import (
+
+from faults.harness import (
     FAULT_PLAN,
     STALLED,
     FaultSweep,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from harness import children, fault_space, last_json, mlflow_runs
 from mlflow.exceptions import MlflowException
 
+from faults.harness import children, fault_space, last_json, mlflow_runs
 from hiertune import mlstore
 from hiertune.pareto import load_trials
 

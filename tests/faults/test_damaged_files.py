@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import FaultSweep, fault_space
 
+from faults.harness import FaultSweep, fault_space
 from hiertune.pareto import load_trials
 
 

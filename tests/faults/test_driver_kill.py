@@ -9,7 +9,7 @@ import json
 import os
 import signal
 
-from harness import (
+from faults.harness import (
     children,
     failures,
     fault_space,
@@ -23,7 +23,6 @@ from harness import (
     trial_dirs,
     wait_for,
 )
-
 from hiertune.pareto import load_trials
 
 # Trials 1 and 2 stop at their second epoch on their first attempt, so that when the driver is

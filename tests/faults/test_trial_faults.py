@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from harness import (
+
+from faults.harness import (
     FaultSweep,
     children,
     failures,
@@ -17,7 +18,6 @@ from harness import (
     steps,
     trial_dirs,
 )
-
 from hiertune.pareto import load_trials
 
 
