@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from hiertune.data.augment import AugmentConfig
 from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError
+from hiertune.faults import parse_plan
 from hiertune.losses import LossConfig
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig
 
@@ -74,7 +75,9 @@ class TrialConfig:
     threads: int = 0  # torch threads; 0: the CPUs this trial owns
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on CPU
-    fail_at_epoch: int = -1  # test-only: raise at this epoch to exercise failure handling
+    trial_number: int = 0  # the trial's number in its sweep (0-based, in sampling order); set by the sweep
+    # Test-only: a fault plan that makes chosen trials fail (hiertune.faults, tests/faults).
+    faults: str = ""
 
     def __post_init__(self) -> None:
         _choice("family", self.family, None)
@@ -90,7 +93,7 @@ class TrialConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "kl_alpha", "oe_weight", "mixup_alpha", "label_smoothing",
-                     "dropout", "warmup_epochs", "unfreeze_depth", "threads"):
+                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("tau_super", "tau_sub", "dropout", "label_smoothing", "momentum"):
@@ -103,6 +106,7 @@ class TrialConfig:
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # validates the split fractions
+        parse_plan(self.faults)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -108,7 +108,7 @@ def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float)
     # The schedule is compressed to the epochs the point was measured at: an ASHA-stopped trial
     # is retrained for what it ran, not for max_t.
     return replace(cfg, epochs=max(1, int(point["epochs"])), val_fraction=calibration_fraction,
-                   pseudo_novel_fraction=0.0, outlier_val_fraction=0.0, fail_at_epoch=-1,
+                   pseudo_novel_fraction=0.0, outlier_val_fraction=0.0, faults="",
                    novelty_score=point["score"])
 
 

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +25,20 @@ from hiertune.fsutil import atomic_file
 from hiertune.metrics import pareto_front
 from hiertune.novelty import PosthocResult
 from hiertune.plots import plot_front
+from hiertune.state import read_json
 from hiertune.train import Checkpoint
 
 ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
 ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
+# interrupted: the sweep stopped before the trial finished; `--resume` continues it.
+STATUSES = ("completed", "stopped", "failed", "interrupted")
 
 
 @dataclass
 class TrialRecord:
     trial_id: str
     name: str
-    status: str  # completed | stopped | failed | running | pending
+    status: str  # one of STATUSES
     epochs: int
     params: dict  # the sampled parameters
     checkpoint: str | None  # the latest checkpoint: a local path or an s3:// URI (read with hiertune.storage)
@@ -68,7 +72,7 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
         uri = storage.join(t.checkpoint, Checkpoint.POSTHOC)
         try:
             result = PosthocResult.load(io.BytesIO(storage.read_bytes(uri)))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"{uri}: unreadable post-hoc results ({str(exc).splitlines()[0][:120]})") from None
         for s, i, j in np.ndindex(*result.grid.shape[:3]):
             p = result.point(s, i, j)
@@ -169,10 +173,11 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
     path = sweep_dir / "trials.json"
     if not path.is_file():
         raise UserError(f"{sweep_dir}: no sweep results (trials.json) here; run `hiertune sweep` first")
+    records = read_json(path)
     try:
-        return [TrialRecord.from_dict(d) for d in json.loads(path.read_text())]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable or truncated ({exc})") from None
+        return [TrialRecord.from_dict(d) for d in records]
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
 
 
 def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:

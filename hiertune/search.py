@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from hiertune.faults import FAILURE_KEY
 from hiertune.space import SearchSpace
-
 
 
 def objectives(space: SearchSpace) -> tuple[str, list[str]]:
@@ -50,6 +50,7 @@ class DefineByRun:
                 values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
         for p in space.posthoc:  # declared values, the one point each trial also reports
             values.setdefault(p.name, p.midpoint())
+        values["trial_number"] = trial.number
         return values
 
 
@@ -73,6 +74,10 @@ class FidelityAwareOptunaSearch(OptunaSearch):
                          **kwargs)  # the seed lives in the sampler
         self._max_t = space.scheduler.max_t
         self._multi = multi
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if FAILURE_KEY not in result:  # a final failure's report has no metrics; its error follows
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         iteration = (result or {}).get("training_iteration", self._max_t)

@@ -13,7 +13,6 @@ SweepPlace), and a default SQLite store stays on the driver's disk with its arti
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -26,9 +25,10 @@ from hiertune import storage
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
-from hiertune.fsutil import atomic_file
-from hiertune.pareto import TrialRecord, compute_front, front_points, save_trials, write_front
+from hiertune.faults import FAILURE_KEY
+from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
+from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
 
 log = logging.getLogger("hiertune")
 
@@ -97,6 +97,8 @@ class SweepPlace:
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
+    from hiertune.tracking import SweepRecorder
+
     place.prepare()
     started = place.started()
     if resume and not started:
@@ -104,25 +106,33 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     if started and not resume:
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
+    if resume:
+        read_sweep_json(place.dir)
+        if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
+            check_ray_state(Path(place.tune_uri))
     base = space.trial_config()
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        with atomic_file(place.dir / "sweep.json") as tmp:
-            tmp.write_text(json.dumps({"space": str(space.path), "family": space.family,
-                                       "sampled_thresholds": space.samples_thresholds,
-                                       "resources": space.resources.__dict__}))
-        place.publish(place.dir / "sweep.json")
+        write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
+                                     "sampled_thresholds": space.samples_thresholds,
+                                     "resources": space.resources.__dict__})
+        place.publish(place.dir / SWEEP_JSON)
+    # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
+    recorder = SweepRecorder(place)
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A trial's final failure is reported as a result without metrics (hiertune.trainable);
+    # Ray's check that every result carries the scheduler's metric would reject it.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with ray_session(address, space.resources.cpus_per_trial):
         gpus = usable_gpus(space.resources.gpus_per_trial, space.resources.cpus_per_trial, address)
         if gpus != space.resources.gpus_per_trial:
             space = space.with_overrides({"resources.gpus_per_trial": gpus})
-        return _run(space, place, bundle, resume)
+        return _run(space, place, bundle, recorder, resume)
 
 
 @contextlib.contextmanager
@@ -158,15 +168,15 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
     return gpus
 
 
-def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
+def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from hiertune.search import FidelityAwareOptunaSearch, objectives
-    from hiertune.tracking import MlflowSweepCallback, SweepRecorder, redact
-    from hiertune.trainable import tune_trainable
+    from hiertune.tracking import MlflowSweepCallback, redact
+    from hiertune.trainable import FinalFailures, tune_trainable
 
-    SweepRecorder(place).start_parent(
+    recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
@@ -177,8 +187,9 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
     storage_path, filesystem = storage.tune_storage(place.uri)
     start = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, resume_errored=True,
-                                   storage_filesystem=filesystem)
+        # Finished trials stay finished and failed ones failed: a failure that Ray's retries
+        # (tune.max_failures) did not mend, or a final one, would only fail again.
+        tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
     else:
         callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
         tuner = tune.Tuner(
@@ -194,7 +205,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage_path, storage_filesystem=filesystem, callbacks=[callback],
+                name="tune", storage_path=storage_path, storage_filesystem=filesystem,
+                callbacks=[FinalFailures(), callback],
                 verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -207,25 +219,26 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, resume: bool) -> dict:
     trials = [_record(r, space) for r in grid]
     save_trials(place.dir, trials)
     place.publish(place.dir / "trials.json")
-    summary = finish(place, trials, SweepRecorder(place))
-    counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "failed")}
+    recorder.reconcile(trials)
+    summary = finish(place, trials, recorder)
+    counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
-    """Front from the stored per-trial results, written and logged to the parent run."""
+    """Front from the stored per-trial results, written and logged to the parent run. Every
+    input is read before anything is written, so a damaged one leaves the outputs as they were."""
     from hiertune.plots import plot_sweep_curves
-    from hiertune.tracking import trial_history
 
     points = front_points(trials, sampled_thresholds(place))
+    histories = _histories(trials)
     front = compute_front(points)
     csv_path, png_path = write_front(place.dir, place.name, points, front)
     place.publish(csv_path, png_path)
     parent = recorder.state["parent"]
     for path in (csv_path, png_path, place.dir / "trials.json"):
         recorder.client.log_artifact(parent, str(path))
-    histories = {t.name: h for t in trials if (h := trial_history(t.checkpoint))}
     if histories:
         curves = place.dir / "learning_curves.png"
         plot_sweep_curves(histories, curves, place.name)
@@ -240,17 +253,37 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
             "pareto_png": place.location(png_path)}
 
 
+def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
+    from hiertune.tracking import trial_history
+
+    histories = {}
+    for t in trials:
+        try:
+            if history := trial_history(t.checkpoint):
+                histories[t.name] = history
+        except UserError as exc:
+            if t.status != "failed":
+                raise
+            # A failed trial's damaged checkpoint may be what failed it; it costs only its curve.
+            log.warning("no learning curves for failed trial %s: %s", t.name, exc)
+    return histories
+
+
 def sampled_thresholds(place: SweepPlace) -> bool:
-    path = place.dir / "sweep.json"
-    return json.loads(path.read_text())["sampled_thresholds"] if path.exists() else False
+    return read_sweep_json(place.dir)["sampled_thresholds"] if (place.dir / SWEEP_JSON).exists() else False
 
 
 def _record(result, space: SearchSpace) -> TrialRecord:
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or Path(result.path).name
-    epochs = int(metrics.get("training_iteration", 0))
-    if result.error is not None:
+    failure = metrics.get(FAILURE_KEY)
+    # A final failure's report is one result past the trial's last epoch.
+    epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
+    error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+    if error is not None:
         status = "failed"
+    elif not metrics.get("done"):  # the sweep stopped (Ctrl+C) before this trial finished
+        status = "interrupted"
     else:
         status = "completed" if epochs >= space.scheduler.max_t else "stopped"
     sampled = {p.name for p in space.sampled}
@@ -258,8 +291,7 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
-                       str(result.error).strip().splitlines()[-1][:500] if result.error else None,
-                       dict(result.config or {}))
+                       error, dict(result.config or {}))
 
 
 @contextlib.contextmanager

@@ -1,33 +1,42 @@
 """MLflow records of a sweep: one experiment per sweep, a parent run, a child run per trial.
 
 Ray's MLflowLoggerCallback neither nests runs nor keeps a single writer, so this Tune callback
-logs through MlflowClient from the driver: nested child runs, and one process touching the
-store (which also keeps SQLite free of "database is locked"). Which MLflow run belongs to which
-trial is kept in the sweep folder, so `--resume` logs into the same runs and never twice.
+logs through MlflowClient from the driver: nested child runs, and one process per sweep touching
+the store (sweeps sharing a store: hiertune.mlstore). Which MLflow run belongs to which trial is
+kept in the sweep folder, so `--resume` logs into the same runs and never twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from hiertune.errors import UserError
+from hiertune.faults import FAILURE_KEY
 from hiertune.fsutil import atomic_file
+from hiertune.mlstore import open_client
+from hiertune.pareto import TrialRecord
 from hiertune.plots import plot_learning_curves
+from hiertune.state import read_json
 from hiertune.storage import checkpoint_uri, join, read_bytes
 
 if TYPE_CHECKING:
     from hiertune.sweep import SweepPlace
 
 PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "hiertune.role"  # "sweep" on the parent run, which has no trial id to be found by
+RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's run status; FINISHED otherwise
+SEARCH_LIMIT = 50_000  # MLflow's own cap on one search
+log = logging.getLogger("hiertune")
 SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key)", re.I)
 
 
@@ -46,7 +55,11 @@ def redact(key: str, value) -> str:
 
 
 class SweepRecorder:
-    """The sweep's MLflow bookkeeping, usable with or without a Tune run."""
+    """The sweep's MLflow bookkeeping, usable with or without a Tune run.
+
+    A driver can be killed between any two of its writes, so every write is safe to repeat: a
+    run is looked up by its tags before one is created, an epoch already logged to a run is not
+    logged again, and `reconcile` makes MLflow agree with the sweep's final trial list."""
 
     def __init__(self, place: SweepPlace):
         self.place = place
@@ -54,11 +67,12 @@ class SweepRecorder:
         self.state_path = place.dir / "mlflow_runs.json"
         self.state = self._load()
         self._active: dict[str, str] = {}  # trials seen by this process
+        self._logged: dict[str, int] = {}  # run → the last step logged to it
         parent = self.state.get("parent")
         uri = place.mlflow_uri
         if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-            raise self._elsewhere(parent)  # before MlflowClient, which would create the file
-        self.client = MlflowClient(uri)
+            raise self._elsewhere(parent)  # before the client, which would create the file
+        self.client = open_client(uri)
         experiment = self.client.get_experiment_by_name(self.sweep)
         if parent is not None and (experiment is None or not self.client.search_runs(
                 [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
@@ -72,57 +86,104 @@ class SweepRecorder:
                          f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
     def start_parent(self, params: dict, tags: dict) -> str:
-        if self.state.get("parent") is None:
-            run = self.client.create_run(self.experiment_id, run_name=self.sweep,
-                                         tags={"hiertune.sweep": self.sweep, **tags})
-            self.state["parent"] = run.info.run_id
-            self._save()
-            self.log_params(run.info.run_id, params)
+        run_id = self.state.get("parent") or self._find(f"tags.`{ROLE_TAG}` = 'sweep'")
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
+                "hiertune.sweep": self.sweep, ROLE_TAG: "sweep", **tags}).info.run_id
         else:
-            self.client.update_run(self.state["parent"], status="RUNNING")
-        return self.state["parent"]
+            self.client.update_run(run_id, status="RUNNING")
+        self.log_params(run_id, params)
+        self.state["parent"] = run_id
+        self._save()
+        return run_id
 
     def trial_run(self, trial_id: str, name: str, config: dict, tags: dict) -> str:
         if trial_id in self._active:
             return self._active[trial_id]
-        run_id = self.state["trials"].get(trial_id)
-        if run_id is not None:  # a resumed or restarted trial keeps its run
+        run_id = self.state["trials"].get(trial_id) or self._find(f"tags.`hiertune.trial_id` = '{trial_id}'")
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
+                "hiertune.status": "running", **tags}).info.run_id
+        else:  # a resumed or restarted trial keeps its run, and what it logged
             self.client.update_run(run_id, status="RUNNING")
-            self._active[trial_id] = run_id
-            return run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
-            "hiertune.status": "running", **tags})
-        self.state["trials"][trial_id] = run.info.run_id
-        self._active[trial_id] = run.info.run_id
+            self.client.set_tag(run_id, "hiertune.status", "running")
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._logged[run_id] = max((m.step for m in history), default=0)
+        self.log_params(run_id, config)
+        self.state["trials"][trial_id] = run_id
+        self._active[trial_id] = run_id
         self._save()
-        self.log_params(run.info.run_id, config)
-        return run.info.run_id
+        return run_id
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        # A trial resumed after its driver was killed may replay an epoch it had already reported
+        # (its checkpoint was written but not yet recorded by Ray); it is the same epoch, once.
+        if step <= self._logged.get(run_id, -1):
+            return
         batch = [Metric(k, float(v), 0, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(run_id, metrics=batch, synchronous=True)
+        self._logged[run_id] = step
 
     def finish_trial(self, trial_id: str, status: str, reason: str | None = None) -> None:
-        run_id = self.state["trials"][trial_id]
+        self._finish(self.state["trials"][trial_id], status, reason)
+
+    def reconcile(self, trials: list[TrialRecord]) -> None:
+        """Make the sweep's MLflow runs agree with its final trial list. A killed driver leaves
+        runs RUNNING whose trials Ray has since finished, or interrupted; and a trial that Ray
+        had not yet recorded when its driver died is gone for good (Ray samples its
+        replacement under a new id), so its run is deleted rather than left behind."""
+        by_id = {t.trial_id: t for t in trials}
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.state['parent']}'",
+                                       max_results=SEARCH_LIMIT)
+        lost = []
+        for run in runs:
+            trial = by_id.get(run.data.tags.get("hiertune.trial_id"))
+            if trial is None:
+                self.client.delete_run(run.info.run_id)
+                lost.append(run.data.tags.get("hiertune.trial_id"))
+            elif run.info.status == "RUNNING" or run.data.tags.get("hiertune.status") != trial.status:
+                self._finish(run.info.run_id, trial.status, trial.error)
+        if lost:
+            log.warning("deleted the MLflow run(s) of %d trial(s) lost with a killed driver: %s", len(lost),
+                        ", ".join(map(str, lost)))
+        self._save(drop=lost)
+
+    def _finish(self, run_id: str, status: str, reason: str | None) -> None:
         tags = [RunTag("hiertune.status", status)] + ([RunTag("hiertune.error", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, tags=tags, synchronous=True)
-        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
+
+    def _find(self, filter_string: str) -> str | None:
+        """A run created by a driver that was killed before it saved the run's id."""
+        runs = self.client.search_runs([self.experiment_id], filter_string, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def log_params(self, run_id: str, params: dict) -> None:
+        """Params of a run that has none yet: they are logged with the run's creation, and a run
+        reopened without them lost its driver in between. (Logging them again would fail if
+        `--set` changed one on resume.)"""
+        if self.client.get_run(run_id).data.params:
+            return
         items = [Param(k, redact(k, v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
     def _load(self) -> dict:
-        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {"trials": {}}
+        if not self.state_path.exists():
+            return {"trials": {}}
+        state = read_json(self.state_path)
+        if not isinstance(state, dict) or not isinstance(state.get("trials"), dict):
+            raise UserError(f"{self.state_path}: not a trial → MLflow run map (no 'trials')")
+        return state
 
-    def _save(self) -> None:
+    def _save(self, drop: Collection[str] = ()) -> None:
         # Merge with what is on disk: an interrupted driver still winding down may have
         # written since this one read it, and no trial's run may be forgotten.
         disk = self._load()
-        self.state = {**disk, **self.state, "trials": {**disk["trials"], **self.state["trials"]}}
+        trials = {k: v for k, v in {**disk["trials"], **self.state["trials"]}.items() if k not in drop}
+        self.state = {**disk, **self.state, "trials": trials}
         with atomic_file(self.state_path) as tmp:
             tmp.write_text(json.dumps(self.state, indent=1))
         self.place.publish(self.state_path)
@@ -155,6 +216,8 @@ class MlflowSweepCallback(tune.Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if FAILURE_KEY in result:  # no metrics: the reason is recorded when the error arrives
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self.recorder.log_metrics(self._run(trial), result, step)
 
@@ -167,10 +230,15 @@ class MlflowSweepCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)
-        self.recorder.finish_trial(trial.trial_id, "failed", _error_line(trial))
+        reason = (trial.last_result or {}).get(FAILURE_KEY) or _error_line(trial)
+        self.recorder.finish_trial(trial.trial_id, "failed", reason)
 
     def _curves(self, trial) -> None:
-        history = trial_history(checkpoint_uri(trial.checkpoint) if trial.checkpoint else None)
+        try:
+            history = trial_history(checkpoint_uri(trial.checkpoint) if trial.checkpoint else None)
+        except UserError as exc:  # a damaged checkpoint costs the plot, never the sweep
+            log.warning("no learning curves for %s: %s", trial, exc)
+            return
         if history:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "learning_curves.png"
@@ -179,15 +247,22 @@ class MlflowSweepCallback(tune.Callback):
 
 
 def trial_history(checkpoint: str | None) -> list[dict]:
-    """Every epoch a trial reported, from its latest checkpoint (complete across resumes)."""
+    """Every epoch a trial reported, from its latest checkpoint (a path or an s3:// URI;
+    complete across resumes)."""
     from hiertune.train import Checkpoint
 
     if checkpoint is None:
         return []
+    path = join(checkpoint, Checkpoint.HISTORY)
     try:
-        return json.loads(read_bytes(join(checkpoint, Checkpoint.HISTORY)))
-    except (OSError, ValueError):
+        history = json.loads(read_bytes(path))
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise UserError(f"{path}: not a list of per-epoch records")
+    return history
 
 
 def _error_line(trial) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import tempfile
 import time
 from contextlib import nullcontext
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -26,6 +28,7 @@ from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
 from hiertune.errors import UserError
+from hiertune.faults import CheckpointUnreadable, TrialDiverged, fault_for
 from hiertune.losses import LOSS_PARTS, hierarchical_loss
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty import (LOGIT_SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics,
@@ -39,15 +42,11 @@ POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_
               "accept_super", "accept_sub")
 
 
-class TrialFailed(RuntimeError):
-    """A trial that cannot go on (non-finite loss, a test-requested failure); the sweep records it."""
-
-
 class Checkpoint:
     """File names in a checkpoint directory; everything loads without executing code."""
 
     MODEL = "model.safetensors"
-    STATE = "state.pt"  # optimizer, scheduler, RNG: tensors and numbers only (weights_only=True)
+    STATE = "state.pt"  # optimizer, scheduler, RNG, attempt: tensors and numbers only (weights_only=True)
     HISTORY = "history.json"
     POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
     SCORERS = "scorers.safetensors"
@@ -112,15 +111,18 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     posthoc_cfg = PosthocConfig()
     loss_cfg = cfg.loss_config()
 
-    start_epoch, history = 0, []
+    # An attempt is one run of this loop; a restart from a checkpoint (a retry after a failure, a
+    # killed worker, `--resume`) is the next one. Every epoch records the attempt that ran it.
+    start_epoch, history, attempt = 0, [], 1
     if resume is not None:
-        start_epoch, history = _load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
-        log.info("resuming from epoch %d", start_epoch)
+        start_epoch, history, attempt = _load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
+        attempt += 1
+        log.info("resuming from epoch %d (attempt %d)", start_epoch, attempt)
+    fault = fault_for(cfg.faults, cfg.trial_number)
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        if epoch == cfg.fail_at_epoch:
-            raise TrialFailed(f"fail_at_epoch={epoch} (test setting)")
+        poison = fault is not None and fault.strike(epoch, attempt)
         # ---- train one epoch -------------------------------------------------------------
         # Nothing in this loop waits for the device: loss parts and the features the
         # feature-space scores are fitted on stay on it and are read once, after the epoch.
@@ -146,6 +148,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
                 if mix:
                     loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
                     loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
+                if poison:
+                    loss = loss * math.nan
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -159,7 +163,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         train_loss, *part_means = (totals / max(1, seen_images)).tolist()
         if not math.isfinite(train_loss):
-            raise TrialFailed(f"non-finite training loss ({train_loss}) in epoch {epoch + 1}")
+            raise TrialDiverged(f"non-finite training loss ({train_loss}) in epoch {epoch + 1}")
         train_seconds = time.perf_counter() - t0
 
         # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
@@ -175,6 +179,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
 
         metrics = {
             "epoch": epoch + 1,
+            "attempt": attempt,
             "train_loss": train_loss,
             **{f"train_{name}": v for name, v in zip(LOSS_PARTS, part_means)},
             "val_loss": val_loss,
@@ -196,8 +201,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            _save_checkpoint(Path(tmp), epoch + 1, history, model, optimizer, scheduler, order_gen, aug_gen,
-                             result, scorers)
+            _save_checkpoint(Path(tmp), epoch + 1, attempt, history, model, optimizer, scheduler, order_gen,
+                             aug_gen, result, scorers)
             report(metrics, Path(tmp))
     return metrics
 
@@ -251,11 +256,12 @@ def fit_scorers(kept: list[tuple[torch.Tensor, ...]], heads: Heads) -> dict[str,
     return scorers
 
 
-def _save_checkpoint(path: Path, epoch: int, history: list[dict], model, optimizer, scheduler,
+def _save_checkpoint(path: Path, epoch: int, attempt: int, history: list[dict], model, optimizer, scheduler,
                      order_gen: torch.Generator, aug_gen: torch.Generator, result, scorers) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path / Checkpoint.MODEL)
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "order_rng": order_gen.get_state(), "aug_rng": aug_gen.get_state()}, path / Checkpoint.STATE)
+    torch.save({"epoch": epoch, "attempt": attempt, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "order_rng": order_gen.get_state(),
+                "aug_rng": aug_gen.get_state()}, path / Checkpoint.STATE)
     (path / Checkpoint.HISTORY).write_text(json.dumps(history))
     result.save(path / Checkpoint.POSTHOC)
     if scorers:
@@ -263,15 +269,25 @@ def _save_checkpoint(path: Path, epoch: int, history: list[dict], model, optimiz
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, order_gen: torch.Generator,
-                     aug_gen: torch.Generator) -> tuple[int, list[dict]]:
+                     aug_gen: torch.Generator) -> tuple[int, list[dict], int]:
+    """Restore in place; returns (epochs done, history, the attempt that wrote the checkpoint)."""
+    loaders = ((Checkpoint.MODEL, lambda p: model.load_state_dict(load_file(p))),
+               (Checkpoint.STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
+               (Checkpoint.HISTORY, lambda p: json.loads(p.read_text())))
+    loaded = {}
+    for name, load in loaders:
+        try:
+            loaded[name] = load(path / name)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+            raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
+                                       f"({str(exc).strip().splitlines()[0][:160]})") from None
+    state = loaded[Checkpoint.STATE]
     try:
-        model.load_state_dict(load_file(path / Checkpoint.MODEL))
-        state = torch.load(path / Checkpoint.STATE, weights_only=True, map_location="cpu")
-        history = json.loads((path / Checkpoint.HISTORY).read_text())
-    except (OSError, RuntimeError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint {path} is unreadable or truncated ({str(exc).splitlines()[0][:120]})") from None
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    order_gen.set_state(state["order_rng"])
-    aug_gen.set_state(state["aug_rng"])
-    return int(state["epoch"]), history
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        order_gen.set_state(state["order_rng"])
+        aug_gen.set_state(state["aug_rng"])
+        return int(state["epoch"]), loaded[Checkpoint.HISTORY], int(state["attempt"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointUnreadable(f"{path / Checkpoint.STATE}: not a hiertune checkpoint state "
+                                   f"({type(exc).__name__}: {exc})") from None

@@ -3,6 +3,10 @@
 Metrics (with the Ray node that ran the trial) and a checkpoint are reported every epoch through
 `ray.tune.report`, which persists the checkpoint to the sweep's storage; a restarted trial
 (preempted node, killed worker, `--resume`) continues from `ray.tune.get_checkpoint()`.
+
+A final failure (hiertune.faults: diverged loss, out of memory, unreadable checkpoint, bad
+input) is reported as one last result carrying the reason before it is raised; Ray then records
+the trial as ERROR, and `FinalFailures` has made sure it does not retry it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ import ray.tune
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
+from hiertune.faults import FAILURE_KEY, final_reason
 from hiertune.train import run_trial
 
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0) -> None:
-    cfg = TrialConfig.from_dict(config)
+    try:
+        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial)
+    except Exception as exc:
+        reason = final_reason(exc)
+        if reason is not None:
+            ray.tune.report({FAILURE_KEY: reason})
+        raise
 
+
+def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float) -> None:
     # Which Ray node ran the trial: on a cluster whose nodes share an IP (or a host), the only
     # way to tell them apart in the results.
     node = ray.get_runtime_context().get_node_id()
@@ -33,3 +46,16 @@ def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0
         return
     with checkpoint.as_directory() as directory:
         run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial)
+
+
+class FinalFailures(ray.tune.Callback):
+    """Keeps Ray from retrying a trial whose failure a retry would repeat.
+
+    Ray retries every failed trial up to `max_failures` times and has no per-error policy; the
+    trial's own `max_failures` is what it consults, so a trial that reported a final failure gets
+    0 before its exception arrives. The order holds because the driver handles a trial's result
+    before it asks that trial for the next one, and the exception comes back as that next one."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if FAILURE_KEY in result:
+            trial.max_failures = 0

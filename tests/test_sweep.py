@@ -180,6 +180,15 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_da
     proc.wait(timeout=120)
     before = json.loads(runs_file.read_text())["trials"]
     assert 1 <= len(before) < 4
+    # Ctrl+C ends cleanly: what had not finished is 'interrupted' (MLflow: KILLED), not left RUNNING.
+    statuses = {t.trial_id: t.status for t in load_trials(storage / "r")}
+    assert set(statuses.values()) <= {"completed", "interrupted"} and "completed" in statuses.values()
+    experiment = client.get_experiment_by_name("r")
+    child_runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(child_runs) == len(before)
+    for run in child_runs:
+        trial_id = run.data.tags["hiertune.trial_id"]
+        assert run.info.status == {"completed": "FINISHED", "interrupted": "KILLED"}[statuses[trial_id]]
 
     resumed = subprocess.run(cmd + ["--resume", "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,0 +1,59 @@
+"""An MLflow client for a store that several sweeps may write to at once.
+
+Two sweep drivers on one SQLite file meet two problems. Both may create the schema of a new
+store at the same moment, and alembic's migration in one then fails on the rows the other wrote
+("Online migration expected to match one row"): creation is serialised by a file lock beside the
+database. And two write transactions that both hold a read lock can deadlock on upgrading it,
+which SQLite answers at once with "database is locked", whatever the busy timeout: such a call
+is retried (a failed transaction was rolled back, so running it again is safe).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+RETRIES = 8
+FIRST_WAIT_S = 0.2
+
+
+def open_client(uri: str) -> MlflowClient:
+    db = sqlite_path(uri)
+    if db is None:
+        return RetryOnLocked(MlflowClient(uri))  # type: ignore[return-value]  # the same methods
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)  # opening the store creates or migrates its schema
+    return RetryOnLocked(client)  # type: ignore[return-value]
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+class RetryOnLocked:
+    """Forwards to a client; a call that finds the database locked is tried again, with backoff."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            for attempt in range(RETRIES):
+                try:
+                    return attr(*args, **kwargs)
+                except MlflowException as exc:
+                    if "database is locked" not in str(exc) or attempt == RETRIES - 1:
+                        raise
+                    time.sleep(FIRST_WAIT_S * 2 ** attempt)
+
+        return call
