@@ -102,14 +102,17 @@ class ExportedModel:
             raise UserError(f"{root}: not an exported model (missing {', '.join(missing)})")
         if threads:
             torch.set_num_threads(threads)
+        raw = _read(root / CONFIG, lambda path: json.loads(path.read_text()))
+        thr = _read(root / THRESHOLDS, lambda path: json.loads(path.read_text()))
         try:
-            raw = json.loads((root / CONFIG).read_text())
             cfg = TrialConfig.from_dict(raw["trial"], where=str(root / CONFIG))
             heads = Heads(**{**raw["heads"], "sub_to_super": tuple(raw["heads"]["sub_to_super"])})
-            thr = json.loads((root / THRESHOLDS).read_text())
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{root / CONFIG}: not an exported model's config ({type(exc).__name__}: {exc})") from None
+        try:
             thresholds = Thresholds(thr["score"], float(thr["thr_super"]), float(thr["thr_sub"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{root}: config.json or thresholds.json is unreadable or truncated ({exc})") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{root / THRESHOLDS}: not an exported model's thresholds ({exc})") from None
         superclasses, subclasses = read_mapping(root / SUPER_MAP), read_mapping(root / SUB_MAP)
         if (len(superclasses), len(subclasses)) != (heads.n_super, heads.n_sub):
             raise UserError(f"{root}: the label maps have {len(superclasses)}/{len(subclasses)} seen classes but "
@@ -119,13 +122,8 @@ class ExportedModel:
             raise UserError("device cuda requested but no CUDA device is visible")
         # Weights come from the directory: never from the hub or the file the trial started from.
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
-        scorers = None
-        try:
-            model.load_state_dict(load_file(str(root / MODEL)))
-            if (root / SCORERS).is_file():
-                scorers = load_scorers(root / SCORERS)
-        except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:
-            raise UserError(f"{root}: weights are unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+        _read(root / MODEL, lambda path: model.load_state_dict(load_file(str(path))))
+        scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
         if thresholds.score in ("mahalanobis", "knn") and scorers is None:
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")
         return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on)
@@ -152,6 +150,14 @@ class ExportedModel:
         """Every image directly in `folder` (validated as training images are), numerically ordered."""
         names, images, fixes = read_folder(Path(folder), self.cfg.image_size, cache_root)
         return self.predict_images(names, images, fixes, progress="predicting" if progress else None)
+
+
+def _read(path: Path, load):
+    """`load(path)`, any damage to the file reported as one line naming it."""
+    try:
+        return load(path)
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:
+        raise UserError(f"{path}: unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
 
 
 def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[str], np.ndarray, FixCounts]:

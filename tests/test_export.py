@@ -181,7 +181,8 @@ def test_bad_input_is_one_line(exported, cli, tmp_path):
     shutil.copytree(exported["sweep"] / "export" / "1", broken)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
-    cases.append((["predict", str(broken), str(exported["data"] / "test_images")], "weights are unreadable"))
+    cases.append((["predict", str(broken), str(exported["data"] / "test_images")],
+                  f"{broken / 'model.safetensors'}: unreadable or truncated"))
     bad_images = tmp_path / "bad"
     bad_images.mkdir()
     (bad_images / "0.jpg").write_bytes(b"not a jpeg")
@@ -195,6 +196,19 @@ def test_bad_input_is_one_line(exported, cli, tmp_path):
         assert result.code == 2, (argv, result.err)
         assert len(result.err_lines) == 1 and message in result.err, (argv, result.err)
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "scorers.safetensors", "config.json", "thresholds.json",
+                                  "superclass_mapping.csv", "subclass_mapping.csv"])
+def test_a_truncated_exported_model_file_is_named_in_one_line(exported, cli, tmp_path, name):
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported["sweep"] / "export" / "1", model_dir)
+    data = (model_dir / name).read_bytes()
+    (model_dir / name).write_bytes(data[: len(data) // 2])
+    result = cli("predict", str(model_dir), str(exported["data"] / "test_images"), "-o", str(tmp_path / "p.csv"))
+    assert result.code == 2 and len(result.err_lines) == 1, result.err[-2000:]
+    assert name in result.err_lines[0]
+    assert not (tmp_path / "p.csv").exists()
 
 
 FRONT = [{"trial_id": t, "seen": s, "unseen": u}

@@ -13,7 +13,7 @@ from hiertune.pareto import load_trials
 
 
 def completed_checkpoint(sweep_dir: Path) -> Path:
-    return next(t.checkpoint for t in load_trials(sweep_dir) if t.status == "completed")
+    return next(Path(t.checkpoint) for t in load_trials(sweep_dir) if t.status == "completed")
 
 
 PARETO_CASES = {
