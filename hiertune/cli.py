@@ -163,8 +163,9 @@ def _render_sweep(result: dict) -> str:
     from hiertune.pareto import render
 
     t = result["trials"]
+    interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
     return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by ASHA, "
-            f"{t['failed']} failed in {result['wall_seconds']:.0f}s\n"
+            f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
             f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
             f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}\n"
             f"MLflow: mlflow ui --backend-store-uri {result['mlflow_uri']}")
