@@ -24,11 +24,13 @@ FIRST_WAIT_S = 0.2
 def open_client(uri: str) -> MlflowClient:
     db = sqlite_path(uri)
     if db is None:
-        return RetryOnLocked(MlflowClient(uri))  # type: ignore[return-value]  # the same methods
+        return RetryOnLocked(MlflowClient(uri, registry_uri=uri))  # type: ignore[return-value]  # same methods
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        client = MlflowClient(uri)  # opening the store creates or migrates its schema
+        # Opening the store creates or migrates its schema. The registry is the same store, not
+        # whatever registry URI the process set globally.
+        client = MlflowClient(uri, registry_uri=uri)
     return RetryOnLocked(client)  # type: ignore[return-value]
 
 

@@ -67,7 +67,7 @@ def test_a_sweep_runs_trials_on_both_nodes_and_stores_all_results_on_s3(cli, sma
     result = cli("sweep", str(space), "--name", "multi", "--storage", s3.uri("sweeps"), "--address",
                  two_nodes.address, "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json")
     assert result.code == 0, result.err[-3000:]
-    assert last_json(result.out)["trials"] == {"completed": 4, "stopped": 0, "failed": 0}
+    assert last_json(result.out)["trials"] == {"completed": 4, "stopped": 0, "failed": 0, "interrupted": 0}
 
     trials = json.loads(s3.read("sweeps/multi/trials.json"))
     nodes = {two_nodes.head_node.node_id, *(n.node_id for n in two_nodes.worker_nodes)}

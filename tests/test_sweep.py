@@ -179,10 +179,11 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_da
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     before = json.loads(runs_file.read_text())["trials"]
-    assert 1 <= len(before) < 4
+    assert len(before) >= 1
     # Ctrl+C ends cleanly: what had not finished is 'interrupted' (MLflow: KILLED), not left RUNNING.
     statuses = {t.trial_id: t.status for t in load_trials(storage / "r")}
     assert set(statuses.values()) <= {"completed", "interrupted"} and "completed" in statuses.values()
+    assert sum(s == "completed" for s in statuses.values()) < 4  # work left for --resume
     experiment = client.get_experiment_by_name("r")
     child_runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(child_runs) == len(before)
