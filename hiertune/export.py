@@ -47,7 +47,8 @@ from hiertune.novelty import decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
 from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
                                 THRESHOLDS, ExportedModel, calibrate, read_folder)
-from hiertune.sweep import SweepPlace, ray_session, sampled_thresholds, usable_gpus
+from hiertune.state import SWEEP_JSON, read_sweep_json
+from hiertune.sweep import SweepPlace, ray_session, usable_gpus
 
 log = logging.getLogger("hiertune")
 
@@ -71,7 +72,8 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir)}
-    front = compute_front(front_points(list(trials.values()), sampled_thresholds(place)))
+    meta = read_sweep_json(place.dir) if (place.dir / SWEEP_JSON).exists() else {}
+    front = compute_front(front_points(list(trials.values()), meta.get("sampled_thresholds", False)))
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
     jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction))
@@ -81,7 +83,7 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     test_set = _test_set(bundle, base.image_size, cache_root, test_images)
-    resources = _sweep_meta(place).get("resources", {})
+    resources = meta.get("resources", {})
     cpus = float(resources.get("cpus_per_trial", 1))
 
     log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
@@ -270,11 +272,8 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, 
 
 def _clear_leftovers(export_dir: Path) -> None:
     """Staging directories of an export that was killed before its rename (atomic_dir's names)."""
-    if export_dir.is_dir():
-        for path in export_dir.glob(".*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in export_dir.glob(".*.old"):
-            shutil.rmtree(path, ignore_errors=True)
+    for path in [*export_dir.glob(".*.tmp"), *export_dir.glob(".*.old")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _hidden_labels(path: Path) -> dict[str, tuple[int, int]] | None:
@@ -335,14 +334,6 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
             recorder.client.set_model_version_tag(name, version, key, value)
     return {"tracking_uri": place.mlflow_uri, "run_id": run_id, "model_uri": info.model_uri,
             "registered_model": name, "version": version}
-
-
-def _sweep_meta(place: SweepPlace) -> dict:
-    path = place.dir / "sweep.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        raise UserError(f"{path}: unreadable or truncated") from None
 
 
 def _write_json(path: Path, obj) -> None:
