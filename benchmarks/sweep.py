@@ -23,11 +23,11 @@ import yaml
 
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
-from hiertune.metrics import hypervolume_2d
-from hiertune.pareto import load_trials
+from hiertune.novelty.metrics import hypervolume_2d
 from hiertune.space import load_space
-from hiertune.sweep import SweepPlace, run_sweep
-from hiertune.train import run_trial
+from hiertune.sweep.front import load_trials
+from hiertune.sweep.run import SweepPlace, run_sweep
+from hiertune.training.loop import run_trial
 
 SPACE = """
 family: cnn

@@ -26,7 +26,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.models.registry import create_model
 from hiertune.space import parse_assignments
-from hiertune.train import heads_for, make_optimizer, run_trial
+from hiertune.training.loop import heads_for, make_optimizer, run_trial
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -87,10 +87,10 @@ def _demo(args: argparse.Namespace) -> dict:
     import time
 
     from hiertune.data.synth import SynthConfig, write_synthetic
-    from hiertune.export import export_best
-    from hiertune.pareto import Pick
+    from hiertune.export.export import export_best
+    from hiertune.sweep.front import Pick
     from hiertune.space import load_space
-    from hiertune.sweep import SweepPlace, run_sweep
+    from hiertune.sweep.run import SweepPlace, run_sweep
 
     root = Path(args.dir)
     data_dir = root / "data"
@@ -128,14 +128,14 @@ def _space_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from hiertune.single import train_single
+    from hiertune.training.single import train_single
 
     return train_single(_space_from_args(args), Path(args.out) if args.out else None, _cache_root(args),
                         progress=not args.json)
 
 
 def _render_train(result: dict) -> str:
-    from hiertune.single import render
+    from hiertune.training.single import render
 
     return render(result)
 
@@ -143,8 +143,8 @@ def _render_train(result: dict) -> str:
 def _sweep(args: argparse.Namespace) -> dict:
     import time
 
-    from hiertune.sweep import SweepPlace, run_sweep
-    from hiertune.tracking import redact
+    from hiertune.sweep.run import SweepPlace, run_sweep
+    from hiertune.sweep.tracking import redact
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
@@ -160,7 +160,7 @@ def _sweep(args: argparse.Namespace) -> dict:
 
 
 def _render_sweep(result: dict) -> str:
-    from hiertune.pareto import render
+    from hiertune.sweep.front import render
 
     t = result["trials"]
     interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
@@ -172,9 +172,9 @@ def _render_sweep(result: dict) -> str:
 
 
 def _pareto(args: argparse.Namespace) -> dict:
-    from hiertune.pareto import load_trials
-    from hiertune.sweep import SweepPlace, finish
-    from hiertune.tracking import SweepRecorder
+    from hiertune.sweep.front import load_trials
+    from hiertune.sweep.run import SweepPlace, finish
+    from hiertune.sweep.tracking import SweepRecorder
 
     place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
     place.prepare()
@@ -186,16 +186,16 @@ def _pareto(args: argparse.Namespace) -> dict:
 
 
 def _render_pareto(result: dict) -> str:
-    from hiertune.pareto import render
+    from hiertune.sweep.front import render
 
     return (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
             f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}")
 
 
 def _export_best(args: argparse.Namespace) -> dict:
-    from hiertune.export import export_best
-    from hiertune.pareto import Pick
-    from hiertune.sweep import SweepPlace
+    from hiertune.export.export import export_best
+    from hiertune.sweep.front import Pick
+    from hiertune.sweep.run import SweepPlace
 
     place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
     return export_best(place, Pick.parse(args.pick), args.top, _cache_root(args), test_images=args.test_images,
@@ -227,7 +227,7 @@ def _pct(value) -> str:
 
 
 def _predict(args: argparse.Namespace) -> dict:
-    from hiertune.predictor import ExportedModel
+    from hiertune.export.predictor import ExportedModel
 
     model = ExportedModel.load(args.model_dir, device=args.device)
     predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)

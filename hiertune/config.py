@@ -8,7 +8,6 @@ all address parameters by one name.
 
 from __future__ import annotations
 
-import difflib
 import os
 import types
 import typing
@@ -16,13 +15,14 @@ from dataclasses import asdict, dataclass, fields
 
 from hiertune.data.augment import AugmentConfig
 from hiertune.data.splits import SplitConfig
-from hiertune.errors import UserError
-from hiertune.faults import parse_plan
-from hiertune.losses import LossConfig
-from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig
+from hiertune.errors import UserError, did_you_mean
+from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig, list_families
+from hiertune.novelty.scores import SCORES
+from hiertune.training.faults import parse_plan
+from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-NOVELTY_SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn")
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -84,7 +84,7 @@ class TrialConfig:
         _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
         _choice("outlier_mode", self.outlier_mode, OUTLIER_MODES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("novelty_score", self.novelty_score, NOVELTY_SCORES)
+        _choice("novelty_score", self.novelty_score, SCORES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         for name in ("lr", "kl_temperature", "cosine_scale"):
             if not getattr(self, name) > 0:
@@ -120,9 +120,7 @@ class TrialConfig:
         clean = {}
         for key, value in values.items():
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"{where}: unknown key {key!r}{hint}")
+                raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")
             clean[key] = coerce(hints[key], value, f"{where}: {key}")
         try:
             return cls(**clean)
@@ -159,13 +157,9 @@ class TrialConfig:
 
 def _choice(name: str, value: str, allowed: tuple[str, ...] | None) -> None:
     if allowed is None:
-        from hiertune.models.registry import list_families
-
         allowed = tuple(list_families())
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
-        raise UserError(f"unknown {name} {value!r} ({hint})")
+        raise UserError(f"unknown {name} {value!r}{did_you_mean(value, allowed, list_known=True)}")
 
 
 def coerce(hint, value, where: str):

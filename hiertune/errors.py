@@ -4,6 +4,24 @@ The CLI turns it into a single stderr line and exit code 2; anything else is a b
 its traceback.
 """
 
+import difflib
+
 
 class UserError(Exception):
     """Bad input: the message names the file (and row) and what is wrong with it."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line for a one-line error: its first line, or its type when empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def did_you_mean(value, known, list_known: bool = False) -> str:
+    """The hint after an unknown name: ` (did you mean 'x'?)`, else ` (known: a, b)` when
+    `list_known` (short, closed lists), else nothing."""
+    known = [str(k) for k in known]
+    close = difflib.get_close_matches(str(value), known, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(sorted(known))})" if list_known else ""

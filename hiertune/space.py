@@ -18,7 +18,6 @@ the forward pass instead of being sampled, unless `posthoc: false` asks Optuna t
 
 from __future__ import annotations
 
-import difflib
 import math
 import typing
 from dataclasses import dataclass, field, fields
@@ -28,7 +27,8 @@ from typing import Any
 import yaml
 
 from hiertune.config import TrialConfig, coerce
-from hiertune.errors import UserError
+from hiertune.errors import UserError, did_you_mean
+from hiertune.models.backbone import check_backbone
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -211,9 +211,8 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     sections = {name: _section(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
     tune = sections["tune"]
     if tune.sampler not in SAMPLERS:
-        close = difflib.get_close_matches(tune.sampler, SAMPLERS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(SAMPLERS)}"
-        raise UserError(f"{path}: tune.sampler: unknown sampler {tune.sampler!r} ({hint})")
+        raise UserError(f"{path}: tune.sampler: unknown sampler {tune.sampler!r}"
+                        f"{did_you_mean(tune.sampler, SAMPLERS, list_known=True)}")
     for name, minimum in (("num_samples", 1), ("max_concurrent", 0), ("max_failures", 0)):
         if getattr(tune, name) < minimum:
             raise UserError(f"{path}: tune.{name} must be >= {minimum}, got {getattr(tune, name)}")
@@ -241,8 +240,6 @@ def _check_trial(space: SearchSpace) -> None:
             for choice in p.choices:
                 space.trial_config({p.name: choice})
     if base.family != "cnn":
-        from hiertune.models.backbone import check_backbone
-
         try:
             check_backbone(base.backbone)
         except UserError as exc:
@@ -310,9 +307,7 @@ def _section(cls, raw: Any, where: str):
 def _known_keys(mapping: dict, known, where: str) -> None:
     for key in mapping:
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{where}: unknown key {key!r}{hint}")
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")
 
 
 def _param_to_raw(p: Param) -> dict:

@@ -8,7 +8,6 @@ provide; the layover family indexes the same list, so "stage k" means one thing 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import pickle
 from itertools import chain
@@ -19,7 +18,7 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, did_you_mean
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
 
 log = logging.getLogger("hiertune")
@@ -40,9 +39,7 @@ def check_config(config: ModelConfig) -> None:
 
 def check_backbone(name: str) -> None:
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown backbone {name!r}{hint}")
+        raise UserError(f"unknown backbone {name!r}{did_you_mean(name, timm.list_models())}")
 
 
 def create_backbone(config: ModelConfig) -> nn.Module:

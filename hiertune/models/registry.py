@@ -7,14 +7,13 @@ name up and builds a `HierModel` for a given class hierarchy. Every family retur
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, did_you_mean
 
 FINETUNE_STRATEGIES = ("linear", "partial", "full", "gradual", "bn")
 OUTLIER_MODES = ("class", "oe")
@@ -89,19 +88,10 @@ def register_family(name: str) -> Callable[[Builder], Builder]:
 
 
 def list_families() -> list[str]:
-    _import_families()
     return sorted(_FAMILIES)
 
 
 def create_model(config: ModelConfig, heads: Heads) -> nn.Module:
-    _import_families()
     if config.family not in _FAMILIES:
-        close = difflib.get_close_matches(config.family, _FAMILIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(_FAMILIES))})"
-        raise UserError(f"unknown family {config.family!r}{hint}")
+        raise UserError(f"unknown family {config.family!r}{did_you_mean(config.family, _FAMILIES, list_known=True)}")
     return _FAMILIES[config.family](config, heads)
-
-
-def _import_families() -> None:
-    # Importing the family modules runs their @register_family decorators.
-    from hiertune.models import cnn, cosine, dualhead, layover, twomodel  # noqa: F401

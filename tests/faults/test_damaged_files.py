@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from faults.harness import FaultSweep, fault_space
-from hiertune.pareto import load_trials
+from hiertune.sweep.front import load_trials
 
 
 def completed_checkpoint(sweep_dir: Path) -> Path:

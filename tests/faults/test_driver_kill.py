@@ -23,7 +23,7 @@ from faults.harness import (
     trial_dirs,
     wait_for,
 )
-from hiertune.pareto import load_trials
+from hiertune.sweep.front import load_trials
 
 # Trials 1 and 2 stop at their second epoch on their first attempt, so that when the driver is
 # killed trial 0 has finished, trials 1 and 2 are mid-run with a checkpoint, and trial 3 waits.

@@ -18,7 +18,7 @@ from faults.harness import (
     steps,
     trial_dirs,
 )
-from hiertune.pareto import load_trials
+from hiertune.sweep.front import load_trials
 
 
 @pytest.fixture(scope="module")

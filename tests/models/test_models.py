@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from hiertune.errors import UserError
-from hiertune.losses import LossConfig, hierarchical_loss
 from hiertune.models.backbone import backbone_stages, check_backbone
 from hiertune.models.registry import Heads, ModelConfig, create_model, list_families
+from hiertune.training.losses import LossConfig, hierarchical_loss
 
 SUB_TO_SUPER = (0, 0, 0, 1, 1, 2, 2, 2)
 FAMILIES = ("cnn", "cosine", "dualhead", "layover", "twomodel")

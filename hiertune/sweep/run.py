@@ -15,89 +15,32 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
 from hiertune import storage
 from hiertune.data.bundle import load_bundle
-from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
-from hiertune.faults import FAILURE_KEY
-from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
-from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
+from hiertune.sweep.front import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
+from hiertune.sweep.place import SweepPlace
+from hiertune.sweep.plots import plot_sweep_curves
+from hiertune.sweep.search import FidelityAwareOptunaSearch, objectives
+from hiertune.sweep.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
+from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder, redact
+from hiertune.sweep.trainable import FinalFailures, tune_trainable
+from hiertune.training.checkpoint import read_history
+from hiertune.training.faults import FAILURE_KEY
 
 log = logging.getLogger("hiertune")
 
 
-@dataclass(frozen=True)
-class SweepPlace:
-    """Where a sweep lives. `root` holds every sweep's folder: a local folder, or an S3 URI.
-    On S3 the driver writes the sweep's own files into a local working copy under the cache
-    root and publishes each to S3, the copy that counts: `prepare` rebuilds the working copy
-    from S3, so a fresh machine can resume a sweep or redraw its front."""
-
-    root: str  # an absolute local path, or s3://bucket/prefix
-    name: str
-    mlflow_uri: str
-
-    @property
-    def uri(self) -> str:
-        return storage.join(self.root, self.name)
-
-    @property
-    def remote(self) -> bool:
-        return storage.is_s3(self.root)
-
-    @property
-    def dir(self) -> Path:
-        # Computed where it is used: a resumed sweep unpickles its callbacks on another machine.
-        return storage.mirror_path(self.uri, default_cache_root() / "sweeps") if self.remote else Path(self.uri)
-
-    @property
-    def tune_uri(self) -> str:
-        return storage.join(self.uri, "tune")
-
-    @classmethod
-    def resolve(cls, name: str, root: str | None, mlflow_uri: str | None) -> "SweepPlace":
-        if storage.is_s3(root):
-            # SQLite cannot live on S3: the store stays on the driver's disk, its artifacts go to S3.
-            return cls(root.rstrip("/"), name, mlflow_uri or f"sqlite:///{Path('sweeps').resolve() / 'mlflow.db'}")
-        local = Path(root or "sweeps").resolve()
-        return cls(str(local), name, mlflow_uri or f"sqlite:///{local / 'mlflow.db'}")
-
-    def artifact_location(self) -> str | None:
-        # A local SQLite store keeps its artifacts beside the sweeps; a server decides for itself.
-        if not self.mlflow_uri.startswith("sqlite:"):
-            return None
-        return storage.join(self.root, "mlartifacts") if self.remote else Path(self.root, "mlartifacts").as_uri()
-
-    def prepare(self) -> None:
-        """Check S3 access and make the working copy what S3 holds (nothing to do locally)."""
-        if self.remote:
-            storage.check(self.uri)
-            shutil.rmtree(self.dir, ignore_errors=True)
-            storage.sync_down(self.uri, self.dir, keep=lambda name: "/" not in name)  # not Ray's tune/
-
-    def publish(self, *paths: Path) -> None:
-        if self.remote:
-            for path in paths:
-                storage.upload(path, storage.join(self.uri, path.name))
-
-    def location(self, path: Path) -> str:
-        """Where a file of the sweep's folder is for a user: on S3 for an S3 sweep."""
-        return storage.join(self.uri, path.name) if self.remote else str(path)
-
-    def started(self) -> bool:
-        return storage.exists(storage.join(self.tune_uri, "tuner.pkl"))
-
-
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
-    from hiertune.tracking import SweepRecorder
 
     place.prepare()
     started = place.started()
@@ -169,12 +112,7 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from hiertune.search import FidelityAwareOptunaSearch, objectives
-    from hiertune.tracking import MlflowSweepCallback, redact
-    from hiertune.trainable import FinalFailures, tune_trainable
 
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
@@ -229,7 +167,6 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     """Front from the stored per-trial results, written and logged to the parent run. Every
     input is read before anything is written, so a damaged one leaves the outputs as they were."""
-    from hiertune.plots import plot_sweep_curves
 
     points = front_points(trials, sampled_thresholds(place))
     histories = _histories(trials)
@@ -254,12 +191,11 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
-    from hiertune.tracking import trial_history
 
     histories = {}
     for t in trials:
         try:
-            if history := trial_history(t.checkpoint):
+            if history := read_history(t.checkpoint):
                 histories[t.name] = history
         except UserError as exc:
             if t.status != "failed":

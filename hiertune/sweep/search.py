@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from hiertune.faults import FAILURE_KEY
 from hiertune.space import SearchSpace
+from hiertune.training.faults import FAILURE_KEY
 
 
 def objectives(space: SearchSpace) -> tuple[str, list[str]]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hiertune.metrics import auroc, fpr_at_95, hypervolume_2d, leaderboard_metrics, oscr, pareto_front
+from hiertune.novelty.metrics import auroc, fpr_at_95, hypervolume_2d, leaderboard_metrics, oscr, pareto_front
 
 # Two seen superclasses (novel = 2), four seen subclasses (novel = 4); subclasses 0, 1 are in
 # superclass 0 and 2, 3 in superclass 1. Columns: true super, true sub, pred super, pred sub.

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
-from hiertune.train import Checkpoint, run_trial
+from hiertune.training import checkpoint as ckpt
+from hiertune.training.loop import run_trial
 
 FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
 
@@ -57,10 +58,10 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["outlier_images"] > 0 and metrics["best_score"] in ("msp", "energy", "maxlogit",
                                                                         "mahalanobis", "knn")
-    for name in (Checkpoint.MODEL, Checkpoint.STATE, Checkpoint.HISTORY, Checkpoint.SCORERS):
+    for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
-    assert load_file(checkpoint / Checkpoint.MODEL)
-    torch.load(checkpoint / Checkpoint.STATE, weights_only=True)
+    assert load_file(checkpoint / ckpt.MODEL)
+    torch.load(checkpoint / ckpt.STATE, weights_only=True)
 
 
 def test_resume_continues_exactly_where_the_run_stopped(bundle):
@@ -72,7 +73,7 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle):
     assert [m["epoch"] for m, _ in resumed] == [2]
     for key in ("train_loss", "val_loss", "seen", "unseen", "hypervolume"):
         assert resumed[0][0][key] == pytest.approx(straight[1][0][key], rel=1e-6, abs=1e-9), key
-    history = json.loads((resumed[0][1] / Checkpoint.HISTORY).read_text())
+    history = json.loads((resumed[0][1] / ckpt.HISTORY).read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
 
@@ -94,7 +95,7 @@ def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
 
 
 def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
-    spaces = Path(__file__).resolve().parents[1] / "search_spaces"
+    spaces = Path(__file__).resolve().parents[2] / "search_spaces"
     result = cli("train", str(spaces / "smoke.yaml"), "--data", str(small_data), "--set", "epochs=2",
                  "--set", "threads=1", "--out", str(tmp_path / "run"), "--json")
     assert result.code == 0, result.err
@@ -102,7 +103,7 @@ def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
     assert out["epochs"] == 2 and out["config"]["family"] == "cnn" and out["config"]["epochs"] == 2
     best = out["best"]
     assert {"seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc"} <= best.keys()
-    assert (tmp_path / "run" / "checkpoint" / Checkpoint.MODEL).is_file()
+    assert (tmp_path / "run" / "checkpoint" / ckpt.MODEL).is_file()
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_epoch"] == out["best_epoch"]
 
 
@@ -110,7 +111,7 @@ def test_tune_trainable_reports_and_checkpoints_in_a_real_tune_session(bundle, t
     import ray
     from ray import tune
 
-    from hiertune.trainable import tune_trainable
+    from hiertune.sweep.trainable import tune_trainable
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -128,6 +129,6 @@ def test_tune_trainable_reports_and_checkpoints_in_a_real_tune_session(bundle, t
     assert result.metrics["epoch"] == 2 and result.metrics["training_iteration"] == 2
     assert len(result.metrics_dataframe) == 2
     with result.checkpoint.as_directory() as directory:
-        history = json.loads((Path(directory) / Checkpoint.HISTORY).read_text())
+        history = json.loads((Path(directory) / ckpt.HISTORY).read_text())
         assert [h["epoch"] for h in history] == [1, 2]
-        assert (Path(directory) / Checkpoint.MODEL).is_file()
+        assert (Path(directory) / ckpt.MODEL).is_file()

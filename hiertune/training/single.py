@@ -11,7 +11,7 @@ from pathlib import Path
 from hiertune.data.bundle import load_bundle
 from hiertune.fsutil import atomic_dir
 from hiertune.space import SearchSpace
-from hiertune.train import run_trial
+from hiertune.training.loop import run_trial
 
 log = logging.getLogger("hiertune")
 

@@ -14,12 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import write_image
-from hiertune import export as export_module
 from hiertune.cli import main
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import list_image_files
-from hiertune.pareto import Pick
-from hiertune.predictor import calibrate
+from hiertune.export import export as export_module
+from hiertune.export.predictor import calibrate
+from hiertune.sweep.front import Pick
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict]]:

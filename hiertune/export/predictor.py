@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,10 +32,13 @@ from hiertune.data.augment import BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import FixCounts, check_links_inside, list_image_files
-from hiertune.errors import UserError
+from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
-from hiertune.novelty import FeatureScorer, LevelScores, decide, load_scorers, score_levels
+from hiertune.novelty.posthoc import decide
+from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
+from hiertune.training.device import autocast, pick_device
+from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
 SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
@@ -117,9 +119,7 @@ class ExportedModel:
         if (len(superclasses), len(subclasses)) != (heads.n_super, heads.n_sub):
             raise UserError(f"{root}: the label maps have {len(superclasses)}/{len(subclasses)} seen classes but "
                             f"the model {heads.n_super}/{heads.n_sub}")
-        run_on = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-        if device == "cuda" and run_on.type != "cuda":
-            raise UserError("device cuda requested but no CUDA device is visible")
+        run_on = pick_device(device)
         # Weights come from the directory: never from the hub or the file the trial started from.
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
         _read(root / MODEL, lambda path: model.load_state_dict(load_file(str(path))))
@@ -131,12 +131,8 @@ class ExportedModel:
     def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,
                                                                                       np.ndarray]:
         """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
-        from hiertune.train import forward_all
-
-        cuda = self.device.type == "cuda"
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and self.cfg.amp else nullcontext
         out = forward_all(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.augment, self.device,
-                          autocast, progress=progress)
+                          autocast(self.device, self.cfg.amp), progress=progress)
         scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
         return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 
@@ -157,7 +153,7 @@ def _read(path: Path, load):
     try:
         return load(path)
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:
-        raise UserError(f"{path}: unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
 
 
 def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[str], np.ndarray, FixCounts]:

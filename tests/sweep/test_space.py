@@ -11,7 +11,7 @@ import pytest
 from hiertune.errors import UserError
 from hiertune.space import load_space, parse_assignments
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
 VALID = """
 family: dualhead

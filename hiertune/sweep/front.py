@@ -10,25 +10,20 @@ that many epochs. Failed trials and trials without a checkpoint do not enter.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hiertune import storage
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
-from hiertune.metrics import pareto_front
-from hiertune.novelty import PosthocResult
-from hiertune.plots import plot_front
-from hiertune.state import read_json
-from hiertune.train import Checkpoint
+from hiertune.novelty.metrics import ACCURACIES, pareto_front
+from hiertune.sweep.plots import plot_front
+from hiertune.sweep.state import read_json
+from hiertune.training.checkpoint import read_posthoc
 
-ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
 ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
 # interrupted: the sweep stopped before the trial finished; `--resume` continues it.
 STATUSES = ("completed", "stopped", "failed", "interrupted")
@@ -69,11 +64,7 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            "tau_sub": t.params.get("tau_sub"),
                            **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE)}})
             continue
-        uri = storage.join(t.checkpoint, Checkpoint.POSTHOC)
-        try:
-            result = PosthocResult.load(io.BytesIO(storage.read_bytes(uri)))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise UserError(f"{uri}: unreadable post-hoc results ({str(exc).splitlines()[0][:120]})") from None
+        result = read_posthoc(t.checkpoint)
         for s, i, j in np.ndindex(*result.grid.shape[:3]):
             p = result.point(s, i, j)
             if np.isnan(p["seen"]) or np.isnan(p["unseen"]):

@@ -11,12 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hiertune.errors import UserError
-from hiertune.metrics import LEADERBOARD_KEYS, leaderboard_metrics
 from hiertune.models.registry import Heads
-from hiertune.novelty import (
-    SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, PosthocResult, logit_score,
-    posthoc_grid, predict, raw_thresholds, score_levels,
-)
+from hiertune.novelty.metrics import LEADERBOARD_KEYS, leaderboard_metrics
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, decide, posthoc_grid, raw_thresholds
+from hiertune.novelty.scores import SCORES, FeatureBank, FeatureScorer, logit_score, score_levels
 
 S, K, D = 3, 9, 6
 SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
@@ -78,8 +76,8 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
     for s, name in enumerate(result.scores):
         for i in range(len(config.tau_super)):
             for j in range(len(config.tau_sub)):
-                pred_super, pred_sub = predict(batch, h, name, result.thr_super[s, i], result.thr_sub[s, j],
-                                               scorers, config.knn_k)
+                levels = score_levels(batch, h, name, scorers, config.knn_k)
+                pred_super, pred_sub = decide(levels, h, result.thr_super[s, i], result.thr_sub[s, j])
                 expected = leaderboard_metrics(pred_super, pred_sub, batch.super_target, batch.sub_target,
                                                S, K)
                 got = result.point(s, i, j)
@@ -127,7 +125,7 @@ def test_predictions_are_hierarchically_consistent(score):
     for q_super, q_sub in [(0.1, 0.9), (0.5, 0.5), (0.9, 0.1), (0.0, 0.0)]:
         thr_super = np.quantile(s.super_score.numpy(), q_super)
         thr_sub = np.quantile(s.sub_score.numpy(), q_sub)
-        pred_super, pred_sub = (p.numpy() for p in predict(batch, h, score, thr_super, thr_sub, scorers, 5))
+        pred_super, pred_sub = (p.numpy() for p in decide(s, h, thr_super, thr_sub))
         seen_sub = pred_sub < K
         assert (pred_super[seen_sub] < S).all()
         assert (owner[pred_sub[seen_sub]] == pred_super[seen_sub]).all()
@@ -157,7 +155,7 @@ def test_feature_scores_are_skipped_without_scorers():
     assert result.scores == ("msp", "energy", "maxlogit")
     assert "super_auroc_msp" in result.to_metrics() and "super_auroc_knn" not in result.to_metrics()
     with pytest.raises(ValueError, match="scorers"):
-        predict(synthetic(10, False, 0), heads(False), "mahalanobis", 0.0, 0.0)
+        score_levels(synthetic(10, False, 0), heads(False), "mahalanobis")
 
 
 def test_missing_group_gives_nan_and_the_sweep_goes_on():

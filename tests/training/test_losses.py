@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from hiertune.errors import UserError
-from hiertune.losses import LossConfig, hierarchical_loss, named_parts
 from hiertune.models.registry import Heads, ModelOutput
+from hiertune.training.losses import LossConfig, hierarchical_loss, named_parts
 
 # Two seen superclasses; subclasses 0 and 1 are of superclass 0, subclass 2 of superclass 1.
 SUB_TO_SUPER = (0, 0, 1)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hiertune.metrics import pareto_front
-from hiertune.pareto import compute_front, front_points, load_trials
+from hiertune.novelty.metrics import pareto_front
+from hiertune.sweep.front import compute_front, front_points, load_trials
 
 
 def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
@@ -207,7 +207,7 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_da
 def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(small_data, tmp_path):
     from optuna.trial import TrialState
 
-    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.sweep.search import FidelityAwareOptunaSearch
     from hiertune.space import load_space
 
     space = load_space(space_file(tmp_path, small_data, samples=3, max_t=4))
@@ -224,7 +224,7 @@ def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(sm
 
 
 def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
-    from hiertune.pareto import TrialRecord
+    from hiertune.sweep.front import TrialRecord
 
     def record(i, seen, unseen):
         metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,

@@ -33,7 +33,12 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import ray
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from tqdm.auto import tqdm
 
 from hiertune import storage
 from hiertune.config import TrialConfig
@@ -41,18 +46,23 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition, write_mapping
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.fsutil import atomic_dir
-from hiertune.metrics import leaderboard_metrics
-from hiertune.novelty import decide, seen_acceptance
-from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
-from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
+from hiertune.export.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
                                 THRESHOLDS, ExportedModel, calibrate, read_folder)
-from hiertune.state import SWEEP_JSON, read_sweep_json
-from hiertune.sweep import SweepPlace, ray_session, usable_gpus
+from hiertune.fsutil import atomic_dir
+from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
+from hiertune.novelty.posthoc import decide, seen_acceptance
+from hiertune.sweep.front import Pick, TrialRecord, compute_front, front_points, load_trials
+from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
+from hiertune.sweep.state import SWEEP_JSON, read_sweep_json
+from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
+from hiertune.training import checkpoint
+from hiertune.training.loop import heads_for, run_trial
 
 log = logging.getLogger("hiertune")
 
 CALIBRATION_FRACTION = 0.1
+# Logged as a model from code: MLflow runs this file, with the hiertune package beside it.
+MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
 
 
 @dataclass(frozen=True)
@@ -116,9 +126,6 @@ def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float)
 
 def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
                  address: str | None) -> tuple[dict[int, dict], list[str]]:
-    import ray
-    from tqdm.auto import tqdm
-
     outputs: dict[int, dict] = {}
     failures: list[str] = []
     with ray_session(address, cpus):
@@ -143,8 +150,6 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
 def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
     """Train, calibrate, and return the model directory's files as bytes: the task may run on
     another node, so nothing is written where the driver would have to find it."""
-    from hiertune.train import Checkpoint, heads_for, run_trial
-
     cfg, point = job.cfg, job.point
     heads = heads_for(bundle, cfg)
     with tempfile.TemporaryDirectory(prefix="hiertune-export-") as tmp:
@@ -159,10 +164,10 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         seconds = time.perf_counter() - start
 
         out.mkdir()
-        shutil.copyfile(last / Checkpoint.MODEL, out / MODEL)
-        shutil.copyfile(last / Checkpoint.HISTORY, out / HISTORY)
-        if (last / Checkpoint.SCORERS).is_file():
-            shutil.copyfile(last / Checkpoint.SCORERS, out / SCORERS)
+        shutil.copyfile(last / checkpoint.MODEL, out / MODEL)
+        shutil.copyfile(last / checkpoint.HISTORY, out / HISTORY)
+        if (last / checkpoint.SCORERS).is_file():
+            shutil.copyfile(last / checkpoint.SCORERS, out / SCORERS)
         h = bundle.data.hierarchy
         write_mapping(out / SUPER_MAP, h.superclasses)
         write_mapping(out / SUB_MAP, h.subclasses)
@@ -200,8 +205,7 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
             "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
                                             "accept_sub") if k in point}})
         _write_json(out / METRICS, {
-            "validation": {k: point[k] for k in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc",
-                                                 "unseen_sub_acc", "seen", "unseen")},
+            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES)},
             "calibration": calibration,
             "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
                         "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},
@@ -292,13 +296,6 @@ def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel)
 
 def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, summary: dict) -> dict:
     """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    from hiertune import mlflow_model
-    from hiertune.tracking import PARENT_TAG, SweepRecorder
-
     recorder = SweepRecorder(place)
     tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point["trial"],
             "hiertune.trial_id": job.point["trial_id"], "hiertune.pick": str(pick)}
@@ -323,9 +320,9 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # An input example would be a file path that exists only here; the signature says the shape.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model.__file__,
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MLFLOW_MODEL),
                                        artifacts={"model_dir": str(stage)}, signature=signature,
-                                       code_paths=[str(Path(mlflow_model.__file__).parent)],
+                                       code_paths=[str(MLFLOW_MODEL.parents[1])],
                                        registered_model_name=name)
     recorder.client.set_terminated(run_id, "FINISHED")
     version = str(info.registered_model_version)

@@ -14,23 +14,21 @@ import re
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
 from hiertune.errors import UserError
-from hiertune.faults import FAILURE_KEY
 from hiertune.fsutil import atomic_file
-from hiertune.mlstore import open_client
-from hiertune.pareto import TrialRecord
-from hiertune.plots import plot_learning_curves
-from hiertune.state import read_json
-from hiertune.storage import checkpoint_uri, join, read_bytes
-
-if TYPE_CHECKING:
-    from hiertune.sweep import SweepPlace
+from hiertune.storage import checkpoint_uri
+from hiertune.sweep.front import TrialRecord
+from hiertune.sweep.mlstore import open_client
+from hiertune.sweep.place import SweepPlace
+from hiertune.sweep.plots import plot_learning_curves
+from hiertune.sweep.state import read_json
+from hiertune.training.checkpoint import read_history
+from hiertune.training.faults import FAILURE_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "hiertune.role"  # "sweep" on the parent run, which has no trial id to be found by
@@ -235,7 +233,7 @@ class MlflowSweepCallback(tune.Callback):
 
     def _curves(self, trial) -> None:
         try:
-            history = trial_history(checkpoint_uri(trial.checkpoint) if trial.checkpoint else None)
+            history = read_history(checkpoint_uri(trial.checkpoint) if trial.checkpoint else None)
         except UserError as exc:  # a damaged checkpoint costs the plot, never the sweep
             log.warning("no learning curves for %s: %s", trial, exc)
             return
@@ -244,25 +242,6 @@ class MlflowSweepCallback(tune.Callback):
                 path = Path(tmp) / "learning_curves.png"
                 plot_learning_curves(history, path, f"{self.place.name} / {trial}")
                 self.recorder.client.log_artifact(self._run(trial), str(path))
-
-
-def trial_history(checkpoint: str | None) -> list[dict]:
-    """Every epoch a trial reported, from its latest checkpoint (a path or an s3:// URI;
-    complete across resumes)."""
-    from hiertune.train import Checkpoint
-
-    if checkpoint is None:
-        return []
-    path = join(checkpoint, Checkpoint.HISTORY)
-    try:
-        history = json.loads(read_bytes(path))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise UserError(f"{path}: not a list of per-epoch records")
-    return history
 
 
 def _error_line(trial) -> str:

@@ -7,61 +7,42 @@ same loop serves `hiertune train` in-process and the Ray Tune trainable.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import pickle
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
-from hiertune.errors import UserError
-from hiertune.faults import CheckpointUnreadable, TrialDiverged, fault_for
-from hiertune.losses import LOSS_PARTS, hierarchical_loss
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty import (LOGIT_SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics,
-                              posthoc_grid, save_scorers)
+from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, point_metrics, posthoc_grid
+from hiertune.novelty.scores import LOGIT_SCORES, FeatureBank, FeatureScorer
+from hiertune.training.checkpoint import load_checkpoint, save_checkpoint
+from hiertune.training.device import amp_dtype, pick_device
+from hiertune.training.device import autocast as amp_autocast
+from hiertune.training.faults import TrialDiverged, fault_for
+from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
 
 log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
 
 
-POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
-              "accept_super", "accept_sub")
-
-
-class Checkpoint:
-    """File names in a checkpoint directory; everything loads without executing code."""
-
-    MODEL = "model.safetensors"
-    STATE = "state.pt"  # optimizer, scheduler, RNG, attempt: tensors and numbers only (weights_only=True)
-    HISTORY = "history.json"
-    POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
-    SCORERS = "scorers.safetensors"
+POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub")
 
 
 def heads_for(bundle: DataBundle, cfg: TrialConfig) -> Heads:
     h = bundle.data.hierarchy
     return Heads(len(h.superclasses), len(h.subclasses), tuple(int(s) for s in h.sub_to_super),
                  novel_logit=cfg.outlier_mode == "class")
-
-
-def pick_device(cfg: TrialConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda requested but no CUDA device is visible")
-    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def make_optimizer(cfg: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -88,11 +69,10 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
               cpus: float | None = None, progress: bool = False) -> dict:
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg)
+    device = pick_device(cfg.device)
     cuda = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if cuda and cfg.amp else nullcontext
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp and amp_dtype == torch.float16)
+    autocast = amp_autocast(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp and amp_dtype(device) == torch.float16)
 
     heads = heads_for(bundle, cfg)
     model = create_model(cfg.model_config(), heads).to(device)
@@ -115,7 +95,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     # killed worker, `--resume`) is the next one. Every epoch records the attempt that ran it.
     start_epoch, history, attempt = 0, [], 1
     if resume is not None:
-        start_epoch, history, attempt = _load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
+        start_epoch, history, attempt = load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
         attempt += 1
         log.info("resuming from epoch %d (attempt %d)", start_epoch, attempt)
     fault = fault_for(cfg.faults, cfg.trial_number)
@@ -201,7 +181,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            _save_checkpoint(Path(tmp), epoch + 1, attempt, history, model, optimizer, scheduler, order_gen,
+            save_checkpoint(Path(tmp), epoch + 1, attempt, history, model, optimizer, scheduler, order_gen,
                              aug_gen, result, scorers)
             report(metrics, Path(tmp))
     return metrics
@@ -254,40 +234,3 @@ def fit_scorers(kept: list[tuple[torch.Tensor, ...]], heads: Heads) -> dict[str,
         bank.update(feats, labels)
         scorers[level] = bank.fit()
     return scorers
-
-
-def _save_checkpoint(path: Path, epoch: int, attempt: int, history: list[dict], model, optimizer, scheduler,
-                     order_gen: torch.Generator, aug_gen: torch.Generator, result, scorers) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path / Checkpoint.MODEL)
-    torch.save({"epoch": epoch, "attempt": attempt, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "order_rng": order_gen.get_state(),
-                "aug_rng": aug_gen.get_state()}, path / Checkpoint.STATE)
-    (path / Checkpoint.HISTORY).write_text(json.dumps(history))
-    result.save(path / Checkpoint.POSTHOC)
-    if scorers:
-        save_scorers(scorers, path / Checkpoint.SCORERS)
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, order_gen: torch.Generator,
-                     aug_gen: torch.Generator) -> tuple[int, list[dict], int]:
-    """Restore in place; returns (epochs done, history, the attempt that wrote the checkpoint)."""
-    loaders = ((Checkpoint.MODEL, lambda p: model.load_state_dict(load_file(p))),
-               (Checkpoint.STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
-               (Checkpoint.HISTORY, lambda p: json.loads(p.read_text())))
-    loaded = {}
-    for name, load in loaders:
-        try:
-            loaded[name] = load(path / name)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-            raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
-                                       f"({str(exc).strip().splitlines()[0][:160]})") from None
-    state = loaded[Checkpoint.STATE]
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        order_gen.set_state(state["order_rng"])
-        aug_gen.set_state(state["aug_rng"])
-        return int(state["epoch"]), loaded[Checkpoint.HISTORY], int(state["attempt"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointUnreadable(f"{path / Checkpoint.STATE}: not a hiertune checkpoint state "
-                                   f"({type(exc).__name__}: {exc})") from None

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hiertune.data.images import decode_image
-from hiertune.predictor import ExportedModel
+from hiertune.export.predictor import ExportedModel
 
 
 class HiertunePyfunc(mlflow.pyfunc.PythonModel):

@@ -18,8 +18,8 @@ import ray.tune
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
-from hiertune.faults import FAILURE_KEY, final_reason
-from hiertune.train import run_trial
+from hiertune.training.faults import FAILURE_KEY, final_reason
+from hiertune.training.loop import run_trial
 
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0) -> None:

@@ -1,0 +1,1 @@
+"""Exporting front points: retraining, the exported model directory, predictions, the MLflow flavour."""

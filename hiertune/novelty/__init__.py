@@ -1,0 +1,1 @@
+"""Novelty scores (logit and feature-space), the post-hoc threshold grid, and the leaderboard metrics."""

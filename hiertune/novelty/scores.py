@@ -1,0 +1,206 @@
+"""Novelty scores per level, and the streaming feature bank behind the feature-space ones.
+
+Every score is "higher = more familiar" and is computed per level (super / sub). At the subclass
+level the class-conditional scores only look at the subclasses of the predicted superclass, so
+the subclass decision never contradicts the superclass one; knn is label-free and unrestricted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from hiertune.models.registry import Heads
+
+SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn")
+LOGIT_SCORES = ("msp", "energy", "maxlogit")
+LEVELS = ("super", "sub")
+
+
+def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
+    """msp / energy / maxlogit over the seen logits (those where `mask` [N, n_seen] is True)."""
+    logits = logits.float()
+    # msp's softmax includes the novel logit: mass it takes is mass no seen class can claim.
+    seen = (logits.softmax(1) if score == "msp" else logits)[:, :n_seen]
+    if mask is not None:
+        seen = seen.masked_fill(~mask, -torch.inf)
+    if score == "energy":
+        return seen.logsumexp(1)
+    if score in ("msp", "maxlogit"):
+        return seen.amax(1)
+    raise ValueError(f"not a logit score: {score!r}")
+
+
+class FeatureBank:
+    """Streaming statistics of training features, collected during the training epoch."""
+
+    def __init__(self, n_classes: int, dim: int, knn_capacity: int = 4096, seed: int = 0):
+        if knn_capacity < 1:
+            raise ValueError(f"knn_capacity must be >= 1, got {knn_capacity}")
+        self.n_classes, self.dim = n_classes, dim
+        self.count = torch.zeros(n_classes, dtype=torch.int64)
+        self.sum = torch.zeros(n_classes, dim, dtype=torch.float64)
+        self.scatter = torch.zeros(dim, dim, dtype=torch.float64)  # within-class, summed over classes
+        self.reservoir = torch.zeros(knn_capacity, dim, dtype=torch.float32)
+        self.offered = 0  # rows offered to the reservoir so far
+        self._rng = np.random.default_rng(seed)
+
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Add a batch; rows labelled novel or outlier (label >= n_classes) are ignored."""
+        x = features.detach().to("cpu", torch.float64).reshape(len(features), -1)
+        y = labels.detach().to("cpu", torch.int64)
+        keep = (y >= 0) & (y < self.n_classes)
+        x, y = x[keep], y[keep]
+        if len(y):
+            self._update_moments(x, y)
+            self._update_reservoir(F.normalize(x, dim=1).float())
+
+    def _update_moments(self, x: Tensor, y: Tensor) -> None:
+        n_b = torch.bincount(y, minlength=self.n_classes).double()
+        sum_b = torch.zeros_like(self.sum).index_add_(0, y, x)
+        mean_b = sum_b / n_b.clamp(min=1)[:, None]
+        centred = x - mean_b[y]
+        n_a = self.count.double()
+        delta = self.sum / n_a.clamp(min=1)[:, None] - mean_b
+        weight = n_a * n_b / (n_a + n_b).clamp(min=1)
+        # Chan et al.'s pairwise merge of centred scatters: unlike E[xx^T] - mu mu^T it does not
+        # cancel catastrophically for features with large means (post-ReLU), and it makes the
+        # result independent of how the epoch was chunked.
+        self.scatter += centred.T @ centred + delta.T @ (weight[:, None] * delta)
+        self.count += n_b.long()
+        self.sum += sum_b
+
+    def _update_reservoir(self, x: Tensor) -> None:
+        capacity = len(self.reservoir)
+        t = self.offered + np.arange(len(x))  # each row's position in the whole stream
+        self.offered += len(x)
+        fill = np.flatnonzero(t < capacity)
+        self.reservoir[t[fill]] = x[fill]
+        rest = np.flatnonzero(t >= capacity)
+        # Algorithm R: row t takes a uniform slot with probability capacity / (t + 1). One uniform
+        # draw per row keeps the random stream, hence the sample, independent of chunking.
+        slot = np.floor(self._rng.random(len(rest)) * (t[rest] + 1)).astype(np.int64)
+        taken = slot < capacity
+        slot, rows = slot[taken], rest[taken]
+        # Of rows drawing the same slot the last one wins, as in the sequential algorithm.
+        _, last = np.unique(slot[::-1], return_index=True)
+        last = len(slot) - 1 - last
+        self.reservoir[slot[last]] = x[rows[last]]
+
+    def fit(self, shrinkage: float = 0.1) -> FeatureScorer:
+        present = self.count > 0
+        if not present.any():
+            raise ValueError("FeatureBank.fit: no seen-class features were added")
+        means = self.sum / self.count.clamp(min=1)[:, None]
+        cov = self.scatter / self.count.sum()
+        # With D-dimensional features and N samples the tied covariance is singular when N <= D
+        # and noisy unless N >> D (small sweeps, 512-d backbones). Shrinking toward the identity
+        # scaled by the mean variance (Ledoit-Wolf style) keeps it invertible and well
+        # conditioned, and does not depend on the features' scale.
+        scale = (cov.trace() / self.dim).clamp(min=1e-12)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        cov = (1 - shrinkage) * cov + shrinkage * scale * eye
+        chol = torch.linalg.cholesky(cov)
+        whiten = torch.linalg.solve_triangular(chol, eye, upper=False).T  # x @ whiten: unit covariance
+        bank = self.reservoir[: min(self.offered, len(self.reservoir))].clone()
+        return FeatureScorer(means=means, present=present, whiten=whiten, bank=bank)
+
+
+@dataclass
+class FeatureScorer:
+    means: Tensor  # [C, D] float64 class means; rows of classes never seen are unused
+    present: Tensor  # [C] bool: class had training features
+    whiten: Tensor  # [D, D] float64, whiten @ whiten.T = inverse of the shrunk tied covariance
+    bank: Tensor  # [M, D] float32, L2-normalised training features
+
+    def mahalanobis(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Minus the smallest squared Mahalanobis distance to a class mean (Lee et al. 2018),
+        over classes that were seen in training and, if given, allowed by `mask` [N, C].
+        -inf where no class qualifies. Float64, CPU."""
+        z = features.detach().to("cpu", torch.float64) @ self.whiten
+        m = self.means @ self.whiten
+        d2 = (z * z).sum(1, keepdim=True) - 2 * z @ m.T + (m * m).sum(1)
+        allowed = self.present.expand_as(d2) if mask is None else mask.cpu() & self.present
+        return -d2.clamp(min=0).masked_fill(~allowed, torch.inf).amin(1)
+
+    def knn(self, features: Tensor, k: int, chunk: int = 2048) -> Tensor:
+        """Minus the distance between the L2-normalised feature and its k-th nearest normalised
+        training feature (Sun et al. 2022); k is capped at the bank size. Float32, CPU."""
+        k = min(k, len(self.bank))
+        queries = F.normalize(features.detach().to("cpu", torch.float32), dim=1)
+        out = []
+        for block in queries.split(chunk):  # bounds the [chunk, M] similarity matrix
+            kth = (block @ self.bank.T).topk(k, dim=1).values[:, -1]
+            out.append(-(2 - 2 * kth).clamp(min=0).sqrt())  # unit vectors: |a-b|^2 = 2 - 2 a.b
+        return torch.cat(out)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"means": self.means, "present": self.present, "whiten": self.whiten, "bank": self.bank}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Tensor]) -> FeatureScorer:
+        return cls(means=d["means"], present=d["present"].bool(), whiten=d["whiten"], bank=d["bank"])
+
+
+def save_scorers(scorers: dict[str, FeatureScorer], path: str | os.PathLike) -> None:
+    save_file({f"{level}.{k}": v.contiguous() for level, sc in scorers.items() for k, v in sc.state_dict().items()},
+              str(path))
+
+
+def load_scorers(path: str | os.PathLike) -> dict[str, FeatureScorer]:
+    tensors = load_file(str(path))
+    return {level: FeatureScorer.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
+                                                  if k.split(".", 1)[0] == level})
+            for level in LEVELS}
+
+
+@dataclass
+class LevelScores:
+    super_argmax: Tensor  # [N] seen superclass with the highest logit
+    sub_argmax: Tensor  # [N] seen subclass of super_argmax with the highest logit
+    super_score: Tensor  # [N] float64 familiarity at each level
+    sub_score: Tensor
+
+
+def subclass_mask(heads: Heads) -> Tensor:
+    """[n_super, n_sub] bool: True where the subclass belongs to the superclass."""
+    owner = torch.tensor(heads.sub_to_super)
+    return owner[None, :] == torch.arange(heads.n_super)[:, None]
+
+
+def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureScorer] | None = None,
+                 knn_k: int = 10) -> LevelScores:
+    """Hierarchical argmaxes and per-level scores of a ModelOutput or EvalBatch, on CPU.
+
+    `scorers` maps "super" / "sub" to the FeatureScorer of that level's features; it is needed
+    only for mahalanobis and knn."""
+    super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
+    super_argmax = super_logits[:, : heads.n_super].argmax(1)
+    mask = subclass_mask(heads)[super_argmax]
+    sub_argmax = sub_logits[:, : heads.n_sub].float().masked_fill(~mask, -torch.inf).argmax(1)
+    if score in LOGIT_SCORES:
+        super_score = logit_score(super_logits, heads.n_super, score)
+        sub_score = logit_score(sub_logits, heads.n_sub, score, mask)
+    elif score in SCORES:
+        if not has_scorers(scorers):
+            raise ValueError(f"score {score!r} needs feature scorers for both levels ('super', 'sub')")
+        if score == "mahalanobis":
+            super_score = scorers["super"].mahalanobis(output.super_features)
+            sub_score = scorers["sub"].mahalanobis(output.sub_features, mask)
+        else:
+            super_score = scorers["super"].knn(output.super_features, knn_k)
+            sub_score = scorers["sub"].knn(output.sub_features, knn_k)
+    else:
+        raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
+    # float64 so that predict() and the grid compare the same numbers with the same thresholds.
+    return LevelScores(super_argmax, sub_argmax, super_score.double(), sub_score.double())
+
+
+def has_scorers(scorers) -> bool:
+    return bool(scorers) and all(scorers.get(level) is not None for level in LEVELS)
