@@ -23,12 +23,12 @@ from pathlib import Path
 
 from ray.cluster_utils import Cluster
 
-import hiertune.sweep.tracking  # noqa: F401  (imported by the first sweep otherwise, and timed with it)
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.space import load_space
-from hiertune.sweep.front import load_trials
 from hiertune.sweep.run import SweepPlace, run_sweep
+from hiertune.sweep.state import load_trials
+import hiertune.sweep.tracking  # noqa: F401  (imported by the first sweep otherwise, and timed with it)
 
 SPACE = """
 family: cnn

@@ -25,8 +25,8 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.novelty.metrics import hypervolume_2d
 from hiertune.space import load_space
-from hiertune.sweep.front import load_trials
 from hiertune.sweep.run import SweepPlace, run_sweep
+from hiertune.sweep.state import load_trials
 from hiertune.training.loop import run_trial
 
 SPACE = """

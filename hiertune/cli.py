@@ -90,7 +90,8 @@ def _demo(args: argparse.Namespace) -> dict:
     from hiertune.export.export import export_best
     from hiertune.sweep.front import Pick
     from hiertune.space import load_space
-    from hiertune.sweep.run import SweepPlace, run_sweep
+    from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.run import run_sweep
 
     root = Path(args.dir)
     data_dir = root / "data"
@@ -143,7 +144,8 @@ def _render_train(result: dict) -> str:
 def _sweep(args: argparse.Namespace) -> dict:
     import time
 
-    from hiertune.sweep.run import SweepPlace, run_sweep
+    from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.run import run_sweep
     from hiertune.sweep.tracking import redact
 
     if args.resume and not args.name:
@@ -172,17 +174,19 @@ def _render_sweep(result: dict) -> str:
 
 
 def _pareto(args: argparse.Namespace) -> dict:
-    from hiertune.sweep.front import load_trials
-    from hiertune.sweep.run import SweepPlace, finish
-    from hiertune.sweep.tracking import SweepRecorder
+    from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.run import front_files
+    from hiertune.sweep.state import load_trials
 
-    place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
+    # Reads the sweep (pulling an S3 sweep's files into the local working copy) and draws its
+    # front there; the sweep's MLflow runs and its files on S3 are the sweep's to write.
+    place = SweepPlace.resolve(args.name, args.storage, mlflow_uri=None)
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    trials = load_trials(place.dir)
-    summary = finish(place, trials, SweepRecorder(place))
-    return {"name": place.name, **summary}
+    summary = front_files(place, load_trials(place.dir))
+    return {"name": place.name, **summary, "pareto_csv": str(summary["pareto_csv"]),
+            "pareto_png": str(summary["pareto_png"])}
 
 
 def _render_pareto(result: dict) -> str:
@@ -195,7 +199,7 @@ def _render_pareto(result: dict) -> str:
 def _export_best(args: argparse.Namespace) -> dict:
     from hiertune.export.export import export_best
     from hiertune.sweep.front import Pick
-    from hiertune.sweep.run import SweepPlace
+    from hiertune.sweep.place import SweepPlace
 
     place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
     return export_best(place, Pick.parse(args.pick), args.top, _cache_root(args), test_images=args.test_images,
@@ -288,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
                       _pareto, _render_pareto)
     pareto.add_argument("name", help="sweep name")
     pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: ./sweeps)")
-    pareto.add_argument("--mlflow-uri", help="MLflow tracking URI (default: as for sweep)")
 
     export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
                       "thresholds and export models + submissions", _export_best, _render_export)

@@ -30,22 +30,23 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class TrialConfig:
     # model
     family: str = "dualhead"
-    backbone: str = "resnet18"
-    pretrained: bool | str = False
-    finetune: str = "full"
-    unfreeze_depth: int = 2
-    gradual_every: int = 1
-    dropout: float = 0.0
-    cosine_scale: float = 16.0
-    layover_stage: int = -2
-    layover_hidden: int = 256
-    cnn_width: int = 32
+    # Each sub-config holds its own defaults (and validates itself); these name them.
+    backbone: str = ModelConfig.backbone
+    pretrained: bool | str = ModelConfig.pretrained
+    finetune: str = ModelConfig.finetune
+    unfreeze_depth: int = ModelConfig.unfreeze_depth
+    gradual_every: int = ModelConfig.gradual_every
+    dropout: float = ModelConfig.dropout
+    cosine_scale: float = ModelConfig.cosine_scale
+    layover_stage: int = ModelConfig.layover_stage
+    layover_hidden: int = ModelConfig.layover_hidden
+    cnn_width: int = ModelConfig.cnn_width
     # loss and outliers
-    outlier_mode: str = "class"
-    kl_alpha: float = 0.1
-    kl_temperature: float = 1.0
-    oe_weight: float = 0.5
-    label_smoothing: float = 0.0
+    outlier_mode: str = ModelConfig.outlier_mode
+    kl_alpha: float = LossConfig.kl_alpha
+    kl_temperature: float = LossConfig.kl_temperature
+    oe_weight: float = LossConfig.oe_weight
+    label_smoothing: float = LossConfig.label_smoothing
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -60,12 +61,12 @@ class TrialConfig:
     data: str | None = None
     outliers: str | None = None
     image_size: int = 64
-    val_fraction: float = 0.2
-    pseudo_novel_fraction: float = 0.15
-    outlier_val_fraction: float = 0.3
+    val_fraction: float = SplitConfig.val_fraction
+    pseudo_novel_fraction: float = SplitConfig.pseudo_novel_fraction
+    outlier_val_fraction: float = SplitConfig.outlier_val_fraction
     outlier_count: int | None = None  # outlier training images; None: the whole pool
     outlier_fraction: float | None = None  # or as a fraction of the pool, so one range fits any data
-    split_seed: int = 0
+    split_seed: int = SplitConfig.seed
     # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for
     tau_super: float = 0.99
     tau_sub: float = 0.85
@@ -86,17 +87,17 @@ class TrialConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("novelty_score", self.novelty_score, SCORES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("lr", "kl_temperature", "cosine_scale"):
+        for name in ("lr", "cosine_scale"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "image_size", "gradual_every", "cnn_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "kl_alpha", "oe_weight", "mixup_alpha", "label_smoothing",
-                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number"):
+        for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
+                     "trial_number"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tau_super", "tau_sub", "dropout", "label_smoothing", "momentum"):
+        for name in ("tau_super", "tau_sub", "dropout", "momentum"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.outlier_count is not None and self.outlier_fraction is not None:
@@ -105,7 +106,8 @@ class TrialConfig:
             raise UserError(f"outlier_fraction must be in [0, 1], got {self.outlier_fraction}")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
-        self.split_config()  # validates the split fractions
+        self.split_config()  # the sub-configs validate their own settings
+        LossConfig(self.kl_alpha, self.kl_temperature, self.oe_weight, self.label_smoothing)
         parse_plan(self.faults)
 
     @classmethod

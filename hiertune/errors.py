@@ -11,10 +11,13 @@ class UserError(Exception):
     """Bad input: the message names the file (and row) and what is wrong with it."""
 
 
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception as one short line for a one-line error: its first line, or its type when empty."""
+def first_line(exc: BaseException | str, limit: int = 160) -> str:
+    """An exception (or a message) as one short line for a one-line error: its first line, or the
+    exception's type when it has no text."""
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text.splitlines()[0][:limit]
 
 
 def did_you_mean(value, known, list_known: bool = False) -> str:

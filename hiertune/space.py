@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from hiertune.config import TrialConfig, coerce
-from hiertune.errors import UserError, did_you_mean
+from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
@@ -46,15 +46,6 @@ class Param:
     default: Any = None
     when: dict[str, tuple] | None = None
     posthoc: bool = False
-
-    def distribution(self):
-        import optuna.distributions as d
-
-        if self.type == "float":
-            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return d.CategoricalDistribution(self.choices)
 
     def midpoint(self):
         """What a single debugging run uses: the default, else the (log-)middle, else the first choice."""
@@ -95,8 +86,8 @@ class ResourceSettings:
 
 @dataclass(frozen=True)
 class MlflowSettings:
+    # No experiment name: each sweep is its own MLflow experiment, named by --name (see parse_space).
     tracking_uri: str | None = None
-    experiment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +172,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
@@ -208,6 +199,9 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         for cond in (p.when or {}):
             if cond not in trial_fields:
                 raise UserError(f"{path}: search.{p.name}.when: unknown parameter {cond!r}")
+    if isinstance(raw.get("mlflow"), dict) and "experiment" in raw["mlflow"]:
+        raise UserError(f"{path}: mlflow.experiment is not supported: each sweep is its own MLflow experiment, "
+                        "named by --name; remove the key")
     sections = {name: _section(cls, raw.get(name), f"{path}: {name}") for name, cls in SECTIONS.items()}
     tune = sections["tune"]
     if tune.sampler not in SAMPLERS:

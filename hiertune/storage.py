@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 
 SCHEME = "s3://"
@@ -95,10 +95,10 @@ def s3_errors(uri: str) -> Iterator[None]:
             raise FileNotFoundError(uri) from None
         if code == "NoSuchBucket":
             raise UserError(f"{uri}: bucket {split(uri)[0]!r} does not exist (NoSuchBucket)") from None
-        detail = _CODES.get(code) or f"S3 error {code} ({str(error.get('Message', '')).splitlines()[0][:200]})"
+        detail = _CODES.get(code) or f"S3 error {code} ({first_line(str(error.get('Message', '')), 200)})"
         raise UserError(f"{uri}: {detail}") from None
     except BotoCoreError as exc:  # unreachable endpoint, partial credentials, unknown profile
-        raise UserError(f"{uri}: {str(exc).splitlines()[0][:300]}") from None
+        raise UserError(f"{uri}: {first_line(exc, 300)}") from None
 
 
 def check(uri: str) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +171,24 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
     bucket = S3(s3_endpoint, f"hiertune-{uuid.uuid4().hex[:10]}")
     bucket.client().create_bucket(Bucket=bucket.bucket)
     return bucket
+
+
+def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(f"""
+family: cnn
+fixed: {{epochs: {max_t}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
+search:
+  lr: {{type: float, low: 1.0e-4, high: 3.0e-2, log: true}}
+  dropout: {{type: float, low: 0.0, high: 0.5}}
+  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
+  novelty_score: {{type: categorical, choices: [msp, energy]}}
+tune: {{num_samples: {samples}, sampler: tpe, seed: 3}}
+scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
+""")
+    return path
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])

@@ -51,6 +51,7 @@ def test_inspect_human_output(cli, tiny_data):
     assert "test       4 images" in result.out and "outliers   none" in result.out
 
 
+@pytest.mark.slow
 def test_synth_refuses_to_overwrite_without_force(cli, tmp_path):
     target = tmp_path / "synthetic"
     first = cli("data", "synth", str(target), "--json")
@@ -60,6 +61,7 @@ def test_synth_refuses_to_overwrite_without_force(cli, tmp_path):
     assert cli("data", "synth", str(target), "--force").code == 0
 
 
+@pytest.mark.slow
 def test_console_script_and_module_are_the_same_cli(tmp_path):
     bin_dir = __import__("pathlib").Path(sys.executable).parent
     missing = str(tmp_path / "missing")

@@ -11,11 +11,12 @@ import uuid
 import boto3
 import numpy as np
 import pytest
-from conftest import AWS_KEY_ID, AWS_SECRET
-from test_sweep import last_json, space_file
+from conftest import AWS_KEY_ID, AWS_SECRET, last_json, space_file
 
 from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SplitConfig
+
+pytestmark = pytest.mark.slow
 
 
 def test_pushed_data_loads_from_s3_alone_exactly_as_from_its_folder(cli, small_data, s3, tmp_path):

@@ -46,5 +46,6 @@ def load_bundle(data: str | None, outliers: str | None, image_size: int, split: 
     splits = make_splits(dataset.train.superclass, dataset.train.subclass,
                          outlier_set.class_index if outlier_set else None, replace(split, outlier_count=None))
     bundle = DataBundle(dataset, outlier_set, splits)
-    splits.with_outlier_count(split.outlier_count)  # fail now if the count cannot be met
+    if split.outlier_count is not None:
+        splits.check_outlier_count(split.outlier_count)  # fail now, not in every trial
     return bundle

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -99,9 +99,5 @@ def decode_image(data: bytes, size: int, label: str) -> tuple[np.ndarray, FixCou
                 fixes.resized = 1
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{label}: cannot decode image ({_short(exc)})") from None
+        raise UserError(f"{label}: cannot decode image ({first_line(exc, 120)})") from None
     return array, fixes
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

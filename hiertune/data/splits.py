@@ -25,7 +25,7 @@ from hiertune.errors import UserError
 @dataclass(frozen=True)
 class SplitConfig:
     val_fraction: float = 0.2
-    pseudo_novel_fraction: float = 0.2  # of each superclass's subclasses
+    pseudo_novel_fraction: float = 0.15  # of each superclass's subclasses (seed 000 held out 15%)
     outlier_val_fraction: float = 0.3  # of the outlier classes
     outlier_count: int | None = None  # None: the whole training pool
     seed: int = 0
@@ -50,12 +50,16 @@ class Splits:
     outlier_val_classes: np.ndarray
     outlier_pool: np.ndarray  # the training pool in draw order: outlier_train is a prefix of it
 
+    def check_outlier_count(self, count: int, what: str = "split: outlier_count", hint: str = "") -> None:
+        """The one check of an outlier_count against the pool: a split's, a trial's, a space's range."""
+        if count > len(self.outlier_pool):
+            raise UserError(f"{what} {count} exceeds the outlier training pool ({len(self.outlier_pool)} images "
+                            f"in {len(self.outlier_train_classes)} classes){hint}")
+
     def with_outlier_count(self, count: int | None) -> "Splits":
         """The same split with another outlier_count: what a trial that samples it needs."""
         count = len(self.outlier_pool) if count is None else count
-        if count > len(self.outlier_pool):
-            raise UserError(f"split: outlier_count {count} exceeds the outlier training pool "
-                            f"({len(self.outlier_pool)} images in {len(self.outlier_train_classes)} classes)")
+        self.check_outlier_count(count)
         return replace(self, outlier_train=np.sort(self.outlier_pool[:count]))
 
     def summary(self) -> dict:

@@ -51,9 +51,9 @@ from hiertune.export.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS,
 from hiertune.fsutil import atomic_dir
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.posthoc import decide, seen_acceptance
-from hiertune.sweep.front import Pick, TrialRecord, compute_front, front_points, load_trials
+from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
-from hiertune.sweep.state import SWEEP_JSON, read_sweep_json
+from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
 from hiertune.training import checkpoint
 from hiertune.training.loop import heads_for, run_trial
@@ -82,8 +82,8 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir)}
-    meta = read_sweep_json(place.dir) if (place.dir / SWEEP_JSON).exists() else {}
-    front = compute_front(front_points(list(trials.values()), meta.get("sampled_thresholds", False)))
+    meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
+    _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
     jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction))
@@ -93,13 +93,12 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     test_set = _test_set(bundle, base.image_size, cache_root, test_images)
-    resources = meta.get("resources", {})
-    cpus = float(resources.get("cpus_per_trial", 1))
+    cpus = meta.cpus_per_trial
 
     log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
              place.name, len(jobs), pick, 100 * calibration_fraction)
     start = time.perf_counter()
-    outputs, failures = _retrain_all(jobs, bundle, cpus, float(resources.get("gpus_per_trial", 0)), address)
+    outputs, failures = _retrain_all(jobs, bundle, cpus, meta.gpus_per_trial, address)
     retrain_wall = time.perf_counter() - start
 
     _clear_leftovers(place.dir / "export")

@@ -53,9 +53,6 @@ class Thresholds:
     thr_super: float  # raw: a level is accepted when its score >= its threshold
     thr_sub: float
 
-    def to_dict(self) -> dict:
-        return {"score": self.score, "thr_super": self.thr_super, "thr_sub": self.thr_sub}
-
 
 @dataclass
 class Predictions:

@@ -10,9 +10,8 @@ that many epochs. Failed trials and trials without a checkpoint do not enter.
 from __future__ import annotations
 
 import csv
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,34 +20,10 @@ from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import ACCURACIES, pareto_front
 from hiertune.sweep.plots import plot_front
-from hiertune.sweep.state import read_json
+from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
 
 ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
-# interrupted: the sweep stopped before the trial finished; `--resume` continues it.
-STATUSES = ("completed", "stopped", "failed", "interrupted")
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    name: str
-    status: str  # one of STATUSES
-    epochs: int
-    params: dict  # the sampled parameters
-    checkpoint: str | None  # the latest checkpoint: a local path or an s3:// URI (read with hiertune.storage)
-    metrics: dict
-    error: str | None = None
-    config: dict = field(default_factory=dict)  # the whole trial config: what export retrains
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrialRecord":
-        return cls(**d)
-
-
 def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[dict]:
     """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint; or, when
     Optuna sampled the thresholds, each trial's one point at its sampled thresholds."""
@@ -81,6 +56,12 @@ def compute_front(points: list[dict]) -> list[dict]:
         return []
     index = pareto_front(np.array([[p["seen"], p["unseen"]] for p in points]))
     return [points[k] for k in index]
+
+
+def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[list[dict], list[dict]]:
+    """(every point, the non-dominated ones): the one place a sweep's front is decided."""
+    points = front_points(trials, sampled_thresholds)
+    return points, compute_front(points)
 
 
 @dataclass(frozen=True)
@@ -158,22 +139,6 @@ def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict
         writer.writerows(front)
     plot_front(points, front, png_path, f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)")
     return csv_path, png_path
-
-
-def load_trials(sweep_dir: Path) -> list[TrialRecord]:
-    path = sweep_dir / "trials.json"
-    if not path.is_file():
-        raise UserError(f"{sweep_dir}: no sweep results (trials.json) here; run `hiertune sweep` first")
-    records = read_json(path)
-    try:
-        return [TrialRecord.from_dict(d) for d in records]
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
-
-
-def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
-    with atomic_file(sweep_dir / "trials.json") as tmp:
-        tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
 
 
 def render(front: list[dict]) -> str:

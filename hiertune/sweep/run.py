@@ -26,11 +26,12 @@ from hiertune import storage
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.space import SearchSpace
-from hiertune.sweep.front import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
+from hiertune.sweep.front import sweep_front, write_front
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_sweep_curves
 from hiertune.sweep.search import FidelityAwareOptunaSearch, objectives
-from hiertune.sweep.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
+from hiertune.sweep.state import (STATUSES, SWEEP_JSON, TRIALS_JSON, SweepMeta, TrialRecord, check_ray_state, find_meta,
+                                  read_meta, save_trials, trial_status, write_meta)
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder, redact
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
@@ -50,17 +51,16 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
     if resume:
-        read_sweep_json(place.dir)
+        read_meta(place.dir)
         if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
             check_ray_state(Path(place.tune_uri))
     base = space.trial_config()
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
-    _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
+    _check_outlier_ranges(space, bundle.splits)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
-                                     "sampled_thresholds": space.samples_thresholds,
-                                     "resources": space.resources.__dict__})
+        write_meta(place.dir, SweepMeta(str(space.path), space.family, space.samples_thresholds,
+                                        space.resources.cpus_per_trial, space.resources.gpus_per_trial))
         place.publish(place.dir / SWEEP_JSON)
     # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
     recorder = SweepRecorder(place)
@@ -156,7 +156,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
 
     trials = [_record(r, space) for r in grid]
     save_trials(place.dir, trials)
-    place.publish(place.dir / "trials.json")
+    place.publish(place.dir / TRIALS_JSON)
     recorder.reconcile(trials)
     summary = finish(place, trials, recorder)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
@@ -164,17 +164,25 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
             "trials": counts, "wall_seconds": wall, **summary}
 
 
-def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
-    """Front from the stored per-trial results, written and logged to the parent run. Every
-    input is read before anything is written, so a damaged one leaves the outputs as they were."""
-
-    points = front_points(trials, sampled_thresholds(place))
-    histories = _histories(trials)
-    front = compute_front(points)
+def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:
+    """The front from the stored per-trial results, as pareto.csv and pareto.png in the sweep's
+    (working) folder: what `hiertune pareto` does, which touches neither MLflow nor S3."""
+    meta = find_meta(place.dir)
+    points, front = sweep_front(trials, meta.sampled_thresholds if meta else False)
     csv_path, png_path = write_front(place.dir, place.name, points, front)
+    return {"front": front, "points": len(points), "pareto_csv": csv_path, "pareto_png": png_path}
+
+
+def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
+    """The sweep's end: its front written, published and logged to the parent run, which is then
+    FINISHED. Every input is read before anything is written, so a damaged one leaves the outputs
+    as they were."""
+    histories = _histories(trials)
+    summary = front_files(place, trials)
+    front, csv_path, png_path = summary["front"], summary["pareto_csv"], summary["pareto_png"]
     place.publish(csv_path, png_path)
     parent = recorder.state["parent"]
-    for path in (csv_path, png_path, place.dir / "trials.json"):
+    for path in (csv_path, png_path, place.dir / TRIALS_JSON):
         recorder.client.log_artifact(parent, str(path))
     if histories:
         curves = place.dir / "learning_curves.png"
@@ -186,8 +194,7 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
                                       "best_unseen": best["unseen"]}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
-    return {"front": front, "points": len(points), "pareto_csv": place.location(csv_path),
-            "pareto_png": place.location(png_path)}
+    return {**summary, "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path)}
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
@@ -205,10 +212,6 @@ def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
     return histories
 
 
-def sampled_thresholds(place: SweepPlace) -> bool:
-    return read_sweep_json(place.dir)["sampled_thresholds"] if (place.dir / SWEEP_JSON).exists() else False
-
-
 def _record(result, space: SearchSpace) -> TrialRecord:
     metrics = result.metrics or {}
     trial_id = metrics.get("trial_id") or Path(result.path).name
@@ -216,12 +219,8 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     # A final failure's report is one result past the trial's last epoch.
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
-    if error is not None:
-        status = "failed"
-    elif not metrics.get("done"):  # the sweep stopped (Ctrl+C) before this trial finished
-        status = "interrupted"
-    else:
-        status = "completed" if epochs >= space.scheduler.max_t else "stopped"
+    # Without `done` the sweep stopped (Ctrl+C) before this trial finished.
+    status = trial_status(epochs, space.scheduler.max_t, failed=error is not None, finished=bool(metrics.get("done")))
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
@@ -252,15 +251,13 @@ def _pending_trials(space: SearchSpace) -> Iterator[None]:
         del os.environ["TUNE_MAX_PENDING_TRIALS_PG"]
 
 
-def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:
-    """An outlier_count range beyond the pool would fail trials hours in; fail now."""
+def _check_outlier_ranges(space: SearchSpace, splits) -> None:
+    """An outlier_count range beyond the pool would fail trials hours in; fail now (a fixed
+    outlier_count is the base config's, which load_bundle checked)."""
     for p in space.sampled:
-        if p.name == "outlier_count" and p.high > pool:
-            raise UserError(f"{space.path}: search.outlier_count high {int(p.high)} exceeds the outlier training "
-                            f"pool ({pool} images); lower it or search outlier_fraction")
-    if space.fixed.get("outlier_count") and space.fixed["outlier_count"] > pool:
-        raise UserError(f"{space.path}: fixed.outlier_count {space.fixed['outlier_count']} exceeds the outlier "
-                        f"training pool ({pool} images)")
+        if p.name == "outlier_count":
+            splits.check_outlier_count(int(p.high), f"{space.path}: search.outlier_count high",
+                                       "; lower it or search outlier_fraction")
 
 
 def _settings(space: SearchSpace) -> dict:

@@ -1,4 +1,5 @@
-"""A sweep's stored state, read and checked: its `sweep.json`, and Ray Tune's state before a resume.
+"""A sweep's own files, the one module that reads and writes them: `sweep.json` (what the sweep
+was started with), `trials.json` (a record per trial), and Ray Tune's state, checked before a resume.
 
 `--resume` hands Ray Tune its own files: the pickled tuner, the newest experiment state (JSON) and
 the newest searcher and search-generator states (pickles, whatever their suffix). Ray unpickles
@@ -10,38 +11,116 @@ checkpoint is damaged fails on its own, with the file named (hiertune.faults).
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickletools
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 
 SWEEP_JSON = "sweep.json"
 SWEEP_KEYS = ("space", "family", "sampled_thresholds")
+TRIALS_JSON = "trials.json"
 RAY_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")
 RAY_EXPERIMENT_STATE = "experiment_state-*.json"
 
 
-def write_sweep_json(sweep_dir: Path, info: dict) -> None:
+# interrupted: the sweep stopped before the trial finished; `--resume` continues it.
+STATUSES = ("completed", "stopped", "failed", "interrupted")
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    name: str
+    status: str  # one of STATUSES, decided by trial_status
+    epochs: int
+    params: dict  # the sampled parameters
+    checkpoint: str | None  # the latest checkpoint: a local path or an s3:// URI (read with hiertune.storage)
+    metrics: dict
+    error: str | None = None
+    config: dict = field(default_factory=dict)  # the whole trial config: what export retrains
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialRecord":
+        return cls(**d)
+
+
+def trial_status(epochs: int, max_t: int, failed: bool = False, finished: bool = True) -> str:
+    """The one rule for a trial's status: failed, interrupted (the sweep stopped first), completed
+    (ran max_t epochs) or stopped (ASHA ended it earlier)."""
+    if failed:
+        return "failed"
+    if not finished:
+        return "interrupted"
+    return "completed" if epochs >= max_t else "stopped"
+
+
+@dataclass(frozen=True)
+class SweepMeta:
+    """What a sweep was started with (`sweep.json`): read by resume, the front and export."""
+
+    space: str  # the search-space file
+    family: str
+    sampled_thresholds: bool  # Optuna sampled τ: each trial is one front point, not a post-hoc grid
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"space": self.space, "family": self.family, "sampled_thresholds": self.sampled_thresholds,
+                "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial}}
+
+
+def write_meta(sweep_dir: Path, meta: SweepMeta) -> None:
     with atomic_file(sweep_dir / SWEEP_JSON) as tmp:
-        tmp.write_text(json.dumps(info))
+        tmp.write_text(json.dumps(meta.to_dict()))
 
 
-def read_sweep_json(sweep_dir: Path) -> dict:
+def read_meta(sweep_dir: Path) -> SweepMeta:
     path = sweep_dir / SWEEP_JSON
     info = read_json(path)
     missing = [k for k in SWEEP_KEYS if not isinstance(info, dict) or k not in info]
     if missing:
         raise UserError(f"{path}: not a hiertune sweep record (missing {', '.join(missing)})")
-    return info
+    resources = info.get("resources") or {}
+    try:
+        return SweepMeta(str(info["space"]), str(info["family"]), bool(info["sampled_thresholds"]),
+                         float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: not a hiertune sweep record ({first_line(exc)})") from None
+
+
+def find_meta(sweep_dir: Path) -> SweepMeta | None:
+    """The sweep's record, or None for a folder that has none (results copied without it)."""
+    return read_meta(sweep_dir) if (sweep_dir / SWEEP_JSON).exists() else None
+
+
+def load_trials(sweep_dir: Path) -> list[TrialRecord]:
+    path = sweep_dir / TRIALS_JSON
+    if not path.is_file():
+        raise UserError(f"{sweep_dir}: no sweep results ({TRIALS_JSON}) here; run `hiertune sweep` first")
+    records = read_json(path)
+    try:
+        return [TrialRecord.from_dict(d) for d in records]
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
+
+
+def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
+    with atomic_file(sweep_dir / TRIALS_JSON) as tmp:
+        tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
 
 
 def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise UserError(f"{path}: unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
 
 
 def check_ray_state(tune_dir: Path) -> None:
@@ -65,8 +144,50 @@ def newest(folder: Path, pattern: str) -> Path | None:
 def _check_pickle(path: Path) -> None:
     try:
         with path.open("rb") as f:
-            for _ in pickletools.genops(f):
-                pass
+            names = _pickled_globals(pickletools.genops(f))
     except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: unreadable or truncated Ray Tune state ({str(exc).splitlines()[0][:160]})") \
-            from None
+        raise UserError(f"{path}: unreadable or truncated Ray Tune state ({first_line(exc)})") from None
+    for module, name in names:
+        if module.split(".")[0] == "hiertune" and not _exists(module, name):
+            # A sweep started before hiertune's modules were regrouped into packages (0.1.0's flat
+            # layout: hiertune.sweep, hiertune.tracking, hiertune.trainable, ...) pickled names
+            # that no longer exist; Ray would fail deep inside Tuner.restore.
+            raise UserError(f"{path}: written by an older hiertune layout (it names {module}.{name}, which no "
+                            "longer exists), so this sweep cannot be resumed; its results still serve "
+                            "`hiertune pareto` and `hiertune export-best`, or start it again under a new --name")
+
+
+def _pickled_globals(ops) -> set[tuple[str, str]]:
+    """(module, name) of every global a pickle refers to, read from its opcodes without running it."""
+    found, memo, strings, last = set(), {}, [], None
+    for op, arg, _ in ops:
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            strings.append(arg)
+            last = arg
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = last
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(arg)
+            if isinstance(last, str):
+                strings.append(last)
+        else:
+            if op.name == "GLOBAL":
+                found.add(tuple(arg.split(" ", 1)))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add((strings[-2], strings[-1]))
+            last = None
+    return found
+
+
+def _exists(module: str, name: str) -> bool:
+    try:
+        target = importlib.import_module(module)
+    except ImportError:
+        return False
+    for part in name.split("."):
+        if not hasattr(target, part):
+            return False
+        target = getattr(target, part)
+    return True

@@ -22,11 +22,10 @@ from ray import tune
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.storage import checkpoint_uri
-from hiertune.sweep.front import TrialRecord
 from hiertune.sweep.mlstore import open_client
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_learning_curves
-from hiertune.sweep.state import read_json
+from hiertune.sweep.state import TrialRecord, read_json, trial_status
 from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
 
@@ -220,11 +219,9 @@ class MlflowSweepCallback(tune.Callback):
         self.recorder.log_metrics(self._run(trial), result, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        stopped = last.get("training_iteration", 0) < self.max_t
+        status = trial_status(int((trial.last_result or {}).get("training_iteration", 0)), self.max_t)
         self._curves(trial)
-        self.recorder.finish_trial(trial.trial_id, "stopped" if stopped else "completed",
-                                   "stopped early by ASHA" if stopped else None)
+        self.recorder.finish_trial(trial.trial_id, status, "stopped early by ASHA" if status == "stopped" else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)

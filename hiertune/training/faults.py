@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hiertune.errors import UserError
+from hiertune.errors import UserError, first_line
 
 # What a trial reports to Ray just before raising a final failure: the reason, for the sweep's
 # records, and the sign for `hiertune.trainable.FinalFailures` that a retry would be waste.
@@ -44,7 +44,7 @@ class CheckpointUnreadable(TrialFailed):
 def final_reason(exc: BaseException) -> str | None:
     """The one-line reason of a failure a retry would repeat; None for one worth retrying."""
     if isinstance(exc, torch.OutOfMemoryError):
-        return f"out of memory: {str(exc).strip().splitlines()[0][:300]}"
+        return f"out of memory: {first_line(exc, 300)}"
     if isinstance(exc, UserError) or (isinstance(exc, TrialFailed) and exc.final):
         return str(exc)
     return None

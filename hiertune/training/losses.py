@@ -18,7 +18,9 @@ from hiertune.models.registry import Heads, ModelOutput
 
 @dataclass(frozen=True)
 class LossConfig:
-    kl_alpha: float = 0.0  # weight of the KL interaction term (dualhead's; 0 disables)
+    # Weight of the KL interaction term: dualhead's (seed 000 A), 0 disables it. The one default:
+    # TrialConfig takes it from here and zeroes it for the other families.
+    kl_alpha: float = 0.1
     kl_temperature: float = 1.0
     oe_weight: float = 0.5  # outlier_mode='oe': weight of the outlier-exposure term
     label_smoothing: float = 0.0
@@ -40,7 +42,7 @@ def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: H
                       outlier: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """total = loss_super + loss_sub + kl_alpha·loss_kl + oe_weight·loss_oe, and the four parts
     as one detached tensor in LOSS_PARTS order: kept on the device so a training step never
-    waits for the GPU just to log (`named_parts` reads them, once per epoch).
+    waits for the GPU just to log (the loop reads them once per epoch).
 
     Targets are seen-class indices, or heads.n_super / heads.n_sub for novel. With a novel logit
     (outlier_mode 'class') that index is a class like any other and `outlier` is not needed.
@@ -69,10 +71,6 @@ def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: H
                else out.super_logits.new_zeros((), dtype=torch.float32))
     total = loss_super + loss_sub + cfg.kl_alpha * loss_kl + cfg.oe_weight * loss_oe
     return total, torch.stack([loss_super, loss_sub, loss_kl, loss_oe]).detach().float()
-
-
-def named_parts(parts: Tensor) -> dict[str, float]:
-    return dict(zip(LOSS_PARTS, parts.tolist()))
 
 
 def _seen_cross_entropy(logits: Tensor, target: Tensor, rows: Tensor, smoothing: float) -> Tensor:

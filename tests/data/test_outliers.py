@@ -19,6 +19,7 @@ def test_folder_outliers_keep_class_structure(tiny_outliers, cache_root):
     assert o.names[0] == "class0/0.jpg" and o.summary()["classes"] == 4
 
 
+@pytest.mark.slow
 def test_cifar100_offline_is_one_clear_line(tmp_path):
     """A real download attempt through a proxy on a closed loopback port: the traffic never
     leaves the machine and fails the way an offline machine does."""

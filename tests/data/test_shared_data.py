@@ -11,8 +11,8 @@ from conftest import SHARED
 NNDL = SHARED / "data" / "nndl2025"
 OUTLIERS = SHARED / "data" / "outliers" / "tinyimagenet-ood"
 
-pytestmark = pytest.mark.skipif(not NNDL.is_dir() or not OUTLIERS.is_dir(),
-                                reason=f"shared data not present at {SHARED / 'data'}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not NNDL.is_dir() or not OUTLIERS.is_dir(),
+                                reason=f"shared data not present at {SHARED / 'data'}")]
 
 
 def test_inspect_reports_the_competition_data(cli):

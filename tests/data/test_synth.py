@@ -48,6 +48,7 @@ def test_same_seed_same_bytes_different_seed_different_images(tmp_path):
     assert images and all(a[k] != c[k] for k in images)
 
 
+@pytest.mark.slow
 def test_format_and_counts(default_set):
     root, summary = default_set
     cfg = SynthConfig()
@@ -88,6 +89,7 @@ def test_format_and_counts(default_set):
     assert summary.to_dict()["root"] == str(root)
 
 
+@pytest.mark.slow
 def test_test_labels(default_set):
     root, summary = default_set
     S, K = summary.superclasses, summary.subclasses
@@ -111,6 +113,7 @@ def test_test_labels(default_set):
     assert {s for s, _ in novel_sub} == set(range(S))
 
 
+@pytest.mark.slow
 def test_superclass_learnable_from_pixels_subclass_harder(default_set):
     root, summary = default_set
 

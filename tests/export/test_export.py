@@ -52,6 +52,7 @@ resources: {{cpus_per_trial: 1}}
             "uri": f"sqlite:///{storage / 'mlflow.db'}"}
 
 
+@pytest.mark.slow
 def test_export_writes_valid_submissions_and_self_contained_models(exported):
     test_dir = exported["data"] / "test_images"
     names = list_image_files(test_dir)
@@ -93,6 +94,7 @@ def test_export_writes_valid_submissions_and_self_contained_models(exported):
     assert len(trials) == 2  # --top 2 means two different trials
 
 
+@pytest.mark.slow
 def test_predict_and_mlflow_pyfunc_agree_with_the_export(exported, cli, tmp_path):
     export_dir = exported["sweep"] / "export" / "1"
     test_dir = exported["data"] / "test_images"
@@ -135,6 +137,7 @@ def test_predict_and_mlflow_pyfunc_agree_with_the_export(exported, cli, tmp_path
     assert np.allclose(frame["novelty_score_super"], [float(r["novelty_score_super"]) for r in rows])
 
 
+@pytest.mark.slow
 def test_exports_are_logged_and_registered_under_the_sweep(exported):
     client = MlflowClient(exported["uri"])
     experiment = client.get_experiment_by_name("ex")
@@ -152,6 +155,7 @@ def test_exports_are_logged_and_registered_under_the_sweep(exported):
     assert sorted(v.tags["hiertune.export"] for v in versions) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypatch):
     target = exported["sweep"] / "export" / "1"
     before = {p.name: p.read_bytes() for p in target.iterdir()}
@@ -168,6 +172,7 @@ def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypat
     assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2"]  # no staging left, old or new
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(exported, cli, tmp_path):
     storage = str(exported["storage"])
     cases = [
@@ -198,6 +203,7 @@ def test_bad_input_is_one_line(exported, cli, tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model.safetensors", "scorers.safetensors", "config.json", "thresholds.json",
                                   "superclass_mapping.csv", "subclass_mapping.csv"])
 def test_a_truncated_exported_model_file_is_named_in_one_line(exported, cli, tmp_path, name):

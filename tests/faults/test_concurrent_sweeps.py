@@ -7,7 +7,9 @@ from mlflow.exceptions import MlflowException
 
 from faults.harness import children, fault_space, last_json, mlflow_runs
 from hiertune.sweep import mlstore
-from hiertune.sweep.front import load_trials
+from hiertune.sweep.state import load_trials
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_sweeps_started_together_on_a_new_sqlite_store_both_complete(small_data, tmp_path, start_sweep):

@@ -3,13 +3,16 @@ name it in one line and exit 2, with no traceback and nothing written."""
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from faults.harness import FaultSweep, fault_space
-from hiertune.sweep.front import load_trials
+from hiertune.sweep.state import load_trials
+
+pytestmark = pytest.mark.slow
 
 
 def completed_checkpoint(sweep_dir: Path) -> Path:
@@ -18,9 +21,12 @@ def completed_checkpoint(sweep_dir: Path) -> Path:
 
 PARETO_CASES = {
     "trials.json": lambda d: d / "trials.json",
-    "mlflow_runs.json": lambda d: d / "mlflow_runs.json",
     "sweep.json": lambda d: d / "sweep.json",
     "posthoc.npz": lambda d: completed_checkpoint(d) / "posthoc.npz",
+}
+# What `pareto` does not read (MLflow's records, the learning curves): damaged, it is not stopped.
+UNREAD_BY_PARETO = {
+    "mlflow_runs.json": lambda d: d / "mlflow_runs.json",
     "history.json": lambda d: completed_checkpoint(d) / "history.json",
 }
 RESUME_CASES = {
@@ -62,6 +68,15 @@ def test_pareto_names_a_damaged_file(cli, fault_sweep: FaultSweep, case):
         result = cli("pareto", sweep.name, "--storage", str(sweep.storage))
     assert_one_line(result, path)
     assert snapshot(sweep.dir) == {**before, str(path): Path(path).stat().st_mtime_ns}
+
+
+@pytest.mark.parametrize("case", UNREAD_BY_PARETO)
+def test_pareto_reads_only_what_the_front_needs(cli, fault_sweep: FaultSweep, case):
+    sweep = fault_sweep.sweep
+    with truncated(UNREAD_BY_PARETO[case](sweep.dir)):
+        result = cli("pareto", sweep.name, "--storage", str(sweep.storage), "--json")
+    assert result.code == 0, result.err[-2000:]
+    assert json.loads(result.out.splitlines()[-1])["front"]
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)

@@ -5,6 +5,8 @@ named, and MLflow ends with one finished run per trial."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -23,7 +25,9 @@ from faults.harness import (
     trial_dirs,
     wait_for,
 )
-from hiertune.sweep.front import load_trials
+from hiertune.sweep.state import load_trials
+
+pytestmark = pytest.mark.slow
 
 # Trials 1 and 2 stop at their second epoch on their first attempt, so that when the driver is
 # killed trial 0 has finished, trials 1 and 2 are mid-run with a checkpoint, and trial 3 waits.

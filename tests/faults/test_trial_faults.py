@@ -18,7 +18,9 @@ from faults.harness import (
     steps,
     trial_dirs,
 )
-from hiertune.sweep.front import load_trials
+from hiertune.sweep.state import load_trials
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from test_sweep import last_json, space_file
+
+from conftest import last_json, space_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
@@ -62,6 +63,7 @@ def two_nodes(s3, monkeypatch):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_trials_on_both_nodes_and_stores_all_results_on_s3(cli, small_data, s3, two_nodes, tmp_path):
     space = space_file(tmp_path, small_data, samples=4, max_t=1)
     result = cli("sweep", str(space), "--name", "multi", "--storage", s3.uri("sweeps"), "--address",

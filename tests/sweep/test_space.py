@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import optuna.distributions as od
 import pytest
 
 from hiertune.errors import UserError
@@ -44,9 +43,10 @@ def test_shipped_spaces_parse(name):
 def test_distributions_and_posthoc_marking(tmp_path):
     space = load_space(write(tmp_path, VALID))
     params = {p.name: p for p in space.params}
-    assert params["lr"].distribution() == od.FloatDistribution(1e-4, 1e-2, log=True)
-    assert params["outlier_count"].distribution() == od.IntDistribution(0, 200, step=50)
-    assert params["finetune"].distribution() == od.CategoricalDistribution(("full", "partial"))
+    lr, count, finetune = params["lr"], params["outlier_count"], params["finetune"]
+    assert (lr.type, lr.low, lr.high, lr.log, lr.step) == ("float", 1e-4, 1e-2, True, None)
+    assert (count.type, count.low, count.high, count.log, count.step) == ("int", 0, 200, False, 50)
+    assert (finetune.type, tuple(finetune.choices)) == ("categorical", ("full", "partial"))
     assert {p.name for p in space.posthoc} == {"tau_super", "novelty_score"}
     assert {p.name for p in space.sampled} == {"lr", "unfreeze_depth", "finetune", "outlier_count"}
     assert space.tune.sampler == "nsga2" and space.tune.num_samples == 4
@@ -91,6 +91,8 @@ def test_overrides_fix_a_searched_parameter_and_set_sections(tmp_path):
     ("family: dualhed\n", "unknown family 'dualhed' (did you mean 'dualhead'?)"),
     ("family: dualhead\nfixed: {backbone: resnet81}\n", "unknown backbone 'resnet81' (did you mean 'resnet18'?)"),
     ("family: dualhead\ntune: {sampler: tpee}\n", "tune.sampler: unknown sampler 'tpee' (did you mean 'tpe'?)"),
+    ("family: dualhead\ntune: {sampler: zz}\n", "tune.sampler: unknown sampler 'zz' (known: "),
+    ("family: dualhead\nmlflow: {experiment: mine}\n", "mlflow.experiment is not supported: each sweep is its own"),
     ("family: dualhead\nscheduler: {max_t: 2, grace_period: 5}\n", "scheduler needs 1 <= grace_period <= max_t"),
     ("family: dualhead\nfixed: {epochs: 3\n", "malformed YAML at line 3, column 1"),
     ("- just\n- a list\n", "expected a mapping at the top level"),

@@ -16,32 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
+from conftest import last_json, space_file
 from hiertune.novelty.metrics import pareto_front
-from hiertune.sweep.front import compute_front, front_points, load_trials
+from hiertune.space import load_space
+from hiertune.sweep.front import compute_front, front_points
+from hiertune.sweep.search import FidelityAwareOptunaSearch
+from hiertune.sweep.state import TrialRecord, load_trials
 
 
-def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(f"""
-family: cnn
-fixed: {{epochs: {max_t}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
-search:
-  lr: {{type: float, low: 1.0e-4, high: 3.0e-2, log: true}}
-  dropout: {{type: float, low: 0.0, high: 0.5}}
-  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
-  novelty_score: {{type: categorical, choices: [msp, energy]}}
-tune: {{num_samples: {samples}, sampler: tpe, seed: 3}}
-scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
-resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
-""")
-    return path
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
-
-
+@pytest.mark.slow
 def test_small_sweep_end_to_end(cli, small_data, tmp_path):
     # A GPU share on a machine without one: the local sweep runs on CPUs instead of hanging.
     result = cli("sweep", str(space_file(tmp_path, small_data, samples=6, max_t=3, gpus=0.25)), "--name", "e2e",
@@ -93,8 +78,12 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
     with (sweep_dir / "pareto.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["seen"]), float(r["unseen"])) for r in rows] == [(p["seen"], p["unseen"]) for p in front]
+    # `pareto` reads: the MLflow store (the parent run's status and metrics) is left as it was.
+    store = tmp_path / "sweeps" / "mlflow.db"
+    before = store.stat().st_mtime_ns, store.read_bytes()
     again = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--json")
     assert again.code == 0 and last_json(again.out)["front"] == front
+    assert (store.stat().st_mtime_ns, store.read_bytes()) == before
     assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
 
 
@@ -137,6 +126,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_sweep_logs_to_an_mlflow_server_over_http(cli, small_data, tmp_path, mlflow_server):
     result = cli("sweep", str(space_file(tmp_path, small_data, samples=2, max_t=1)), "--name", "remote",
                  "--storage", str(tmp_path / "sweeps"), "--mlflow-uri", mlflow_server, "--json")
@@ -156,6 +146,7 @@ def test_sweep_logs_to_an_mlflow_server_over_http(cli, small_data, tmp_path, mlf
     assert {"pareto.csv", "pareto.png"} <= {f["path"] for f in listing.get("files", [])}
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_data, tmp_path):
     """SIGINT the driver once a trial has finished, then --resume: every trial ends up run and
     logged exactly once."""
@@ -204,12 +195,8 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(small_da
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+@pytest.mark.slow
 def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(small_data, tmp_path):
-    from optuna.trial import TrialState
-
-    from hiertune.sweep.search import FidelityAwareOptunaSearch
-    from hiertune.space import load_space
-
     space = load_space(space_file(tmp_path, small_data, samples=3, max_t=4))
     searcher = FidelityAwareOptunaSearch(space)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
@@ -224,8 +211,6 @@ def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(sm
 
 
 def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
-    from hiertune.sweep.front import TrialRecord
-
     def record(i, seen, unseen):
         metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,
                    "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen,

@@ -43,6 +43,7 @@ def collect(into: list):
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dualhead", "twomodel", "cosine", "layover", "cnn"])
 def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_bundle):
     reports = []
@@ -64,6 +65,7 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     torch.load(checkpoint / ckpt.STATE, weights_only=True)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_the_run_stopped(bundle):
     cfg = TrialConfig(family="cnn", **{**FAST, "epochs": 2})
     straight = []
@@ -94,6 +96,7 @@ def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
     assert novel(full) == pool and novel(half) == round(pool / 2)
 
 
+@pytest.mark.slow
 def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
     spaces = Path(__file__).resolve().parents[2] / "search_spaces"
     result = cli("train", str(spaces / "smoke.yaml"), "--data", str(small_data), "--set", "epochs=2",
@@ -107,6 +110,7 @@ def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_epoch"] == out["best_epoch"]
 
 
+@pytest.mark.slow
 def test_tune_trainable_reports_and_checkpoints_in_a_real_tune_session(bundle, tmp_path):
     import ray
     from ray import tune
