@@ -55,10 +55,23 @@ def test_inspect_human_output(cli, tiny_data):
 def test_synth_refuses_to_overwrite_without_force(cli, tmp_path):
     target = tmp_path / "synthetic"
     first = cli("data", "synth", str(target), "--json")
-    assert first.code == 0 and json.loads(first.out.splitlines()[-1])["train_images"] > 0
+    assert first.code == 0
+    summary = json.loads(first.out.splitlines()[-1])
+    # The summary describes what was written: one CSV row and one file per training image, one
+    # file per test image, the outliers in their class folders.
+    rows = (target / "train_data.csv").read_text().splitlines()
+    assert rows[0].startswith("image,superclass_index,subclass_index")
+    assert summary["train_images"] == len(rows) - 1 == len(list((target / "train_images").iterdir())) > 0
+    assert summary["test_images"] == len(list((target / "test_images").iterdir())) > 0
+    outliers = [d for d in (target / "outliers").iterdir() if d.is_dir()]
+    assert summary["outlier_classes"] == len(outliers)
+    assert summary["outlier_images"] == sum(len(list(d.iterdir())) for d in outliers)
+    written = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
     second = cli("data", "synth", str(target))
     assert second.code == 2 and "already exists and is not empty; pass --force" in second.err_lines[0]
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == written  # refused: untouched
     assert cli("data", "synth", str(target), "--force").code == 0
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == written  # same seed, same bytes
 
 
 @pytest.mark.slow

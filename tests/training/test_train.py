@@ -79,13 +79,31 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_mixup_and_outlier_exposure_paths_train(bundle):
-    reports = []
-    run_trial(TrialConfig(family="cnn", mixup_alpha=0.2, outlier_mode="oe", **FAST), bundle, collect(reports))
-    metrics = reports[0][0]
-    assert math.isfinite(metrics["train_loss"])
+    def run(**overrides) -> tuple[dict, Path]:
+        reports = []
+        run_trial(TrialConfig(family="cnn", **{**FAST, **overrides}), bundle, collect(reports))
+        return reports[0]
+
+    mixed_oe, checkpoint = run(mixup_alpha=0.2, outlier_mode="oe")
+    plain_oe, _ = run(outlier_mode="oe")
+    plain_class, _ = run()
+    for m in (mixed_oe, plain_oe, plain_class):
+        assert math.isfinite(m["train_loss"]) and m["outlier_images"] > 0
+    # Outlier exposure: outliers train through the uniform-target term, not as a novel class.
+    h = bundle.data.hierarchy
+    assert plain_oe["train_loss_oe"] > 0 and mixed_oe["train_loss_oe"] > 0
+    assert plain_class["train_loss_oe"] == 0.0
+    # ... and its heads have no novel logit: one output per seen class.
+    weights = load_file(checkpoint / ckpt.MODEL)
+    assert len(weights["super_head.1.bias"]) == len(h.superclasses)
+    assert len(weights["sub_head.1.bias"]) == len(h.subclasses)
+    # Mixup changes what is trained on: same seed, same batches, a different loss.
+    assert mixed_oe["train_loss"] != pytest.approx(plain_oe["train_loss"], rel=1e-3)
     # Feature-space scores need clean training features, which mixup does not give.
-    assert "hypervolume_knn" not in metrics and "hypervolume_msp" in metrics
+    assert "hypervolume_knn" not in mixed_oe and "hypervolume_msp" in mixed_oe
+    assert "hypervolume_knn" in plain_oe
 
 
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):

@@ -1,0 +1,99 @@
+"""The checkpoint directory a trial writes, read back file by file through its one owner module."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import load_bundle
+from hiertune.errors import UserError
+from hiertune.models.registry import create_model
+from hiertune.novelty.scores import load_scorers
+from hiertune.training import checkpoint as ckpt
+from hiertune.training.faults import CheckpointUnreadable
+from hiertune.training.loop import heads_for, make_optimizer, run_trial
+
+FAST = dict(family="cnn", epochs=1, batch_size=32, cnn_width=8, threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, tmp_path_factory):
+    """One epoch of a small cnn: its config, bundle, last metrics and a copy of its checkpoint."""
+    cfg = TrialConfig(data=str(small_data), **FAST)
+    bundle = load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+    kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+
+    def report(metrics: dict, directory: Path) -> None:
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(directory, kept)
+
+    metrics = run_trial(cfg, bundle, report)
+    return cfg, bundle, metrics, kept
+
+
+def same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe equality
+
+
+def test_checkpoint_holds_what_the_epoch_reported(trained):
+    cfg, bundle, metrics, directory = trained
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.POSTHOC, ckpt.SCORERS])
+    # history: every epoch's metrics, exactly what was reported
+    assert same(ckpt.read_history(str(directory)), [metrics])
+    # post-hoc grid: the metrics it produced are the ones reported
+    result = ckpt.read_posthoc(str(directory))
+    assert result.best["score"] == metrics["best_score"]
+    assert same(result.to_metrics(), {k: metrics[k] for k in result.to_metrics()})
+    # optimizer/scheduler/RNG state: tensors and numbers only, for the epoch and attempt that wrote it
+    state = torch.load(directory / ckpt.STATE, weights_only=True)
+    assert (state["epoch"], state["attempt"]) == (1, 1)
+    assert state["scheduler"]["last_epoch"] == len(bundle.for_trial(None).train_images) // cfg.batch_size
+    # weights: a fresh model of the same family takes them whole
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    model.load_state_dict(load_file(directory / ckpt.MODEL), strict=True)
+    # feature scorers: one per level, sized to that level's seen classes
+    scorers = load_scorers(directory / ckpt.SCORERS)
+    heads = heads_for(bundle, cfg)
+    assert set(scorers) == {"super", "sub"}
+    assert scorers["super"].means.shape[0] == heads.n_super and scorers["sub"].means.shape[0] == heads.n_sub
+
+
+def test_load_checkpoint_restores_the_training_state(trained):
+    cfg, bundle, metrics, directory = trained
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    order, aug = torch.Generator(), torch.Generator()
+    epoch, history, attempt = ckpt.load_checkpoint(directory, model, optimizer, scheduler, order, aug)
+    assert (epoch, attempt) == (1, 1) and same(history, [metrics])
+    saved = load_file(directory / ckpt.MODEL)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    state = torch.load(directory / ckpt.STATE, weights_only=True)
+    assert torch.equal(order.get_state(), state["order_rng"]) and torch.equal(aug.get_state(), state["aug_rng"])
+    assert optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys() != set()
+
+
+def test_damaged_checkpoint_files_are_one_line(trained, tmp_path):
+    cfg, bundle, _, directory = trained
+    damaged = tmp_path / "damaged"
+    shutil.copytree(directory, damaged)
+    (damaged / ckpt.STATE).write_bytes((directory / ckpt.STATE).read_bytes()[:100])
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(CheckpointUnreadable, match=f"^{damaged / ckpt.STATE}: unreadable or truncated checkpoint"):
+        ckpt.load_checkpoint(damaged, model, optimizer, scheduler, torch.Generator(), torch.Generator())
+    (damaged / ckpt.HISTORY).write_text("[{")
+    with pytest.raises(UserError, match=f"^{damaged / ckpt.HISTORY}: unreadable or truncated"):
+        ckpt.read_history(str(damaged))
+    (damaged / ckpt.POSTHOC).write_bytes(b"PK")
+    with pytest.raises(UserError, match="unreadable post-hoc results"):
+        ckpt.read_posthoc(str(damaged))
+    assert ckpt.read_history(None) == [] and ckpt.read_history(str(tmp_path / "none")) == []
