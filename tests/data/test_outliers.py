@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from hiertune.data.outliers import load_outlier_folder
 
