@@ -77,7 +77,7 @@ class TrialConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on CPU
     trial_number: int = 0  # the trial's number in its sweep (0-based, in sampling order); set by the sweep
-    # Test-only: a fault plan that makes chosen trials fail (hiertune.faults, tests/faults).
+    # Test-only: a fault plan that makes chosen trials fail (hiertune.training.faults, tests/faults).
     faults: str = ""
 
     def __post_init__(self) -> None:

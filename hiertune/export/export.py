@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 from hiertune import storage
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
-from hiertune.data.dataset import load_competition, write_mapping
+from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.export.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
-                                THRESHOLDS, ExportedModel, calibrate, read_folder)
+from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, Thresholds, calibrate, read_folder,
+                                       write_json, write_model_dir, write_thresholds)
 from hiertune.fsutil import atomic_dir
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.posthoc import decide, seen_acceptance
@@ -55,7 +55,6 @@ from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
-from hiertune.training import checkpoint
 from hiertune.training.loop import heads_for, run_trial
 
 log = logging.getLogger("hiertune")
@@ -70,6 +69,16 @@ class RetrainJob:
     k: int
     point: dict  # the front point: trial, score, thresholds, seen acceptance, accuracies
     cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
+
+
+@dataclass(frozen=True)
+class RetrainOutput:
+    """What a retraining task sends back to the driver: the model directory's files as bytes (the
+    task may have run on another node), how its thresholds were calibrated, and how long it took."""
+
+    files: dict[str, bytes]
+    calibration: dict
+    seconds: float
 
 
 def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None = None,
@@ -124,8 +133,8 @@ def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float)
 
 
 def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
-                 address: str | None) -> tuple[dict[int, dict], list[str]]:
-    outputs: dict[int, dict] = {}
+                 address: str | None) -> tuple[dict[int, RetrainOutput], list[str]]:
+    outputs: dict[int, RetrainOutput] = {}
     failures: list[str] = []
     with ray_session(address, cpus):
         gpus = usable_gpus(gpus, cpus, address)
@@ -146,7 +155,7 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
     return outputs, failures
 
 
-def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
+def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
     """Train, calibrate, and return the model directory's files as bytes: the task may run on
     another node, so nothing is written where the driver would have to find it."""
     cfg, point = job.cfg, job.point
@@ -162,19 +171,8 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         final = run_trial(cfg, bundle, keep_latest, cpus=cpus)
         seconds = time.perf_counter() - start
 
-        out.mkdir()
-        shutil.copyfile(last / checkpoint.MODEL, out / MODEL)
-        shutil.copyfile(last / checkpoint.HISTORY, out / HISTORY)
-        if (last / checkpoint.SCORERS).is_file():
-            shutil.copyfile(last / checkpoint.SCORERS, out / SCORERS)
         h = bundle.data.hierarchy
-        write_mapping(out / SUPER_MAP, h.superclasses)
-        write_mapping(out / SUB_MAP, h.subclasses)
-        _write_json(out / CONFIG, {"trial": cfg.to_dict(), "heads": {
-            "n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
-            "novel_logit": heads.novel_logit}})
-        # Placeholders so that the directory loads; calibration replaces them below.
-        _write_json(out / THRESHOLDS, {"score": point["score"], "thr_super": -math.inf, "thr_sub": -math.inf})
+        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point["score"])
 
         model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus))
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
@@ -197,20 +195,18 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         calibration.update({k: v for k, v in leaderboard_metrics(
             pred_super.numpy(), pred_sub.numpy(), calib.val_superclass, calib.val_subclass, heads.n_super,
             heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
-        _write_json(out / THRESHOLDS, {
-            "score": point["score"], "thr_super": thr_super, "thr_sub": thr_sub,
+        write_thresholds(out, Thresholds(point["score"], thr_super, thr_sub), {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
                     "threshold accepted of seen validation images at this point",
             "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
                                             "accept_sub") if k in point}})
-        _write_json(out / METRICS, {
+        write_json(out / METRICS, {
             "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES)},
             "calibration": calibration,
             "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
                         "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},
         })
-        return {"files": {p.name: p.read_bytes() for p in out.iterdir()}, "calibration": calibration,
-                "seconds": seconds}
+        return RetrainOutput({p.name: p.read_bytes() for p in out.iterdir()}, calibration, seconds)
 
 
 @dataclass
@@ -236,17 +232,18 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
                    report.fixes if report else FixCounts(), _hidden_labels(data.root / "test_labels.csv"))
 
 
-def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, test_set: TestImages | None) -> dict:
+def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: RetrainOutput,
+                  test_set: TestImages | None) -> dict:
     target = place.dir / "export" / str(job.k)
     with atomic_dir(target, overwrite=True) as stage:
-        for name, data in output["files"].items():
+        for name, data in output.files.items():
             (stage / name).write_bytes(data)
-        _write_json(stage / SOURCE, {
+        write_json(stage / SOURCE, {
             "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
             "trial_id": job.point["trial_id"], "pick": str(pick), "rank": job.k,
             "point": job.point})
         summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
-                   "retrain_seconds": output["seconds"], "calibration": output["calibration"],
+                   "retrain_seconds": output.seconds, "calibration": output.calibration,
                    "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
         if test_set is not None:
             model = ExportedModel.load(stage)
@@ -260,9 +257,9 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: dict, 
                 summary["test"] = _score(predictions, test_set.labels, model)
                 metrics = json.loads((stage / METRICS).read_text())
                 metrics["test"] = summary["test"]
-                _write_json(stage / METRICS, metrics)
+                write_json(stage / METRICS, metrics)
         summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
-        _write_json(stage / "mlflow.json", summary["mlflow"])
+        write_json(stage / "mlflow.json", summary["mlflow"])
     if place.remote:
         # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
         remote = storage.join(place.uri, "export", str(job.k))
@@ -330,20 +327,3 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
             recorder.client.set_model_version_tag(name, version, key, value)
     return {"tracking_uri": place.mlflow_uri, "run_id": run_id, "model_uri": info.model_uri,
             "registered_model": name, "version": version}
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_plain(obj), indent=1))
-
-
-def _plain(obj):
-    """Strict JSON has no NaN or infinity: those become "nan" / "inf" / "-inf", which float() reads."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else str(float(obj))
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,13 +31,14 @@ from safetensors.torch import load_file
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.cache import load_images
-from hiertune.data.dataset import read_mapping
+from hiertune.data.dataset import read_mapping, write_mapping
 from hiertune.data.images import FixCounts, check_links_inside, list_image_files
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
 from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
+from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device
 from hiertune.training.loop import forward_all
 
@@ -172,3 +174,43 @@ def calibrate(scores: np.ndarray, accept: float) -> float:
     if not math.isfinite(accept) or accept >= 1.0:
         return -math.inf
     return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - accept, method="lower"))
+
+
+def write_model_dir(out: Path, trained: Path, cfg: TrialConfig, heads: Heads, superclasses, subclasses,
+                    score: str) -> None:
+    """A model directory from a trial's last checkpoint `trained`: its weights, scorers and history,
+    the label maps, the config, and thresholds that accept everything until `write_thresholds`."""
+    out.mkdir()
+    shutil.copyfile(trained / checkpoint.MODEL, out / MODEL)
+    shutil.copyfile(trained / checkpoint.HISTORY, out / HISTORY)
+    if (trained / checkpoint.SCORERS).is_file():
+        shutil.copyfile(trained / checkpoint.SCORERS, out / SCORERS)
+    write_mapping(out / SUPER_MAP, superclasses)
+    write_mapping(out / SUB_MAP, subclasses)
+    write_json(out / CONFIG, {"trial": cfg.to_dict(), "heads": {
+        "n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
+        "novel_logit": heads.novel_logit}})
+    write_thresholds(out, Thresholds(score, -math.inf, -math.inf))
+
+
+def write_thresholds(out: Path, thresholds: Thresholds, how: dict | None = None) -> None:
+    """thresholds.json: the raw thresholds `load` reads, and (`how`) how they were calibrated."""
+    write_json(out / THRESHOLDS, {"score": thresholds.score, "thr_super": thresholds.thr_super,
+                                  "thr_sub": thresholds.thr_sub, **(how or {})})
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(_plain(obj), indent=1))
+
+
+def _plain(obj):
+    """Strict JSON has no NaN or infinity: those become "nan" / "inf" / "-inf", which float() reads."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else str(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,5 +1,5 @@
 """Seed 000, approach A: one shared backbone, a linear superclass head and a linear subclass head
-on its pooled feature (the KL interaction term that ties the heads lives in hiertune.losses)."""
+on its pooled feature (the KL interaction term that ties the heads lives in hiertune.training.losses)."""
 
 from __future__ import annotations
 

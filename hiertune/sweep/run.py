@@ -68,7 +68,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A trial's final failure is reported as a result without metrics (hiertune.trainable);
+    # A trial's final failure is reported as a result without metrics (hiertune.sweep.trainable);
     # Ray's check that every result carries the scheduler's metric would reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with ray_session(address, space.resources.cpus_per_trial):

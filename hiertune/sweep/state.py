@@ -6,7 +6,7 @@ the newest searcher and search-generator states (pickles, whatever their suffix)
 them deep inside `Tuner.restore`, where a truncated file ends in a traceback, so each is checked
 first: JSON by parsing it, a pickle by walking its opcodes (pickletools), which reads the whole
 stream without running any of it. Trial checkpoints are not checked here: a trial whose
-checkpoint is damaged fails on its own, with the file named (hiertune.faults).
+checkpoint is damaged fails on its own, with the file named (hiertune.training.faults).
 """
 
 from __future__ import annotations

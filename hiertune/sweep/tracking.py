@@ -2,7 +2,7 @@
 
 Ray's MLflowLoggerCallback neither nests runs nor keeps a single writer, so this Tune callback
 logs through MlflowClient from the driver: nested child runs, and one process per sweep touching
-the store (sweeps sharing a store: hiertune.mlstore). Which MLflow run belongs to which trial is
+the store (sweeps sharing a store: hiertune.sweep.mlstore). Which MLflow run belongs to which trial is
 kept in the sweep folder, so `--resume` logs into the same runs and never twice.
 """
 

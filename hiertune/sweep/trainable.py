@@ -4,7 +4,7 @@ Metrics (with the Ray node that ran the trial) and a checkpoint are reported eve
 `ray.tune.report`, which persists the checkpoint to the sweep's storage; a restarted trial
 (preempted node, killed worker, `--resume`) continues from `ray.tune.get_checkpoint()`.
 
-A final failure (hiertune.faults: diverged loss, out of memory, unreadable checkpoint, bad
+A final failure (hiertune.training.faults: diverged loss, out of memory, unreadable checkpoint, bad
 input) is reported as one last result carrying the reason before it is raised; Ray then records
 the trial as ERROR, and `FinalFailures` has made sure it does not retry it.
 """

@@ -21,7 +21,7 @@ import torch
 from hiertune.errors import UserError, first_line
 
 # What a trial reports to Ray just before raising a final failure: the reason, for the sweep's
-# records, and the sign for `hiertune.trainable.FinalFailures` that a retry would be waste.
+# records, and the sign for `hiertune.sweep.trainable.FinalFailures` that a retry would be waste.
 FAILURE_KEY = "failure"
 FAULT_KINDS = ("raise", "raise_once", "nan", "oom", "stall")
 STALL_SECONDS = 600
