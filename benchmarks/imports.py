@@ -136,6 +136,22 @@ def main() -> None:
         for source in sorted(graph):
             for target in sorted(graph[source]):
                 print(f"edge {source} -> {target}")
+    # The same graph between packages (a top-level module counts as its own node): an edge that
+    # runs "back up" into a package that imports this one shows here as a cycle.
+    package_of = {name: name if path.name == "__init__.py" or name.count(".") == 1 else name.rsplit(".", 1)[0]
+                  for name, path in modules.items()}
+    packages: dict[str, set[str]] = {pkg: set() for pkg in package_of.values()}
+    for source, targets in graph.items():
+        for target in targets:
+            if package_of[source] != package_of[target]:
+                packages[package_of[source]].add(package_of[target])
+    print(f"packages: {len(packages)}, package edges: {sum(map(len, packages.values()))}")
+    for source in sorted(packages):
+        print(f"  {source} -> {', '.join(sorted(packages[source])) or '-'}")
+    package_cycles = tarjan(packages)
+    print(f"package cycles: {len(package_cycles)}")
+    for component in package_cycles:
+        print("  " + " <-> ".join(component))
     print("largest functions (lines):")
     for size, name in largest_functions(modules, 10):
         print(f"  {size:4d}  {name}")
