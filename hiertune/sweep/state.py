@@ -149,7 +149,7 @@ def _check_pickle(path: Path) -> None:
         raise UserError(f"{path}: unreadable or truncated Ray Tune state ({first_line(exc)})") from None
     for module, name in names:
         if module.split(".")[0] == "hiertune" and not _exists(module, name):
-            # A sweep started before hiertune's modules were regrouped into packages (0.1.0's flat
+            # A sweep started before hiertune's modules were regrouped into packages (the flat
             # layout: hiertune.sweep, hiertune.tracking, hiertune.trainable, ...) pickled names
             # that no longer exist; Ray would fail deep inside Tuner.restore.
             raise UserError(f"{path}: written by an older hiertune layout (it names {module}.{name}, which no "
