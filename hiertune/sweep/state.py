@@ -182,9 +182,9 @@ def _pickled_globals(ops) -> set[tuple[str, str]]:
 
 
 def _exists(module: str, name: str) -> bool:
-    try:
+    try:  # only hiertune's own modules are imported: names come from a file, never run from it
         target = importlib.import_module(module)
-    except ImportError:
+    except (ImportError, ValueError, TypeError):  # a malformed name in a damaged file
         return False
     for part in name.split("."):
         if not hasattr(target, part):
