@@ -81,6 +81,7 @@ LEARNING = {"cnn": (15, 1e-3),  # measured 0.018
             "twomodel": (15, 1e-3)}  # measured 0.003
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_learns_a_fixed_batch(family):
     steps, lr = LEARNING[family]
