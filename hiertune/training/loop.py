@@ -11,7 +11,6 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
-from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, point_metrics, posthoc_grid
 from hiertune.novelty.scores import LOGIT_SCORES, FeatureBank, FeatureScorer
 from hiertune.training.checkpoint import load_checkpoint, save_checkpoint
 from hiertune.training.device import amp_dtype, pick_device
@@ -66,44 +65,6 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, both
-    random streams, and the epochs done. An attempt is one run of the loop; a restart from a
-    checkpoint (a retry after a failure, a killed worker, `--resume`) is the next one, and every
-    epoch records the attempt that ran it."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    order_gen: torch.Generator  # batch order (and mixup partners)
-    aug_gen: torch.Generator  # augmentation, on the device
-    epoch: int = 0  # epochs done
-    attempt: int = 1
-    history: list[dict] = field(default_factory=list)
-
-    def save(self, path: Path, result, scorers) -> None:
-        save_checkpoint(path, self.epoch, self.attempt, self.history, self.model, self.optimizer, self.scheduler,
-                        self.order_gen, self.aug_gen, result, scorers)
-
-    def restore(self, path: Path) -> None:
-        self.epoch, self.history, attempt = load_checkpoint(path, self.model, self.optimizer, self.scheduler,
-                                                            self.order_gen, self.aug_gen)
-        self.attempt = attempt + 1
-
-
-@dataclass
-class Batches:
-    """A trial's data on the host: training images and labels, validation images and labels."""
-
-    train_x: torch.Tensor
-    train_y: tuple[torch.Tensor, torch.Tensor]
-    val_x: torch.Tensor
-    val_superclass: np.ndarray
-    val_subclass: np.ndarray
-    outlier_images: int
-
-
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False) -> dict:
     torch.set_num_threads(cfg.torch_threads(cpus))
@@ -119,125 +80,111 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    data = Batches(torch.from_numpy(split.train_images),
-                   (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass)),
-                   torch.from_numpy(split.val_images), split.val_superclass, split.val_subclass,
-                   int((split.train_superclass == heads.n_super).sum()))
+    train_x = torch.from_numpy(split.train_images)
+    train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
+    val_x = torch.from_numpy(split.val_images)
     augment = BatchAugment(cfg.augment_config(), device, channels_last=cuda)
-    steps_per_epoch = max(1, len(data.train_x) // cfg.batch_size)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    state = TrainState(model, optimizer, scheduler, torch.Generator().manual_seed(cfg.seed),
-                       torch.Generator(device).manual_seed(cfg.seed + 1))
+    posthoc_cfg = PosthocConfig()
+    loss_cfg = cfg.loss_config()
+
+    # An attempt is one run of this loop; a restart from a checkpoint (a retry after a failure, a
+    # killed worker, `--resume`) is the next one. Every epoch records the attempt that ran it.
+    start_epoch, history, attempt = 0, [], 1
     if resume is not None:
-        state.restore(resume)
-        log.info("resuming from epoch %d (attempt %d)", state.epoch, state.attempt)
+        start_epoch, history, attempt = load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
+        attempt += 1
+        log.info("resuming from epoch %d (attempt %d)", start_epoch, attempt)
     fault = fault_for(cfg.faults, cfg.trial_number)
 
     metrics: dict = {}
-    while state.epoch < cfg.epochs:
-        poison = fault is not None and fault.strike(state.epoch, state.attempt)
-        train = train_epoch(state, cfg, heads, data, augment, autocast, scaler, steps_per_epoch, poison, progress)
-        metrics, result, scorers = evaluate_epoch(state, cfg, heads, data, augment, autocast, train)
-        state.epoch += 1
-        state.history.append(metrics)
+    for epoch in range(start_epoch, cfg.epochs):
+        poison = fault is not None and fault.strike(epoch, attempt)
+        # ---- train one epoch -------------------------------------------------------------
+        # Nothing in this loop waits for the device: loss parts and the features the
+        # feature-space scores are fitted on stay on it and are read once, after the epoch.
+        model.set_epoch(epoch)
+        model.train()
+        mix = cfg.mixup_alpha > 0
+        totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
+        kept: list[tuple[torch.Tensor, ...]] = []
+        seen_images, t0 = 0, time.perf_counter()
+        batches = iterate_batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=order_gen,
+                                  device=device, drop_last=True)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=None if progress else True, leave=False)  # None: hide when not a TTY
+        for step, (xb, sup, sub) in enumerate(bar):
+            x = augment(xb, aug_gen)
+            if mix:
+                lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                perm = torch.randperm(len(x), generator=order_gen).to(device)
+                x = lam * x + (1 - lam) * x[perm]
+            with autocast():
+                out = model(x)
+                loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
+                if mix:
+                    loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
+                    loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
+                if poison:
+                    loss = loss * math.nan
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            totals += torch.cat([loss.detach().float().view(1), parts]) * len(x)
+            if not mix:  # feature-space scores are fitted on clean (un-mixed) training features
+                kept.append((out.super_features.detach(), out.sub_features.detach(), sup, sub))
+            seen_images += len(x)
+            if progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_loss, *part_means = (totals / max(1, seen_images)).tolist()
+        if not math.isfinite(train_loss):
+            raise TrialDiverged(f"non-finite training loss ({train_loss}) in epoch {epoch + 1}")
+        train_seconds = time.perf_counter() - t0
+
+        # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
+        t1 = time.perf_counter()
+        batch, val_loss = evaluate(model, val_x, split.val_superclass, split.val_subclass, heads, cfg,
+                                   augment, device, autocast)
+        t2 = time.perf_counter()
+        scorers = fit_scorers(kept, heads)
+        result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
+        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers)
+                 if scorers or cfg.novelty_score in LOGIT_SCORES else dict.fromkeys(POINT_KEYS, math.nan))
+        t3 = time.perf_counter()
+
+        metrics = {
+            "epoch": epoch + 1,
+            "attempt": attempt,
+            "train_loss": train_loss,
+            **{f"train_{name}": v for name, v in zip(LOSS_PARTS, part_means)},
+            "val_loss": val_loss,
+            "lr": scheduler.get_last_lr()[0],
+            **result.to_metrics(),
+            "best_score": result.best["score"],
+            # Closed-set accuracies, what seed 001 reports.
+            **_closed_set(batch, heads),
+            # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
+            # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
+            **{f"point_{k}": point[k] for k in POINT_KEYS},
+            "point_objective": (point["seen"] + point["unseen"]) / 2,
+            "train_images": len(train_x),
+            "outlier_images": int((split.train_superclass == heads.n_super).sum()),
+            "train_images_per_s": seen_images / train_seconds,
+            "epoch_seconds": train_seconds,
+            "eval_forward_seconds": t2 - t1,
+            "posthoc_seconds": t3 - t2,
+        }
+        history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            state.save(Path(tmp), result, scorers)
+            save_checkpoint(Path(tmp), epoch + 1, attempt, history, model, optimizer, scheduler, order_gen,
+                             aug_gen, result, scorers)
             report(metrics, Path(tmp))
     return metrics
-
-
-@dataclass
-class EpochTraining:
-    loss: float
-    parts: list[float]  # mean of each of LOSS_PARTS
-    images: int
-    seconds: float
-    kept: list[tuple[torch.Tensor, ...]]  # clean training features and labels, for the feature scorers
-
-
-def train_epoch(state: TrainState, cfg: TrialConfig, heads: Heads, data: Batches, augment: BatchAugment,
-                autocast, scaler, steps_per_epoch: int, poison: bool, progress: bool) -> EpochTraining:
-    """One pass over the training set. Nothing in it waits for the device: loss parts and the
-    features the feature-space scores are fitted on stay on it and are read once, at the end."""
-    model, epoch, device = state.model, state.epoch, augment.device
-    model.set_epoch(epoch)
-    model.train()
-    mix = cfg.mixup_alpha > 0
-    loss_cfg = cfg.loss_config()
-    totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
-    kept: list[tuple[torch.Tensor, ...]] = []
-    seen_images, t0 = 0, time.perf_counter()
-    batches = iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True, generator=state.order_gen,
-                              device=device, drop_last=True)
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=None if progress else True, leave=False)  # None: hide when not a TTY
-    for step, (xb, sup, sub) in enumerate(bar):
-        x = augment(xb, state.aug_gen)
-        if mix:
-            lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
-            perm = torch.randperm(len(x), generator=state.order_gen).to(device)
-            x = lam * x + (1 - lam) * x[perm]
-        with autocast():
-            out = model(x)
-            loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
-            if mix:
-                loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
-                loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
-            if poison:
-                loss = loss * math.nan
-        state.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(state.optimizer)
-        scaler.update()
-        state.scheduler.step()
-        totals += torch.cat([loss.detach().float().view(1), parts]) * len(x)
-        if not mix:  # feature-space scores are fitted on clean (un-mixed) training features
-            kept.append((out.super_features.detach(), out.sub_features.detach(), sup, sub))
-        seen_images += len(x)
-        if progress and step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    train_loss, *part_means = (totals / max(1, seen_images)).tolist()
-    if not math.isfinite(train_loss):
-        raise TrialDiverged(f"non-finite training loss ({train_loss}) in epoch {epoch + 1}")
-    return EpochTraining(train_loss, part_means, seen_images, time.perf_counter() - t0, kept)
-
-
-def evaluate_epoch(state: TrainState, cfg: TrialConfig, heads: Heads, data: Batches, augment: BatchAugment,
-                   autocast, train: EpochTraining) -> tuple[dict, PosthocResult, dict | None]:
-    """One forward pass over the validation set, then the whole post-hoc grid on its outputs;
-    returns the epoch's metrics, the grid and the feature scorers (what the checkpoint keeps)."""
-    t1 = time.perf_counter()
-    batch, val_loss = evaluate(state.model, data.val_x, data.val_superclass, data.val_subclass, heads, cfg,
-                               augment, augment.device, autocast)
-    t2 = time.perf_counter()
-    scorers = fit_scorers(train.kept, heads)
-    result = posthoc_grid(batch, heads, PosthocConfig(), scorers)
-    point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers)
-             if scorers or cfg.novelty_score in LOGIT_SCORES else dict.fromkeys(POINT_KEYS, math.nan))
-    t3 = time.perf_counter()
-    metrics = {
-        "epoch": state.epoch + 1,
-        "attempt": state.attempt,
-        "train_loss": train.loss,
-        **{f"train_{name}": v for name, v in zip(LOSS_PARTS, train.parts)},
-        "val_loss": val_loss,
-        "lr": state.scheduler.get_last_lr()[0],
-        **result.to_metrics(),
-        "best_score": result.best["score"],
-        # Closed-set accuracies, what seed 001 reports.
-        **_closed_set(batch, heads),
-        # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
-        # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
-        **{f"point_{k}": point[k] for k in POINT_KEYS},
-        "point_objective": (point["seen"] + point["unseen"]) / 2,
-        "train_images": len(data.train_x),
-        "outlier_images": data.outlier_images,
-        "train_images_per_s": train.images / train.seconds,
-        "epoch_seconds": train.seconds,
-        "eval_forward_seconds": t2 - t1,
-        "posthoc_seconds": t3 - t2,
-    }
-    return metrics, result, scorers
 
 
 @torch.no_grad()
