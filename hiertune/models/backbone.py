@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hiertune.errors import UserError
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
+from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
 
 log = logging.getLogger("hiertune")
 
@@ -53,12 +54,18 @@ def create_backbone(config: ModelConfig) -> nn.Module:
         log.info("backbone %s: random initialisation, trains from scratch", name)
         return timm.create_model(name, pretrained=False, num_classes=0)
     if config.pretrained is True:
+        # An installed weights package works offline; timm's hub is the fallback.
+        if (converted := package_weights(name)) is not None:
+            return _from_file(name, converted)
         try:
             return timm.create_model(name, pretrained=True, num_classes=0)
         except (OSError, RuntimeError) as exc:  # hub/HTTP errors are OSErrors; no weights: RuntimeError
+            package = package_for(name)
+            offline = (f"install its weights: {install_hint(package)}" if package else
+                       f"pass the path of a local weights file as pretrained, or use a backbone whose "
+                       f"weights install from the registry ({', '.join(PACKAGES)})")
             raise UserError(f"pretrained=True: cannot get timm's weights for {name!r} "
-                            f"({type(exc).__name__}: {_one_line(exc)}); offline, pass the path "
-                            f"of a local weights file as pretrained") from exc
+                            f"({type(exc).__name__}: {_one_line(exc)}); offline, {offline}") from exc
     return _from_file(name, Path(config.pretrained))
 
 
