@@ -19,11 +19,11 @@ from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError
 from hiertune.faults import parse_plan
 from hiertune.losses import LossConfig
+from hiertune.models.backbone import backbone_input
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 NOVELTY_SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class TrialConfig:
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
-    image_size: int = 64
+    data_size: int = 64  # side length images are decoded and cached at (the data's own size)
+    image_size: int = 64  # the model's input side: batches are resized to it on the device
     val_fraction: float = 0.2
     pseudo_novel_fraction: float = 0.15
     outlier_val_fraction: float = 0.3
@@ -89,7 +90,7 @@ class TrialConfig:
         for name in ("lr", "kl_temperature", "cosine_scale"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "image_size", "gradual_every", "cnn_width"):
+        for name in ("epochs", "batch_size", "data_size", "image_size", "gradual_every", "cnn_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "kl_alpha", "oe_weight", "mixup_alpha", "label_smoothing",
@@ -147,9 +148,12 @@ class TrialConfig:
                            seed=self.split_seed)
 
     def augment_config(self) -> AugmentConfig:
-        # Pretrained timm backbones expect ImageNet statistics; from scratch, [-1, 1] as seed 001.
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.pretrained else ((0.5,) * 3, (0.5,) * 3)
-        return AugmentConfig(mean=mean, std=std) if self.augment else AugmentConfig.none(mean=mean, std=std)
+        # A timm backbone gets the statistics and resampling it was trained with, pretrained or
+        # not (the weights a from-scratch run could later load expect them); the cnn family
+        # keeps [-1, 1] as seed 001.
+        own = dict(mean=(0.5,) * 3, std=(0.5,) * 3) if self.family == "cnn" else backbone_input(self.backbone)
+        pipeline = {**own, "size": self.image_size}
+        return AugmentConfig(**pipeline) if self.augment else AugmentConfig.none(**pipeline)
 
     def torch_threads(self, cpus: float | None = None) -> int:
         if self.threads:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hiertune.data.augment import INTERPOLATIONS
 from hiertune.errors import UserError
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
 from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
@@ -44,6 +45,16 @@ def check_backbone(name: str) -> None:
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown backbone {name!r}{hint}")
+
+
+def backbone_input(name: str) -> dict:
+    """The normalisation and resampling `name` was trained with, from its timm pretrained_cfg:
+    training, evaluation, export and predict all take them from here."""
+    check_backbone(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    data = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {})
+    interpolation = data["interpolation"] if data["interpolation"] in INTERPOLATIONS else "bilinear"
+    return {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "interpolation": interpolation}
 
 
 def create_backbone(config: ModelConfig) -> nn.Module:
