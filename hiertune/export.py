@@ -45,8 +45,8 @@ from hiertune.fsutil import atomic_dir
 from hiertune.metrics import leaderboard_metrics
 from hiertune.novelty import decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
-from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
-                                THRESHOLDS, ExportedModel, calibrate, read_folder)
+from hiertune.predictor import (HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
+                                THRESHOLDS, ExportedModel, calibrate, read_folder, write_config)
 from hiertune.state import SWEEP_JSON, read_sweep_json
 from hiertune.sweep import SweepPlace, ray_session, usable_gpus
 
@@ -166,9 +166,7 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         h = bundle.data.hierarchy
         write_mapping(out / SUPER_MAP, h.superclasses)
         write_mapping(out / SUB_MAP, h.subclasses)
-        _write_json(out / CONFIG, {"trial": cfg.to_dict(), "heads": {
-            "n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
-            "novel_logit": heads.novel_logit}, "input": cfg.augment_config().pipeline()})
+        write_config(out, cfg, heads)
         # Placeholders so that the directory loads; calibration replaces them below.
         _write_json(out / THRESHOLDS, {"score": point["score"], "thr_super": -math.inf, "thr_sub": -math.inf})
 

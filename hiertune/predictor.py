@@ -159,6 +159,16 @@ class ExportedModel:
         return self.predict_images(names, images, fixes, progress="predicting" if progress else None)
 
 
+def write_config(root: Path, cfg: TrialConfig, heads: Heads) -> None:
+    """config.json as `ExportedModel.load` reads it; the input pipeline is written out so that
+    predict applies what training applied even under another timm version."""
+    (root / CONFIG).write_text(json.dumps({
+        "trial": cfg.to_dict(),
+        "heads": {"n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
+                  "novel_logit": heads.novel_logit},
+        "input": cfg.augment_config().pipeline()}, indent=1))
+
+
 def _read(path: Path, load):
     """`load(path)`, any damage to the file reported as one line naming it."""
     try:
