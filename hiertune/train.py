@@ -224,6 +224,24 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     return metrics
 
 
+def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
+                        ) -> FeatureStore:
+    """The frozen features of `cfg`'s backbone for every image pool, into `store`, returned. A sweep runs this once before its trials (as a Ray task with a trial's
+    resources, so device and precision match); model and preprocessing are built as run_trial
+    builds them, and the key checks it: a trial that would differ just misses the shared set."""
+    torch.set_num_threads(cfg.torch_threads(cpus))
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    dtype = precision(cfg, device)
+    augment = BatchAugment(cfg.augment_config(), device, channels_last=device.type == "cuda")
+    frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
+                  cfg.feature_views, device, autocast_for(dtype), str(dtype), store)
+    return store
+
+
 @torch.no_grad()
 def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device, autocast,
                 batch_size: int = 256, progress: str | None = None) -> ModelOutput:
