@@ -99,7 +99,9 @@ def autocast_for(dtype: torch.dtype) -> Callable:
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None) -> dict:
-    """`features`: where frozen-backbone features are shared or cached (None: this trial's memory)."""
+    """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
+    Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
+    `feature_seconds` say what the cache saved."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg)
@@ -133,8 +135,12 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     fault = fault_for(cfg.faults, cfg.trial_number)
     # A frozen backbone's outputs are the same every epoch: then the loop reads them, computed once
     # (after a resume, so they come from the weights the trial trains with).
+    features = features or FeatureStore()
+    computed_before, t_features = features.computed, time.perf_counter()
     cached = frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
                            cfg.feature_views, device, autocast, str(amp_dtype), features)
+    feature_stats = {"features_computed": features.computed - computed_before,  # 0: shared or read from disk
+                     "feature_seconds": time.perf_counter() - t_features}
     train_inputs, val_inputs = cached or (ImageInputs(torch.from_numpy(split.train_images), augment),
                                           ImageInputs(torch.from_numpy(split.val_images), augment))
 
@@ -215,6 +221,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "epoch_seconds": train_seconds,
             "eval_forward_seconds": t2 - t1,
             "posthoc_seconds": t3 - t2,
+            **feature_stats,
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:

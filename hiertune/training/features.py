@@ -173,13 +173,13 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
 
 def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None, fraction: float | None,
                   augment: BatchAugment, image_size: int, views: int, device: torch.device, autocast: Callable,
-                  precision: str, store: FeatureStore | None) -> tuple[FeatureInputs, FeatureInputs] | None:
+                  precision: str, store: FeatureStore) -> tuple[FeatureInputs, FeatureInputs] | None:
     """A trial's training and validation inputs as cached features, or None when it has to go
     through the backbone: the backbone trains (some epoch), or views is 0."""
     if views == 0 or not getattr(model, "backbone_frozen", False):
         return None
     feats = pool_features(model, bundle_pools(bundle), augment, image_size, views, device, autocast, precision,
-                          store or FeatureStore())
+                          store)
     splits = bundle.trial_splits(count, fraction)
     train, val = {}, {}
     for name in feats["labeled"]:

@@ -228,3 +228,27 @@ def test_feature_views_is_validated():
         TrialConfig(feature_views=3, augment=False)
     with pytest.raises(UserError, match="feature_views must be >= 0"):
         TrialConfig(feature_views=-1)
+
+
+@pytest.mark.slow
+def test_a_sweep_computes_frozen_features_once_and_its_trials_only_read_them(cli, data_dir, cache_root, tmp_path):
+    from hiertune.pareto import load_trials
+
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+family: layover
+fixed: {{backbone: resnet10t, epochs: 2, batch_size: 16, threads: 1, image_size: {SIZE}, layover_hidden: 16,
+        data: {data_dir}}}
+search:
+  lr: {{type: float, low: 1.0e-3, high: 3.0e-2, log: true}}
+tune: {{num_samples: 3, sampler: tpe, seed: 0}}
+scheduler: {{max_t: 2, grace_period: 2, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+""")
+    result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert result.code == 0, result.err[-3000:]
+    assert len(list((cache_root / "features").glob("*.safetensors"))) == 2  # labeled + outliers, by the driver
+    records = load_trials(tmp_path / "sweeps" / "frozen")
+    assert len(records) == 3 and all(r.status == "completed" for r in records)
+    for record in records:
+        assert record.metrics["features_computed"] == 0, record.metrics
