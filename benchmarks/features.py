@@ -17,18 +17,35 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from hiertune.config import TrialConfig
-from hiertune.data.bundle import load_bundle
+from hiertune.data.bundle import DataBundle, load_bundle
+from hiertune.data.dataset import LabeledImages
+from hiertune.data.splits import SplitConfig, make_splits
 from hiertune.data.cache import default_cache_root
 from hiertune.space import parse_assignments
 from hiertune.train import precompute_features, run_trial
 from hiertune.training.features import FeatureStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def subset(bundle: DataBundle, every: int, split: SplitConfig) -> DataBundle:
+    """Every `every`-th labeled and outlier image, split again as load_bundle splits: where a full
+    epoch through the backbone would take too long on this machine."""
+    if every == 1:
+        return bundle
+    t, o = bundle.data.train, bundle.outliers
+    train = LabeledImages(t.names[::every], t.images[::every], t.superclass[::every], t.subclass[::every])
+    outliers = replace(o, names=o.names[::every], images=o.images[::every], class_index=o.class_index[::every]) \
+        if o is not None else None
+    splits = make_splits(train.superclass, train.subclass, outliers.class_index if outliers else None,
+                         replace(split, outlier_count=None))
+    return DataBundle(replace(bundle.data, train=train), outliers, splits)
 
 
 def one_epoch(cfg: TrialConfig, bundle, store: FeatureStore | None) -> dict:
@@ -42,6 +59,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED / "nndl2025"))
     parser.add_argument("--outliers", default=str(SHARED / "outliers" / "tinyimagenet-ood"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--every", type=int, default=1,
+                        help="use every n-th image (when a full epoch through the backbone takes too long)")
     args = parser.parse_args()
     if not Path(args.data).is_dir():
         print(f"skipped: {args.data} not found (this benchmark needs the competition data)")
@@ -53,10 +72,12 @@ def main() -> None:
                                  **parse_assignments(args.set)})
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    bundle = load_bundle(cfg.data, cfg.outliers, cfg.image_size, cfg.split_config(), default_cache_root())
+    bundle = subset(load_bundle(cfg.data, cfg.outliers, cfg.image_size, cfg.split_config(), default_cache_root()),
+                    args.every, cfg.split_config())
     pools = len(bundle.data.train.images) + (len(bundle.outliers.images) if bundle.outliers else 0)
     print(f"data: {bundle.summary()['data']} ({pools} images in the pools, loaded in "
-          f"{time.perf_counter() - start:.0f}s)  {cfg.family} {cfg.backbone} {cfg.image_size}px "
+          f"{time.perf_counter() - start:.0f}s{f'; every {args.every}th image' if args.every > 1 else ''})  "
+          f"{cfg.family} {cfg.backbone} {cfg.image_size}px "
           f"finetune {cfg.finetune}, batch {cfg.batch_size}, torch threads {cfg.threads}")
 
     with tempfile.TemporaryDirectory(prefix="hiertune-bench-features-") as tmp:
