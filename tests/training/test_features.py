@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,12 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.bundle import load_bundle
 from hiertune.data.synth import SynthConfig, write_synthetic
-from hiertune.models.registry import create_model
-from hiertune.train import Checkpoint, heads_for, run_trial
+from hiertune.errors import UserError
+from hiertune.models.dualhead import DualHead
+from hiertune.models.layover import Layover
+from hiertune.models.registry import Heads, create_model
+from hiertune.pareto import load_trials
+from hiertune.train import Checkpoint, forward_all, heads_for, run_trial
 from hiertune.training.features import FeatureStore, extract, feature_key, images_digest, weights_digest
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
@@ -57,11 +62,9 @@ def trial(bundle, data_dir, store=None, **overrides):
 
 @pytest.fixture
 def count_backbone(monkeypatch):
-    """Counts frozen_features calls: every backbone forward of a timm family goes through it."""
+    """Images through dualhead and layover's frozen_features, which every backbone pass of theirs takes."""
     calls = []
-    for family in ("DualHead", "Layover"):
-        module = __import__(f"hiertune.models.{family.lower()}", fromlist=[family])
-        cls = getattr(module, family)
+    for cls in (DualHead, Layover):
         inner = cls.frozen_features
 
         def wrapped(self, x, inner=inner):
@@ -144,8 +147,6 @@ def test_cache_key_follows_data_input_pipeline_and_weights():
 
 
 def heads_for_tiny():
-    from hiertune.models.registry import Heads
-
     return Heads(2, 4, (0, 0, 1, 1), novel_logit=True)
 
 
@@ -185,14 +186,14 @@ def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle,
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     augment = BatchAugment(cfg.augment_config(), "cpu")
     images = bundle.data.train.images[:20]
-    feats = extract(model, images, augment, 3, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    feats = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
     assert feats["pooled"].shape[:2] == (20, 3)
     with torch.no_grad():
         clean = model.eval().frozen_features(augment(torch.from_numpy(images), train=False))["pooled"]
     np.testing.assert_allclose(feats["pooled"][:, 0], clean.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(feats["pooled"][:, 1], feats["pooled"][:, 0])
     assert not np.allclose(feats["pooled"][:, 2], feats["pooled"][:, 1])
-    again = extract(model, images, augment, 3, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
     np.testing.assert_array_equal(again["pooled"], feats["pooled"])
     # A trial on them draws a view per image each epoch and trains.
     (metrics, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="dualhead", augment=True,
@@ -210,9 +211,6 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
     model.eval()
     augment = BatchAugment(cfg.augment_config(), "cpu")
     images = torch.from_numpy(bundle.data.train.images[:24])
-    from hiertune.train import forward_all
-    from contextlib import nullcontext
-
     via_images = forward_all(model, ImageInputs(images, augment), torch.device("cpu"), nullcontext)
     feats = extract(model, images.numpy(), augment, 1, torch.device("cpu"), nullcontext)
     via_features = forward_all(model, FeatureInputs({k: torch.from_numpy(v) for k, v in feats.items()}, "cpu"),
@@ -222,8 +220,6 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
 
 
 def test_feature_views_is_validated():
-    from hiertune.errors import UserError
-
     with pytest.raises(UserError, match="feature_views 3 needs augment"):
         TrialConfig(feature_views=3, augment=False)
     with pytest.raises(UserError, match="feature_views must be >= 0"):
@@ -232,8 +228,6 @@ def test_feature_views_is_validated():
 
 @pytest.mark.slow
 def test_a_sweep_computes_frozen_features_once_and_its_trials_only_read_them(cli, data_dir, cache_root, tmp_path):
-    from hiertune.pareto import load_trials
-
     space = tmp_path / "space.yaml"
     space.write_text(f"""
 family: layover
