@@ -188,7 +188,7 @@ class FinetunedModel(nn.Module):
     def backbone_frozen(self) -> bool:
         """No backbone parameter trains in any epoch: `frozen_features` are then fixed per image,
         computed once (hiertune.training.features) and the heads train on them."""
-        return self.finetune == "linear"
+        return self.finetune == "linear" or (self.finetune == "partial" and self.unfreeze_depth == 0)
 
     def frozen_spec(self) -> dict:
         """What `frozen_features` computes, beyond the weights: part of the feature cache key."""

@@ -246,3 +246,16 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
         assert record.metrics["features_computed"] == 0, record.metrics
+
+
+@pytest.mark.parametrize("family, finetune, depth, frozen", [
+    ("dualhead", "linear", 2, True), ("dualhead", "partial", 0, True), ("dualhead", "partial", 1, False),
+    ("dualhead", "gradual", 0, False), ("dualhead", "bn", 2, False), ("twomodel", "full", 2, False),
+    ("layover", "full", 2, True)])
+def test_only_a_backbone_that_no_epoch_trains_counts_as_frozen(family, finetune, depth, frozen):
+    cfg = TrialConfig(family=family, backbone="resnet10t", finetune=finetune, unfreeze_depth=depth)
+    model = create_model(cfg.model_config(), heads_for_tiny())
+    assert model.backbone_frozen is frozen
+    if frozen:  # and then it runs in eval mode while the rest trains
+        model.train()
+        assert not any(m.training for backbone in model.backbones for m in backbone.modules())
