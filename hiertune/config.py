@@ -56,6 +56,11 @@ class TrialConfig:
     batch_size: int = 64
     mixup_alpha: float = 0.0
     augment: bool = True
+    # A frozen backbone (finetune linear; layover): train the heads on its features computed once.
+    # 1: the clean (evaluation) view of each image; K > 1 adds K-1 augmented views, made once with
+    # seeded augmentation, one drawn per image each epoch; 0: every step through the backbone.
+    # Mixup then mixes features, not images.
+    feature_views: int = 1
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
@@ -94,7 +99,7 @@ class TrialConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "kl_alpha", "oe_weight", "mixup_alpha", "label_smoothing",
-                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number"):
+                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number", "feature_views"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("tau_super", "tau_sub", "dropout", "label_smoothing", "momentum"):
@@ -104,6 +109,9 @@ class TrialConfig:
             raise UserError("set outlier_count or outlier_fraction, not both")
         if self.outlier_fraction is not None and not 0 <= self.outlier_fraction <= 1:
             raise UserError(f"outlier_fraction must be in [0, 1], got {self.outlier_fraction}")
+        if self.feature_views > 1 and not self.augment:
+            raise UserError(f"feature_views {self.feature_views} needs augment: true (augmented views of a "
+                            f"non-augmented trial would all be the clean one)")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # validates the split fractions

@@ -139,11 +139,12 @@ class ExportedModel:
                                                                                       np.ndarray]:
         """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
         from hiertune.train import forward_all
+        from hiertune.training.inputs import ImageInputs
 
         cuda = self.device.type == "cuda"
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and self.cfg.amp else nullcontext
-        out = forward_all(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.augment, self.device,
-                          autocast, progress=progress)
+        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
+                          self.device, autocast, progress=progress)
         scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
         return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 

@@ -12,6 +12,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.fsutil import atomic_dir
 from hiertune.space import SearchSpace
 from hiertune.train import run_trial
+from hiertune.training.features import FeatureStore
 
 log = logging.getLogger("hiertune")
 
@@ -37,7 +38,7 @@ def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, pro
                  metrics["hypervolume"], metrics["train_images_per_s"])
 
     start = time.perf_counter()
-    run_trial(cfg, bundle, report, progress=progress)
+    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root))
     best = max(history, key=lambda m: m["hypervolume"])
     result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
               "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}

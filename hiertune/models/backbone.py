@@ -15,13 +15,14 @@ from itertools import chain
 from pathlib import Path
 
 import timm
+import torch
 from safetensors import SafetensorError
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from hiertune.data.augment import INTERPOLATIONS
 from hiertune.errors import UserError
-from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
+from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig, ModelOutput
 from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
 
 log = logging.getLogger("hiertune")
@@ -200,6 +201,28 @@ class FinetunedModel(nn.Module):
         if self.finetune == "bn":
             return {m for m in backbone.modules() if isinstance(m, NORM_LAYERS)}
         return {m for stage in stages[len(stages) - self.trained_stages(epoch):] for m in stage}
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """No backbone parameter trains in any epoch: `frozen_features` are then fixed per image,
+        computed once (hiertune.training.features) and the heads train on them."""
+        return self.finetune == "linear" or (self.finetune == "partial" and self.unfreeze_depth == 0)
+
+    def frozen_spec(self) -> dict:
+        """What `frozen_features` computes, beyond the weights: part of the feature cache key."""
+        return {"family": type(self).__name__}
+
+    def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backbones' outputs the trainable part reads, per image."""
+        raise NotImplementedError
+
+    def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        """The trainable part: heads (and side branches) on `frozen_features`' outputs."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        # One code path for both: training on cached features runs exactly this head code.
+        return self.from_features(self.frozen_features(x))
 
     def train(self, mode: bool = True) -> FinetunedModel:
         # A frozen BatchNorm keeps its running statistics too: updating them from our batches

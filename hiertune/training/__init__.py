@@ -1,0 +1,1 @@
+"""Training: the trial loop and what feeds it."""
