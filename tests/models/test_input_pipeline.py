@@ -17,6 +17,7 @@ from hiertune.errors import UserError
 from hiertune.models.registry import Heads, create_model
 from hiertune.predictor import CONFIG, MODEL, SUB_MAP, SUPER_MAP, THRESHOLDS, ExportedModel, write_config
 from hiertune.train import forward_all
+from hiertune.training.inputs import ImageInputs
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HEADS = Heads(2, 4, (0, 0, 1, 1), novel_logit=True)
@@ -85,7 +86,7 @@ def test_predict_applies_what_evaluation_applied(tmp_path, family, backbone):
     cfg = TrialConfig(family=family, backbone=backbone, image_size=96, cnn_width=8, device="cpu")
     model = export_dir(tmp_path / "m", cfg)
     images = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-    evaluated = forward_all(model, torch.from_numpy(images), BatchAugment(cfg.augment_config(), "cpu"),
+    evaluated = forward_all(model, ImageInputs(torch.from_numpy(images), BatchAugment(cfg.augment_config(), "cpu")),
                             torch.device("cpu"), nullcontext)
     exported = ExportedModel.load(tmp_path / "m", device="cpu")
     assert exported.augment.config.pipeline() == cfg.augment_config().pipeline()
