@@ -76,7 +76,7 @@ def main() -> None:
         (tmp / "space.yaml").write_text(SPACE.format(epochs=args.epochs, trials=args.trials))
         space = load_space(tmp / "space.yaml")
         base = space.trial_config()
-        load_bundle(base.data, base.outliers, base.image_size, base.split_config(), default_cache_root())
+        load_bundle(base.data, base.outliers, base.data_size, base.split_config(), default_cache_root())
         for r in range(args.repeats):
             for i, (label, cpus) in enumerate(runs.items()):
                 timings[label].append(sweep_on(cpus, space, tmp, f"run{r}-{i}"))

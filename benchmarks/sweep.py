@@ -84,7 +84,7 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
     trials = load_trials(Path(res["dir"]))
     start = time.perf_counter()
     base = one.trial_config()
-    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache)
+    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache)
     for t in trials:
         run_trial(one.trial_config({**t.params, "threads": 2}), bundle, lambda m, c: None)
     t_bare = time.perf_counter() - start

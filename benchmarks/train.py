@@ -71,7 +71,7 @@ def main() -> None:
                                  "outlier_fraction": 0.5, "kl_alpha": 0.0, "threads": 2,
                                  **parse_assignments(args.set)})
     torch.set_num_threads(cfg.threads)
-    bundle = load_bundle(cfg.data, cfg.outliers, cfg.image_size, cfg.split_config(), default_cache_root())
+    bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), default_cache_root())
     print(f"data: {bundle.summary()['data']}  family: {cfg.family}  backbone: {cfg.backbone}  "
           f"batch {cfg.batch_size}, torch threads {cfg.threads}")
 

@@ -235,7 +235,7 @@ def _predict(args: argparse.Namespace) -> dict:
 
     model = ExportedModel.load(args.model_dir, device=args.device)
     predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)
-    if (w := predictions.fixes.warning(f"{args.images}", model.cfg.image_size)):
+    if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
         print(w, file=sys.stderr)
     predictions.write_csv(args.output, with_scores=args.scores)
     n_super, n_sub = model.heads.n_super, model.heads.n_sub

@@ -16,14 +16,13 @@ from dataclasses import asdict, dataclass, fields
 from hiertune.data.augment import AugmentConfig
 from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError, did_you_mean
+from hiertune.models.backbone import backbone_input
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig, list_families
 from hiertune.novelty.scores import SCORES
 from hiertune.training.faults import parse_plan
 from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,16 @@ class TrialConfig:
     batch_size: int = 64
     mixup_alpha: float = 0.0
     augment: bool = True
+    # A frozen backbone (finetune linear; layover): train the heads on its features computed once.
+    # 1: the clean (evaluation) view of each image; K > 1 adds K-1 augmented views, made once with
+    # seeded augmentation, one drawn per image each epoch; 0: every step through the backbone.
+    # Mixup then mixes features, not images.
+    feature_views: int = 1
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
-    image_size: int = 64
+    data_size: int = 64  # side length images are decoded and cached at (the data's own size)
+    image_size: int = 64  # the model's input side: batches are resized to it on the device
     val_fraction: float = SplitConfig.val_fraction
     pseudo_novel_fraction: float = SplitConfig.pseudo_novel_fraction
     outlier_val_fraction: float = SplitConfig.outlier_val_fraction
@@ -90,11 +95,11 @@ class TrialConfig:
         for name in ("lr", "cosine_scale"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "image_size", "gradual_every", "cnn_width"):
+        for name in ("epochs", "batch_size", "data_size", "image_size", "gradual_every", "cnn_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
-                     "trial_number"):
+                     "trial_number", "feature_views"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("tau_super", "tau_sub", "dropout", "momentum"):
@@ -104,6 +109,9 @@ class TrialConfig:
             raise UserError("set outlier_count or outlier_fraction, not both")
         if self.outlier_fraction is not None and not 0 <= self.outlier_fraction <= 1:
             raise UserError(f"outlier_fraction must be in [0, 1], got {self.outlier_fraction}")
+        if self.feature_views > 1 and not self.augment:
+            raise UserError(f"feature_views {self.feature_views} needs augment: true (augmented views of a "
+                            f"non-augmented trial would all be the clean one)")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # the sub-configs validate their own settings
@@ -147,9 +155,12 @@ class TrialConfig:
                            seed=self.split_seed)
 
     def augment_config(self) -> AugmentConfig:
-        # Pretrained timm backbones expect ImageNet statistics; from scratch, [-1, 1] as seed 001.
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.pretrained else ((0.5,) * 3, (0.5,) * 3)
-        return AugmentConfig(mean=mean, std=std) if self.augment else AugmentConfig.none(mean=mean, std=std)
+        # A timm backbone gets the statistics and resampling it was trained with, pretrained or
+        # not (the weights a from-scratch run could later load expect them); the cnn family
+        # keeps [-1, 1] as seed 001.
+        own = dict(mean=(0.5,) * 3, std=(0.5,) * 3) if self.family == "cnn" else backbone_input(self.backbone)
+        pipeline = {**own, "size": self.image_size}
+        return AugmentConfig(**pipeline) if self.augment else AugmentConfig.none(**pipeline)
 
     def torch_threads(self, cpus: float | None = None) -> int:
         if self.threads:

@@ -26,9 +26,11 @@ class DataBundle:
         pool = len(self.splits.outlier_pool)
         return round(fraction * pool) if fraction is not None else pool if count is None else count
 
+    def trial_splits(self, count: int | None, fraction: float | None = None) -> Splits:
+        return self.splits.with_outlier_count(self.outlier_count(count, fraction))
+
     def for_trial(self, count: int | None, fraction: float | None = None) -> SplitData:
-        return assemble(self.data, self.outliers,
-                        self.splits.with_outlier_count(self.outlier_count(count, fraction)))
+        return assemble(self.data, self.outliers, self.trial_splits(count, fraction))
 
     def summary(self) -> dict:
         return {"data": str(self.data.root), "labeled": len(self.data.train.names),

@@ -136,19 +136,28 @@ class SplitData:
     val_subclass: np.ndarray
 
 
+def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a per-image array (images, or features computed from them) for training and
+    validation, in the order `assemble` lays the images out."""
+    parts: tuple[list[np.ndarray], list[np.ndarray]] = [labeled[splits.train]], [labeled[splits.val]]
+    if outliers is not None:
+        for k, idx in enumerate((splits.outlier_train, splits.outlier_val)):
+            parts[k].append(outliers[idx])
+    train, val = (np.concatenate(p) for p in parts)
+    return train, val
+
+
 def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits) -> SplitData:
     h, t = data.hierarchy, data.train
     val_sub = t.subclass[splits.val].copy()
     val_sub[np.isin(val_sub, splits.pseudo_novel_subclasses)] = h.novel_subclass
-    parts_x = [t.images[splits.train]], [t.images[splits.val]]
     parts_sup = [t.superclass[splits.train]], [t.superclass[splits.val]]
     parts_sub = [t.subclass[splits.train]], [val_sub]
     if outliers is not None:
         for k, idx in enumerate((splits.outlier_train, splits.outlier_val)):
-            parts_x[k].append(outliers.images[idx])
             parts_sup[k].append(np.full(len(idx), h.novel_superclass, dtype=np.int64))
             parts_sub[k].append(np.full(len(idx), h.novel_subclass, dtype=np.int64))
-    train_x, val_x = (np.concatenate(p) for p in parts_x)
+    train_x, val_x = take_rows(t.images, outliers.images if outliers is not None else None, splits)
     train_sup, val_sup = (np.concatenate(p) for p in parts_sup)
     train_sub, val_sub = (np.concatenate(p) for p in parts_sub)
     return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub)

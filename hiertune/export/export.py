@@ -100,8 +100,8 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
     base = jobs[0].cfg
-    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
-    test_set = _test_set(bundle, base.image_size, cache_root, test_images)
+    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root)
+    test_set = _test_set(bundle, base.data_size, cache_root, test_images)
     cpus = meta.cpus_per_trial
 
     log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
@@ -248,7 +248,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: Retrai
         if test_set is not None:
             model = ExportedModel.load(stage)
             predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
-            if (warning := predictions.fixes.warning(test_set.source, model.cfg.image_size)):
+            if (warning := predictions.fixes.warning(test_set.source, model.cfg.data_size)):
                 log.warning(warning)
             predictions.write_csv(stage / SUBMISSION)
             summary.update(submission=storage.join(place.uri, "export", str(job.k), SUBMISSION)

@@ -24,7 +24,7 @@ class HiertunePyfunc(mlflow.pyfunc.PythonModel):
         self.model = ExportedModel.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        size = self.model.cfg.image_size
+        size = self.model.cfg.data_size
         names, pixels = [], []
         for i, item in enumerate(model_input["image"]):
             if isinstance(item, (bytes, bytearray)):

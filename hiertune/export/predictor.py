@@ -5,7 +5,8 @@ The directory is everything a prediction needs, and nothing in it executes code 
 
     model.safetensors      weights
     scorers.safetensors    feature-space scorers (mahalanobis / knn scores only)
-    config.json            the resolved trial config it was trained with, and its head sizes
+    config.json            the resolved trial config it was trained with, its head sizes and its input
+                           pipeline (normalisation, input size, resampling)
     thresholds.json        score, raw thresholds, and how they were calibrated
     superclass_mapping.csv, subclass_mapping.csv   the label maps (novel last)
     metrics.json           validation (the sweep's point), calibration and retraining figures
@@ -29,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
-from hiertune.data.augment import BatchAugment
+from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping
 from hiertune.data.images import FixCounts, check_links_inside, list_image_files
@@ -40,6 +41,7 @@ from hiertune.novelty.posthoc import decide
 from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device
+from hiertune.training.inputs import ImageInputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -87,11 +89,11 @@ class ExportedModel:
 
     def __init__(self, root: Path, cfg: TrialConfig, heads: Heads, thresholds: Thresholds,
                  model: torch.nn.Module, scorers: dict[str, FeatureScorer] | None, superclasses: list[str],
-                 subclasses: list[str], device: torch.device):
+                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig):
         self.root, self.cfg, self.heads, self.thresholds = root, cfg, heads, thresholds
         self.model, self.scorers, self.device = model, scorers, device
         self.superclasses, self.subclasses = superclasses, subclasses
-        self.augment = BatchAugment(cfg.augment_config(), device)
+        self.augment = BatchAugment(pipeline, device)
 
     @classmethod
     def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
@@ -111,6 +113,11 @@ class ExportedModel:
         except (KeyError, TypeError) as exc:
             raise UserError(f"{root / CONFIG}: not an exported model's config ({type(exc).__name__}: {exc})") from None
         try:
+            # The input pipeline the model was trained with, as written: not re-derived from this timm.
+            pipeline = AugmentConfig.none(**raw["input"])
+        except (KeyError, TypeError, UserError) as exc:
+            raise UserError(f"{root / CONFIG}: no usable input pipeline ({type(exc).__name__}: {exc})") from None
+        try:
             thresholds = Thresholds(thr["score"], float(thr["thr_super"]), float(thr["thr_sub"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{root / THRESHOLDS}: not an exported model's thresholds ({exc})") from None
@@ -125,13 +132,14 @@ class ExportedModel:
         scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
         if thresholds.score in ("mahalanobis", "knn") and scorers is None:
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")
-        return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on)
+        return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on,
+                   pipeline)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,
                                                                                       np.ndarray]:
         """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
-        out = forward_all(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.augment, self.device,
-                          autocast(self.device, self.cfg.amp), progress=progress)
+        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
+                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
         scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
         return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 
@@ -143,8 +151,18 @@ class ExportedModel:
 
     def predict_folder(self, folder: str | Path, cache_root: Path, progress: bool = True) -> Predictions:
         """Every image directly in `folder` (validated as training images are), numerically ordered."""
-        names, images, fixes = read_folder(Path(folder), self.cfg.image_size, cache_root)
+        names, images, fixes = read_folder(Path(folder), self.cfg.data_size, cache_root)
         return self.predict_images(names, images, fixes, progress="predicting" if progress else None)
+
+
+def write_config(root: Path, cfg: TrialConfig, heads: Heads) -> None:
+    """config.json as `ExportedModel.load` reads it; the input pipeline is written out so that
+    predict applies what training applied even under another timm version."""
+    write_json(root / CONFIG, {
+        "trial": cfg.to_dict(),
+        "heads": {"n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
+                  "novel_logit": heads.novel_logit},
+        "input": cfg.augment_config().pipeline()})
 
 
 def _read(path: Path, load):
@@ -187,9 +205,7 @@ def write_model_dir(out: Path, trained: Path, cfg: TrialConfig, heads: Heads, su
         shutil.copyfile(trained / checkpoint.SCORERS, out / SCORERS)
     write_mapping(out / SUPER_MAP, superclasses)
     write_mapping(out / SUB_MAP, subclasses)
-    write_json(out / CONFIG, {"trial": cfg.to_dict(), "heads": {
-        "n_super": heads.n_super, "n_sub": heads.n_sub, "sub_to_super": list(heads.sub_to_super),
-        "novel_logit": heads.novel_logit}})
+    write_config(out, cfg, heads)
     write_thresholds(out, Thresholds(score, -math.inf, -math.inf))
 
 

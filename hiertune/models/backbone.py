@@ -14,12 +14,15 @@ from itertools import chain
 from pathlib import Path
 
 import timm
+import torch
 from safetensors import SafetensorError
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from hiertune.data.augment import INTERPOLATIONS
 from hiertune.errors import UserError, did_you_mean
-from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig
+from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig, ModelOutput
+from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
 
 log = logging.getLogger("hiertune")
 
@@ -42,6 +45,16 @@ def check_backbone(name: str) -> None:
         raise UserError(f"unknown backbone {name!r}{did_you_mean(name, timm.list_models())}")
 
 
+def backbone_input(name: str) -> dict:
+    """The normalisation and resampling `name` was trained with, from its timm pretrained_cfg:
+    training, evaluation, export and predict all take them from here."""
+    check_backbone(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    data = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {})
+    interpolation = data["interpolation"] if data["interpolation"] in INTERPOLATIONS else "bilinear"
+    return {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "interpolation": interpolation}
+
+
 def create_backbone(config: ModelConfig) -> nn.Module:
     """A timm model without classifier: `backbone(x)` is the pooled pre-logit feature."""
     name = config.backbone
@@ -50,12 +63,18 @@ def create_backbone(config: ModelConfig) -> nn.Module:
         log.info("backbone %s: random initialisation, trains from scratch", name)
         return timm.create_model(name, pretrained=False, num_classes=0)
     if config.pretrained is True:
+        # An installed weights package works offline; timm's hub is the fallback.
+        if (converted := package_weights(name)) is not None:
+            return _from_file(name, converted)
         try:
             return timm.create_model(name, pretrained=True, num_classes=0)
         except (OSError, RuntimeError) as exc:  # hub/HTTP errors are OSErrors; no weights: RuntimeError
+            package = package_for(name)
+            offline = (f"install its weights: {install_hint(package)}" if package else
+                       f"pass the path of a local weights file as pretrained, or use a backbone whose "
+                       f"weights install from the registry ({', '.join(PACKAGES)})")
             raise UserError(f"pretrained=True: cannot get timm's weights for {name!r} "
-                            f"({type(exc).__name__}: {_one_line(exc)}); offline, pass the path "
-                            f"of a local weights file as pretrained") from exc
+                            f"({type(exc).__name__}: {_one_line(exc)}); offline, {offline}") from exc
     return _from_file(name, Path(config.pretrained))
 
 
@@ -179,6 +198,28 @@ class FinetunedModel(nn.Module):
         if self.finetune == "bn":
             return {m for m in backbone.modules() if isinstance(m, NORM_LAYERS)}
         return {m for stage in stages[len(stages) - self.trained_stages(epoch):] for m in stage}
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """No backbone parameter trains in any epoch: `frozen_features` are then fixed per image,
+        computed once (hiertune.training.features) and the heads train on them."""
+        return self.finetune == "linear" or (self.finetune == "partial" and self.unfreeze_depth == 0)
+
+    def frozen_spec(self) -> dict:
+        """What `frozen_features` computes, beyond the weights: part of the feature cache key."""
+        return {"family": type(self).__name__}
+
+    def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backbones' outputs the trainable part reads, per image."""
+        raise NotImplementedError
+
+    def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        """The trainable part: heads (and side branches) on `frozen_features`' outputs."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        # One code path for both: training on cached features runs exactly this head code.
+        return self.from_features(self.frozen_features(x))
 
     def train(self, mode: bool = True) -> FinetunedModel:
         # A frozen BatchNorm keeps its running statistics too: updating them from our batches

@@ -17,6 +17,9 @@ class DualHead(FinetunedModel):
         self.super_head = linear_head(dim, heads.super_outputs, config.dropout)
         self.sub_head = linear_head(dim, heads.sub_outputs, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        f = self.backbones[0](x)
+    def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pooled": self.backbones[0](x)}
+
+    def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        f = features["pooled"]
         return ModelOutput(self.super_head(f), self.sub_head(f), f, f)

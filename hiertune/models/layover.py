@@ -2,7 +2,8 @@
 stage back into the pre-logit feature.
 
     h = stage `layover_stage` feature map          z = pooled pre-logit feature
-    ĥ = sigmoid(MLP(avgpool(h)))                   (representation summarisation, eq. 2)
+    ĥ = sigmoid(MLP(avgpool(h)))                   (representation summarisation, eq. 2; the pool is
+                                                   on the frozen side, see frozen_features)
     α = sigmoid(W z + b), one scalar per image     (scale learning, eq. 6)
     z' = α ĥ + (1 - α) z                           (representation mixup, eq. 5); both heads read z'
 
@@ -47,18 +48,25 @@ class Layover(FinetunedModel):
         channels = backbone.feature_info[self.stage]["num_chs"]
         dim = feature_dim(backbone)
         # The paper ends the summary in a sigmoid "throughout all experiments"; kept as published.
-        self.summary = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                     nn.Linear(channels, config.layover_hidden), nn.ReLU(),
+        self.summary = nn.Sequential(nn.Linear(channels, config.layover_hidden), nn.ReLU(),
                                      nn.Linear(config.layover_hidden, dim), nn.Sigmoid())
         self.gate = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
         self.super_head = linear_head(dim, heads.super_outputs, config.dropout)
         self.sub_head = linear_head(dim, heads.sub_outputs, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def frozen_spec(self) -> dict:
+        return {**super().frozen_spec(), "stage": self.stage}
+
+    def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The summary's average pool happens here, on the frozen side: a cached stage is then one
+        # vector per image, not a feature map.
         backbone = self.backbones[0]
         with torch.no_grad():
             final, (hidden,) = backbone.forward_intermediates(x, indices=[self.stage])
-            pooled = backbone.forward_head(final, pre_logits=True)
+            return {"pooled": backbone.forward_head(final, pre_logits=True), "stage": hidden.mean(dim=(2, 3))}
+
+    def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        pooled = features["pooled"]
         alpha = self.gate(pooled)
-        mixed = alpha * self.summary(hidden) + (1 - alpha) * pooled
+        mixed = alpha * self.summary(features["stage"]) + (1 - alpha) * pooled
         return ModelOutput(self.super_head(mixed), self.sub_head(mixed), mixed, mixed)

@@ -21,6 +21,9 @@ class TwoModel(FinetunedModel):
     def make_sub_head(self, config: ModelConfig, dim: int) -> nn.Module:
         return linear_head(dim, self.heads.sub_outputs, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        f_super, f_sub = self.backbones[0](x), self.backbones[1](x)
+    def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"super": self.backbones[0](x), "sub": self.backbones[1](x)}
+
+    def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        f_super, f_sub = features["super"], features["sub"]
         return ModelOutput(self.super_head(f_super), self.sub_head(f_sub), f_super, f_sub)

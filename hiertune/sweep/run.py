@@ -17,8 +17,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -36,6 +38,8 @@ from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder, redact
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
+from hiertune.training.features import FeatureStore
+from hiertune.training.loop import precompute_features
 
 log = logging.getLogger("hiertune")
 
@@ -55,7 +59,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
             check_ray_state(Path(place.tune_uri))
     base = space.trial_config()
-    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
+    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root)
     _check_outlier_ranges(space, bundle.splits)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -75,7 +79,8 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         gpus = usable_gpus(space.resources.gpus_per_trial, space.resources.cpus_per_trial, address)
         if gpus != space.resources.gpus_per_trial:
             space = space.with_overrides({"resources.gpus_per_trial": gpus})
-        return _run(space, place, bundle, recorder, resume)
+        features = shared_features(space, bundle, cache_root)
+        return _run(space, place, bundle, features, recorder, resume)
 
 
 @contextlib.contextmanager
@@ -111,7 +116,31 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
     return gpus
 
 
-def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
+def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStore:
+    """The frozen-backbone features every frozen trial of the space can read, computed once by a
+    Ray task with a trial's resources; empty when no trial freezes its backbone. Trials get the
+    store through Ray's object store with the bundle; the disk cache serves the other keys."""
+    store = FeatureStore(cache_root)
+    base = space.trial_config()
+    finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
+    if base.feature_views == 0 or (base.family != "layover" and "linear" not in finetunes):
+        return store
+    frozen = replace(base, finetune="linear")
+    task = ray.remote(precompute_features).options(num_cpus=space.resources.cpus_per_trial,
+                                                   num_gpus=space.resources.gpus_per_trial, max_retries=0)
+    start = time.perf_counter()
+    try:
+        store = ray.get(task.remote(frozen, bundle, store, space.resources.cpus_per_trial))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise UserError(str(exc.cause)) from None
+        raise
+    log.info("frozen %s features of %d image pool(s) ready in %.1fs", frozen.backbone, len(store.sets),
+             time.perf_counter() - start)
+    return store
+
+
+def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool) -> dict:
 
 
     recorder.start_parent(
@@ -119,7 +148,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial),
+        tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
+                             features=features),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)

@@ -19,12 +19,14 @@ import ray.tune
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.training.faults import FAILURE_KEY, final_reason
+from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 
 
-def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0) -> None:
+def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0,
+                   features: FeatureStore | None = None) -> None:
     try:
-        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial)
+        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features)
     except Exception as exc:
         reason = final_reason(exc)
         if reason is not None:
@@ -32,7 +34,7 @@ def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0
         raise
 
 
-def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float) -> None:
+def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features: FeatureStore | None) -> None:
     # Which Ray node ran the trial: on a cluster whose nodes share an IP (or a host), the only
     # way to tell them apart in the results.
     node = ray.get_runtime_context().get_node_id()
@@ -42,10 +44,10 @@ def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float) -> None:
 
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(cfg, bundle, report, cpus=cpus_per_trial)
+        run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features)
         return
     with checkpoint.as_directory() as directory:
-        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial)
+        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features)
 
 
 class FinalFailures(ray.tune.Callback):

@@ -22,6 +22,11 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
 
+def precision(device: torch.device, amp: bool) -> torch.dtype:
+    """What the forward pass computes in; part of a frozen-feature cache key."""
+    return amp_dtype(device) if device.type == "cuda" and amp else torch.float32
+
+
 def autocast(device: torch.device, amp: bool) -> Callable[[], ContextManager]:
     """A factory of the forward pass's autocast context: mixed precision only on CUDA with `amp`."""
     if device.type == "cuda" and amp:

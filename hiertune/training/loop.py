@@ -20,16 +20,18 @@ from tqdm.auto import tqdm
 
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
-from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, point_metrics, posthoc_grid
 from hiertune.novelty.scores import LOGIT_SCORES, FeatureBank, FeatureScorer
 from hiertune.training.checkpoint import load_checkpoint, save_checkpoint
-from hiertune.training.device import amp_dtype, pick_device
 from hiertune.training.device import autocast as amp_autocast
+from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
+from hiertune.training.features import FeatureStore, frozen_inputs
+from hiertune.training.inputs import FeatureInputs, ImageInputs
+from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
 
 log = logging.getLogger("hiertune")
@@ -66,13 +68,16 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
-              cpus: float | None = None, progress: bool = False) -> dict:
+              cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None) -> dict:
+    """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
+    Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
+    `feature_seconds` say what the cache saved."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     autocast = amp_autocast(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp and amp_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
 
     heads = heads_for(bundle, cfg)
     model = create_model(cfg.model_config(), heads).to(device)
@@ -80,13 +85,11 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    train_x = torch.from_numpy(split.train_images)
     train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
-    val_x = torch.from_numpy(split.val_images)
     augment = BatchAugment(cfg.augment_config(), device, channels_last=cuda)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
-    steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
+    steps_per_epoch = max(1, len(train_y[0]) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     posthoc_cfg = PosthocConfig()
     loss_cfg = cfg.loss_config()
@@ -99,6 +102,16 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         attempt += 1
         log.info("resuming from epoch %d (attempt %d)", start_epoch, attempt)
     fault = fault_for(cfg.faults, cfg.trial_number)
+    # A frozen backbone's outputs are the same every epoch: then the loop reads them, computed once
+    # (after a resume, so they come from the weights the trial trains with).
+    features = features or FeatureStore()
+    computed_before, t_features = features.computed, time.perf_counter()
+    cached = frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
+                           cfg.feature_views, device, autocast, str(precision(device, cfg.amp)), features)
+    feature_stats = {"features_computed": features.computed - computed_before,  # 0: shared or read from disk
+                     "feature_seconds": time.perf_counter() - t_features}
+    train_inputs, val_inputs = cached or (ImageInputs(torch.from_numpy(split.train_images), augment),
+                                          ImageInputs(torch.from_numpy(split.val_images), augment))
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -112,18 +125,17 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
         kept: list[tuple[torch.Tensor, ...]] = []
         seen_images, t0 = 0, time.perf_counter()
-        batches = iterate_batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=order_gen,
-                                  device=device, drop_last=True)
+        batches = train_inputs.batches(train_y, cfg.batch_size, device, train=True, order_gen=order_gen,
+                                       aug_gen=aug_gen)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=None if progress else True, leave=False)  # None: hide when not a TTY
-        for step, (xb, sup, sub) in enumerate(bar):
-            x = augment(xb, aug_gen)
+        for step, (x, sup, sub) in enumerate(bar):
             if mix:
                 lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                perm = torch.randperm(len(x), generator=order_gen).to(device)
-                x = lam * x + (1 - lam) * x[perm]
+                perm = torch.randperm(len(sup), generator=order_gen).to(device)
+                x = mix_inputs(x, lam, perm)
             with autocast():
-                out = model(x)
+                out = train_inputs.forward(model, x)
                 loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
                 if mix:
                     loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
@@ -135,10 +147,10 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            totals += torch.cat([loss.detach().float().view(1), parts]) * len(x)
+            totals += torch.cat([loss.detach().float().view(1), parts]) * len(sup)
             if not mix:  # feature-space scores are fitted on clean (un-mixed) training features
                 kept.append((out.super_features.detach(), out.sub_features.detach(), sup, sub))
-            seen_images += len(x)
+            seen_images += len(sup)
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         train_loss, *part_means = (totals / max(1, seen_images)).tolist()
@@ -148,8 +160,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
 
         # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
         t1 = time.perf_counter()
-        batch, val_loss = evaluate(model, val_x, split.val_superclass, split.val_subclass, heads, cfg,
-                                   augment, device, autocast)
+        batch, val_loss = evaluate(model, val_inputs, split.val_superclass, split.val_subclass, heads, cfg,
+                                   device, autocast)
         t2 = time.perf_counter()
         scorers = fit_scorers(kept, heads)
         result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
@@ -172,12 +184,13 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
             **{f"point_{k}": point[k] for k in POINT_KEYS},
             "point_objective": (point["seen"] + point["unseen"]) / 2,
-            "train_images": len(train_x),
+            "train_images": len(train_inputs),
             "outlier_images": int((split.train_superclass == heads.n_super).sum()),
             "train_images_per_s": seen_images / train_seconds,
             "epoch_seconds": train_seconds,
             "eval_forward_seconds": t2 - t1,
             "posthoc_seconds": t3 - t2,
+            **feature_stats,
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
@@ -187,26 +200,44 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     return metrics
 
 
+def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
+                        ) -> FeatureStore:
+    """The frozen features of `cfg`'s backbone for every image pool, into `store`, returned. A
+    sweep runs this once before its trials (as a Ray task with a trial's resources, so device and
+    precision match); model and preprocessing are built as run_trial builds them, and the key checks it: a trial that would differ just misses the shared set."""
+    torch.set_num_threads(cfg.torch_threads(cpus))
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = BatchAugment(cfg.augment_config(), device, channels_last=device.type == "cuda")
+    frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
+                  cfg.feature_views, device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)), store)
+    return store
+
+
 @torch.no_grad()
-def forward_all(model, images: torch.Tensor, augment: BatchAugment, device: torch.device, autocast,
+def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device, autocast,
                 batch_size: int = 256, progress: str | None = None) -> ModelOutput:
-    """Logits and features of every image (uint8 NHWC), on the CPU in float32, in eval mode."""
+    """Logits and features of every input (images, or cached features), on the CPU in float32,
+    in eval mode."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"sl": [], "ul": [], "sf": [], "uf": []}
-    batches = iterate_batches(images, (), batch_size, shuffle=False, generator=None, device=device)
-    for (xb,) in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=progress, unit="batch",
-                      disable=None if progress else True, leave=False):
+    batches = inputs.batches((), batch_size, device, train=False)
+    for (x,) in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc=progress, unit="batch",
+                     disable=None if progress else True, leave=False):
         with autocast():
-            out = model(augment(xb, train=False))
+            out = inputs.forward(model, x)
         for key, t in zip(parts, (out.super_logits, out.sub_logits, out.super_features, out.sub_features)):
             parts[key].append(t.float().cpu())
     return ModelOutput(*(torch.cat(v) for v in parts.values()))
 
 
-def evaluate(model, images: torch.Tensor, sup: np.ndarray, sub: np.ndarray, heads: Heads, cfg: TrialConfig,
-             augment: BatchAugment, device: torch.device, autocast) -> tuple[EvalBatch, float]:
+def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: np.ndarray, heads: Heads,
+             cfg: TrialConfig, device: torch.device, autocast) -> tuple[EvalBatch, float]:
     """Logits and features of every validation image, and the loss over the seen ones."""
-    out = forward_all(model, images, augment, device, autocast)
+    out = forward_all(model, inputs, device, autocast)
     sup_t, sub_t = torch.from_numpy(sup), torch.from_numpy(sub)
     seen = (sup_t < heads.n_super) & (sub_t < heads.n_sub)
     val_loss = float("nan")

@@ -11,6 +11,7 @@ from pathlib import Path
 from hiertune.data.bundle import load_bundle
 from hiertune.fsutil import atomic_dir
 from hiertune.space import SearchSpace
+from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 
 log = logging.getLogger("hiertune")
@@ -18,7 +19,7 @@ log = logging.getLogger("hiertune")
 
 def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, progress: bool = True) -> dict:
     cfg = space.trial_config()
-    bundle = load_bundle(cfg.data, cfg.outliers, cfg.image_size, cfg.split_config(), cache_root)
+    bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root)
     summary = bundle.summary()
     log.info("data %s: %d train / %d validation images, %d outlier training images, pseudo-novel subclasses %s",
              summary["data"], summary["train"], summary["val"],
@@ -37,7 +38,7 @@ def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, pro
                  metrics["hypervolume"], metrics["train_images_per_s"])
 
     start = time.perf_counter()
-    run_trial(cfg, bundle, report, progress=progress)
+    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root))
     best = max(history, key=lambda m: m["hypervolume"])
     result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
               "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}

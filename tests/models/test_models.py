@@ -201,7 +201,7 @@ def test_layover_trains_only_its_side_branch_and_heads(caplog):
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"summary", "gate", "super_head", "sub_head"}
     assert not any(m.training for m in model.backbones[0].modules())
-    assert model.summary[2].in_features == 64  # resnet18's stage 1 (layer1) has 64 channels
+    assert model.summary[0].in_features == 64  # resnet18's stage 1 (layer1) has 64 channels
 
 
 def test_cnn_trains_everything_and_ignores_the_schedule():

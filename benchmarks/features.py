@@ -1,0 +1,114 @@
+"""A frozen backbone's features computed once vs every epoch through the backbone.
+
+    python benchmarks/features.py [--data DIR --outliers DIR] [--set key=value ...]
+
+The same trial (dualhead, tf_efficientnet_lite0, finetune linear, one epoch, no augmentation so
+both paths see the same inputs) twice: through the backbone (`feature_views: 0`) and on cached
+features (`feature_views: 1`). Prints each path's epoch time (training, and training plus the
+validation pass), the ratio (target ≥ 20×), the one-time cost of computing the cache and of
+reading it back from disk, and whether both trials' metrics agree. Needs ../shared data (skips
+with a message otherwise); weights are random unless `--set pretrained=...`: only time counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import DataBundle, load_bundle
+from hiertune.data.dataset import LabeledImages
+from hiertune.data.splits import SplitConfig, make_splits
+from hiertune.data.cache import default_cache_root
+from hiertune.space import parse_assignments
+from hiertune.training.loop import precompute_features, run_trial
+from hiertune.training.features import FeatureStore
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def subset(bundle: DataBundle, every: int, split: SplitConfig) -> DataBundle:
+    """Every `every`-th labeled and outlier image, split again as load_bundle splits: where a full
+    epoch through the backbone would take too long on this machine."""
+    if every == 1:
+        return bundle
+    t, o = bundle.data.train, bundle.outliers
+    train = LabeledImages(t.names[::every], t.images[::every], t.superclass[::every], t.subclass[::every])
+    outliers = replace(o, names=o.names[::every], images=o.images[::every], class_index=o.class_index[::every]) \
+        if o is not None else None
+    splits = make_splits(train.superclass, train.subclass, outliers.class_index if outliers else None,
+                         replace(split, outlier_count=None))
+    return DataBundle(replace(bundle.data, train=train), outliers, splits)
+
+
+def one_epoch(cfg: TrialConfig, bundle, store: FeatureStore | None) -> dict:
+    metrics: list[dict] = []
+    run_trial(cfg, bundle, lambda m, _: metrics.append(m), features=store)
+    return metrics[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(SHARED / "nndl2025"))
+    parser.add_argument("--outliers", default=str(SHARED / "outliers" / "tinyimagenet-ood"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--every", type=int, default=1,
+                        help="use every n-th image (when a full epoch through the backbone takes too long)")
+    args = parser.parse_args()
+    if not Path(args.data).is_dir():
+        print(f"skipped: {args.data} not found (this benchmark needs the competition data)")
+        return
+    cfg = TrialConfig.from_dict({"family": "dualhead", "backbone": "tf_efficientnet_lite0", "finetune": "linear",
+                                 "image_size": 128, "epochs": 1, "augment": False, "outlier_fraction": 0.5,
+                                 "batch_size": 64, "threads": 2, "data": args.data,
+                                 "outliers": args.outliers if Path(args.outliers).is_dir() else None,
+                                 **parse_assignments(args.set)})
+    torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    bundle = subset(load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), default_cache_root()),
+                    args.every, cfg.split_config())
+    pools = len(bundle.data.train.images) + (len(bundle.outliers.images) if bundle.outliers else 0)
+    print(f"data: {bundle.summary()['data']} ({pools} images in the pools, loaded in "
+          f"{time.perf_counter() - start:.0f}s{f'; every {args.every}th image' if args.every > 1 else ''})  "
+          f"{cfg.family} {cfg.backbone} {cfg.image_size}px "
+          f"finetune {cfg.finetune}, batch {cfg.batch_size}, torch threads {cfg.threads}")
+
+    with tempfile.TemporaryDirectory(prefix="hiertune-bench-features-") as tmp:
+        start = time.perf_counter()
+        store = precompute_features(cfg, bundle, FeatureStore(Path(tmp)), cpus=cfg.threads)
+        compute = time.perf_counter() - start
+        start = time.perf_counter()
+        reread = FeatureStore(Path(tmp))
+        precompute_features(cfg, bundle, reread, cpus=cfg.threads)
+        read = time.perf_counter() - start
+        assert reread.computed == 0
+        cached = one_epoch(cfg, bundle, store)
+    through = one_epoch(TrialConfig.from_dict({**cfg.to_dict(), "feature_views": 0}), bundle, None)
+
+    def whole(m: dict) -> float:
+        return m["epoch_seconds"] + m["eval_forward_seconds"]
+
+    print(f"one-time cache: computed in {compute:.1f}s ({pools / compute:.0f} images/s through the backbone), "
+          f"read back from disk in {read:.2f}s")
+    print(f"training epoch ({cached['train_images']} images): through the backbone {through['epoch_seconds']:.2f}s, "
+          f"cached features {cached['epoch_seconds']:.3f}s -> {through['epoch_seconds'] / cached['epoch_seconds']:.0f}x "
+          f"(target >= 20x)")
+    print(f"epoch + validation pass: through the backbone {whole(through):.2f}s, cached features "
+          f"{whole(cached):.3f}s -> {whole(through) / whole(cached):.0f}x")
+    same = all(math.isclose(through[k], cached[k], rel_tol=1e-3, abs_tol=1e-4)
+               for k in ("train_loss", "val_loss", "seen", "unseen", "hypervolume"))
+    print(f"metrics agree (train/val loss, seen, unseen, hypervolume): {same}  "
+          f"(train loss {through['train_loss']:.4f} vs {cached['train_loss']:.4f}; "
+          f"hypervolume {through['hypervolume']:.4f} vs {cached['hypervolume']:.4f})")
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()

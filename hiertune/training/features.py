@@ -1,0 +1,189 @@
+"""A frozen backbone's features, computed once and reused by every epoch and every trial.
+
+A trial whose backbone never trains (finetune linear; layover) would run the same backbone
+forward pass on the same images every epoch, and every such trial of a sweep would repeat it.
+Instead the backbone's outputs that the heads read (`model.frozen_features`) are computed once per
+image pool (the labeled images, the outliers) and cached on disk under the cache root, keyed by
+a sha256 over everything they depend on: what the frozen part computes (family, layover stage),
+the digest of its weights, the input pipeline (the augmentation config's evaluation view: mean,
+std, and whatever else the config gains, such as an input size; all of it with augmented
+views), the image size, the number of views and their seed, the pixels' digest and the numeric
+precision. A trial's split then takes rows of these arrays in the order `assemble` lays images
+out, and trains only the heads (hiertune.training.inputs.FeatureInputs).
+
+In a sweep the driver computes the base configuration's features before trials start and they
+travel with the data bundle through Ray's object store (`FeatureStore.sets`); a trial whose key
+differs (another backbone, seed or input size) reads or fills the disk cache on its node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from hiertune.data.augment import AugmentConfig, BatchAugment
+from hiertune.data.batches import iterate_batches
+from hiertune.data.bundle import DataBundle
+from hiertune.data.splits import take_rows
+from hiertune.fsutil import atomic_file
+from hiertune.training.inputs import FeatureInputs
+
+log = logging.getLogger("hiertune")
+
+FEATURE_VERSION = "1"
+VIEW_SEED = 0  # augmented views do not depend on the trial's seed, so trials share them
+Pools = dict[str, np.ndarray]  # pool name ("labeled", "outliers") -> uint8 images
+
+
+def bundle_pools(bundle: DataBundle) -> Pools:
+    pools = {"labeled": bundle.data.train.images}
+    if bundle.outliers is not None:
+        pools["outliers"] = bundle.outliers.images
+    return pools
+
+
+def images_digest(images: np.ndarray) -> str:
+    h = hashlib.sha256(f"{images.dtype}{images.shape}".encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the frozen part's tensors (names, dtypes, shapes and values), BatchNorm
+    statistics included: it identifies random, hub and local weights alike."""
+    h = hashlib.sha256()
+    for name, t in model.backbones.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def view_settings(config: AugmentConfig, views: int) -> dict:
+    """The augmentation settings the views depend on: with one (clean) view only those that
+    augmentation-off shares with the default, i.e. normalisation and any input geometry."""
+    settings = asdict(config)
+    if views == 1:
+        off, on = asdict(AugmentConfig.none()), asdict(AugmentConfig())
+        settings = {k: v for k, v in settings.items() if off[k] == on[k]}
+    return settings
+
+
+def feature_key(model: torch.nn.Module, weights: str, augment: AugmentConfig, image_size: int, views: int,
+                images: str, precision: str) -> str:
+    parts = {"version": FEATURE_VERSION, "model": model.frozen_spec(), "weights": weights,
+             "view": view_settings(augment, views), "image_size": image_size, "views": views,
+             "view_seed": VIEW_SEED, "images": images, "precision": precision}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+
+
+@torch.no_grad()
+def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, views: int, device: torch.device,
+            autocast: Callable, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """`model.frozen_features` of every image: name -> [N, views, ...] float32 on the CPU.
+
+    View 0 is preprocessed as evaluation does (`augment(..., train=False)`, the call the
+    validation pass and predict make), so normalisation and input size follow the trial's
+    `BatchAugment`; views 1.. through its training augmentation, drawn from VIEW_SEED."""
+    model.eval()
+    gen = torch.Generator(device).manual_seed(VIEW_SEED)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for (xb,) in iterate_batches(torch.from_numpy(images), (), batch_size, shuffle=False, generator=None,
+                                 device=device):
+        per_view = []
+        for k in range(views):
+            with autocast():
+                per_view.append(model.frozen_features(augment(xb, gen, train=k > 0)))
+        for name in per_view[0]:
+            parts.setdefault(name, []).append(torch.stack([v[name].float() for v in per_view], dim=1).cpu())
+    return {name: torch.cat(p).numpy() for name, p in parts.items()}
+
+
+@dataclass
+class FeatureStore:
+    """Where a trial gets frozen features. `sets` (key -> name -> [N, views, ...]) holds what the
+    sweep's driver computed; it reaches trials with the bundle through Ray's object store. Other
+    keys are read from, or computed into, `cache_root`/features (None: computed, kept in memory
+    for this trial only). `digests` memoises the image pools' sha256 (the driver's travel too)."""
+
+    cache_root: Path | None = None
+    sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    computed: int = 0  # image pools this store ran through the backbone (tests and logs read it)
+
+    def digest(self, pool: str, images: np.ndarray) -> str:
+        if pool not in self.digests:
+            self.digests[pool] = images_digest(images)
+        return self.digests[pool]
+
+    def path(self, key: str) -> Path | None:
+        return self.cache_root / "features" / f"{key}.safetensors" if self.cache_root is not None else None
+
+    def get(self, key: str, n: int, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The features under `key` for `n` images: shared, on disk, or computed (and saved)."""
+        if key in self.sets:
+            return self.sets[key]
+        path = self.path(key)
+        found = _read(path, key, n) if path is not None and path.exists() else None
+        if found is None:
+            found = compute()
+            self.computed += 1
+            if path is not None:
+                with atomic_file(path) as tmp:
+                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp, metadata={"key": key})
+        self.sets[key] = found
+        return found
+
+
+def _read(path: Path, key: str, n: int) -> dict[str, np.ndarray] | None:
+    """A cache file's arrays, or None (with one warning line) when it is damaged or foreign:
+    it is only a cache, so the fix is to compute it again, which overwrites it."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            if (f.metadata() or {}).get("key") != key:
+                raise ValueError("written for another key")
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+        if not arrays or any(a.ndim < 2 or a.shape[0] != n or a.dtype != np.float32 for a in arrays.values()):
+            raise ValueError(f"not [{n}, views, ...] float32 arrays")
+        return arrays
+    except (OSError, ValueError, SafetensorError) as exc:
+        log.warning("feature cache %s unusable (%s); computing it again", path, " ".join(str(exc).split())[:160])
+        return None
+
+
+def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, image_size: int, views: int,
+                  device: torch.device, autocast: Callable, precision: str, store: FeatureStore
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`."""
+    weights = weights_digest(model)
+    out = {}
+    for pool, images in pools.items():
+        key = feature_key(model, weights, augment.config, image_size, views, store.digest(pool, images), precision)
+        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, views, device, autocast))
+    return out
+
+
+def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None, fraction: float | None,
+                  augment: BatchAugment, image_size: int, views: int, device: torch.device, autocast: Callable,
+                  precision: str, store: FeatureStore) -> tuple[FeatureInputs, FeatureInputs] | None:
+    """A trial's training and validation inputs as cached features, or None when it has to go
+    through the backbone: the backbone trains (some epoch), or views is 0."""
+    if views == 0 or not getattr(model, "backbone_frozen", False):
+        return None
+    feats = pool_features(model, bundle_pools(bundle), augment, image_size, views, device, autocast, precision,
+                          store)
+    splits = bundle.trial_splits(count, fraction)
+    train, val = {}, {}
+    for name in feats["labeled"]:
+        outliers = feats["outliers"][name] if "outliers" in feats else None
+        tr, va = take_rows(feats["labeled"][name], outliers, splits)
+        train[name], val[name] = torch.from_numpy(tr), torch.from_numpy(np.ascontiguousarray(va[:, :1]))
+    return FeatureInputs(train, device), FeatureInputs(val, device)

@@ -1,0 +1,77 @@
+"""What a trial's model reads, batch by batch: images through the augmentation and the whole
+model, or a frozen backbone's cached features through the trainable part only.
+
+Both give `batches(...)` of (inputs, *labels) on the device and `forward(model, inputs)`, so the
+training loop and the evaluation pass in hiertune.training.loop are the same code for either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from hiertune.data.augment import BatchAugment
+from hiertune.data.batches import iterate_batches
+from hiertune.models.registry import ModelOutput
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+class ImageInputs:
+    """uint8 [N, H, W, 3] images; augmented on the device when training, the eval view otherwise."""
+
+    def __init__(self, images: torch.Tensor, augment: BatchAugment):
+        self.images, self.augment = images, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
+                order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
+                ) -> Iterator[tuple[Inputs, ...]]:
+        for xb, *ys in iterate_batches(self.images, labels, batch_size, shuffle=train, generator=order_gen,
+                                       device=device, drop_last=train):
+            yield (self.augment(xb, aug_gen, train=train), *ys)
+
+    @staticmethod
+    def forward(model, x: torch.Tensor) -> ModelOutput:
+        return model(x)
+
+
+class FeatureInputs:
+    """A frozen backbone's outputs per image: name -> [N, K views, ...] float32, view 0 the clean
+    (evaluation) one. Training draws one view per image each epoch from `aug_gen`, the generator
+    that would otherwise draw the augmentation; evaluation reads view 0."""
+
+    def __init__(self, features: dict[str, torch.Tensor], device: torch.device):
+        # On the device once: a batch is then a gather there, with no host copy per step.
+        self.features = {name: t.to(device) for name, t in features.items()}
+        first = next(iter(self.features.values()))
+        self.n, self.views = first.shape[0], first.shape[1]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
+                order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
+                ) -> Iterator[tuple[Inputs, ...]]:
+        rows = torch.arange(self.n)  # on the CPU, where order_gen draws the permutation
+        if train and self.views > 1:
+            view = torch.randint(self.views, (self.n,), generator=aug_gen, device=aug_gen.device).to(device)
+        else:
+            view = torch.zeros(self.n, dtype=torch.long, device=device)
+        for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=train, generator=order_gen,
+                                        device=device, drop_last=train):
+            yield ({name: t[idx, view[idx]] for name, t in self.features.items()}, *ys)
+
+    @staticmethod
+    def forward(model, features: dict[str, torch.Tensor]) -> ModelOutput:
+        return model.from_features(features)
+
+
+def mix(x: Inputs, lam: float, perm: torch.Tensor) -> Inputs:
+    """Mixup of a batch with its permutation: images, or each feature (manifold mixup)."""
+    if isinstance(x, dict):
+        return {name: lam * t + (1 - lam) * t[perm] for name, t in x.items()}
+    return lam * x + (1 - lam) * x[perm]

@@ -1,0 +1,262 @@
+"""Frozen-backbone features computed once: the cached path trains and evaluates exactly as the
+path through the backbone, a second trial reads the cache, the key follows what the features
+depend on, and a damaged cache file is computed again."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hiertune.config import TrialConfig
+from hiertune.data.augment import AugmentConfig, BatchAugment
+from hiertune.data.bundle import load_bundle
+from hiertune.data.synth import SynthConfig, write_synthetic
+from hiertune.errors import UserError
+from hiertune.models.dualhead import DualHead
+from hiertune.models.layover import Layover
+from hiertune.models.registry import Heads, create_model
+from hiertune.sweep.state import load_trials
+from hiertune.training import checkpoint as ckpt
+from hiertune.training.loop import forward_all, heads_for, run_trial
+from hiertune.training.features import FeatureStore, extract, feature_key, images_digest, weights_digest
+from hiertune.training.inputs import FeatureInputs, ImageInputs
+
+SIZE = 32
+TINY = SynthConfig(train_per_subclass=4, test_per_subclass=1, novel_superclass_test_images=4, outlier_per_class=6)
+FAST = dict(backbone="resnet10t", finetune="linear", epochs=2, batch_size=16, threads=1, augment=False,
+            layover_hidden=16, image_size=SIZE)
+COMPARED = ("train_loss", "val_loss", "seen", "unseen", "hypervolume", "closed_seen_sub_acc",
+            "hypervolume_mahalanobis", "hypervolume_knn", "super_auroc_msp")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    write_synthetic(root, TINY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(data_dir, tmp_path_factory):
+    cfg = TrialConfig(data=str(data_dir))
+    return load_bundle(cfg.data, None, SIZE, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+
+
+def trial(bundle, data_dir, store=None, **overrides):
+    reports = []
+
+    def report(metrics: dict, checkpoint: Path) -> None:
+        reports.append((metrics, load_file(checkpoint / ckpt.MODEL)))
+
+    cfg = TrialConfig(data=str(data_dir), **{**FAST, **overrides})
+    run_trial(cfg, bundle, report, features=store)
+    return reports
+
+
+@pytest.fixture
+def count_backbone(monkeypatch):
+    """Images through dualhead and layover's frozen_features, which every backbone pass of theirs takes."""
+    calls = []
+    for cls in (DualHead, Layover):
+        inner = cls.frozen_features
+
+        def wrapped(self, x, inner=inner):
+            calls.append(len(x))
+            return inner(self, x)
+
+        monkeypatch.setattr(cls, "frozen_features", wrapped)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dualhead", "layover"])
+def test_cached_trial_matches_the_trial_through_the_backbone(family, bundle, data_dir, tmp_path, count_backbone):
+    through = trial(bundle, data_dir, family=family, feature_views=0)
+    per_epoch = sum(count_backbone)
+    assert per_epoch > 0
+    count_backbone.clear()
+    cached = trial(bundle, data_dir, FeatureStore(tmp_path), family=family, feature_views=1)
+    # Only the extraction ran the backbone: once per image of the two pools, not once per epoch.
+    assert sum(count_backbone) == len(bundle.data.train.images) + len(bundle.outliers.images)
+    assert len(through) == len(cached) == 2
+    for (m_through, w_through), (m_cached, w_cached) in zip(through, cached):
+        for key in COMPARED:
+            assert math.isclose(m_through[key], m_cached[key], rel_tol=1e-4, abs_tol=1e-5), key
+        assert w_through.keys() == w_cached.keys()
+        for name in w_through:
+            torch.testing.assert_close(w_through[name], w_cached[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_second_trial_reads_the_cache_without_a_backbone_pass(bundle, data_dir, tmp_path, count_backbone):
+    first = FeatureStore(tmp_path)
+    trial(bundle, data_dir, first, family="dualhead", epochs=1)
+    assert first.computed == 2 and len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+    count_backbone.clear()
+    second = FeatureStore(tmp_path)  # another trial, another process: only the disk is shared
+    trial(bundle, data_dir, second, family="dualhead", epochs=1, lr=3e-3, outlier_fraction=0.5)
+    assert second.computed == 0 and count_backbone == []
+    # A trial with another seed has other random weights: other features.
+    trial(bundle, data_dir, second, family="dualhead", epochs=1, seed=1)
+    assert second.computed == 2
+
+
+def test_shared_sets_serve_a_trial_without_disk_or_backbone(bundle, data_dir, tmp_path, count_backbone):
+    driver = FeatureStore(tmp_path)
+    trial(bundle, data_dir, driver, family="layover", epochs=1)
+    shared = FeatureStore(None, sets=dict(driver.sets), digests=dict(driver.digests))
+    count_backbone.clear()
+    trial(bundle, data_dir, shared, family="layover", epochs=1, lr=1e-2)
+    assert shared.computed == 0 and count_backbone == []
+
+
+def test_cache_key_follows_data_input_pipeline_and_weights():
+    heads = heads_for_tiny()
+    torch.manual_seed(0)
+    model = create_model(TrialConfig(backbone="resnet10t", finetune="linear").model_config(), heads)
+    images = np.zeros((4, SIZE, SIZE, 3), np.uint8)
+    plain = AugmentConfig()
+    base = dict(model=model, weights=weights_digest(model), augment=plain, image_size=SIZE, views=1,
+                images=images_digest(images), precision="torch.float32")
+    key = feature_key(**base)
+    assert feature_key(**base) == key
+    changed = images.copy()
+    changed[0, 0, 0, 0] = 1
+    torch.manual_seed(1)
+    other = create_model(TrialConfig(backbone="resnet10t", finetune="linear").model_config(), heads)
+    variants = {
+        "data": dict(images=images_digest(changed)),
+        "image size": dict(image_size=64),
+        "mean/std": dict(augment=dataclasses.replace(plain, mean=(0.5,) * 3, std=(0.5,) * 3)),
+        "weights": dict(weights=weights_digest(other)),
+        "views": dict(views=2),
+        "precision": dict(precision="torch.bfloat16"),
+    }
+    keys = {what: feature_key(**{**base, **change}) for what, change in variants.items()}
+    assert all(k != key for k in keys.values()) and len(set(keys.values())) == len(keys), keys
+    # The clean view does not depend on augmentation magnitudes; augmented views do.
+    off = AugmentConfig.none()
+    assert feature_key(**{**base, "augment": off}) == key
+    assert feature_key(**{**base, "augment": off, "views": 2}) != feature_key(**{**base, "views": 2})
+
+
+def heads_for_tiny():
+    return Heads(2, 4, (0, 0, 1, 1), novel_logit=True)
+
+
+def test_a_damaged_cache_file_is_computed_again(bundle, data_dir, tmp_path, caplog):
+    trial(bundle, data_dir, FeatureStore(tmp_path), family="dualhead", epochs=1)
+    files = sorted((tmp_path / "features").glob("*.safetensors"))
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    files[1].write_bytes(b"not a safetensors file")
+    store = FeatureStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hiertune"):
+        again = trial(bundle, data_dir, store, family="dualhead", epochs=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("unusable" in w and "\n" not in w for w in warnings)
+    assert store.computed == 2 and math.isfinite(again[0][0]["train_loss"])
+    caplog.clear()  # the rewritten files read back without a warning
+    reread = FeatureStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hiertune"):
+        trial(bundle, data_dir, reread, family="dualhead", epochs=1)
+    assert reread.computed == 0 and not caplog.records
+
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epoch(bundle, data_dir):
+    # With BN in train mode, `linear` would drift the running statistics from the images it sees,
+    # and features cached once would no longer be what the backbone computes.
+    torch.manual_seed(0)
+    initial = create_model(TrialConfig(**{**FAST, "finetune": "linear"}).model_config(),
+                           heads_for(bundle, TrialConfig(**FAST)))
+    (_, weights), = trial(bundle, data_dir, family="dualhead", feature_views=0, epochs=1)
+    for name, tensor in initial.state_dict().items():
+        if name.startswith("backbones."):
+            torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path):
+    cfg = TrialConfig(**{**FAST, "augment": True, "feature_views": 3})
+    torch.manual_seed(0)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    images = bundle.data.train.images[:20]
+    feats = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
+    assert feats["pooled"].shape[:2] == (20, 3)
+    with torch.no_grad():
+        clean = model.eval().frozen_features(augment(torch.from_numpy(images), train=False))["pooled"]
+    np.testing.assert_allclose(feats["pooled"][:, 0], clean.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(feats["pooled"][:, 1], feats["pooled"][:, 0])
+    assert not np.allclose(feats["pooled"][:, 2], feats["pooled"][:, 1])
+    again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
+    np.testing.assert_array_equal(again["pooled"], feats["pooled"])
+    # A trial on them draws a view per image each epoch and trains.
+    (metrics, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="dualhead", augment=True,
+                          feature_views=3, epochs=1, mixup_alpha=0.2)
+    assert math.isfinite(metrics["train_loss"])
+
+
+def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bundle, data_dir, tmp_path):
+    """What export and predict rely on: the checkpoint holds the whole model, and images through
+    it give what the cached features gave."""
+    (_, weights), = trial(bundle, data_dir, FeatureStore(tmp_path), family="layover", epochs=1)
+    cfg = TrialConfig(**{**FAST, "family": "layover"})
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    model.load_state_dict(weights)
+    model.eval()
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    images = torch.from_numpy(bundle.data.train.images[:24])
+    via_images = forward_all(model, ImageInputs(images, augment), torch.device("cpu"), nullcontext)
+    feats = extract(model, images.numpy(), augment, 1, torch.device("cpu"), nullcontext)
+    via_features = forward_all(model, FeatureInputs({k: torch.from_numpy(v) for k, v in feats.items()}, "cpu"),
+                               torch.device("cpu"), nullcontext)
+    for a, b in zip(dataclasses.astuple(via_images), dataclasses.astuple(via_features)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_views_is_validated():
+    with pytest.raises(UserError, match="feature_views 3 needs augment"):
+        TrialConfig(feature_views=3, augment=False)
+    with pytest.raises(UserError, match="feature_views must be >= 0"):
+        TrialConfig(feature_views=-1)
+
+
+@pytest.mark.slow
+def test_a_sweep_computes_frozen_features_once_and_its_trials_only_read_them(cli, data_dir, cache_root, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+family: layover
+fixed: {{backbone: resnet10t, epochs: 2, batch_size: 16, threads: 1, image_size: {SIZE}, layover_hidden: 16,
+        data: {data_dir}}}
+search:
+  lr: {{type: float, low: 1.0e-3, high: 3.0e-2, log: true}}
+tune: {{num_samples: 3, sampler: tpe, seed: 0}}
+scheduler: {{max_t: 2, grace_period: 2, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+""")
+    result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert result.code == 0, result.err[-3000:]
+    assert len(list((cache_root / "features").glob("*.safetensors"))) == 2  # labeled + outliers, by the driver
+    records = load_trials(tmp_path / "sweeps" / "frozen")
+    assert len(records) == 3 and all(r.status == "completed" for r in records)
+    for record in records:
+        assert record.metrics["features_computed"] == 0, record.metrics
+
+
+@pytest.mark.parametrize("family, finetune, depth, frozen", [
+    ("dualhead", "linear", 2, True), ("dualhead", "partial", 0, True), ("dualhead", "partial", 1, False),
+    ("dualhead", "gradual", 0, False), ("dualhead", "bn", 2, False), ("twomodel", "full", 2, False),
+    ("layover", "full", 2, True)])
+def test_only_a_backbone_that_no_epoch_trains_counts_as_frozen(family, finetune, depth, frozen):
+    cfg = TrialConfig(family=family, backbone="resnet10t", finetune=finetune, unfreeze_depth=depth)
+    model = create_model(cfg.model_config(), heads_for_tiny())
+    assert model.backbone_frozen is frozen
+    if frozen:  # and then it runs in eval mode while the rest trains
+        model.train()
+        assert not any(m.training for backbone in model.backbones for m in backbone.modules())
