@@ -170,9 +170,8 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from hiertune.search import FidelityAwareOptunaSearch, objectives
+    from hiertune.search import FidelityAwareOptunaSearch
     from hiertune.tracking import MlflowSweepCallback, redact
     from hiertune.trainable import FinalFailures, tune_trainable
 
@@ -192,13 +191,12 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
     else:
         callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
+        scheduler, scheduler_callbacks = make_scheduler(space)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=FidelityAwareOptunaSearch(space),
-                scheduler=ASHAScheduler(time_attr="training_iteration", metric=objectives(space)[0], mode="max",
-                                        max_t=space.scheduler.max_t, grace_period=space.scheduler.grace_period,
-                                        reduction_factor=space.scheduler.reduction_factor),
+                scheduler=scheduler,
                 num_samples=space.tune.num_samples,
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
@@ -206,7 +204,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[FinalFailures(), callback],
+                callbacks=[FinalFailures(), callback, *scheduler_callbacks],
                 verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -224,6 +222,28 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
+
+
+def make_scheduler(space: SearchSpace) -> tuple:
+    """The space's early-stopping rule, and the Ray callbacks that carry its state through
+    `--resume` (Ray keeps a scheduler's state only as it was first built)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from hiertune.moasha import MOASHAScheduler, SchedulerState
+    from hiertune.search import objectives
+    from hiertune.train import FRONT_KEY
+
+    s = space.scheduler
+    scalar, pair = objectives(space)
+    if s.type == "fifo":
+        return FIFOScheduler(), []
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", metric=scalar, mode="max", max_t=s.max_t,
+                             grace_period=s.grace_period, reduction_factor=s.reduction_factor), []
+    # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
+    moasha = MOASHAScheduler(pair, mode="max", points_key=None if space.samples_thresholds else FRONT_KEY,
+                             max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return moasha, [SchedulerState(moasha)]
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:

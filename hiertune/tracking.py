@@ -226,7 +226,7 @@ class MlflowSweepCallback(tune.Callback):
         stopped = last.get("training_iteration", 0) < self.max_t
         self._curves(trial)
         self.recorder.finish_trial(trial.trial_id, "stopped" if stopped else "completed",
-                                   "stopped early by ASHA" if stopped else None)
+                                   "stopped early by the scheduler" if stopped else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)
