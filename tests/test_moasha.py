@@ -199,3 +199,42 @@ def test_unknown_scheduler_type_or_field_is_one_line(tmp_path: Path, scheduler: 
     with pytest.raises(UserError) as info:
         space_with(tmp_path, scheduler)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# ---- a real sweep ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sweep_with_moasha_stops_trials_and_optuna_learns_them_as_pruned(cli, small_data, tmp_path):
+    from optuna.trial import TrialState
+    from test_sweep import last_json, space_file
+
+    from hiertune.pareto import load_trials
+    from hiertune.search import FidelityAwareOptunaSearch
+
+    path = space_file(tmp_path, small_data, samples=6, max_t=3)
+    result = cli("sweep", str(path), "--set", "scheduler.type=moasha", "--name", "mo",
+                 "--storage", str(tmp_path / "sweeps"), "--json")
+    assert result.code == 0, result.err[-3000:]
+    assert sum(last_json(result.out)["trials"].values()) == 6
+    status = {t.trial_id: t.status for t in load_trials(tmp_path / "sweeps" / "mo")}
+    stopped = {k for k, v in status.items() if v == "stopped"}
+    assert stopped and "failed" not in status.values()
+
+    tune_dir = str(tmp_path / "sweeps" / "mo" / "tune")
+    searcher = FidelityAwareOptunaSearch(load_space(path))
+    searcher.restore_from_dir(tune_dir)
+    states = {k: searcher._ot_trials[k].number for k in status}
+    by_number = {t.number: t.state for t in searcher._ot_study.trials}
+    assert {k for k in status if by_number[states[k]] == TrialState.PRUNED} == stopped
+    assert all(by_number[states[k]] == TrialState.COMPLETE for k in status if k not in stopped)
+
+    # The scheduler's rungs went into Ray's experiment checkpoint, ready for --resume:
+    # every trial was ranked at rung 1 by its reported front.
+    scheduler = MOASHAScheduler(("seen", "unseen"), points_key="front", max_t=3, grace_period=1,
+                                reduction_factor=2)
+    [saved] = Path(tune_dir).glob("callback-states-*.pkl")  # Ray's own file, written by this test's sweep
+    states = [s for s in pickle.loads(saved.read_bytes()).values() if s and "moasha" in s]
+    assert len(states) == 1
+    SchedulerState(scheduler).set_state(states[0])
+    assert set(scheduler._rungs[1]) == set(status)
+    assert all(len(points) >= 1 for points in scheduler._rungs[1].values())
