@@ -228,13 +228,21 @@ def test_sweep_with_moasha_stops_trials_and_optuna_learns_them_as_pruned(cli, sm
     assert {k for k in status if by_number[states[k]] == TrialState.PRUNED} == stopped
     assert all(by_number[states[k]] == TrialState.COMPLETE for k in status if k not in stopped)
 
-    # The scheduler's rungs went into Ray's experiment checkpoint, ready for --resume:
-    # every trial was ranked at rung 1 by its reported front.
+    # The scheduler's rungs go into Ray's experiment checkpoint and come back on --resume: the
+    # resumed run (nothing left to train) saves them again, from the scheduler it restored.
+    first = saved_rungs(tune_dir)
+    assert set(first[1]) == set(status) and all(len(points) >= 1 for points in first[1].values())
+    resumed = cli("sweep", str(path), "--name", "mo", "--storage", str(tmp_path / "sweeps"), "--resume", "--json")
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert len(list(Path(tune_dir).glob("callback-states-*.pkl"))) == 2
+    assert saved_rungs(tune_dir) == first
+
+
+def saved_rungs(tune_dir: str) -> dict:
+    """The rungs in the newest of Ray's callback-state files (written by the test's own sweep)."""
+    saved = max(Path(tune_dir).glob("callback-states-*.pkl"), key=lambda p: p.stat().st_mtime_ns)
+    [state] = [s for s in pickle.loads(saved.read_bytes()).values() if s and "moasha" in s]
     scheduler = MOASHAScheduler(("seen", "unseen"), points_key="front", max_t=3, grace_period=1,
                                 reduction_factor=2)
-    [saved] = Path(tune_dir).glob("callback-states-*.pkl")  # Ray's own file, written by this test's sweep
-    states = [s for s in pickle.loads(saved.read_bytes()).values() if s and "moasha" in s]
-    assert len(states) == 1
-    SchedulerState(scheduler).set_state(states[0])
-    assert set(scheduler._rungs[1]) == set(status)
-    assert all(len(points) >= 1 for points in scheduler._rungs[1].values())
+    SchedulerState(scheduler).set_state(state)
+    return scheduler._rungs
