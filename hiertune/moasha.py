@@ -78,9 +78,9 @@ def rank_trials(sets: dict[str, np.ndarray]) -> list[str]:
     `sets` maps each trial to its points [n_i, 2] (maximised), in the order they were recorded."""
     ids = list(sets)
     arrays = [np.asarray(sets[t], dtype=float).reshape(-1, 2) for t in ids]
-    owner = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)]).astype(np.int64)
-    levels = nondominated_levels(np.concatenate(arrays) if arrays else np.empty((0, 2)))
-    all_points = np.concatenate(arrays) if arrays else np.empty((0, 2))
+    all_points = np.concatenate([np.empty((0, 2)), *arrays])
+    owner = np.concatenate([np.empty(0, np.int64), *(np.full(len(a), i) for i, a in enumerate(arrays))])
+    levels = nondominated_levels(all_points)
     best = [min((int(v) for v in levels[owner == i] if v >= 0), default=math.inf) for i in range(len(ids))]
     order: list[str] = []
     for level in sorted(set(best) - {math.inf}):

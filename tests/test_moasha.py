@@ -190,6 +190,30 @@ def test_sampled_thresholds_rank_each_trial_by_its_one_point(tmp_path: Path):
                                         "front": [[0.95, 0.95]]}) == STOP
 
 
+def test_nsga2_learns_moasha_stopped_trials_as_pruned(tmp_path: Path):
+    from optuna.trial import TrialState
+
+    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.sweep import make_scheduler
+
+    space = space_with(tmp_path, "{type: moasha, max_t: 4, reduction_factor: 2}").with_overrides(
+        {"tune.sampler": "nsga2"})
+    searcher, (scheduler, _) = FidelityAwareOptunaSearch(space), make_scheduler(space)
+    configs = [searcher.suggest(f"t{i}") for i in range(2)]
+    assert all(1e-4 <= c["lr"] <= 1e-2 for c in configs)
+    a, b = trials(2)
+    best = {"training_iteration": 1, "seen": 0.8, "unseen": 0.7, "front": [[0.8, 0.7]]}
+    worse = {"training_iteration": 1, "seen": 0.5, "unseen": 0.4, "front": [[0.5, 0.4]]}
+    assert scheduler.on_trial_result(None, a, best) == GO
+    assert scheduler.on_trial_result(None, b, worse) == STOP
+    searcher.on_trial_complete("t0", {**best, "training_iteration": 4})
+    searcher.on_trial_complete("t1", worse)  # what Tune tells the searcher after the STOP
+    study = searcher._ot_study
+    assert len(study.directions) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[0].values == [0.8, 0.7]
+
+
 @pytest.mark.parametrize("scheduler, message", [
     ("{type: mosha}", "scheduler.type: unknown scheduler 'mosha' (did you mean 'moasha'?)"),
     ("{type: hyperband}", "scheduler.type: unknown scheduler 'hyperband' (known: asha, moasha, fifo)"),
