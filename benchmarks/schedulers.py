@@ -140,6 +140,7 @@ def main() -> None:
     runs: dict[tuple[int, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             for scheduler in SCHEDULERS:
                 runs[seed, scheduler] = run(args, seed, scheduler, work)
