@@ -30,6 +30,12 @@ favours the bulging middle and depends on the reference point). With single poin
 Syne Tune's MOASHA exactly. Objectives are compared on their own scales, unnormalised: both of
 hiertune's are accuracies in [0, 1].
 
+Known weakness: a post-hoc front ends in a degenerate corner (τ → 1 rejects everything: unseen
+→ 1, seen → 0), where trials differ by an image or two, so a weak trial can reach level 0 by a
+sliver there. The ε-net ranks such a trial last on level 0 (its reach is tiny), but it still
+ranks above level 1. ε-dominance (points within one validation image's accuracy counted equal)
+would close this; not done yet.
+
 State: Ray 2.x never calls a scheduler's save/restore and rebuilds it from `tuner.pkl` as first
 built, so `Tuner.restore` would start with empty rungs. `SchedulerState` is a Ray callback that
 carries the rungs in Ray's own experiment checkpoint (callbacks are saved and restored there);
