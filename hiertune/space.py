@@ -4,14 +4,16 @@
     fixed:       {backbone: resnet18, epochs: 15, batch_size: 64, data: null, ...}
     search:      {lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, ...}
     tune:        {num_samples: 24, sampler: tpe, seed: 0}
-    scheduler:   {max_t: 15, grace_period: 2, reduction_factor: 3}
+    scheduler:   {type: asha, max_t: 15, grace_period: 2, reduction_factor: 3}
     resources:   {cpus_per_trial: 1, gpus_per_trial: 0.25}
     mlflow:      {tracking_uri: null}
     storage:     null
 
 `search` entries use Optuna's own shape ({type, low, high, log, step, choices}), may carry a
 `default` (what `hiertune train` uses; otherwise the midpoint), a `when: {param: [values]}`
-condition, and `posthoc: true|false`. Thresholds and the novelty score are post-hoc by default
+condition, and `posthoc: true|false`. `scheduler.type` is asha (the default: ASHA on each
+trial's front hypervolume), moasha (MO-ASHA on the fronts themselves, hiertune.moasha) or fifo
+(no early stopping: every trial runs max_t epochs). Thresholds and the novelty score are post-hoc by default
 (BRIEF): declared here like any parameter, they are evaluated on every trial's logits after
 the forward pass instead of being sampled, unless `posthoc: false` asks Optuna to sample them.
 """
@@ -32,6 +34,7 @@ from hiertune.models.backbone import check_backbone
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("asha", "moasha", "fifo")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class TuneSettings:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
+    type: str = "asha"
     max_t: int = 10
     grace_period: int = 1
     reduction_factor: int = 3
@@ -211,6 +215,9 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         if getattr(tune, name) < minimum:
             raise UserError(f"{path}: tune.{name} must be >= {minimum}, got {getattr(tune, name)}")
     sched = sections["scheduler"]
+    if sched.type not in SCHEDULERS:
+        raise UserError(f"{path}: scheduler.type: unknown scheduler {sched.type!r}"
+                        f"{did_you_mean(sched.type, SCHEDULERS, list_known=True)}")
     if not 1 <= sched.grace_period <= sched.max_t or sched.reduction_factor < 2:
         raise UserError(f"{path}: scheduler needs 1 <= grace_period <= max_t and reduction_factor >= 2 "
                         f"(got grace_period {sched.grace_period}, max_t {sched.max_t}, "
@@ -296,6 +303,7 @@ def _section(cls, raw: Any, where: str):
     hints = typing.get_type_hints(cls)
     _known_keys(raw, hints, where)
     return cls(**{k: coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
+
 
 
 def _known_keys(mapping: dict, known, where: str) -> None:

@@ -22,24 +22,36 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from hiertune import storage
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.space import SearchSpace
 from hiertune.sweep.front import sweep_front, write_front
+from hiertune.sweep.moasha import MOASHAScheduler, SchedulerState
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_sweep_curves
 from hiertune.sweep.search import FidelityAwareOptunaSearch, objectives
-from hiertune.sweep.state import (STATUSES, SWEEP_JSON, TRIALS_JSON, SweepMeta, TrialRecord, check_ray_state, find_meta,
-                                  read_meta, save_trials, trial_status, write_meta)
+from hiertune.sweep.state import (
+    STATUSES,
+    SWEEP_JSON,
+    TRIALS_JSON,
+    SweepMeta,
+    TrialRecord,
+    check_ray_state,
+    find_meta,
+    read_meta,
+    save_trials,
+    trial_status,
+    write_meta,
+)
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder, redact
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.features import FeatureStore
-from hiertune.training.loop import precompute_features
+from hiertune.training.loop import FRONT_KEY, precompute_features
 
 log = logging.getLogger("hiertune")
 
@@ -160,13 +172,12 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
     else:
         callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
+        scheduler, scheduler_callbacks = make_scheduler(space)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=FidelityAwareOptunaSearch(space),
-                scheduler=ASHAScheduler(time_attr="training_iteration", metric=objectives(space)[0], mode="max",
-                                        max_t=space.scheduler.max_t, grace_period=space.scheduler.grace_period,
-                                        reduction_factor=space.scheduler.reduction_factor),
+                scheduler=scheduler,
                 num_samples=space.tune.num_samples,
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
@@ -174,7 +185,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[FinalFailures(), callback],
+                callbacks=[FinalFailures(), callback, *scheduler_callbacks],
                 verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -192,6 +203,22 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
+
+
+def make_scheduler(space: SearchSpace) -> tuple:
+    """The space's early-stopping rule, and the Ray callbacks that carry its state through
+    `--resume` (Ray keeps a scheduler's state only as it was first built)."""
+    s = space.scheduler
+    scalar, pair = objectives(space)
+    if s.type == "fifo":
+        return FIFOScheduler(), []
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", metric=scalar, mode="max", max_t=s.max_t,
+                             grace_period=s.grace_period, reduction_factor=s.reduction_factor), []
+    # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
+    moasha = MOASHAScheduler(pair, mode="max", points_key=None if space.samples_thresholds else FRONT_KEY,
+                             max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return moasha, [SchedulerState(moasha)]
 
 
 def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:

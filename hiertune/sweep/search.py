@@ -1,7 +1,8 @@
 """Optuna behind Ray Tune: the define-by-run space and what Optuna learns from stopped trials.
 
-ASHA ranks trials by one scalar, each trial's own front hypervolume. Ray's OptunaSearch would
-tell Optuna that an ASHA-stopped trial COMPLETED with the value it had at its last rung, so a
+The scheduler stops trials early: ASHA on one scalar (each trial's own front hypervolume) or
+MO-ASHA on the fronts themselves (hiertune.sweep.moasha). Ray's OptunaSearch would tell Optuna that a
+stopped trial COMPLETED with the value it had at its last rung, so a
 trial stopped after 2 epochs would sit in Optuna's history beside finished ones as if 2 epochs
 were all it could do. Here a stopped trial is told as PRUNED, with its last value reported as an
 intermediate value at its epoch: TPE then ranks it below every completed trial (and among pruned
@@ -23,7 +24,7 @@ from hiertune.training.faults import FAILURE_KEY
 def objectives(space: SearchSpace) -> tuple[str, list[str]]:
     """What ASHA and Optuna rank by: with post-hoc thresholds, the trial's own front hypervolume
     (one scalar) or its best (seen, unseen) point for NSGA-II; with sampled thresholds, the one
-    point the sampled thresholds give."""
+    point the sampled thresholds give. MO-ASHA ranks by the pair (post hoc: the whole front)."""
     if space.samples_thresholds:
         return "point_objective", ["point_seen", "point_unseen"]
     return "hypervolume", ["seen", "unseen"]

@@ -221,7 +221,7 @@ class MlflowSweepCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         status = trial_status(int((trial.last_result or {}).get("training_iteration", 0)), self.max_t)
         self._curves(trial)
-        self.recorder.finish_trial(trial.trial_id, status, "stopped early by ASHA" if status == "stopped" else None)
+        self.recorder.finish_trial(trial.trial_id, status, "stopped early by the scheduler" if status == "stopped" else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)

@@ -39,6 +39,9 @@ Report = Callable[[dict, Path], None]
 
 
 POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub")
+# The epoch's own post-hoc front as [[seen, unseen], ...]: the point set MO-ASHA ranks a trial by
+# (hiertune.sweep.moasha). A few dozen pairs; the whole grid stays in the checkpoint.
+FRONT_KEY = "front"
 
 
 def heads_for(bundle: DataBundle, cfg: TrialConfig) -> Heads:
@@ -177,6 +180,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "val_loss": val_loss,
             "lr": scheduler.get_last_lr()[0],
             **result.to_metrics(),
+            FRONT_KEY: [[p["seen"], p["unseen"]] for p in result.front],
             "best_score": result.best["score"],
             # Closed-set accuracies, what seed 001 reports.
             **_closed_set(batch, heads),
