@@ -221,7 +221,7 @@ def test_nsga2_learns_moasha_stopped_trials_as_pruned(tmp_path: Path):
 
 @pytest.mark.parametrize("scheduler, message", [
     ("{type: mosha}", "scheduler.type: unknown scheduler 'mosha' (did you mean 'moasha'?)"),
-    ("{type: hyperband}", "scheduler.type: unknown scheduler 'hyperband' (known: asha, moasha, fifo)"),
+    ("{type: hyperband}", "scheduler.type: unknown scheduler 'hyperband' (known: asha, fifo, moasha)"),
     ("{type: moasha, eta: 3}", "scheduler: unknown key 'eta'"),
 ])
 def test_unknown_scheduler_type_or_field_is_one_line(tmp_path: Path, scheduler: str, message: str):
