@@ -3,6 +3,7 @@ brute force."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from hiertune.errors import UserError
 from hiertune.metrics import LEADERBOARD_KEYS, leaderboard_metrics
 from hiertune.models.registry import Heads
+from hiertune.ood_scores import HeadStats, LinearHead
 from hiertune.novelty import (
     SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, PosthocResult, logit_score,
     posthoc_grid, predict, raw_thresholds, score_levels,
@@ -60,12 +62,22 @@ def synthetic(n: int, novel_logit: bool, seed: int, kinds=(0, 1, 2)):
                      torch.where(kind == 2, S, sup), torch.where(kind == 0, sub, K))
 
 
+def linear_heads(seed: int = 7) -> dict[str, LinearHead]:
+    g = torch.Generator().manual_seed(seed)
+    return {level: LinearHead(torch.randn(n, D, generator=g, dtype=torch.float64),
+                              torch.randn(n, generator=g, dtype=torch.float64), False)
+            for level, n in (("super", S), ("sub", K))}
+
+
 def fit_scorers(seed: int = 1, capacity: int = 64) -> dict[str, FeatureScorer]:
     train = synthetic(300, False, seed)  # its novel rows must be ignored by the banks
     banks = {"super": FeatureBank(S, D, capacity), "sub": FeatureBank(K, D, capacity)}
     banks["super"].update(train.super_features, train.super_target)
     banks["sub"].update(train.sub_features, train.sub_target)
-    return {level: bank.fit() for level, bank in banks.items()}
+    seen = {"super": train.super_target < S, "sub": train.sub_target < K}
+    features = {"super": train.super_features, "sub": train.sub_features}
+    return {level: bank.fit(head=HeadStats.fit(features[level][seen[level]], head))
+            for (level, bank), head in zip(banks.items(), linear_heads().values())}
 
 
 @pytest.mark.parametrize("novel_logit", [False, True])
@@ -74,7 +86,7 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
     config = PosthocConfig(tau_super=TAUS, tau_sub=TAUS[::-1][:7], knn_k=5)
     result = posthoc_grid(batch, h, config, scorers)
     assert result.scores == SCORES
-    assert result.grid.shape == (5, len(TAUS), 7, 4)
+    assert result.grid.shape == (len(SCORES), len(TAUS), 7, 4)
     for s, name in enumerate(result.scores):
         for i in range(len(config.tau_super)):
             for j in range(len(config.tau_sub)):
@@ -154,8 +166,13 @@ def test_logit_scores_by_direct_computation():
 
 def test_feature_scores_are_skipped_without_scorers():
     result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig())
-    assert result.scores == ("msp", "energy", "maxlogit")
+    assert result.scores == ("msp", "energy", "maxlogit", "gen")
     assert "super_auroc_msp" in result.to_metrics() and "super_auroc_knn" not in result.to_metrics()
+    assert set(result.skipped) == {"mahalanobis", "knn", "rmds", "fdbd", "scale", "vim"}
+    headless = {level: dataclasses.replace(sc, head=None) for level, sc in fit_scorers().items()}
+    result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig(), headless)
+    assert "knn" in result.scores and "vim" not in result.scores
+    assert "classifier head" in result.skipped["vim"]
     with pytest.raises(ValueError, match="scorers"):
         predict(synthetic(10, False, 0), heads(False), "mahalanobis", 0.0, 0.0)
 
@@ -184,7 +201,8 @@ def test_result_save_load_round_trip(tmp_path):
     loaded = PosthocResult.load(tmp_path / "posthoc.npz")
     assert loaded.scores == result.scores and loaded.counts == result.counts
     assert np.array_equal(loaded.grid, result.grid)
-    assert loaded.front == result.front and loaded.best == result.best
+    assert loaded.front == [pytest.approx(p, nan_ok=True) for p in result.front]
+    assert loaded.best == pytest.approx(result.best, nan_ok=True) and loaded.skipped == result.skipped
     assert loaded.to_metrics() == pytest.approx(result.to_metrics(), nan_ok=True)
     assert all(isinstance(v, float) for v in result.to_metrics().values())
 
