@@ -15,14 +15,15 @@ import typing
 from dataclasses import asdict, dataclass, fields
 
 from hiertune.data.augment import AugmentConfig
+from hiertune.data.corrupt import ShiftConfig
 from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError
 from hiertune.faults import parse_plan
 from hiertune.losses import LossConfig
 from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig
+from hiertune.novelty import SCORES as NOVELTY_SCORES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-NOVELTY_SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -56,6 +57,8 @@ class TrialConfig:
     batch_size: int = 64
     mixup_alpha: float = 0.0
     augment: bool = True
+    corrupt_p: float = 0.0  # share of training images given one camera/pipeline corruption (data.corrupt)
+    corrupt_severity: float = 0.5
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
@@ -66,10 +69,16 @@ class TrialConfig:
     outlier_count: int | None = None  # outlier training images; None: the whole pool
     outlier_fraction: float | None = None  # or as a fraction of the pool, so one range fits any data
     split_seed: int = 0
+    # validation's seen_shifted group: corruptions of the seen validation images, a labeled folder, both, none
+    shifted: str = "corrupt"
+    shifted_data: str | None = None
+    shift_severity: float = 0.5
     # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for
     tau_super: float = 0.99
     tau_sub: float = 0.85
     novelty_score: str = "msp"
+    shifted_weight: float = 0.5  # share of seen_shifted in the `seen` objective
+    scorer_images: int = 4096  # training images the feature scorers are fitted on each epoch; 0: all
     # runtime
     seed: int = 0
     threads: int = 0  # torch threads; 0: the CPUs this trial owns
@@ -93,10 +102,11 @@ class TrialConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "kl_alpha", "oe_weight", "mixup_alpha", "label_smoothing",
-                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number"):
+                     "dropout", "warmup_epochs", "unfreeze_depth", "threads", "trial_number", "scorer_images"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tau_super", "tau_sub", "dropout", "label_smoothing", "momentum"):
+        for name in ("tau_super", "tau_sub", "dropout", "label_smoothing", "momentum", "corrupt_p",
+                     "corrupt_severity", "shifted_weight"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.outlier_count is not None and self.outlier_fraction is not None:
@@ -106,6 +116,7 @@ class TrialConfig:
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # validates the split fractions
+        self.shift_config()
         parse_plan(self.faults)
 
     @classmethod
@@ -144,6 +155,10 @@ class TrialConfig:
     def split_config(self) -> SplitConfig:
         return SplitConfig(val_fraction=self.val_fraction, pseudo_novel_fraction=self.pseudo_novel_fraction,
                            outlier_val_fraction=self.outlier_val_fraction, outlier_count=self.outlier_count,
+                           seed=self.split_seed)
+
+    def shift_config(self) -> ShiftConfig:
+        return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,
                            seed=self.split_seed)
 
     def augment_config(self) -> AugmentConfig:

@@ -81,7 +81,8 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
     base = jobs[0].cfg
-    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
+    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root,
+                         base.shift_config())
     test_set = _test_set(bundle, base.image_size, cache_root, test_images)
     resources = meta.get("resources", {})
     cpus = float(resources.get("cpus_per_trial", 1))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.metrics import (LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, leaderboard_metrics, objective, oscr,
@@ -39,11 +40,6 @@ log = logging.getLogger("hiertune")
 SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
 LEVELS = ("super", "sub")
-# Validation's named groups: in-source seen subclasses, the same under a shift of camera or
-# pipeline (or another source), pseudo-novel subclasses of seen superclasses (near-OOD), and
-# held-out outlier classes (far-OOD).
-GROUPS = ("seen", "seen_shifted", "novel_sub", "novel_super")
-SEEN, SHIFTED, NOVEL_SUB, NOVEL_SUPER = range(len(GROUPS))
 MEASURES = ("auroc", "fpr95", "oscr")
 ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point

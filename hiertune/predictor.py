@@ -4,7 +4,7 @@ The directory is everything a prediction needs, and nothing in it executes code 
 (safetensors, JSON, CSV):
 
     model.safetensors      weights
-    scorers.safetensors    feature-space scorers (mahalanobis / knn scores only)
+    scorers.safetensors    feature-space scorers (every score but msp / energy / maxlogit / gen)
     config.json            the resolved trial config it was trained with, and its head sizes
     thresholds.json        score, raw thresholds, and how they were calibrated
     superclass_mapping.csv, subclass_mapping.csv   the label maps (novel last)
@@ -36,7 +36,7 @@ from hiertune.data.images import FixCounts, check_links_inside, list_image_files
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
-from hiertune.novelty import FeatureScorer, LevelScores, decide, load_scorers, score_levels
+from hiertune.novelty import FeatureScorer, LevelScores, decide, load_scorers, score_levels, unavailable
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
 SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
@@ -124,8 +124,9 @@ class ExportedModel:
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
         _read(root / MODEL, lambda path: model.load_state_dict(load_file(str(path))))
         scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
-        if thresholds.score in ("mahalanobis", "knn") and scorers is None:
-            raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")
+        if unavailable(thresholds.score, scorers):
+            raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
+                            f"which is missing or incomplete")
         return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,

@@ -111,7 +111,8 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
             check_ray_state(Path(place.tune_uri))
     base = space.trial_config()
-    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
+    bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root,
+                         base.shift_config())
     _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:

@@ -27,12 +27,15 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
+from hiertune.data.corrupt import corrupt_batch
+from hiertune.data.splits import SHIFTED
 from hiertune.errors import UserError
 from hiertune.faults import CheckpointUnreadable, TrialDiverged, fault_for
 from hiertune.losses import LOSS_PARTS, hierarchical_loss
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty import (LOGIT_SCORES, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics,
-                              posthoc_grid, save_scorers)
+from hiertune.novelty import (EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics, posthoc_grid,
+                              save_scorers, unavailable)
+from hiertune.ood_scores import HeadStats, head_of
 
 log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
@@ -108,7 +111,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     aug_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
     steps_per_epoch = max(1, len(train_x) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    posthoc_cfg = PosthocConfig()
+    posthoc_cfg = PosthocConfig(shifted_weight=cfg.shifted_weight)
+    fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
     loss_cfg = cfg.loss_config()
 
     # An attempt is one run of this loop; a restart from a checkpoint (a retry after a failure, a
@@ -124,20 +128,19 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     for epoch in range(start_epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, attempt)
         # ---- train one epoch -------------------------------------------------------------
-        # Nothing in this loop waits for the device: loss parts and the features the
-        # feature-space scores are fitted on stay on it and are read once, after the epoch.
+        # Nothing in this loop waits for the device: loss parts stay on it and are read once,
+        # after the epoch.
         model.set_epoch(epoch)
         model.train()
         mix = cfg.mixup_alpha > 0
         totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
-        kept: list[tuple[torch.Tensor, ...]] = []
         seen_images, t0 = 0, time.perf_counter()
         batches = iterate_batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=order_gen,
                                   device=device, drop_last=True)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=None if progress else True, leave=False)  # None: hide when not a TTY
         for step, (xb, sup, sub) in enumerate(bar):
-            x = augment(xb, aug_gen)
+            x = augment(corrupt_batch(xb, cfg.corrupt_p, cfg.corrupt_severity, aug_gen), aug_gen)
             if mix:
                 lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
                 perm = torch.randperm(len(x), generator=order_gen).to(device)
@@ -156,8 +159,6 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             scaler.update()
             scheduler.step()
             totals += torch.cat([loss.detach().float().view(1), parts]) * len(x)
-            if not mix:  # feature-space scores are fitted on clean (un-mixed) training features
-                kept.append((out.super_features.detach(), out.sub_features.detach(), sup, sub))
             seen_images += len(x)
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -169,12 +170,17 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
         t1 = time.perf_counter()
         batch, val_loss = evaluate(model, val_x, split.val_superclass, split.val_subclass, heads, cfg,
-                                   augment, device, autocast)
+                                   augment, device, autocast, split.val_group)
         t2 = time.perf_counter()
-        scorers = fit_scorers(kept, heads)
+        # Feature scorers see clean training images in eval mode, as validation images are seen:
+        # not the epoch's augmented (or mixed) train-mode features.
+        fit_out = forward_all(model, train_x[fit_rows], augment, device, autocast)
+        scorers = fit_scorers(fit_out, train_y[0][fit_rows], train_y[1][fit_rows], heads, model)
+        t_fit = time.perf_counter()
         result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
-        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers)
-                 if scorers or cfg.novelty_score in LOGIT_SCORES else dict.fromkeys(POINT_KEYS, math.nan))
+        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
+                               shifted_weight=cfg.shifted_weight)
+                 if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
         t3 = time.perf_counter()
 
         metrics = {
@@ -197,7 +203,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "train_images_per_s": seen_images / train_seconds,
             "epoch_seconds": train_seconds,
             "eval_forward_seconds": t2 - t1,
-            "posthoc_seconds": t3 - t2,
+            "scorer_fit_seconds": t_fit - t2,
+            "posthoc_seconds": t3 - t_fit,
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
@@ -224,18 +231,23 @@ def forward_all(model, images: torch.Tensor, augment: BatchAugment, device: torc
 
 
 def evaluate(model, images: torch.Tensor, sup: np.ndarray, sub: np.ndarray, heads: Heads, cfg: TrialConfig,
-             augment: BatchAugment, device: torch.device, autocast) -> tuple[EvalBatch, float]:
-    """Logits and features of every validation image, and the loss over the seen ones."""
+             augment: BatchAugment, device: torch.device, autocast,
+             group: np.ndarray | None = None) -> tuple[EvalBatch, float]:
+    """Logits and features of every validation image, and the loss over the in-source seen ones."""
     out = forward_all(model, images, augment, device, autocast)
     sup_t, sub_t = torch.from_numpy(sup), torch.from_numpy(sub)
+    group_t = None if group is None else torch.from_numpy(group)
     seen = (sup_t < heads.n_super) & (sub_t < heads.n_sub)
+    if group_t is not None:
+        seen &= group_t != SHIFTED
     val_loss = float("nan")
     if seen.any():
         seen_out = ModelOutput(out.super_logits[seen], out.sub_logits[seen], out.super_features[seen],
                                out.sub_features[seen])
         loss, _ = hierarchical_loss(seen_out, sup_t[seen], sub_t[seen], heads, cfg.loss_config())
         val_loss = loss.item()
-    return EvalBatch(out.super_logits, out.sub_logits, out.super_features, out.sub_features, sup_t, sub_t), val_loss
+    return (EvalBatch(out.super_logits, out.sub_logits, out.super_features, out.sub_features, sup_t, sub_t, group_t),
+            val_loss)
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
@@ -243,16 +255,29 @@ def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
     return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
 
 
-def fit_scorers(kept: list[tuple[torch.Tensor, ...]], heads: Heads) -> dict[str, FeatureScorer] | None:
-    """Feature-space novelty scorers from the epoch's training features (None after mixup)."""
-    if not kept:
-        return None
-    sup_f, sub_f, sup, sub = (torch.cat(column).float().cpu() for column in zip(*kept))
+def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: int) -> torch.Tensor:
+    """The training images of seen classes the feature scorers are fitted on: all of them, or a
+    seeded subset of `cap` (0: no cap), the same every epoch."""
+    rows = np.flatnonzero((sup < heads.n_super) & (sub < heads.n_sub))
+    if cap and len(rows) > cap:
+        rows = np.sort(np.random.default_rng([seed, 11]).choice(rows, cap, replace=False))
+    return torch.from_numpy(rows)
+
+
+def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads,
+                model: torch.nn.Module) -> dict[str, FeatureScorer]:
+    """Feature-space novelty scorers of both levels from eval-mode training features; the
+    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`)."""
     scorers = {}
-    for level, feats, labels, n in (("super", sup_f, sup, heads.n_super), ("sub", sub_f, sub, heads.n_sub)):
+    for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
+                                    ("sub", out.sub_features, sub, heads.n_sub)):
+        feats, labels = feats.float().cpu(), labels.cpu()
         bank = FeatureBank(n, feats.shape[1])
         bank.update(feats, labels)
-        scorers[level] = bank.fit()
+        module = getattr(model, f"{level}_head", None)
+        head = head_of(module, n) if module is not None else None
+        stats = HeadStats.fit(feats[labels < n], head) if head is not None else None
+        scorers[level] = bank.fit(head=stats)
     return scorers
 
 

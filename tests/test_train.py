@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ from safetensors.torch import load_file
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
-from hiertune.train import Checkpoint, run_trial
+from hiertune.data.augment import BatchAugment
+from hiertune.models.registry import create_model
+from hiertune.novelty import SCORES, load_scorers
+from hiertune.train import Checkpoint, fit_scorers, forward_all, heads_for, run_trial, scorer_rows
 
 FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
 
@@ -55,8 +59,7 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["best_score"] in ("msp", "energy", "maxlogit",
-                                                                        "mahalanobis", "knn")
+    assert metrics["outlier_images"] > 0 and metrics["best_score"] in SCORES
     for name in (Checkpoint.MODEL, Checkpoint.STATE, Checkpoint.HISTORY, Checkpoint.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / Checkpoint.MODEL)
@@ -76,13 +79,32 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-def test_mixup_and_outlier_exposure_paths_train(bundle):
+@pytest.mark.slow
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_scorers_are_fitted_on_clean_eval_mode_training_features_with_or_without_mixup(bundle, mixup):
     reports = []
-    run_trial(TrialConfig(family="cnn", mixup_alpha=0.2, outlier_mode="oe", **FAST), bundle, collect(reports))
-    metrics = reports[0][0]
-    assert math.isfinite(metrics["train_loss"])
-    # Feature-space scores need clean training features, which mixup does not give.
-    assert "hypervolume_knn" not in metrics and "hypervolume_msp" in metrics
+    cfg = TrialConfig(family="cnn", mixup_alpha=mixup, outlier_mode="oe", scorer_images=50, **FAST)
+    run_trial(cfg, bundle, collect(reports))
+    metrics, checkpoint = reports[0]
+    assert math.isfinite(metrics["train_loss"]) and metrics["scorer_fit_seconds"] > 0
+    assert "hypervolume_knn" in metrics and "hypervolume_vim" in metrics  # mixup no longer disables them
+    # The saved scorers are a function of the final weights and the (capped, seeded) training
+    # images only: refitting them from the checkpoint's model reproduces them exactly, whatever
+    # the epoch's batches were (mixed or not).
+    heads = heads_for(bundle, cfg)
+    model = create_model(cfg.model_config(), heads)
+    model.load_state_dict(load_file(checkpoint / Checkpoint.MODEL))
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    rows = scorer_rows(split.train_superclass, split.train_subclass, heads, 50, cfg.seed)
+    assert len(rows) == 50
+    out = forward_all(model, torch.from_numpy(split.train_images)[rows], BatchAugment(cfg.augment_config(), "cpu"),
+                      torch.device("cpu"), nullcontext)
+    again = fit_scorers(out, torch.from_numpy(split.train_superclass)[rows],
+                        torch.from_numpy(split.train_subclass)[rows], heads, model)
+    saved = load_scorers(checkpoint / Checkpoint.SCORERS)
+    for level in ("super", "sub"):
+        for key, value in again[level].state_dict().items():
+            assert torch.equal(value, saved[level].state_dict()[key]), (level, key)
 
 
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
