@@ -40,13 +40,14 @@ from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition, write_mapping
 from hiertune.data.images import FixCounts
+from hiertune.data.splits import SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_dir
 from hiertune.metrics import leaderboard_metrics
-from hiertune.novelty import decide, seen_acceptance
+from hiertune.novelty import GROUP_KEYS, decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
 from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
-                                THRESHOLDS, ExportedModel, calibrate, read_folder)
+                                THRESHOLDS, ExportedModel, calibrate_both, read_folder)
 from hiertune.state import SWEEP_JSON, read_sweep_json
 from hiertune.sweep import SweepPlace, ray_session, usable_gpus
 
@@ -177,32 +178,45 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
         scores, _, _ = model.level_scores(calib.val_images)
         s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
-        seen_super = calib.val_superclass < heads.n_super
-        seen_sub = calib.val_subclass < heads.n_sub
-        thr_super = calibrate(s_super[seen_super], point["accept_super"])
-        thr_sub = calibrate(s_sub[seen_sub], point["accept_sub"])
+        # Both seen groups of the calibration split: in-source, and shifted (corruptions of those
+        # images and/or the --shifted-data folder, as the sweep's validation had them).
+        shifted = calib.val_group == SHIFTED
+        seen_super = (calib.val_superclass < heads.n_super) & ~shifted
+        seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
+        weight = cfg.shifted_weight if shifted.any() else 0.0
+        thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
+                                   point.get("accept_shifted_super", math.nan), weight)
+        thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
+                                 point.get("accept_shifted_sub", math.nan), weight)
         calibration = {
             "images": int(len(calib.val_images)),
             "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
             "accept_super": seen_acceptance(s_super, seen_super, thr_super),
             "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
+            "shifted_images": int(shifted.sum()),
+            "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
+            "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
+            "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
+            "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
         }
         if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
             calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
             calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
         pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
         calibration.update({k: v for k, v in leaderboard_metrics(
-            pred_super.numpy(), pred_sub.numpy(), calib.val_superclass, calib.val_subclass, heads.n_super,
-            heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
+            pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
+            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
         _write_json(out / THRESHOLDS, {
             "score": point["score"], "thr_super": thr_super, "thr_sub": thr_sub,
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
-                    "threshold accepted of seen validation images at this point",
+                    "threshold accepted of seen validation images at this point; with a seen_shifted group, the "
+                    "threshold that misses both groups' rates least, weighted by shifted_weight",
             "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
-                                            "accept_sub") if k in point}})
+                                            "accept_sub", "accept_shifted_super", "accept_shifted_sub")
+                      if k in point}})
         _write_json(out / METRICS, {
             "validation": {k: point[k] for k in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc",
-                                                 "unseen_sub_acc", "seen", "unseen")},
+                                                 "unseen_sub_acc", "seen", "unseen", *GROUP_KEYS) if k in point},
             "calibration": calibration,
             "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
                         "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},

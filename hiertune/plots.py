@@ -13,8 +13,9 @@ from hiertune.fsutil import atomic_file  # noqa: E402
 
 
 def plot_front(points: list[dict], front: list[dict], path: Path, title: str) -> None:
-    """Every (trial × post-hoc setting) point in grey, the non-dominated ones joined in colour."""
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    """Left: every (trial × post-hoc setting) point in grey, the non-dominated ones joined in
+    colour. Right: each validation group's accuracy, and seen_shifted acceptance, along the front."""
+    fig, (ax, groups) = plt.subplots(1, 2, figsize=(12.4, 5.2), gridspec_kw={"width_ratios": [1, 1.1]})
     ax.scatter([p["seen"] for p in points], [p["unseen"] for p in points], s=6, c="0.75",
                label="trial × post-hoc setting")
     ordered = sorted(front, key=lambda p: p["seen"])
@@ -27,6 +28,18 @@ def plot_front(points: list[dict], front: list[dict], path: Path, title: str) ->
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     ax.set_title(title)
+    seen = [p["seen"] for p in ordered]
+    for key, style in (("seen_acc", "-o"), ("seen_shifted_acc", "-s"), ("novel_sub_acc", "-^"),
+                       ("novel_super_acc", "-v"), ("accept_shifted", ":x")):
+        values = [p.get(key, float("nan")) for p in ordered]
+        if any(v == v for v in values):  # a group without images has NaN everywhere: leave it out
+            groups.plot(seen, values, style, ms=4, label=key.removesuffix("_acc"))
+    groups.set_xlabel("seen accuracy of the front point")
+    groups.set_ylabel("accuracy per validation group (acceptance for accept_shifted)")
+    groups.set_ylim(0, 1.02)
+    groups.grid(alpha=0.3)
+    groups.legend(loc="lower left", fontsize=8)
+    groups.set_title("the front, group by group")
     _save(fig, path)
 
 

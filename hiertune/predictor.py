@@ -180,3 +180,21 @@ def calibrate(scores: np.ndarray, accept: float) -> float:
     if not math.isfinite(accept) or accept >= 1.0:
         return -math.inf
     return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - accept, method="lower"))
+
+
+def calibrate_both(seen: np.ndarray, accept_seen: float, shifted: np.ndarray, accept_shifted: float,
+                   weight: float) -> float:
+    """One level's raw threshold that matches the sweep's acceptance of both seen groups: the
+    attained score minimising (1 - w)·|seen miss| + w·|shifted miss|. With no shifted images or
+    target, or w = 0, it is `calibrate` on the in-source seen scores."""
+    seen, shifted = np.asarray(seen, dtype=float), np.asarray(shifted, dtype=float)
+    if weight == 0 or len(shifted) == 0 or not math.isfinite(accept_shifted) or len(seen) == 0:
+        return calibrate(seen, accept_seen)
+    candidates = np.unique(np.concatenate([seen, shifted, [-math.inf]]))
+
+    def accepted(scores: np.ndarray) -> np.ndarray:  # fraction >= each candidate
+        return 1 - np.searchsorted(np.sort(scores), candidates, side="left") / len(scores)
+
+    miss = ((1 - weight) * np.abs(accepted(seen) - min(accept_seen, 1.0))
+            + weight * np.abs(accepted(shifted) - min(accept_shifted, 1.0)))
+    return float(candidates[np.argmin(miss)])
