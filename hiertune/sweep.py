@@ -180,6 +180,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
+    _log_shifted(place, bundle, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial),
@@ -252,6 +253,21 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     recorder.client.set_terminated(parent, "FINISHED")
     return {"front": front, "points": len(points), "pareto_csv": place.location(csv_path),
             "pareto_png": place.location(png_path)}
+
+
+def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
+    """What validation's seen_shifted group is, on the parent run: its source as a tag, and a
+    picture of corrupted examples beside their originals."""
+    from hiertune.data.corrupt import example_grid
+
+    shifted = bundle.shifted
+    parent = recorder.state["parent"]
+    recorder.client.set_tag(parent, "hiertune.seen_shifted", shifted.source if shifted else "none")
+    if shifted is not None and shifted.kinds is not None and len(shifted.kinds):
+        path = place.dir / "shifted_examples.png"
+        example_grid(shifted.originals, shifted.images[:len(shifted.kinds)], shifted.kinds, path)
+        place.publish(path)
+        recorder.client.log_artifact(parent, str(path))
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
