@@ -235,3 +235,21 @@ def test_calibrate_accepts_the_target_fraction(accept):
     assert accept <= got <= accept + 1e-3
     if accept == 1.0:
         assert thr == -np.inf  # accepts new images below the calibration minimum too
+
+
+def test_calibration_matches_both_seen_groups():
+    from hiertune.predictor import calibrate, calibrate_both
+
+    seen = np.arange(100.0)
+    shifted = np.arange(100.0) - 30  # the shift lowers every score
+    assert calibrate_both(seen, 0.9, shifted, 0.6, 0.0) == calibrate(seen, 0.9)
+    assert calibrate_both(seen, 0.9, shifted, float("nan"), 0.5) == calibrate(seen, 0.9)
+    only_shifted = calibrate_both(seen, 0.9, shifted, 0.6, 1.0)
+    assert (shifted >= only_shifted).mean() == pytest.approx(0.6)
+
+    def miss(t, w):
+        return (1 - w) * abs((seen >= t).mean() - 0.9) + w * abs((shifted >= t).mean() - 0.6)
+
+    both = calibrate_both(seen, 0.9, shifted, 0.6, 0.5)
+    assert miss(both, 0.5) <= min(miss(t, 0.5) for t in np.concatenate([seen, shifted])) + 1e-12
+    assert miss(both, 0.5) < miss(calibrate(seen, 0.9), 0.5)

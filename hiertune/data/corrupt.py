@@ -6,7 +6,7 @@ threshold treats a known subclass photographed differently. `shifted_copy` makes
 deterministic copy of them under one corruption per image, drawn from
 
     downup      down-sample by up to 4x (antialiased) and back up: a low-resolution camera
-    blur        Gaussian blur, sigma up to 2 px at 64 px: defocus, motion
+    blur        Gaussian blur, sigma 0.5 to 3 px at 64 px: defocus
     jpeg        JPEG recompression (PIL), quality down to 10
     contrast    contrast reduced by up to 80%: haze, a flat exposure
     brightness  brightness scaled by up to ±60%
@@ -121,7 +121,7 @@ def _apply(name: str, x: torch.Tensor, strength: torch.Tensor, sign: torch.Tenso
     if name == "grey":
         return _grey(x).expand_as(x).clone()
     if name == "blur":
-        return _blur(x, 2.0 * strength * x.shape[-1] / 64)
+        return _blur(x, (0.5 + 2.5 * strength) * x.shape[-1] / 64)
     if name in ("downup", "crop"):
         return _resample(name, x, strength, offset)
     raise ValueError(f"unknown corruption {name!r}")
