@@ -126,11 +126,15 @@ class HeadStats:
 
     def fdbd(self, features: Tensor, predicted: Tensor) -> Tensor:
         z = self.head.inputs(features)
-        w, b = self.head.weight, self.head.bias
+        w = self.head.weight
         y = predicted.cpu().long()
-        diff_w = w[y][:, None, :] - w[None, :, :]  # [N, C, D]
-        margin = (diff_w @ z[:, :, None]).squeeze(2) + (b[y][:, None] - b[None, :])
-        dist = margin.abs() / diff_w.norm(dim=2).clamp(min=1e-12)
+        # (w_ŷ - w_c)·z + b_ŷ - b_c is the logit margin, and ||w_ŷ - w_c|| depends on the class
+        # pair only: O(N·C) instead of materialising w_ŷ - w_c per image ([N, C, D]).
+        logits = self.head.logits(z)
+        margin = logits.gather(1, y[:, None]) - logits
+        gram = w @ w.T
+        pair = (gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram).clamp(min=0).sqrt()
+        dist = margin.abs() / pair[y].clamp(min=1e-12)
         others = torch.ones_like(dist, dtype=torch.bool)
         others[torch.arange(len(y)), y] = False
         mean_dist = (dist * others).sum(1) / others.sum(1)  # NaN with a single class: no boundary
