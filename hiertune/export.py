@@ -47,7 +47,7 @@ from hiertune.metrics import leaderboard_metrics
 from hiertune.novelty import GROUP_KEYS, decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
 from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
-                                THRESHOLDS, ExportedModel, calibrate_both, read_folder)
+                                THRESHOLDS, ExportedModel, calibrate, calibrate_both, read_folder)
 from hiertune.state import SWEEP_JSON, read_sweep_json
 from hiertune.sweep import SweepPlace, ray_session, usable_gpus
 
@@ -199,6 +199,12 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
             "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
             "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
         }
+        # What matching the in-source rate alone would have accepted of the shifted images: the
+        # trade the two-group calibration made.
+        for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
+            alone = calibrate(level_scores[seen], point[f"accept_{level}"])
+            calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
+            calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
         if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
             calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
             calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])

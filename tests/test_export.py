@@ -81,14 +81,25 @@ def test_export_writes_valid_submissions_and_self_contained_models(exported):
         assert source["sweep"] == "ex" and trial["epochs"] == source["point"]["epochs"]
         trials.add(source["trial_id"])
 
-        # Calibration reproduces the seen acceptance the sweep's threshold had, to within a
-        # calibration image or two, at both levels.
+        # Calibration reproduces the seen acceptance the sweep's threshold had at both levels: for
+        # in-source seen images alone to within a calibration image or two, and with the shifted
+        # group it misses the two groups' rates (weighted) no more than that threshold would.
         calib = json.loads((d / "metrics.json").read_text())["calibration"]
         thresholds = json.loads((d / "thresholds.json").read_text())
         assert thresholds["sweep"]["accept_super"] == pytest.approx(calib["target_accept_super"])
+        assert calib["shifted_images"] > 0 and trial["shifted"] == "corrupt"
+        w = trial["shifted_weight"]
         for level in ("super", "sub"):
-            target, got = calib[f"target_accept_{level}"], calib[f"accept_{level}"]
-            assert target - 1e-9 <= got <= target + 3 / calib["images"], (level, target, got)
+            target, alone = calib[f"target_accept_{level}"], calib[f"seen_only_accept_{level}"]
+            assert target - 1e-9 <= alone <= target + 3 / calib["images"], (level, target, alone)
+            target_shifted = calib[f"target_accept_shifted_{level}"]
+            assert target_shifted == pytest.approx(source["point"][f"accept_shifted_{level}"])
+
+            def miss(seen_rate, shifted_rate):
+                return (1 - w) * abs(seen_rate - target) + w * abs(shifted_rate - target_shifted)
+
+            assert miss(calib[f"accept_{level}"], calib[f"accept_shifted_{level}"]) <= miss(
+                alone, calib[f"seen_only_accept_shifted_{level}"]) + 1e-12
         assert calib["images"] > 0
     assert len(trials) == 2  # --top 2 means two different trials
 
