@@ -23,7 +23,7 @@ from hiertune import storage
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.metrics import pareto_front
-from hiertune.novelty import GROUP_KEYS, GROUPS, PosthocResult
+from hiertune.novelty import GROUP_KEYS, GROUPS, SCORES, PosthocResult
 from hiertune.plots import plot_front
 from hiertune.state import read_json
 from hiertune.train import Checkpoint
@@ -69,7 +69,9 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            "score": t.params.get("novelty_score", "msp"), "tau_super": t.params.get("tau_super"),
                            "tau_sub": t.params.get("tau_sub"),
                            **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)
-                              if f"point_{k}" in m}})
+                              if f"point_{k}" in m},
+                           **{f"auroc_{g}.{s}": m[f"auroc_{g}_{s}"] for g in ("novel_sub", "novel_super")
+                              for s in SCORES if f"auroc_{g}_{s}" in m}})
             continue
         uri = storage.join(t.checkpoint, Checkpoint.POSTHOC)
         try:

@@ -33,8 +33,8 @@ from hiertune.errors import UserError
 from hiertune.faults import CheckpointUnreadable, TrialDiverged, fault_for
 from hiertune.losses import LOSS_PARTS, hierarchical_loss
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty import (EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics, posthoc_grid,
-                              save_scorers, unavailable)
+from hiertune.novelty import (GROUP_KEYS, EvalBatch, FeatureBank, FeatureScorer, PosthocConfig, point_metrics,
+                              posthoc_grid, save_scorers, unavailable)
 from hiertune.ood_scores import HeadStats, head_of
 
 log = logging.getLogger("hiertune")
@@ -42,7 +42,7 @@ Report = Callable[[dict, Path], None]
 
 
 POINT_KEYS = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
-              "accept_super", "accept_sub")
+              "accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub", *GROUP_KEYS)
 
 
 class Checkpoint:
