@@ -83,7 +83,9 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle):
 @pytest.mark.parametrize("mixup", [0.0, 0.4])
 def test_scorers_are_fitted_on_clean_eval_mode_training_features_with_or_without_mixup(bundle, mixup):
     reports = []
-    cfg = TrialConfig(family="cnn", mixup_alpha=mixup, outlier_mode="oe", scorer_images=50, **FAST)
+    # The mixed run also corrupts half its training batches (corrupt_p): that path trains too.
+    cfg = TrialConfig(family="cnn", mixup_alpha=mixup, corrupt_p=0.5 if mixup else 0.0, outlier_mode="oe",
+                      scorer_images=50, **FAST)
     run_trial(cfg, bundle, collect(reports))
     metrics, checkpoint = reports[0]
     assert math.isfinite(metrics["train_loss"]) and metrics["scorer_fit_seconds"] > 0
