@@ -107,6 +107,16 @@ def main() -> None:
     whole = min(_timed(lambda: posthoc_grid(batch, heads, config, scorers)) for _ in range(args.repeats))
     print(f"  {'all':<12} {1000 * whole:8.1f} ms  = {100 * whole / epoch:.2f}% of the epoch")
 
+    # Not a quality benchmark (one epoch), but the numbers the grid produces, for a sanity look.
+    result = posthoc_grid(batch, heads, config, scorers)
+    print(f"\nafter {cfg.epochs} epoch(s): AUROC per score (seen vs novel_sub on the subclass score, seen vs "
+          f"novel_super on the superclass score)")
+    for s, name in enumerate(result.scores):
+        print(f"  {name:<12} {result.group_auroc[s, 0]:.3f}  {result.group_auroc[s, 1]:.3f}")
+    best = result.best
+    print(f"best point ({best['score']}): " + "  ".join(f"{g} {best[f'{g}_acc']:.3f}" for g in GROUPS)
+          + f"  accept_shifted {best['accept_shifted']:.3f}")
+
 
 def _timed(fn) -> float:
     start = time.perf_counter()
