@@ -251,7 +251,8 @@ def evaluate(model, images: torch.Tensor, sup: np.ndarray, sub: np.ndarray, head
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
-    point = point_metrics(batch, heads, "msp", 0.0, 0.0)  # tau 0: nothing is called novel
+    # tau 0: nothing is called novel; weight 0: in-source images, as the seed measured them.
+    point = point_metrics(batch, heads, "msp", 0.0, 0.0, shifted_weight=0.0)
     return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
 
 
