@@ -26,6 +26,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
+from hiertune.novelty import GROUP_KEYS
 from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
 from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
@@ -249,7 +250,8 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     best = max(front, key=lambda p: p["seen"] + p["unseen"]) if front else None
     if best:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
-                                      "best_unseen": best["unseen"]}, 0)
+                                      "best_unseen": best["unseen"],
+                                      **{f"best_{k}": best[k] for k in GROUP_KEYS if k in best}}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
     return {"front": front, "points": len(points), "pareto_csv": place.location(csv_path),
             "pareto_png": place.location(png_path)}
