@@ -211,7 +211,8 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> dict:
         pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
         calibration.update({k: v for k, v in leaderboard_metrics(
             pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
-            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
+            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
+            if k in ("seen_super_acc", "seen_sub_acc")})
         _write_json(out / THRESHOLDS, {
             "score": point["score"], "thr_super": thr_super, "thr_sub": thr_sub,
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "

@@ -225,7 +225,8 @@ def point_report(point: dict) -> str:
              "  group accuracy: " + "  ".join(f"{g} {_fmt(point.get(f'{g}_acc'))}" for g in GROUPS),
              f"  seen_shifted acceptance: both levels {_fmt(point.get('accept_shifted'))}, superclass "
              f"{_fmt(point.get('accept_shifted_super'))}, subclass {_fmt(point.get('accept_shifted_sub'))} "
-             f"(in-source seen: superclass {_fmt(point.get('accept_super'))}, subclass {_fmt(point.get('accept_sub'))})",
+             f"(in-source seen: superclass {_fmt(point.get('accept_super'))}, "
+             f"subclass {_fmt(point.get('accept_sub'))})",
              f"  {'score':<12}{'auroc novel_sub':>16}{'auroc novel_super':>19}"]
     best = {g: max(scores, key=lambda s: _or_minus(point[f"auroc_{g}.{s}"])) for g in ("novel_sub", "novel_super")}
     for s in scores:

@@ -17,8 +17,8 @@ def _images(n=70, seed=0):
     # Smooth random images: every corruption (blur, down-up sampling) visibly changes them.
     g = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:64, 0:64] / 64
-    base = g.uniform(0, 1, (n, 1, 1, 3)) + 0.4 * np.sin(2 * np.pi * (xx[None, ..., None] * g.uniform(1, 6, (n, 1, 1, 3))
-                                                                     + yy[None, ..., None] * g.uniform(1, 6, (n, 1, 1, 3))))
+    fx, fy = g.uniform(1, 6, (n, 1, 1, 3)), g.uniform(1, 6, (n, 1, 1, 3))
+    base = g.uniform(0, 1, (n, 1, 1, 3)) + 0.4 * np.sin(2 * np.pi * (xx[None, ..., None] * fx + yy[None, ..., None] * fy))
     return (np.clip(base, 0, 1) * 255).astype(np.uint8)
 
 
