@@ -121,9 +121,11 @@ def _space_from_args(args: argparse.Namespace):
     from hiertune.space import load_space, parse_assignments
 
     overrides = parse_assignments(args.set or [])
-    for key in ("data", "outliers"):
+    for key in ("data", "outliers", "shifted_data"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.shifted_data is not None:  # beside the corruptions unless --set shifted=data says instead
+        overrides.setdefault("shifted", "both")
     space = load_space(args.space)
     return space.with_overrides(overrides) if overrides else space
 
@@ -174,6 +176,7 @@ def _render_sweep(result: dict) -> str:
 
 
 def _pareto(args: argparse.Namespace) -> dict:
+    from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import front_files
     from hiertune.sweep.state import load_trials
@@ -185,15 +188,22 @@ def _pareto(args: argparse.Namespace) -> dict:
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     summary = front_files(place, load_trials(place.dir))
-    return {"name": place.name, **summary, "pareto_csv": str(summary["pareto_csv"]),
-            "pareto_png": str(summary["pareto_png"])}
+    result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
+              "pareto_png": str(summary["pareto_png"])}
+    if args.groups and summary["front"]:
+        result["picked"] = Pick.parse(args.pick).rank(summary["front"])[0]
+        result["pick"] = args.pick
+    return result
 
 
 def _render_pareto(result: dict) -> str:
-    from hiertune.sweep.front import render
+    from hiertune.sweep.front import point_report, render
 
-    return (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
-            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}")
+    text = (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
+            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'], result['groups'])}")
+    if result.get("picked"):
+        text += f"\n\n{result['pick']} point:\n{point_report(result['picked'])}"
+    return text
 
 
 def _export_best(args: argparse.Namespace) -> dict:
@@ -255,6 +265,9 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
                                   "else synthetic)")
     p.add_argument("--outliers", help="outlier directory, pushed s3:// outliers, 'cifar100' or 'none' (default: "
                                       "the space's)")
+    p.add_argument("--shifted-data", metavar="DIR",
+                   help="competition-format folder of labeled images of known subclasses from another source: "
+                        "validation's seen_shifted group, beside the corruptions (--set shifted=data: instead)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting: a trial parameter (epochs=3) or a section key (tune.num_samples=4)")
     p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
@@ -292,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                       _pareto, _render_pareto)
     pareto.add_argument("name", help="sweep name")
     pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: ./sweeps)")
+    pareto.add_argument("--groups", action="store_true",
+                        help="per-group table (seen, seen_shifted, novel_sub, novel_super accuracy, seen_shifted "
+                             "acceptance, AUROCs), and the --pick point with every score's AUROC per novel group")
+    pareto.add_argument("--pick", default="knee", help="the point --groups details (as for export-best; "
+                                                       "default: %(default)s)")
 
     export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
                       "thresholds and export models + submissions", _export_best, _render_export)

@@ -14,6 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, fields
 
 from hiertune.data.augment import AugmentConfig
+from hiertune.data.corrupt import ShiftConfig
 from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError, did_you_mean
 from hiertune.models.backbone import backbone_input
@@ -61,6 +62,10 @@ class TrialConfig:
     # seeded augmentation, one drawn per image each epoch; 0: every step through the backbone.
     # Mixup then mixes features, not images.
     feature_views: int = 1
+    # share of training images given one camera/pipeline corruption (data.corrupt); on images only,
+    # so with a frozen backbone it turns the feature cache off (cached_views)
+    corrupt_p: float = 0.0
+    corrupt_severity: float = 0.5
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
@@ -72,10 +77,16 @@ class TrialConfig:
     outlier_count: int | None = None  # outlier training images; None: the whole pool
     outlier_fraction: float | None = None  # or as a fraction of the pool, so one range fits any data
     split_seed: int = SplitConfig.seed
+    # validation's seen_shifted group: corruptions of the seen validation images, a labeled folder, both, none
+    shifted: str = "corrupt"
+    shifted_data: str | None = None
+    shift_severity: float = 0.5
     # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for
     tau_super: float = 0.99
     tau_sub: float = 0.85
     novelty_score: str = "msp"
+    shifted_weight: float = 0.5  # share of seen_shifted in the `seen` objective
+    scorer_images: int = 4096  # training images the feature scorers are fitted on each epoch; 0: all
     # runtime
     seed: int = 0
     threads: int = 0  # torch threads; 0: the CPUs this trial owns
@@ -99,10 +110,10 @@ class TrialConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
-                     "trial_number", "feature_views"):
+                     "trial_number", "feature_views", "scorer_images"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tau_super", "tau_sub", "dropout", "momentum"):
+        for name in ("tau_super", "tau_sub", "dropout", "momentum", "corrupt_p", "corrupt_severity", "shifted_weight"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.outlier_count is not None and self.outlier_fraction is not None:
@@ -115,6 +126,7 @@ class TrialConfig:
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # the sub-configs validate their own settings
+        self.shift_config()
         LossConfig(self.kl_alpha, self.kl_temperature, self.oe_weight, self.label_smoothing)
         parse_plan(self.faults)
 
@@ -152,6 +164,17 @@ class TrialConfig:
     def split_config(self) -> SplitConfig:
         return SplitConfig(val_fraction=self.val_fraction, pseudo_novel_fraction=self.pseudo_novel_fraction,
                            outlier_val_fraction=self.outlier_val_fraction, outlier_count=self.outlier_count,
+                           seed=self.split_seed)
+
+    def cached_views(self) -> int:
+        """Views of a frozen backbone's features to compute once and cache; 0: every step through
+        the backbone. Training corruptions (corrupt_p) are drawn per step on pixels, which fixed
+        cached views cannot carry: rather than drop them silently (a searched corrupt_p would then
+        change nothing), such a trial runs its frozen backbone every step."""
+        return 0 if self.corrupt_p > 0 else self.feature_views
+
+    def shift_config(self) -> ShiftConfig:
+        return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,
                            seed=self.split_seed)
 
     def augment_config(self) -> AugmentConfig:

@@ -21,6 +21,12 @@ from hiertune.data.dataset import CompetitionData
 from hiertune.data.outliers import OutlierSet
 from hiertune.errors import UserError
 
+# Validation's named groups (hiertune.novelty reports each): in-source seen subclasses, seen
+# subclasses under a shift of camera, pipeline or source (hiertune.data.corrupt), pseudo-novel
+# subclasses of seen superclasses (near-OOD), and held-out outlier classes (far-OOD).
+GROUPS = ("seen", "seen_shifted", "novel_sub", "novel_super")
+SEEN, SHIFTED, NOVEL_SUB, NOVEL_SUPER = range(len(GROUPS))
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -134,12 +140,17 @@ class SplitData:
     val_images: np.ndarray
     val_superclass: np.ndarray
     val_subclass: np.ndarray
+    val_group: np.ndarray  # index into GROUPS per validation image
 
 
-def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits) -> tuple[np.ndarray, np.ndarray]:
+def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits,
+              shifted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a per-image array (images, or features computed from them) for training and
-    validation, in the order `assemble` lays the images out."""
+    validation, in the order `assemble` lays the images out: validation is the labeled
+    validation images, then the seen_shifted ones, then the validation outliers."""
     parts: tuple[list[np.ndarray], list[np.ndarray]] = [labeled[splits.train]], [labeled[splits.val]]
+    if shifted is not None:
+        parts[1].append(shifted)
     if outliers is not None:
         for k, idx in enumerate((splits.outlier_train, splits.outlier_val)):
             parts[k].append(outliers[idx])
@@ -147,17 +158,33 @@ def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits) 
     return train, val
 
 
-def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits) -> SplitData:
+def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits,
+             shifted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> SplitData:
+    """Train and validation arrays; `shifted` (images, superclass, subclass) joins validation as
+    the seen_shifted group."""
     h, t = data.hierarchy, data.train
     val_sub = t.subclass[splits.val].copy()
-    val_sub[np.isin(val_sub, splits.pseudo_novel_subclasses)] = h.novel_subclass
+    novel = np.isin(val_sub, splits.pseudo_novel_subclasses)
+    val_sub[novel] = h.novel_subclass
     parts_sup = [t.superclass[splits.train]], [t.superclass[splits.val]]
     parts_sub = [t.subclass[splits.train]], [val_sub]
+    groups = [np.where(novel, NOVEL_SUB, SEEN)]
+    if shifted is not None:
+        parts_sup[1].append(shifted[1])
+        parts_sub[1].append(shifted[2])
+        groups.append(np.full(len(shifted[0]), SHIFTED))
     if outliers is not None:
         for k, idx in enumerate((splits.outlier_train, splits.outlier_val)):
             parts_sup[k].append(np.full(len(idx), h.novel_superclass, dtype=np.int64))
             parts_sub[k].append(np.full(len(idx), h.novel_subclass, dtype=np.int64))
-    train_x, val_x = take_rows(t.images, outliers.images if outliers is not None else None, splits)
+    groups.append(np.full(len(splits.outlier_val) if outliers is not None else 0, NOVEL_SUPER))
+    train_x, val_x = take_rows(t.images, outliers.images if outliers is not None else None, splits,
+                               shifted[0] if shifted is not None else None)
     train_sup, val_sup = (np.concatenate(p) for p in parts_sup)
     train_sub, val_sub = (np.concatenate(p) for p in parts_sub)
-    return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub)
+    return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub, np.concatenate(groups).astype(np.int64))
+
+
+def seen_val(data: CompetitionData, splits: Splits) -> np.ndarray:
+    """Indices of the validation images of seen subclasses (what the shifted group copies)."""
+    return splits.val[~np.isin(data.train.subclass[splits.val], splits.pseudo_novel_subclasses)]

@@ -45,12 +45,13 @@ from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
+from hiertune.data.splits import SHIFTED
 from hiertune.errors import UserError
-from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, Thresholds, calibrate, read_folder,
-                                       write_json, write_model_dir, write_thresholds)
+from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, Thresholds, calibrate,
+                                       calibrate_both, read_folder, write_json, write_model_dir, write_thresholds)
 from hiertune.fsutil import atomic_dir
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
-from hiertune.novelty.posthoc import decide, seen_acceptance
+from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
 from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
@@ -100,7 +101,8 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
     base = jobs[0].cfg
-    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root)
+    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
+                         base.shift_config())
     test_set = _test_set(bundle, base.data_size, cache_root, test_images)
     cpus = meta.cpus_per_trial
 
@@ -178,30 +180,50 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
         scores, _, _ = model.level_scores(calib.val_images)
         s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
-        seen_super = calib.val_superclass < heads.n_super
-        seen_sub = calib.val_subclass < heads.n_sub
-        thr_super = calibrate(s_super[seen_super], point["accept_super"])
-        thr_sub = calibrate(s_sub[seen_sub], point["accept_sub"])
+        # Both seen groups of the calibration split: in-source, and shifted (corruptions of those
+        # images and/or the --shifted-data folder, as the sweep's validation had them).
+        shifted = calib.val_group == SHIFTED
+        seen_super = (calib.val_superclass < heads.n_super) & ~shifted
+        seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
+        weight = cfg.shifted_weight if shifted.any() else 0.0
+        thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
+                                   point.get("accept_shifted_super", math.nan), weight)
+        thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
+                                 point.get("accept_shifted_sub", math.nan), weight)
         calibration = {
             "images": int(len(calib.val_images)),
             "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
             "accept_super": seen_acceptance(s_super, seen_super, thr_super),
             "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
+            "shifted_images": int(shifted.sum()),
+            "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
+            "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
+            "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
+            "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
         }
+        # What matching the in-source rate alone would have accepted of the shifted images: the
+        # trade the two-group calibration made.
+        for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
+            alone = calibrate(level_scores[seen], point[f"accept_{level}"])
+            calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
+            calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
         if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
             calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
             calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
         pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
         calibration.update({k: v for k, v in leaderboard_metrics(
-            pred_super.numpy(), pred_sub.numpy(), calib.val_superclass, calib.val_subclass, heads.n_super,
-            heads.n_sub).items() if k in ("seen_super_acc", "seen_sub_acc")})
+            pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
+            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
+            if k in ("seen_super_acc", "seen_sub_acc")})
         write_thresholds(out, Thresholds(point["score"], thr_super, thr_sub), {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
-                    "threshold accepted of seen validation images at this point",
+                    "threshold accepted of seen validation images at this point; with a seen_shifted group, the "
+                    "threshold that misses both groups' rates least, weighted by shifted_weight",
             "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
-                                            "accept_sub") if k in point}})
+                                            "accept_sub", "accept_shifted_super", "accept_shifted_sub")
+                      if k in point}})
         write_json(out / METRICS, {
-            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES)},
+            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS) if k in point},
             "calibration": calibration,
             "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
                         "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},

@@ -4,7 +4,7 @@ The directory is everything a prediction needs, and nothing in it executes code 
 (safetensors, JSON, CSV):
 
     model.safetensors      weights
-    scorers.safetensors    feature-space scorers (mahalanobis / knn scores only)
+    scorers.safetensors    feature-space scorers (every score but msp / energy / maxlogit / gen)
     config.json            the resolved trial config it was trained with, its head sizes and its input
                            pipeline (normalisation, input size, resampling)
     thresholds.json        score, raw thresholds, and how they were calibrated
@@ -38,7 +38,7 @@ from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
-from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
+from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device
 from hiertune.training.inputs import ImageInputs
@@ -130,8 +130,9 @@ class ExportedModel:
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
         _read(root / MODEL, lambda path: model.load_state_dict(load_file(str(path))))
         scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
-        if thresholds.score in ("mahalanobis", "knn") and scorers is None:
-            raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS}, which is missing")
+        if unavailable(thresholds.score, scorers):
+            raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
+                            f"which is missing or incomplete")
         return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on,
                    pipeline)
 
@@ -230,3 +231,21 @@ def _plain(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def calibrate_both(seen: np.ndarray, accept_seen: float, shifted: np.ndarray, accept_shifted: float,
+                   weight: float) -> float:
+    """One level's raw threshold that matches the sweep's acceptance of both seen groups: the
+    attained score minimising (1 - w)·|seen miss| + w·|shifted miss|. With no shifted images or
+    target, or w = 0, it is `calibrate` on the in-source seen scores."""
+    seen, shifted = np.asarray(seen, dtype=float), np.asarray(shifted, dtype=float)
+    if weight == 0 or len(shifted) == 0 or not math.isfinite(accept_shifted) or len(seen) == 0:
+        return calibrate(seen, accept_seen)
+    candidates = np.unique(np.concatenate([seen, shifted, [-math.inf]]))
+
+    def accepted(scores: np.ndarray) -> np.ndarray:  # fraction >= each candidate
+        return 1 - np.searchsorted(np.sort(scores), candidates, side="left") / len(scores)
+
+    miss = ((1 - weight) * np.abs(accepted(seen) - min(accept_seen, 1.0))
+            + weight * np.abs(accepted(shifted) - min(accept_shifted, 1.0)))
+    return float(candidates[np.argmin(miss)])

@@ -9,7 +9,7 @@ validation split without, say, novel superclasses cannot pose as perfect on them
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
 
 # The one list of the leaderboard's four group accuracies; everything that names them reads it.
 ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
@@ -77,12 +77,20 @@ def hypervolume_2d(points, ref=(0.0, 0.0)) -> float:
 
 # Threshold-free measures. Scores are "higher = more familiar"; known images are the positives.
 
+# The post-hoc grid calls these for every score, level and group each epoch; sklearn's
+# roc_auc_score / roc_curve spend ~30 ms per call validating their input, which alone was more
+# than 5% of a CPU epoch. The Mann-Whitney form (scipy's average ranks) and one sort are the same
+# numbers at a fraction of the cost.
+
 def auroc(scores_known, scores_novel) -> float:
     """Probability that a known image scores above a novel one (ties count half)."""
     labels, scores = _labelled(scores_known, scores_novel)
     if labels is None:
         return float("nan")
-    return float(roc_auc_score(labels, scores))
+    n_known = int(labels.sum())
+    n_novel = len(labels) - n_known
+    ranks = rankdata(scores)  # average ranks: a tie counts half
+    return float((ranks[labels == 1].sum() - n_known * (n_known + 1) / 2) / (n_known * n_novel))
 
 
 def fpr_at_95(scores_known, scores_novel) -> float:
@@ -90,9 +98,11 @@ def fpr_at_95(scores_known, scores_novel) -> float:
     labels, scores = _labelled(scores_known, scores_novel)
     if labels is None:
         return float("nan")
-    # Keep every threshold: dropping collinear points could skip the first one reaching 95%.
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    return float(fpr[np.searchsorted(tpr, 0.95, side="left")])
+    known = np.sort(scores[labels == 1])[::-1]
+    # The k-th highest known score accepts at least k of them, and no higher threshold accepts k:
+    # k = ceil(0.95 n), in integers so that 0.95 n is not rounded below a whole number.
+    threshold = known[-(-19 * len(known) // 20) - 1]
+    return float((scores[labels == 0] >= threshold).mean())
 
 
 def oscr(correct_known, scores_known, scores_novel) -> float:
@@ -118,8 +128,8 @@ def _labelled(scores_known, scores_novel):
         return None, None
     labels = np.concatenate([np.ones(len(known)), np.zeros(len(novel))])
     scores = np.concatenate([known, novel])
-    # sklearn rejects non-finite scores. Only their order matters, so a NaN (a broken score,
-    # least familiar) and -inf go just below the finite range and +inf just above it.
+    # Only the order matters, so a NaN (a broken score, least familiar) and -inf go just below
+    # the finite range and +inf just above it.
     finite = scores[np.isfinite(scores)]
     lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
     scores = np.where(np.isnan(scores), -np.inf, scores)

@@ -20,15 +20,17 @@ from functools import cached_property
 import numpy as np
 from torch import Tensor
 
+from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
-from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, leaderboard_metrics, objective, oscr,
+from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, objective, oscr,
                               pareto_front)
-from hiertune.novelty.scores import (LEVELS, LOGIT_SCORES, SCORES, FeatureScorer, LevelScores, has_scorers,
-                                     score_levels)
+from hiertune.novelty.scores import (LEVELS, SCORES, FeatureScorer, LevelScores, score_levels,
+                                     unavailable)
 
 MEASURES = ("auroc", "fpr95", "oscr")
+GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
 
 # One grid serves both meanings of τ. It is dense near 1, where useful msp thresholds live (the
 # seeds' 0.85 and 0.99 are on it), and near 0, where quantile scores reject a few percent of
@@ -43,6 +45,7 @@ class PosthocConfig:
     tau_super: tuple[float, ...] = TAU_GRID
     tau_sub: tuple[float, ...] = TAU_GRID
     knn_k: int = 10
+    shifted_weight: float = 0.5  # share of seen_shifted in the `seen` objective, when that group exists
 
     def __post_init__(self) -> None:
         for name in ("scores", "tau_super", "tau_sub"):
@@ -58,6 +61,8 @@ class PosthocConfig:
                                 f"got {list(taus)}")
         if self.knn_k < 1:
             raise UserError(f"posthoc: knn_k must be >= 1, got {self.knn_k}")
+        if not 0.0 <= self.shifted_weight <= 1.0:
+            raise UserError(f"posthoc: shifted_weight must be in [0, 1], got {self.shifted_weight}")
 
 
 @dataclass
@@ -70,6 +75,13 @@ class EvalBatch:
     sub_features: Tensor
     super_target: Tensor
     sub_target: Tensor
+    group: Tensor | None = None  # [N] index into GROUPS; None: derived from the targets (no shifted group)
+
+    def groups(self, heads: Heads) -> np.ndarray:
+        if self.group is not None:
+            return self.group.cpu().numpy().astype(np.int64)
+        sup, sub = self.super_target.cpu().numpy(), self.sub_target.cpu().numpy()
+        return np.where(sup >= heads.n_super, NOVEL_SUPER, np.where(sub >= heads.n_sub, NOVEL_SUB, SEEN))
 
 
 def decide(s: LevelScores, heads: Heads, thr_super: float, thr_sub: float) -> tuple[Tensor, Tensor]:
@@ -83,20 +95,14 @@ def decide(s: LevelScores, heads: Heads, thr_super: float, thr_sub: float) -> tu
 
 
 def point_metrics(batch: EvalBatch, heads: Heads, score: str, tau_super: float, tau_sub: float,
-                  scorers: dict[str, FeatureScorer] | None = None, knn_k: int = 10) -> dict:
+                  scorers: dict[str, FeatureScorer] | None = None, knn_k: int = 10,
+                  shifted_weight: float = 0.5) -> dict:
     """Leaderboard accuracies at one (score, τ_super, τ_sub), τ meaning what it means on the grid
-    (also off the grid: a τ that Optuna sampled, say), with the raw thresholds it resolved to."""
-    s = score_levels(batch, heads, score, scorers, knn_k)
-    true_super = batch.super_target.cpu().numpy()
-    true_sub = batch.sub_target.cpu().numpy()
-    thr_super = float(raw_thresholds(score, [tau_super], s.super_score.numpy(), true_super < heads.n_super)[0])
-    thr_sub = float(raw_thresholds(score, [tau_sub], s.sub_score.numpy(), true_sub < heads.n_sub)[0])
-    pred_super, pred_sub = decide(s, heads, thr_super, thr_sub)
-    metrics = leaderboard_metrics(pred_super.numpy(), pred_sub.numpy(), true_super, true_sub,
-                                  heads.n_super, heads.n_sub)
-    return {**metrics, "thr_super": thr_super, "thr_sub": thr_sub,
-            "accept_super": seen_acceptance(s.super_score.numpy(), true_super < heads.n_super, thr_super),
-            "accept_sub": seen_acceptance(s.sub_score.numpy(), true_sub < heads.n_sub, thr_sub)}
+    (also off the grid: a τ that Optuna sampled, say), with the raw thresholds it resolved to:
+    the grid of that single point, so both agree by construction."""
+    config = PosthocConfig(scores=(score,), tau_super=(tau_super,), tau_sub=(tau_sub,), knn_k=knn_k,
+                           shifted_weight=shifted_weight)
+    return posthoc_grid(batch, heads, config, scorers).point(0, 0, 0)
 
 
 def seen_acceptance(scores, seen, thr: float) -> float:
@@ -122,48 +128,92 @@ def raw_thresholds(score: str, tau, scores, seen) -> np.ndarray:
 
 def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = PosthocConfig(),
                  scorers: dict[str, FeatureScorer] | None = None) -> PosthocResult:
-    """Leaderboard accuracies at every (score, τ_super, τ_sub); feature scores are skipped when
-    `scorers` lacks either level."""
+    """Leaderboard and per-group accuracies at every (score, τ_super, τ_sub); a score these
+    `scorers` cannot compute is skipped, with its reason in `skipped`.
+
+    Thresholds (τ as a quantile) and the threshold-free measures use the in-source images only,
+    so τ means what it did before a shifted group existed; the `seen` objective's accuracies are
+    (1 - w)·in-source + w·seen_shifted with w = config.shifted_weight when that group has images."""
     S, K = heads.n_super, heads.n_sub
     true_super = np.minimum(batch.super_target.cpu().numpy(), S)
     true_sub = np.minimum(batch.sub_target.cpu().numpy(), K)
-    seen_super, seen_sub = true_super < S, true_sub < K
-    counts = {"seen_super": int(seen_super.sum()), "novel_super": int((~seen_super).sum()),
-              "seen_sub": int(seen_sub.sum()), "novel_sub": int((~seen_sub).sum())}
-    names = tuple(s for s in config.scores if s in LOGIT_SCORES or has_scorers(scorers))
+    group = batch.groups(heads)
+    member = np.stack([group == g for g in range(len(GROUPS))])  # [G, N]
+    n_group = member.sum(1)
+    insource = group != SHIFTED
+    seen_super, seen_sub = (true_super < S) & insource, (true_sub < K) & insource
+    novel_super, novel_sub = true_super == S, true_sub == K
+    counts = {"seen_super": int(seen_super.sum()), "novel_super": int(novel_super.sum()),
+              "seen_sub": int(seen_sub.sum()), "novel_sub": int(novel_sub.sum()),
+              **{f"group_{g}": int(n) for g, n in zip(GROUPS, n_group)}}
+    shifted = member[SHIFTED]
+    w = config.shifted_weight if n_group[SHIFTED] else 0.0
+    names, skipped = [], {}
+    for name in config.scores:
+        reason = unavailable(name, scorers)
+        if reason:
+            skipped[name] = reason
+        else:
+            names.append(name)
     tau_super, tau_sub = np.asarray(config.tau_super, float), np.asarray(config.tau_sub, float)
-    grid = np.empty((len(names), len(tau_super), len(tau_sub), len(ACCURACIES)))
-    thr_super = np.empty((len(names), len(tau_super)))
-    thr_sub = np.empty((len(names), len(tau_sub)))
-    accept = {"super": np.empty_like(thr_super), "sub": np.empty_like(thr_sub)}
+    T_s, T_u, G = len(tau_super), len(tau_sub), len(GROUPS)
+    grid = np.empty((len(names), T_s, T_u, len(ACCURACIES)))
+    group_acc = np.empty((len(names), T_s, T_u, G, 2))
+    thr_super, thr_sub = np.empty((len(names), T_s)), np.empty((len(names), T_u))
+    accept = {k: np.empty_like(t) for k, t in (("super", thr_super), ("sub", thr_sub), ("shifted_super", thr_super),
+                                                ("shifted_sub", thr_sub))}
+    accept_shifted = np.empty((len(names), T_s, T_u))
     free = np.empty((len(names), len(LEVELS), len(MEASURES)))
+    group_auroc = np.empty((len(names), 2))
     for i, name in enumerate(names):
         s = score_levels(batch, heads, name, scorers, config.knn_k)
         score_super, score_sub = s.super_score.numpy(), s.sub_score.numpy()
-        hit_super = seen_super & (s.super_argmax.numpy() == true_super)
-        hit_sub = seen_sub & (s.sub_argmax.numpy() == true_sub)
+        hit_super = (true_super < S) & (s.super_argmax.numpy() == true_super)
+        hit_sub = (true_sub < K) & (s.sub_argmax.numpy() == true_sub)
         thr_super[i] = raw_thresholds(name, tau_super, score_super, seen_super)
         thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
         accept_super = (score_super[None, :] >= thr_super[i][:, None]).astype(float)  # [T_super, N]
         accept_sub = (score_sub[None, :] >= thr_sub[i][:, None]).astype(float)  # [T_sub, N]
         accept["super"][i] = _rate(accept_super @ seen_super, counts["seen_super"])
         accept["sub"][i] = _rate(accept_sub @ seen_sub, counts["seen_sub"])
-        # A subclass counts as accepted only if its superclass is too, so the sub-level tallies
-        # are sums over images of accept_super * accept_sub * indicator: one matrix product.
-        grid[i, ..., 0] = _rate(accept_super @ hit_super, counts["seen_super"])[:, None]
-        grid[i, ..., 1] = _rate((1 - accept_super) @ ~seen_super, counts["novel_super"])[:, None]
-        grid[i, ..., 2] = _rate((accept_super * hit_sub) @ accept_sub.T, counts["seen_sub"])
-        grid[i, ..., 3] = _rate(counts["novel_sub"] - (accept_super * ~seen_sub) @ accept_sub.T,
-                                counts["novel_sub"])
-        free[i, 0] = _threshold_free(score_super, seen_super, hit_super)
-        free[i, 1] = _threshold_free(score_sub, seen_sub, hit_sub)
-    return PosthocResult(names, tau_super, tau_sub, thr_super, thr_sub, grid, free, counts, accept["super"],
-                         accept["sub"])
+        accept["shifted_super"][i] = _rate(accept_super @ shifted, n_group[SHIFTED])
+        accept["shifted_sub"][i] = _rate(accept_sub @ shifted, n_group[SHIFTED])
+        accept_shifted[i] = _rate((accept_super * shifted) @ accept_sub.T, n_group[SHIFTED])
+        # Correct per image: superclass, accepted with the right argmax if seen, rejected if not;
+        # subclass, accepted at both levels with the right argmax if seen, rejected at either if
+        # not. Summed over a group those are matrix products; the subclass one folds "rejected"
+        # into n - accepted, so hits and novel rows enter one product with weights +1 / -1.
+        super_hits = accept_super @ (member & hit_super).T + (1 - accept_super) @ (member & novel_super).T
+        weight = (member & hit_sub).astype(float) - (member & novel_sub)  # [G, N]
+        sub_hits = ((accept_super[:, None, :] * weight[None]).reshape(T_s * G, -1) @ accept_sub.T)
+        sub_hits = sub_hits.reshape(T_s, G, T_u).transpose(0, 2, 1) + (member & novel_sub).sum(1)  # [T_s, T_u, G]
+        group_acc[i, ..., 0] = _rate(super_hits, n_group)[:, None, :]
+        group_acc[i, ..., 1] = _rate(sub_hits, n_group)
+        # The leaderboard's four accuracies, in-source, from the same tallies.
+        seen_super_in = _rate(super_hits[:, SEEN] + super_hits[:, NOVEL_SUB], counts["seen_super"])
+        seen_sub_in = _rate(sub_hits[..., SEEN], counts["seen_sub"])
+        if w:
+            seen_super_in = (1 - w) * seen_super_in + w * group_acc[i, :, 0, SHIFTED, 0]
+            seen_sub_in = (1 - w) * seen_sub_in + w * group_acc[i, ..., SHIFTED, 1]
+        grid[i, ..., 0] = seen_super_in[:, None]
+        grid[i, ..., 1] = _rate(super_hits[:, NOVEL_SUPER], counts["novel_super"])[:, None]
+        grid[i, ..., 2] = seen_sub_in
+        grid[i, ..., 3] = _rate(sub_hits[..., NOVEL_SUB] + sub_hits[..., NOVEL_SUPER], counts["novel_sub"])
+        free[i, 0] = _threshold_free(score_super[insource], seen_super[insource], hit_super[insource])
+        free[i, 1] = _threshold_free(score_sub[insource], seen_sub[insource], hit_sub[insource])
+        group_auroc[i] = (auroc(score_sub[member[SEEN]], score_sub[member[NOVEL_SUB]]),
+                          auroc(score_super[member[SEEN]], score_super[member[NOVEL_SUPER]]))
+    return PosthocResult(tuple(names), tau_super, tau_sub, thr_super, thr_sub, grid, free, counts, accept["super"],
+                         accept["sub"], group_acc=group_acc, group_auroc=group_auroc, accept_shifted=accept_shifted,
+                         accept_shifted_super=accept["shifted_super"], accept_shifted_sub=accept["shifted_sub"],
+                         skipped=skipped, shifted_weight=float(w))
 
 
-def _rate(count, n: int) -> np.ndarray:
-    count = np.asarray(count, dtype=float)
-    return count / n if n else np.full(count.shape, np.nan)
+def _rate(count, n) -> np.ndarray:
+    """count / n elementwise (n broadcasts), NaN where n is 0."""
+    count, n = np.asarray(count, dtype=float), np.asarray(n, dtype=float)
+    shape = np.broadcast_shapes(count.shape, n.shape)
+    return np.divide(count, n, out=np.full(shape, np.nan), where=np.broadcast_to(n > 0, shape))
 
 
 def _threshold_free(score: np.ndarray, seen: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
@@ -180,9 +230,16 @@ class PosthocResult:
     thr_sub: np.ndarray  # [n_scores, T_sub]
     grid: np.ndarray  # [n_scores, T_super, T_sub, 4] accuracies in ACCURACIES order
     threshold_free: np.ndarray  # [n_scores, 2, 3]: LEVELS x MEASURES
-    counts: dict[str, int]  # validation images per group: seen_super, novel_super, seen_sub, novel_sub
-    accept_super: np.ndarray  # [n_scores, T_super]: fraction of seen-superclass images accepted
-    accept_sub: np.ndarray  # [n_scores, T_sub]: fraction of seen-subclass images accepted (sub score alone)
+    counts: dict[str, int]  # in-source images seen_super, novel_super, seen_sub, novel_sub; group_<name> per group
+    accept_super: np.ndarray  # [n_scores, T_super]: fraction of in-source seen-superclass images accepted
+    accept_sub: np.ndarray  # [n_scores, T_sub]: fraction of in-source seen-subclass images accepted (sub score alone)
+    group_acc: np.ndarray  # [n_scores, T_super, T_sub, len(GROUPS), 2]: each group's super / sub accuracy
+    group_auroc: np.ndarray  # [n_scores, 2]: AUROC seen vs novel_sub (sub score), seen vs novel_super (super score)
+    accept_shifted: np.ndarray  # [n_scores, T_super, T_sub]: seen_shifted images accepted at both levels
+    accept_shifted_super: np.ndarray  # [n_scores, T_super]: seen_shifted images the super threshold accepts
+    accept_shifted_sub: np.ndarray  # [n_scores, T_sub]: ... the sub threshold accepts (sub score alone)
+    skipped: dict[str, str]  # score -> why it is not on the grid
+    shifted_weight: float  # the weight seen_shifted had in `seen` (0 without that group)
 
     @property
     def seen(self) -> np.ndarray:  # [n_scores, T_super, T_sub]
@@ -202,11 +259,21 @@ class PosthocResult:
                                          acc["unseen_sub_acc"], c["novel_sub"])
         acc["seen"] = objective(acc["seen_super_acc"], acc["seen_sub_acc"])
         acc["unseen"] = objective(acc["unseen_super_acc"], acc["unseen_sub_acc"])
+        groups = {f"{g}_acc": objective(*self.group_acc[score, i, j, k]) for k, g in enumerate(GROUPS)}
         return {"score": self.scores[score],
                 "tau_super": float(self.tau_super[i]), "tau_sub": float(self.tau_sub[j]),
                 "thr_super": float(self.thr_super[score, i]), "thr_sub": float(self.thr_sub[score, j]),
                 "accept_super": float(self.accept_super[score, i]), "accept_sub": float(self.accept_sub[score, j]),
-                **acc}
+                "accept_shifted": float(self.accept_shifted[score, i, j]),
+                "accept_shifted_super": float(self.accept_shifted_super[score, i]),
+                "accept_shifted_sub": float(self.accept_shifted_sub[score, j]),
+                **acc, **groups, **self.aurocs}
+
+    @cached_property
+    def aurocs(self) -> dict[str, float]:
+        """Every score's AUROC per novel group: trial-level facts that each of its points carries."""
+        return {f"auroc_{g}.{name}": float(self.group_auroc[s, k])
+                for k, g in enumerate(("novel_sub", "novel_super")) for s, name in enumerate(self.scores)}
 
     @cached_property
     def front(self) -> list[dict]:
@@ -230,7 +297,7 @@ class PosthocResult:
     def to_metrics(self) -> dict[str, float]:
         """Flat floats for Ray Tune / MLflow: the best point's accuracies and τ, the front's
         hypervolume (overall and per score), and the threshold-free measures per level and score."""
-        metrics = {key: self.best[key] for key in LEADERBOARD_KEYS}
+        metrics = {key: self.best[key] for key in (*LEADERBOARD_KEYS, *GROUP_KEYS)}
         metrics.update(tau_super=self.best["tau_super"], tau_sub=self.best["tau_sub"],
                        hypervolume=self.hypervolume, front_size=float(len(self.front)))
         for s, name in enumerate(self.scores):
@@ -239,22 +306,27 @@ class PosthocResult:
             for l, level in enumerate(LEVELS):
                 for m, measure in enumerate(MEASURES):
                     metrics[f"{level}_{measure}_{name}"] = float(self.threshold_free[s, l, m])
+        # MLflow metric names allow '_' but the CSV's 'auroc_novel_sub.msp' reads better with a dot.
+        metrics.update({k.replace(".", "_"): v for k, v in self.aurocs.items()})
         return metrics
 
     def save(self, path: str | os.PathLike) -> None:
         """One .npz of plain arrays; names and counts ride along as a JSON string (no pickle)."""
-        meta = json.dumps({"scores": list(self.scores), "counts": self.counts})
+        meta = json.dumps({"scores": list(self.scores), "counts": self.counts, "skipped": self.skipped,
+                           "shifted_weight": self.shifted_weight})
         with atomic_file(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(meta), tau_super=self.tau_super, tau_sub=self.tau_sub,
-                     thr_super=self.thr_super, thr_sub=self.thr_sub, grid=self.grid,
-                     threshold_free=self.threshold_free, accept_super=self.accept_super, accept_sub=self.accept_sub)
+            np.savez(f, meta=np.array(meta), **{k: getattr(self, k) for k in _ARRAYS})
 
     @classmethod
     def load(cls, path: str | os.PathLike | typing.BinaryIO) -> PosthocResult:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return cls(tuple(meta["scores"]), z["tau_super"], z["tau_sub"], z["thr_super"], z["thr_sub"],
-                       z["grid"], z["threshold_free"], meta["counts"], z["accept_super"], z["accept_sub"])
+            return cls(tuple(meta["scores"]), counts=meta["counts"], skipped=meta["skipped"],
+                       shifted_weight=meta["shifted_weight"], **{k: z[k] for k in _ARRAYS})
+
+
+_ARRAYS = ("tau_super", "tau_sub", "thr_super", "thr_sub", "grid", "threshold_free", "accept_super", "accept_sub",
+           "group_acc", "group_auroc", "accept_shifted", "accept_shifted_super", "accept_shifted_sub")
 
 
 def _pooled(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:

@@ -17,14 +17,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hiertune.models.registry import Heads
+from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, gen
 
-SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn")
-LOGIT_SCORES = ("msp", "energy", "maxlogit")
+SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
+LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
 LEVELS = ("super", "sub")
 
 
 def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
-    """msp / energy / maxlogit over the seen logits (those where `mask` [N, n_seen] is True)."""
+    """msp / energy / maxlogit / gen over the seen logits (those where `mask` [N, n_seen] is True)."""
+    if score == "gen":
+        return gen(logits, n_seen, mask)
     logits = logits.float()
     # msp's softmax includes the novel logit: mass it takes is mass no seen class can claim.
     seen = (logits.softmax(1) if score == "msp" else logits)[:, :n_seen]
@@ -93,7 +96,7 @@ class FeatureBank:
         last = len(slot) - 1 - last
         self.reservoir[slot[last]] = x[rows[last]]
 
-    def fit(self, shrinkage: float = 0.1) -> FeatureScorer:
+    def fit(self, shrinkage: float = 0.1, head: HeadStats | None = None) -> FeatureScorer:
         present = self.count > 0
         if not present.any():
             raise ValueError("FeatureBank.fit: no seen-class features were added")
@@ -109,7 +112,7 @@ class FeatureBank:
         chol = torch.linalg.cholesky(cov)
         whiten = torch.linalg.solve_triangular(chol, eye, upper=False).T  # x @ whiten: unit covariance
         bank = self.reservoir[: min(self.offered, len(self.reservoir))].clone()
-        return FeatureScorer(means=means, present=present, whiten=whiten, bank=bank)
+        return FeatureScorer(means=means, present=present, whiten=whiten, bank=bank, head=head)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class FeatureScorer:
     present: Tensor  # [C] bool: class had training features
     whiten: Tensor  # [D, D] float64, whiten @ whiten.T = inverse of the shrunk tied covariance
     bank: Tensor  # [M, D] float32, L2-normalised training features
+    head: HeadStats | None = None  # what rmds, fdbd, scale and vim need; None: those are unavailable
 
     def mahalanobis(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         """Minus the smallest squared Mahalanobis distance to a class mean (Lee et al. 2018),
@@ -141,11 +145,14 @@ class FeatureScorer:
         return torch.cat(out)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"means": self.means, "present": self.present, "whiten": self.whiten, "bank": self.bank}
+        head = {f"head.{k}": v for k, v in self.head.state_dict().items()} if self.head else {}
+        return {"means": self.means, "present": self.present, "whiten": self.whiten, "bank": self.bank, **head}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Tensor]) -> FeatureScorer:
-        return cls(means=d["means"], present=d["present"].bool(), whiten=d["whiten"], bank=d["bank"])
+        head = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("head.")}
+        return cls(means=d["means"], present=d["present"].bool(), whiten=d["whiten"], bank=d["bank"],
+                   head=HeadStats.from_state_dict(head) if head else None)
 
 
 def save_scorers(scorers: dict[str, FeatureScorer], path: str | os.PathLike) -> None:
@@ -179,7 +186,8 @@ def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureSco
     """Hierarchical argmaxes and per-level scores of a ModelOutput or EvalBatch, on CPU.
 
     `scorers` maps "super" / "sub" to the FeatureScorer of that level's features; it is needed
-    only for mahalanobis and knn."""
+    for the feature scores (all but LOGIT_SCORES), and rmds / fdbd / scale / vim also need its
+    fitted head statistics."""
     super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
     super_argmax = super_logits[:, : heads.n_super].argmax(1)
     mask = subclass_mask(heads)[super_argmax]
@@ -188,11 +196,26 @@ def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureSco
         super_score = logit_score(super_logits, heads.n_super, score)
         sub_score = logit_score(sub_logits, heads.n_sub, score, mask)
     elif score in SCORES:
-        if not has_scorers(scorers):
-            raise ValueError(f"score {score!r} needs feature scorers for both levels ('super', 'sub')")
+        reason = unavailable(score, scorers)
+        if reason:
+            raise ValueError(f"score {score!r} unavailable: {reason}")
+        sup, sub = scorers["super"], scorers["sub"]
+        f_super, f_sub = output.super_features, output.sub_features
         if score == "mahalanobis":
-            super_score = scorers["super"].mahalanobis(output.super_features)
-            sub_score = scorers["sub"].mahalanobis(output.sub_features, mask)
+            super_score = sup.mahalanobis(f_super)
+            sub_score = sub.mahalanobis(f_sub, mask)
+        elif score == "rmds":
+            super_score = sup.mahalanobis(f_super) + sup.head.background_distance(f_super)
+            sub_score = sub.mahalanobis(f_sub, mask) + sub.head.background_distance(f_sub)
+        elif score == "fdbd":
+            super_score = sup.head.fdbd(f_super, super_argmax)
+            sub_score = sub.head.fdbd(f_sub, sub_argmax)
+        elif score == "scale":
+            super_score = sup.head.scale(f_super)
+            sub_score = sub.head.scale(f_sub, mask)
+        elif score == "vim":
+            super_score = sup.head.vim(f_super)
+            sub_score = sub.head.vim(f_sub, mask)
         else:
             super_score = scorers["super"].knn(output.super_features, knn_k)
             sub_score = scorers["sub"].knn(output.sub_features, knn_k)
@@ -204,3 +227,14 @@ def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureSco
 
 def has_scorers(scorers) -> bool:
     return bool(scorers) and all(scorers.get(level) is not None for level in LEVELS)
+
+
+def unavailable(score: str, scorers: dict[str, FeatureScorer] | None) -> str | None:
+    """Why `score` cannot be computed with these scorers, or None when it can."""
+    if score in LOGIT_SCORES:
+        return None
+    if not has_scorers(scorers):
+        return "needs feature scorers for both levels ('super', 'sub')"
+    if score in HEAD_SCORES and any(scorers[level].head is None for level in LEVELS):
+        return "needs a linear or cosine classifier head at both levels"
+    return None

@@ -16,14 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertune.data.splits import GROUPS
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import ACCURACIES, pareto_front
+from hiertune.novelty.posthoc import GROUP_KEYS
+from hiertune.novelty.scores import SCORES
 from hiertune.sweep.plots import plot_front
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
 
-ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
+# Seen validation images each threshold accepted, per level and seen group: what export calibrates to.
+ACCEPTANCE = ("accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub")
+
+
 def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[dict]:
     """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint; or, when
     Optuna sampled the thresholds, each trial's one point at its sampled thresholds."""
@@ -37,7 +43,10 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            **{f"param.{k}": v for k, v in sorted(t.params.items())},
                            "score": t.params.get("novelty_score", "msp"), "tau_super": t.params.get("tau_super"),
                            "tau_sub": t.params.get("tau_sub"),
-                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE)}})
+                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)
+                              if f"point_{k}" in m},
+                           **{f"auroc_{g}.{s}": m[f"auroc_{g}_{s}"] for g in ("novel_sub", "novel_super")
+                              for s in SCORES if f"auroc_{g}_{s}" in m}})
             continue
         result = read_posthoc(t.checkpoint)
         for s, i, j in np.ndindex(*result.grid.shape[:3]):
@@ -47,7 +56,8 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
             points.append({"trial": t.name, "trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
                            **{f"param.{k}": v for k, v in sorted(t.params.items())},
                            **{k: p[k] for k in ("score", "tau_super", "tau_sub", "thr_super", "thr_sub", *ACCURACIES,
-                                                "seen", "unseen", *ACCEPTANCE)}})
+                                                "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)},
+                           **result.aurocs})
     return points
 
 
@@ -141,7 +151,11 @@ def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict
     return csv_path, png_path
 
 
-def render(front: list[dict]) -> str:
+def render(front: list[dict], groups: bool = False) -> str:
+    """The front as a table; `groups` adds each point's per-group accuracy and, for its score, the
+    AUROC on novel_sub and novel_super."""
+    if groups:
+        return render_groups(front)
     params = sorted({k for p in front for k in p if k.startswith("param.")})
     head = ["trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
             "seen_sup", "unseen_sup", "seen_sub", "unseen_sub", "seen", "unseen"]
@@ -150,6 +164,41 @@ def render(front: list[dict]) -> str:
             for p in front]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [head, *rows])
+
+
+def render_groups(front: list[dict]) -> str:
+    head = ["trial", "score", "tau_sup", "tau_sub", "seen", "unseen", *(f"{g}_acc" for g in GROUPS),
+            "accept_shifted", "auroc_novel_sub", "auroc_novel_super"]
+    rows = [[p["trial"], p["score"], _fmt(p["tau_super"]), _fmt(p["tau_sub"]), _fmt(p["seen"]), _fmt(p["unseen"]),
+             *(_fmt(p.get(f"{g}_acc")) for g in GROUPS), _fmt(p.get("accept_shifted")),
+             _fmt(p.get(f"auroc_novel_sub.{p['score']}")), _fmt(p.get(f"auroc_novel_super.{p['score']}"))]
+            for p in front]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [head, *rows])
+
+
+def point_report(point: dict) -> str:
+    """One point in full: each group's accuracy, every score's AUROC on novel_sub and novel_super
+    (the trial's, so one table says which score wins per group), and acceptance on seen_shifted."""
+    scores = sorted({k.split(".", 1)[1] for k in point if k.startswith("auroc_novel_sub.")})
+    lines = [f"{point['trial']} (epochs {point['epochs']}), {point['score']} at tau_super {_fmt(point['tau_super'])}, "
+             f"tau_sub {_fmt(point['tau_sub'])}: seen {_fmt(point['seen'])}  unseen {_fmt(point['unseen'])}",
+             "  group accuracy: " + "  ".join(f"{g} {_fmt(point.get(f'{g}_acc'))}" for g in GROUPS),
+             f"  seen_shifted acceptance: both levels {_fmt(point.get('accept_shifted'))}, superclass "
+             f"{_fmt(point.get('accept_shifted_super'))}, subclass {_fmt(point.get('accept_shifted_sub'))} "
+             f"(in-source seen: superclass {_fmt(point.get('accept_super'))}, "
+             f"subclass {_fmt(point.get('accept_sub'))})",
+             f"  {'score':<12}{'auroc novel_sub':>16}{'auroc novel_super':>19}"]
+    best = {g: max(scores, key=lambda s: _or_minus(point[f"auroc_{g}.{s}"])) for g in ("novel_sub", "novel_super")}
+    for s in scores:
+        marks = [_fmt(point[f"auroc_{g}.{s}"]) + ("*" if best[g] == s else " ") for g in ("novel_sub", "novel_super")]
+        lines.append(f"  {s:<12}{marks[0]:>16}{marks[1]:>19}")
+    lines.append("  * best score for that group")
+    return "\n".join(lines)
+
+
+def _or_minus(value: float) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
 
 
 def _fmt(value) -> str:

@@ -27,11 +27,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from hiertune import storage
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
+from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.space import SearchSpace
 from hiertune.sweep.front import sweep_front, write_front
 from hiertune.sweep.moasha import MOASHAScheduler, SchedulerState
 from hiertune.sweep.place import SweepPlace
-from hiertune.sweep.plots import plot_sweep_curves
+from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.search import FidelityAwareOptunaSearch, objectives
 from hiertune.sweep.state import (
     STATUSES,
@@ -71,7 +72,8 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
             check_ray_state(Path(place.tune_uri))
     base = space.trial_config()
-    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root)
+    bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
+                         base.shift_config())
     _check_outlier_ranges(space, bundle.splits)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -135,7 +137,7 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
     store = FeatureStore(cache_root)
     base = space.trial_config()
     finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
-    if base.feature_views == 0 or (base.family != "layover" and "linear" not in finetunes):
+    if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
         return store
     frozen = replace(base, finetune="linear")
     task = ray.remote(precompute_features).options(num_cpus=space.resources.cpus_per_trial,
@@ -158,6 +160,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
+    _log_shifted(place, bundle, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
@@ -249,9 +252,23 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     best = max(front, key=lambda p: p["seen"] + p["unseen"]) if front else None
     if best:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
-                                      "best_unseen": best["unseen"]}, 0)
+                                      "best_unseen": best["unseen"],
+                                      **{f"best_{k}": best[k] for k in GROUP_KEYS if k in best}}, 0)
     recorder.client.set_terminated(parent, "FINISHED")
     return {**summary, "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path)}
+
+
+def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
+    """What validation's seen_shifted group is, on the parent run: its source as a tag, and a
+    picture of corrupted examples beside their originals."""
+    shifted = bundle.shifted
+    parent = recorder.state["parent"]
+    recorder.client.set_tag(parent, "hiertune.seen_shifted", shifted.source if shifted else "none")
+    if shifted is not None and shifted.kinds is not None and len(shifted.kinds):
+        path = place.dir / "shifted_examples.png"
+        plot_shifted_examples(shifted.originals, shifted.images[:len(shifted.kinds)], shifted.kinds, path)
+        place.publish(path)
+        recorder.client.log_artifact(parent, str(path))
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:

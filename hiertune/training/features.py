@@ -3,7 +3,7 @@
 A trial whose backbone never trains (finetune linear; layover) would run the same backbone
 forward pass on the same images every epoch, and every such trial of a sweep would repeat it.
 Instead the backbone's outputs that the heads read (`model.frozen_features`) are computed once per
-image pool (the labeled images, the outliers) and cached on disk under the cache root, keyed by
+image pool (the labeled images, the outliers, validation's seen_shifted images) and cached on disk under the cache root, keyed by
 a sha256 over everything they depend on: what the frozen part computes (family, layover stage),
 the digest of its weights, the input pipeline (the augmentation config's evaluation view: mean,
 std, and whatever else the config gains, such as an input size; all of it with augmented
@@ -41,13 +41,17 @@ log = logging.getLogger("hiertune")
 
 FEATURE_VERSION = "1"
 VIEW_SEED = 0  # augmented views do not depend on the trial's seed, so trials share them
-Pools = dict[str, np.ndarray]  # pool name ("labeled", "outliers") -> uint8 images
+Pools = dict[str, np.ndarray]  # pool name ("labeled", "outliers", "shifted") -> uint8 images
+# Pools that only validation reads: their clean view is all a trial uses, so only it is computed.
+EVAL_POOLS = ("shifted",)
 
 
 def bundle_pools(bundle: DataBundle) -> Pools:
     pools = {"labeled": bundle.data.train.images}
     if bundle.outliers is not None:
         pools["outliers"] = bundle.outliers.images
+    if bundle.shifted is not None:
+        pools["shifted"] = bundle.shifted.images
     return pools
 
 
@@ -166,8 +170,9 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
     weights = weights_digest(model)
     out = {}
     for pool, images in pools.items():
-        key = feature_key(model, weights, augment.config, image_size, views, store.digest(pool, images), precision)
-        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, views, device, autocast))
+        n_views = 1 if pool in EVAL_POOLS else views
+        key = feature_key(model, weights, augment.config, image_size, n_views, store.digest(pool, images), precision)
+        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast))
     return out
 
 
@@ -183,7 +188,11 @@ def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None,
     splits = bundle.trial_splits(count, fraction)
     train, val = {}, {}
     for name in feats["labeled"]:
+        labeled = feats["labeled"][name]
         outliers = feats["outliers"][name] if "outliers" in feats else None
-        tr, va = take_rows(feats["labeled"][name], outliers, splits)
-        train[name], val[name] = torch.from_numpy(tr), torch.from_numpy(np.ascontiguousarray(va[:, :1]))
+        shifted = feats["shifted"][name] if "shifted" in feats else None
+        train[name] = torch.from_numpy(take_rows(labeled, outliers, splits)[0])
+        # Validation reads the clean view only (the shifted pool has no other).
+        va = take_rows(labeled[:, :1], None if outliers is None else outliers[:, :1], splits, shifted)[1]
+        val[name] = torch.from_numpy(np.ascontiguousarray(va))
     return FeatureInputs(train, device), FeatureInputs(val, device)

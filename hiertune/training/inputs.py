@@ -13,25 +13,36 @@ import torch
 
 from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
+from hiertune.data.corrupt import corrupt_batch
 from hiertune.models.registry import ModelOutput
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
 
 class ImageInputs:
-    """uint8 [N, H, W, 3] images; augmented on the device when training, the eval view otherwise."""
+    """uint8 [N, H, W, 3] images; when training, a share `corrupt_p` of each batch gets one
+    camera/pipeline corruption (hiertune.data.corrupt) before the augmentation, on the device;
+    the eval view otherwise."""
 
-    def __init__(self, images: torch.Tensor, augment: BatchAugment):
+    def __init__(self, images: torch.Tensor, augment: BatchAugment, corrupt_p: float = 0.0,
+                 corrupt_severity: float = 0.5):
         self.images, self.augment = images, augment
+        self.corrupt_p, self.corrupt_severity = corrupt_p, corrupt_severity
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def rows(self, idx: torch.Tensor) -> ImageInputs:
+        """These images, for evaluation-view passes."""
+        return ImageInputs(self.images[idx], self.augment)
 
     def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
                 order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
                 ) -> Iterator[tuple[Inputs, ...]]:
         for xb, *ys in iterate_batches(self.images, labels, batch_size, shuffle=train, generator=order_gen,
                                        device=device, drop_last=train):
+            if train:
+                xb = corrupt_batch(xb, self.corrupt_p, self.corrupt_severity, aug_gen)
             yield (self.augment(xb, aug_gen, train=train), *ys)
 
     @staticmethod
@@ -52,6 +63,11 @@ class FeatureInputs:
 
     def __len__(self) -> int:
         return self.n
+
+    def rows(self, idx: torch.Tensor) -> FeatureInputs:
+        """These rows' clean view (view 0), for evaluation-view passes: no backbone runs again."""
+        device = next(iter(self.features.values())).device
+        return FeatureInputs({name: t[idx.to(device), :1] for name, t in self.features.items()}, device)
 
     def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
                 order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None

@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
+from hiertune.data.splits import SHIFTED
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
-from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, point_metrics, posthoc_grid
-from hiertune.novelty.scores import LOGIT_SCORES, FeatureBank, FeatureScorer
+from hiertune.novelty.ood_scores import HeadStats, head_of
+from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, point_metrics, posthoc_grid
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, unavailable
 from hiertune.training.checkpoint import load_checkpoint, save_checkpoint
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
@@ -38,7 +40,8 @@ log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
 
 
-POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub")
+POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub",
+              *GROUP_KEYS)
 # The epoch's own post-hoc front as [[seen, unseen], ...]: the point set MO-ASHA ranks a trial by
 # (hiertune.sweep.moasha). A few dozen pairs; the whole grid stays in the checkpoint.
 FRONT_KEY = "front"
@@ -94,7 +97,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     aug_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
     steps_per_epoch = max(1, len(train_y[0]) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    posthoc_cfg = PosthocConfig()
+    posthoc_cfg = PosthocConfig(shifted_weight=cfg.shifted_weight)
+    fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
     loss_cfg = cfg.loss_config()
 
     # An attempt is one run of this loop; a restart from a checkpoint (a retry after a failure, a
@@ -109,24 +113,27 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     # (after a resume, so they come from the weights the trial trains with).
     features = features or FeatureStore()
     computed_before, t_features = features.computed, time.perf_counter()
+    if cfg.corrupt_p > 0 and cfg.feature_views > 0 and getattr(model, "backbone_frozen", False):
+        log.info("corrupt_p %g: the frozen backbone runs every step (cached features cannot be corrupted)",
+                 cfg.corrupt_p)
     cached = frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
-                           cfg.feature_views, device, autocast, str(precision(device, cfg.amp)), features)
+                           cfg.cached_views(), device, autocast, str(precision(device, cfg.amp)), features)
     feature_stats = {"features_computed": features.computed - computed_before,  # 0: shared or read from disk
                      "feature_seconds": time.perf_counter() - t_features}
-    train_inputs, val_inputs = cached or (ImageInputs(torch.from_numpy(split.train_images), augment),
+    train_inputs, val_inputs = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
+                                                      cfg.corrupt_severity),
                                           ImageInputs(torch.from_numpy(split.val_images), augment))
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, attempt)
         # ---- train one epoch -------------------------------------------------------------
-        # Nothing in this loop waits for the device: loss parts and the features the
-        # feature-space scores are fitted on stay on it and are read once, after the epoch.
+        # Nothing in this loop waits for the device: loss parts stay on it and are read once,
+        # after the epoch.
         model.set_epoch(epoch)
         model.train()
         mix = cfg.mixup_alpha > 0
         totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
-        kept: list[tuple[torch.Tensor, ...]] = []
         seen_images, t0 = 0, time.perf_counter()
         batches = train_inputs.batches(train_y, cfg.batch_size, device, train=True, order_gen=order_gen,
                                        aug_gen=aug_gen)
@@ -151,8 +158,6 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             scaler.update()
             scheduler.step()
             totals += torch.cat([loss.detach().float().view(1), parts]) * len(sup)
-            if not mix:  # feature-space scores are fitted on clean (un-mixed) training features
-                kept.append((out.super_features.detach(), out.sub_features.detach(), sup, sub))
             seen_images += len(sup)
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -164,12 +169,17 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
         t1 = time.perf_counter()
         batch, val_loss = evaluate(model, val_inputs, split.val_superclass, split.val_subclass, heads, cfg,
-                                   device, autocast)
+                                   device, autocast, split.val_group)
         t2 = time.perf_counter()
-        scorers = fit_scorers(kept, heads)
+        # Feature scorers see clean training images in eval mode, as validation images are seen:
+        # not the epoch's augmented (or mixed) train-mode features.
+        fit_out = forward_all(model, train_inputs.rows(fit_rows), device, autocast)
+        scorers = fit_scorers(fit_out, train_y[0][fit_rows], train_y[1][fit_rows], heads, model)
+        t_fit = time.perf_counter()
         result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
-        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers)
-                 if scorers or cfg.novelty_score in LOGIT_SCORES else dict.fromkeys(POINT_KEYS, math.nan))
+        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
+                               shifted_weight=cfg.shifted_weight)
+                 if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
         t3 = time.perf_counter()
 
         metrics = {
@@ -193,7 +203,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "train_images_per_s": seen_images / train_seconds,
             "epoch_seconds": train_seconds,
             "eval_forward_seconds": t2 - t1,
-            "posthoc_seconds": t3 - t2,
+            "scorer_fit_seconds": t_fit - t2,
+            "posthoc_seconds": t3 - t_fit,
             **feature_stats,
         }
         history.append(metrics)
@@ -217,7 +228,7 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
         model = model.to(memory_format=torch.channels_last)
     augment = BatchAugment(cfg.augment_config(), device, channels_last=device.type == "cuda")
     frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
-                  cfg.feature_views, device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)), store)
+                  cfg.cached_views(), device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)), store)
     return store
 
 
@@ -239,33 +250,52 @@ def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device
 
 
 def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: np.ndarray, heads: Heads,
-             cfg: TrialConfig, device: torch.device, autocast) -> tuple[EvalBatch, float]:
-    """Logits and features of every validation image, and the loss over the seen ones."""
+             cfg: TrialConfig, device: torch.device, autocast,
+             group: np.ndarray | None = None) -> tuple[EvalBatch, float]:
+    """Logits and features of every validation image, and the loss over the in-source seen ones."""
     out = forward_all(model, inputs, device, autocast)
     sup_t, sub_t = torch.from_numpy(sup), torch.from_numpy(sub)
+    group_t = None if group is None else torch.from_numpy(group)
     seen = (sup_t < heads.n_super) & (sub_t < heads.n_sub)
+    if group_t is not None:
+        seen &= group_t != SHIFTED
     val_loss = float("nan")
     if seen.any():
         seen_out = ModelOutput(out.super_logits[seen], out.sub_logits[seen], out.super_features[seen],
                                out.sub_features[seen])
         loss, _ = hierarchical_loss(seen_out, sup_t[seen], sub_t[seen], heads, cfg.loss_config())
         val_loss = loss.item()
-    return EvalBatch(out.super_logits, out.sub_logits, out.super_features, out.sub_features, sup_t, sub_t), val_loss
+    return (EvalBatch(out.super_logits, out.sub_logits, out.super_features, out.sub_features, sup_t, sub_t, group_t),
+            val_loss)
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
-    point = point_metrics(batch, heads, "msp", 0.0, 0.0)  # tau 0: nothing is called novel
+    # tau 0: nothing is called novel; weight 0: in-source images, as the seed measured them.
+    point = point_metrics(batch, heads, "msp", 0.0, 0.0, shifted_weight=0.0)
     return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
 
 
-def fit_scorers(kept: list[tuple[torch.Tensor, ...]], heads: Heads) -> dict[str, FeatureScorer] | None:
-    """Feature-space novelty scorers from the epoch's training features (None after mixup)."""
-    if not kept:
-        return None
-    sup_f, sub_f, sup, sub = (torch.cat(column).float().cpu() for column in zip(*kept))
+def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: int) -> torch.Tensor:
+    """The training images of seen classes the feature scorers are fitted on: all of them, or a
+    seeded subset of `cap` (0: no cap), the same every epoch."""
+    rows = np.flatnonzero((sup < heads.n_super) & (sub < heads.n_sub))
+    if cap and len(rows) > cap:
+        rows = np.sort(np.random.default_rng([seed, 11]).choice(rows, cap, replace=False))
+    return torch.from_numpy(rows)
+
+
+def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads,
+                model: torch.nn.Module) -> dict[str, FeatureScorer]:
+    """Feature-space novelty scorers of both levels from eval-mode training features; the
+    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`)."""
     scorers = {}
-    for level, feats, labels, n in (("super", sup_f, sup, heads.n_super), ("sub", sub_f, sub, heads.n_sub)):
+    for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
+                                    ("sub", out.sub_features, sub, heads.n_sub)):
+        feats, labels = feats.float().cpu(), labels.cpu()
         bank = FeatureBank(n, feats.shape[1])
         bank.update(feats, labels)
-        scorers[level] = bank.fit()
+        module = getattr(model, f"{level}_head", None)
+        head = head_of(module, n) if module is not None else None
+        stats = HeadStats.fit(feats[labels < n], head) if head is not None else None
+        scorers[level] = bank.fit(head=stats)
     return scorers

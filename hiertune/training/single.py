@@ -19,7 +19,8 @@ log = logging.getLogger("hiertune")
 
 def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, progress: bool = True) -> dict:
     cfg = space.trial_config()
-    bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root)
+    bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root,
+                         cfg.shift_config())
     summary = bundle.summary()
     log.info("data %s: %d train / %d validation images, %d outlier training images, pseudo-novel subclasses %s",
              summary["data"], summary["train"], summary["val"],

@@ -7,7 +7,7 @@ import pytest
 
 from hiertune.data.dataset import load_competition
 from hiertune.data.outliers import load_outlier_folder
-from hiertune.data.splits import SplitConfig, assemble, make_splits
+from hiertune.data.splits import NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED, SplitConfig, assemble, make_splits
 from hiertune.errors import UserError
 
 # 3 superclasses x 10 subclasses x 20 images, and 10 outlier classes x 30 images.
@@ -96,3 +96,12 @@ def test_assemble_labels_novel_targets(tiny_data, tiny_outliers, cache_root):
     assert (d.val_superclass[:n_val] < h.novel_superclass).all()
     assert (d.val_superclass[n_val:] == h.novel_superclass).all()
     assert np.array_equal(d.val_images[0], data.train.images[s.val[0]])
+    # Every validation image is in one named group, in the order the images are.
+    assert np.array_equal(d.val_group[:n_val], np.where(novel_sub, NOVEL_SUB, SEEN))
+    assert (d.val_group[n_val:] == NOVEL_SUPER).all()
+    # A shifted group joins validation after the in-source images, before the outliers.
+    shifted = (d.val_images[:2] // 2, np.array([0, 1]), np.array([0, 3]))
+    e = assemble(data, outliers, s, shifted)
+    assert np.array_equal(e.val_group, np.concatenate([d.val_group[:n_val], [SHIFTED, SHIFTED], d.val_group[n_val:]]))
+    assert np.array_equal(e.val_images[n_val:n_val + 2], shifted[0])
+    assert e.val_subclass[n_val:n_val + 2].tolist() == [0, 3]

@@ -18,7 +18,7 @@ from hiertune.cli import main
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import list_image_files
 from hiertune.export import export as export_module
-from hiertune.export.predictor import calibrate
+from hiertune.export.predictor import calibrate, calibrate_both
 from hiertune.sweep.front import Pick
 
 
@@ -82,14 +82,26 @@ def test_export_writes_valid_submissions_and_self_contained_models(exported):
         assert source["sweep"] == "ex" and trial["epochs"] == source["point"]["epochs"]
         trials.add(source["trial_id"])
 
-        # Calibration reproduces the seen acceptance the sweep's threshold had, to within a
-        # calibration image or two, at both levels.
+        # Calibration reproduces the seen acceptance the sweep's threshold had at both levels: for
+        # in-source seen images alone to within a calibration image or two, and with the shifted
+        # group it misses the two groups' rates (weighted) no more than that threshold would.
         calib = json.loads((d / "metrics.json").read_text())["calibration"]
         thresholds = json.loads((d / "thresholds.json").read_text())
         assert thresholds["sweep"]["accept_super"] == pytest.approx(calib["target_accept_super"])
+        assert calib["shifted_images"] > 0 and trial["shifted"] == "corrupt"
+        w = trial["shifted_weight"]
         for level in ("super", "sub"):
-            target, got = calib[f"target_accept_{level}"], calib[f"accept_{level}"]
-            assert target - 1e-9 <= got <= target + 3 / calib["images"], (level, target, got)
+            target, alone = calib[f"target_accept_{level}"], calib[f"seen_only_accept_{level}"]
+            in_source = calib["images"] - calib["shifted_images"]
+            assert target - 1e-9 <= alone <= target + 3 / in_source, (level, target, alone)
+            target_shifted = calib[f"target_accept_shifted_{level}"]
+            assert target_shifted == pytest.approx(source["point"][f"accept_shifted_{level}"])
+
+            def miss(seen_rate, shifted_rate):
+                return (1 - w) * abs(seen_rate - target) + w * abs(shifted_rate - target_shifted)
+
+            assert miss(calib[f"accept_{level}"], calib[f"accept_shifted_{level}"]) <= miss(
+                alone, calib[f"seen_only_accept_shifted_{level}"]) + 1e-12
         assert calib["images"] > 0
     assert len(trials) == 2  # --top 2 means two different trials
 
@@ -241,3 +253,19 @@ def test_calibrate_accepts_the_target_fraction(accept):
     assert accept <= got <= accept + 1e-3
     if accept == 1.0:
         assert thr == -np.inf  # accepts new images below the calibration minimum too
+
+
+def test_calibration_matches_both_seen_groups():
+    seen = np.arange(100.0)
+    shifted = np.arange(100.0) - 30  # the shift lowers every score
+    assert calibrate_both(seen, 0.9, shifted, 0.6, 0.0) == calibrate(seen, 0.9)
+    assert calibrate_both(seen, 0.9, shifted, float("nan"), 0.5) == calibrate(seen, 0.9)
+    only_shifted = calibrate_both(seen, 0.9, shifted, 0.6, 1.0)
+    assert (shifted >= only_shifted).mean() == pytest.approx(0.6)
+
+    def miss(t, w):
+        return (1 - w) * abs((seen >= t).mean() - 0.9) + w * abs((shifted >= t).mean() - 0.6)
+
+    both = calibrate_both(seen, 0.9, shifted, 0.6, 0.5)
+    assert miss(both, 0.5) <= min(miss(t, 0.5) for t in np.concatenate([seen, shifted])) + 1e-12
+    assert miss(both, 0.5) < miss(calibrate(seen, 0.9), 0.5)

@@ -126,3 +126,17 @@ def test_oscr_by_hand():
     assert oscr(correct, scores_known, [0.75, 0.5]) == pytest.approx(0.625)
     assert oscr([True] * 3, [3, 4, 5], [0, 1]) == pytest.approx(1.0)  # perfect: AUROC at full accuracy
     assert oscr([False, False], [3, 4], [0, 1]) == 0.0
+
+
+def test_auroc_and_fpr95_equal_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n_known, n_novel = rng.integers(1, 60, 2)
+        known = np.round(rng.normal(size=n_known) * rng.choice([1, 5]), rng.integers(0, 2))
+        novel = np.round(rng.normal(size=n_novel) - 0.5, rng.integers(0, 2))
+        labels, scores = np.r_[np.ones(n_known), np.zeros(n_novel)], np.r_[known, novel]
+        assert auroc(known, novel) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+        assert fpr_at_95(known, novel) == fpr[np.searchsorted(tpr, 0.95, side="left")]

@@ -3,6 +3,7 @@ brute force."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import LEADERBOARD_KEYS, leaderboard_metrics
+from hiertune.novelty.ood_scores import HeadStats, LinearHead
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, decide, posthoc_grid, raw_thresholds
 from hiertune.novelty.scores import SCORES, FeatureBank, FeatureScorer, logit_score, score_levels
 
@@ -58,12 +61,22 @@ def synthetic(n: int, novel_logit: bool, seed: int, kinds=(0, 1, 2)):
                      torch.where(kind == 2, S, sup), torch.where(kind == 0, sub, K))
 
 
+def linear_heads(seed: int = 7) -> dict[str, LinearHead]:
+    g = torch.Generator().manual_seed(seed)
+    return {level: LinearHead(torch.randn(n, D, generator=g, dtype=torch.float64),
+                              torch.randn(n, generator=g, dtype=torch.float64), False)
+            for level, n in (("super", S), ("sub", K))}
+
+
 def fit_scorers(seed: int = 1, capacity: int = 64) -> dict[str, FeatureScorer]:
     train = synthetic(300, False, seed)  # its novel rows must be ignored by the banks
     banks = {"super": FeatureBank(S, D, capacity), "sub": FeatureBank(K, D, capacity)}
     banks["super"].update(train.super_features, train.super_target)
     banks["sub"].update(train.sub_features, train.sub_target)
-    return {level: bank.fit() for level, bank in banks.items()}
+    seen = {"super": train.super_target < S, "sub": train.sub_target < K}
+    features = {"super": train.super_features, "sub": train.sub_features}
+    return {level: bank.fit(head=HeadStats.fit(features[level][seen[level]], head))
+            for (level, bank), head in zip(banks.items(), linear_heads().values())}
 
 
 @pytest.mark.parametrize("novel_logit", [False, True])
@@ -72,7 +85,7 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
     config = PosthocConfig(tau_super=TAUS, tau_sub=TAUS[::-1][:7], knn_k=5)
     result = posthoc_grid(batch, h, config, scorers)
     assert result.scores == SCORES
-    assert result.grid.shape == (5, len(TAUS), 7, 4)
+    assert result.grid.shape == (len(SCORES), len(TAUS), 7, 4)
     for s, name in enumerate(result.scores):
         for i in range(len(config.tau_super)):
             for j in range(len(config.tau_sub)):
@@ -152,8 +165,13 @@ def test_logit_scores_by_direct_computation():
 
 def test_feature_scores_are_skipped_without_scorers():
     result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig())
-    assert result.scores == ("msp", "energy", "maxlogit")
+    assert result.scores == ("msp", "energy", "maxlogit", "gen")
     assert "super_auroc_msp" in result.to_metrics() and "super_auroc_knn" not in result.to_metrics()
+    assert set(result.skipped) == {"mahalanobis", "knn", "rmds", "fdbd", "scale", "vim"}
+    headless = {level: dataclasses.replace(sc, head=None) for level, sc in fit_scorers().items()}
+    result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig(), headless)
+    assert "knn" in result.scores and "vim" not in result.scores
+    assert "classifier head" in result.skipped["vim"]
     with pytest.raises(ValueError, match="scorers"):
         score_levels(synthetic(10, False, 0), heads(False), "mahalanobis")
 
@@ -182,7 +200,8 @@ def test_result_save_load_round_trip(tmp_path):
     loaded = PosthocResult.load(tmp_path / "posthoc.npz")
     assert loaded.scores == result.scores and loaded.counts == result.counts
     assert np.array_equal(loaded.grid, result.grid)
-    assert loaded.front == result.front and loaded.best == result.best
+    assert loaded.front == [pytest.approx(p, nan_ok=True) for p in result.front]
+    assert loaded.best == pytest.approx(result.best, nan_ok=True) and loaded.skipped == result.skipped
     assert loaded.to_metrics() == pytest.approx(result.to_metrics(), nan_ok=True)
     assert all(isinstance(v, float) for v in result.to_metrics().values())
 
@@ -282,3 +301,78 @@ def _bank(features, labels, capacity=4096) -> FeatureBank:
     bank = FeatureBank(5, D, capacity)
     bank.update(features, labels)
     return bank
+
+
+# --- validation groups ---
+
+def test_group_results_on_a_hand_made_batch():
+    # Two superclasses with one subclass each; msp, τ = 0.6 at both levels. Logits [2, 0] give
+    # 0.88 (accepted), [0, 0] give 0.5 (rejected). See each row's comment for what happens.
+    h = Heads(2, 2, (0, 1), False)
+    rows = [  # super logits, sub logits, true super, true sub, group
+        ([2, 0], [2, 0], 0, 0, SEEN),  # both levels accepted and right
+        ([0, 0], [0, 0], 1, 1, SEEN),  # superclass rejected: both wrong
+        ([2, 0], [0, 0], 0, 0, SHIFTED),  # superclass right, subclass rejected: wrong
+        ([0, 2], [0, 2], 1, 1, SHIFTED),  # both right
+        ([2, 0], [2, 0], 0, 2, NOVEL_SUB),  # superclass right, subclass accepted: wrong
+        ([0, 0], [0, 0], 2, 2, NOVEL_SUPER),  # rejected: both right
+        ([3, 0], [3, 0], 2, 2, NOVEL_SUPER),  # accepted: both wrong
+    ]
+    sl, ul, st, ut, g = (torch.tensor([r[k] for r in rows]) for k in range(5))
+    batch = EvalBatch(sl.float(), ul.float(), torch.zeros(7, 2), torch.zeros(7, 2), st, ut, g)
+    result = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.6,), tau_sub=(0.6,),
+                                                  shifted_weight=0.5))
+    p = result.point(0, 0, 0)
+    assert [p[f"{name}_acc"] for name in GROUPS] == pytest.approx([0.5, 0.75, 0.5, 0.5])
+    assert p["accept_shifted"] == 0.5 and p["accept_shifted_super"] == 1.0 and p["accept_shifted_sub"] == 0.5
+    # In-source: seen superclass over rows 0, 1, 4 (2 right), seen subclass over rows 0, 1 (1 right);
+    # half weight on the shifted rows (superclass 2/2, subclass 1/2).
+    assert p["seen_super_acc"] == pytest.approx(0.5 * 2 / 3 + 0.5 * 1.0)
+    assert p["seen_sub_acc"] == pytest.approx(0.5)
+    assert p["unseen_super_acc"] == pytest.approx(0.5) and p["unseen_sub_acc"] == pytest.approx(1 / 3)
+    assert p["accept_super"] == pytest.approx(2 / 3) and p["accept_sub"] == pytest.approx(0.5)
+    # AUROC seen vs novel_sub on the sub score: .88 and .5 against .88 -> (0.5 + 0) / 2.
+    assert p["auroc_novel_sub.msp"] == pytest.approx(0.25)
+    # seen vs novel_super on the super score: .88, .5 against .5, .95 -> (1 + 0 + 0.5 + 0) / 4.
+    assert p["auroc_novel_super.msp"] == pytest.approx(0.375)
+    assert result.counts["group_seen_shifted"] == 2 and result.counts["seen_super"] == 3
+    unweighted = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.6,), tau_sub=(0.6,),
+                                                      shifted_weight=0.0)).point(0, 0, 0)
+    assert unweighted["seen_super_acc"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_group_grid_equals_brute_force_per_group(weight):
+    batch, h, scorers = synthetic(240, True, 4), heads(True), fit_scorers()
+    group = batch.groups(h).copy()
+    seen_rows = np.flatnonzero(group == SEEN)
+    group[seen_rows[::3]] = SHIFTED
+    batch.group = torch.from_numpy(group)
+    config = PosthocConfig(scores=("msp", "energy", "vim", "knn"), tau_super=TAUS[:5], tau_sub=TAUS[3:], knn_k=5,
+                           shifted_weight=weight)
+    result = posthoc_grid(batch, h, config, scorers)
+    ts, tb = batch.super_target.numpy(), batch.sub_target.numpy()
+    insource = group != SHIFTED
+    for s, name in enumerate(result.scores):
+        levels = score_levels(batch, h, name, scorers, 5)
+        ss, sb = levels.super_score.numpy(), levels.sub_score.numpy()
+        assert np.allclose(result.thr_super[s], raw_thresholds(name, TAUS[:5], ss, (ts < S) & insource),
+                           equal_nan=True)
+        for i in range(5):
+            for j in range(len(TAUS) - 3):
+                pred_super, pred_sub = (x.numpy() for x in decide(levels, h, result.thr_super[s, i],
+                                                                  result.thr_sub[s, j]))
+                got = result.point(s, i, j)
+                for k, gname in enumerate(GROUPS):
+                    rows = group == k
+                    expected = ((pred_super[rows] == ts[rows]).mean() + (pred_sub[rows] == tb[rows]).mean()) / 2
+                    assert got[f"{gname}_acc"] == pytest.approx(expected), (name, gname)
+                shifted = group == SHIFTED
+                accepted = (ss >= result.thr_super[s, i]) & (sb >= result.thr_sub[s, j])
+                assert got["accept_shifted"] == pytest.approx(accepted[shifted].mean())
+                m_in = leaderboard_metrics(pred_super[insource], pred_sub[insource], ts[insource], tb[insource], S, K)
+                m_sh = leaderboard_metrics(pred_super[shifted], pred_sub[shifted], ts[shifted], tb[shifted], S, K)
+                for key in ("seen_super_acc", "seen_sub_acc"):
+                    assert got[key] == pytest.approx((1 - weight) * m_in[key] + weight * m_sh[key])
+                for key in ("unseen_super_acc", "unseen_sub_acc"):
+                    assert got[key] == pytest.approx(m_in[key])

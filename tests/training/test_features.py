@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.bundle import load_bundle
+from hiertune.data.splits import SHIFTED
 from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.errors import UserError
 from hiertune.models.dualhead import DualHead
@@ -26,7 +27,8 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.loop import forward_all, heads_for, run_trial
-from hiertune.training.features import FeatureStore, extract, feature_key, images_digest, weights_digest
+from hiertune.training.features import (FeatureStore, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
+                                        weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
 SIZE = 32
@@ -98,14 +100,14 @@ def test_cached_trial_matches_the_trial_through_the_backbone(family, bundle, dat
 def test_a_second_trial_reads_the_cache_without_a_backbone_pass(bundle, data_dir, tmp_path, count_backbone):
     first = FeatureStore(tmp_path)
     trial(bundle, data_dir, first, family="dualhead", epochs=1)
-    assert first.computed == 2 and len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+    assert first.computed == 3 and len(list((tmp_path / "features").glob("*.safetensors"))) == 3  # + seen_shifted
     count_backbone.clear()
     second = FeatureStore(tmp_path)  # another trial, another process: only the disk is shared
     trial(bundle, data_dir, second, family="dualhead", epochs=1, lr=3e-3, outlier_fraction=0.5)
     assert second.computed == 0 and count_backbone == []
     # A trial with another seed has other random weights: other features.
     trial(bundle, data_dir, second, family="dualhead", epochs=1, seed=1)
-    assert second.computed == 2
+    assert second.computed == 3
 
 
 def test_shared_sets_serve_a_trial_without_disk_or_backbone(bundle, data_dir, tmp_path, count_backbone):
@@ -220,6 +222,43 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_dir, tmp_path):
+    """Validation's seen_shifted images are a pool of their own: their pixels in the key, one
+    (clean) view however many the training pools have, and their rows where `assemble` puts them."""
+    cfg = TrialConfig(**{**FAST, "family": "dualhead", "augment": True, "feature_views": 2})
+    torch.manual_seed(0)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    assert bundle.shifted is not None and "shifted" in bundle_pools(bundle)
+    store = FeatureStore(tmp_path)
+    train, val = frozen_inputs(model, bundle, None, None, augment, SIZE, 2, torch.device("cpu"), nullcontext,
+                               "float32", store)
+    split = bundle.for_trial(None)
+    assert store.computed == len(bundle_pools(bundle)) and train.views == 2 and val.views == 1
+    assert len(train) == len(split.train_images) and len(val) == len(split.val_images)
+    shifted_rows = torch.from_numpy(np.flatnonzero(split.val_group == SHIFTED))
+    want = extract(model, bundle.shifted.images, augment, 1, torch.device("cpu"), nullcontext)
+    got = val.rows(shifted_rows).features
+    for name in want:
+        np.testing.assert_array_equal(got[name].numpy(), want[name])
+    # Other pixels, another key: a shifted pool of other corruptions is not read from this cache.
+    other = dataclasses.replace(bundle, shifted=dataclasses.replace(bundle.shifted,
+                                                                     images=bundle.shifted.images[::-1].copy()))
+    frozen_inputs(model, other, None, None, augment, SIZE, 2, torch.device("cpu"), nullcontext, "float32",
+                  FeatureStore(tmp_path))
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == len(bundle_pools(bundle)) + 1
+
+
+def test_training_corruptions_turn_the_feature_cache_off(bundle, data_dir, tmp_path, count_backbone):
+    """Cached views are fixed; corrupt_p draws a corruption per step on pixels: such a trial runs its
+    frozen backbone every step rather than silently train without the corruptions."""
+    assert TrialConfig(corrupt_p=0.3).cached_views() == 0 and TrialConfig(corrupt_p=0.0).cached_views() == 1
+    store = FeatureStore(tmp_path)
+    (metrics, _), = trial(bundle, data_dir, store, family="layover", epochs=1, corrupt_p=0.5)
+    assert store.computed == 0 and metrics["features_computed"] == 0 and math.isfinite(metrics["train_loss"])
+    assert count_backbone  # the backbone ran on the training batches
+
+
 def test_feature_views_is_validated():
     with pytest.raises(UserError, match="feature_views 3 needs augment"):
         TrialConfig(feature_views=3, augment=False)
@@ -242,7 +281,7 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 2  # labeled + outliers, by the driver
+    assert len(list((cache_root / "features").glob("*.safetensors"))) == 3  # labeled, outliers, seen_shifted, by the driver
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,12 @@ from safetensors.torch import load_file
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
+from hiertune.data.augment import BatchAugment
+from hiertune.models.registry import create_model
+from hiertune.novelty.scores import SCORES, load_scorers
 from hiertune.training import checkpoint as ckpt
-from hiertune.training.loop import run_trial
+from hiertune.training.inputs import ImageInputs
+from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
 
 FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
 
@@ -57,8 +62,7 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["best_score"] in ("msp", "energy", "maxlogit",
-                                                                        "mahalanobis", "knn")
+    assert metrics["outlier_images"] > 0 and metrics["best_score"] in SCORES
     for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / ckpt.MODEL)
@@ -101,9 +105,38 @@ def test_mixup_and_outlier_exposure_paths_train(bundle):
     assert len(weights["sub_head.1.bias"]) == len(h.subclasses)
     # Mixup changes what is trained on: same seed, same batches, a different loss.
     assert mixed_oe["train_loss"] != pytest.approx(plain_oe["train_loss"], rel=1e-3)
-    # Feature-space scores need clean training features, which mixup does not give.
-    assert "hypervolume_knn" not in mixed_oe and "hypervolume_msp" in mixed_oe
-    assert "hypervolume_knn" in plain_oe
+    # Feature-space scores are fitted on clean eval-mode training features, mixup or not.
+    assert "hypervolume_knn" in mixed_oe and "hypervolume_knn" in plain_oe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_scorers_are_fitted_on_clean_eval_mode_training_features_with_or_without_mixup(bundle, mixup):
+    reports = []
+    # The mixed run also corrupts half its training batches (corrupt_p): that path trains too.
+    cfg = TrialConfig(family="cnn", mixup_alpha=mixup, corrupt_p=0.5 if mixup else 0.0, outlier_mode="oe",
+                      scorer_images=50, **FAST)
+    run_trial(cfg, bundle, collect(reports))
+    metrics, checkpoint = reports[0]
+    assert math.isfinite(metrics["train_loss"]) and metrics["scorer_fit_seconds"] > 0
+    assert "hypervolume_knn" in metrics and "hypervolume_vim" in metrics  # mixup no longer disables them
+    # The saved scorers are a function of the final weights and the (capped, seeded) training
+    # images only: refitting them from the checkpoint's model reproduces them exactly, whatever
+    # the epoch's batches were (mixed or not).
+    heads = heads_for(bundle, cfg)
+    model = create_model(cfg.model_config(), heads)
+    model.load_state_dict(load_file(checkpoint / ckpt.MODEL))
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    rows = scorer_rows(split.train_superclass, split.train_subclass, heads, 50, cfg.seed)
+    assert len(rows) == 50
+    images = ImageInputs(torch.from_numpy(split.train_images), BatchAugment(cfg.augment_config(), torch.device("cpu")))
+    out = forward_all(model, images.rows(rows), torch.device("cpu"), nullcontext)
+    again = fit_scorers(out, torch.from_numpy(split.train_superclass)[rows],
+                        torch.from_numpy(split.train_subclass)[rows], heads, model)
+    saved = load_scorers(checkpoint / ckpt.SCORERS)
+    for level in ("super", "sub"):
+        for key, value in again[level].state_dict().items():
+            assert torch.equal(value, saved[level].state_dict()[key]), (level, key)
 
 
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):

@@ -1,0 +1,165 @@
+"""The post-hoc scores that lead OpenOOD v1.5, in their "higher = more familiar" form.
+
+All of them need only what a trial already has: logits, the pooled feature that feeds a head,
+that head's weights, and statistics of clean (eval-mode) training features.
+
+- gen   Generalized entropy (Liu et al., CVPR 2023): -sum over the top-M probabilities of
+        p^γ (1 - p)^γ. Logits only.
+- rmds  Relative Mahalanobis distance (Ren et al. 2021): the class-conditional distance minus
+        the distance under one Gaussian fitted to all training features, which removes the
+        part of the distance that every class shares (feature norm, background).
+- fdbd  Feature distance to decision boundaries (Liu & Qin, ICML 2024): the mean over other
+        classes c of |(w_ŷ - w_c)·z + b_ŷ - b_c| / ||w_ŷ - w_c||, divided by ||z - μ_train||.
+- scale SCALE (Xu et al., ICLR 2024): the energy of the head applied to z·exp(r), where
+        r = sum(z) / sum of z's top (100 - p)% activations. Meant for non-negative (post-ReLU)
+        features; with others r is still defined but is no longer an activation ratio.
+- vim   Virtual-logit matching (Wang et al., CVPR 2022): energy minus α·||residual||, the
+        residual being the feature's part outside the principal subspace of training features
+        (centred at the head's origin u = -pinv(W) b), α matching its scale to the max logit's.
+
+A head is a `LinearHead`: a linear map of the feature, or of the L2-normalised feature for the
+cosine classifier, whose logits are exactly scale·normalize(w_c)·normalize(z) (so every head-based
+score is defined for it too, on the normalised feature). Only the seen classes' rows enter: a
+trailing novel logit is no class with a decision boundary or a class-conditional energy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HEAD_SCORES = ("rmds", "fdbd", "scale", "vim")  # need a fitted HeadStats
+GEN_GAMMA = 0.1  # the paper's value for every benchmark
+SCALE_PERCENTILE = 85.0  # the paper's ImageNet setting
+VIM_FRACTION = 0.5  # principal dimensions as a fraction of the feature width
+
+
+@dataclass
+class LinearHead:
+    weight: Tensor  # [C, D] float64, seen classes only
+    bias: Tensor  # [C] float64
+    normalize: bool  # the head reads the L2-normalised feature (cosine classifier)
+
+    def inputs(self, features: Tensor) -> Tensor:
+        z = features.detach().to("cpu", torch.float64)
+        return F.normalize(z, dim=1) if self.normalize else z
+
+    def logits(self, z: Tensor) -> Tensor:
+        return z @ self.weight.T + self.bias
+
+
+def head_of(module: nn.Module, n_seen: int) -> LinearHead | None:
+    """The last linear (or cosine) layer of a head module, as a LinearHead; None when the head
+    ends in anything else, so the head-based scores are unavailable for that level."""
+    from hiertune.models.cosine import CosineClassifier
+
+    last = list(module.modules())[-1]
+    if isinstance(last, nn.Linear):
+        bias = last.bias if last.bias is not None else torch.zeros(last.out_features)
+        return LinearHead(last.weight.detach().cpu().double()[:n_seen], bias.detach().cpu().double()[:n_seen], False)
+    if isinstance(last, CosineClassifier):
+        w = last.scale * F.normalize(last.weight.detach().cpu().double(), dim=1)[:n_seen]
+        return LinearHead(w, torch.zeros(n_seen, dtype=torch.float64), True)
+    return None
+
+
+def _masked(x: Tensor, mask: Tensor | None, fill: float) -> Tensor:
+    return x if mask is None else x.masked_fill(~mask.cpu(), fill)
+
+
+def gen(logits: Tensor, n_seen: int, mask: Tensor | None = None, gamma: float = GEN_GAMMA,
+        top: int | None = None) -> Tensor:
+    """Minus the generalized entropy of the `top` largest seen probabilities (all when None).
+    As msp, the softmax includes a novel logit, and classes outside `mask` count as p = 0."""
+    p = _masked(logits.detach().cpu().double().softmax(1)[:, :n_seen], mask, 0.0)
+    m = n_seen if top is None else min(top, n_seen)
+    p = p.topk(m, dim=1).values
+    return -(p.pow(gamma) * (1 - p).pow(gamma)).sum(1)
+
+
+def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
+    return _masked(logits, mask, -torch.inf).logsumexp(1)
+
+
+@dataclass
+class HeadStats:
+    """What the head-based scores fit on clean training features of one level."""
+
+    head: LinearHead
+    mean: Tensor  # [D] mean training feature (raw), the background Gaussian's mean
+    whiten: Tensor  # [D, D] whitening of the background Gaussian (shrunk covariance of all features)
+    head_mean: Tensor  # [D] mean head input (normalised for cosine heads): fdbd's centre
+    vim_origin: Tensor  # [D] u = -pinv(W) b, in head-input space
+    vim_residual: Tensor  # [D, D - d] basis of the complement of the principal subspace
+    vim_alpha: Tensor  # [] scalar
+
+    @classmethod
+    def fit(cls, features: Tensor, head: LinearHead, shrinkage: float = 0.1,
+            vim_fraction: float = VIM_FRACTION) -> HeadStats:
+        x = features.detach().to("cpu", torch.float64)
+        n, dim = x.shape
+        mean = x.mean(0)
+        centred = x - mean
+        cov = centred.T @ centred / n
+        # The same shrinkage as the class-conditional fit (FeatureBank.fit), so the two distances
+        # that rmds subtracts are on the same footing.
+        eye = torch.eye(dim, dtype=torch.float64)
+        cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
+        whiten = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+        z = head.inputs(x)
+        origin = -torch.linalg.pinv(head.weight) @ head.bias
+        shifted = z - origin
+        _, vectors = torch.linalg.eigh(shifted.T @ shifted / n)  # eigenvalues ascending
+        keep = min(dim - 1, max(1, round(vim_fraction * dim)))
+        residual = vectors[:, : dim - keep]
+        virtual = (shifted @ residual).norm(dim=1)
+        alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
+        return cls(head, mean, whiten, z.mean(0), origin, residual, alpha)
+
+    def background_distance(self, features: Tensor) -> Tensor:
+        """Squared Mahalanobis distance under the background Gaussian (rmds's MD_0)."""
+        d = (features.detach().to("cpu", torch.float64) - self.mean) @ self.whiten
+        return (d * d).sum(1)
+
+    def fdbd(self, features: Tensor, predicted: Tensor) -> Tensor:
+        z = self.head.inputs(features)
+        w = self.head.weight
+        y = predicted.cpu().long()
+        # (w_ŷ - w_c)·z + b_ŷ - b_c is the logit margin, and ||w_ŷ - w_c|| depends on the class
+        # pair only: O(N·C) instead of materialising w_ŷ - w_c per image ([N, C, D]).
+        logits = self.head.logits(z)
+        margin = logits.gather(1, y[:, None]) - logits
+        gram = w @ w.T
+        pair = (gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram).clamp(min=0).sqrt()
+        dist = margin.abs() / pair[y].clamp(min=1e-12)
+        others = torch.ones_like(dist, dtype=torch.bool)
+        others[torch.arange(len(y)), y] = False
+        mean_dist = (dist * others).sum(1) / others.sum(1)  # NaN with a single class: no boundary
+        return mean_dist / (z - self.head_mean).norm(dim=1).clamp(min=1e-12)
+
+    def scale(self, features: Tensor, mask: Tensor | None = None,
+              percentile: float = SCALE_PERCENTILE) -> Tensor:
+        z = self.head.inputs(features)
+        dim = z.shape[1]
+        k = max(1, dim - round(dim * percentile / 100.0))
+        r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
+        return energy(self.head.logits(z * r.exp()[:, None]), mask)
+
+    def vim(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        z = self.head.inputs(features)
+        virtual = ((z - self.vim_origin) @ self.vim_residual).norm(dim=1)
+        return energy(self.head.logits(z), mask) - self.vim_alpha * virtual
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"head_weight": self.head.weight, "head_bias": self.head.bias,
+                "head_normalize": torch.tensor(self.head.normalize), "mean": self.mean, "whiten": self.whiten,
+                "head_mean": self.head_mean, "vim_origin": self.vim_origin, "vim_residual": self.vim_residual,
+                "vim_alpha": self.vim_alpha}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Tensor]) -> HeadStats:
+        head = LinearHead(d["head_weight"], d["head_bias"], bool(d["head_normalize"]))
+        return cls(head, d["mean"], d["whiten"], d["head_mean"], d["vim_origin"], d["vim_residual"], d["vim_alpha"])
