@@ -86,8 +86,10 @@ def test_cached_trial_matches_the_trial_through_the_backbone(family, bundle, dat
     assert per_epoch > 0
     count_backbone.clear()
     cached = trial(bundle, data_dir, FeatureStore(tmp_path), family=family, feature_views=1)
-    # Only the extraction ran the backbone: once per image of the two pools, not once per epoch.
-    assert sum(count_backbone) == len(bundle.data.train.images) + len(bundle.outliers.images)
+    # Only the extraction ran the backbone: once per image of the pools (labeled, outliers,
+    # seen_shifted), not once per epoch; the scorer fit reads the cached training rows.
+    assert sum(count_backbone) == (len(bundle.data.train.images) + len(bundle.outliers.images)
+                                   + len(bundle.shifted.images))
     assert len(through) == len(cached) == 2
     for (m_through, w_through), (m_cached, w_cached) in zip(through, cached):
         for key in COMPARED:
