@@ -83,6 +83,11 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
     before = store.stat().st_mtime_ns, store.read_bytes()
     again = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--json")
     assert again.code == 0 and last_json(again.out)["front"] == front
+    # --groups: the per-group table, and the --pick point with its groups and every score's AUROCs.
+    grouped = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--groups")
+    assert grouped.code == 0 and "seen_shifted_acc" in grouped.out and "auroc novel_sub" in grouped.out
+    picked = last_json(cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--groups", "--json").out)["picked"]
+    assert 0.0 <= picked["seen_shifted_acc"] <= 1.0 and "auroc_novel_super.msp" in picked
     assert (store.stat().st_mtime_ns, store.read_bytes()) == before
     assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
 
