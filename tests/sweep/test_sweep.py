@@ -61,7 +61,10 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "learning_curves.png" in artifacts
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "trials.json",
-                                                                           "learning_curves.png"}
+                                                                           "learning_curves.png", "shifted_examples.png"}
+    # Validation's seen_shifted group: what it is, and the best point's accuracy on it.
+    assert parent.data.tags["hiertune.seen_shifted"].startswith("corruptions of the seen validation images")
+    assert 0.0 <= parent.data.metrics["best_seen_shifted_acc"] <= 1.0
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search.lr"] == "float log [0.0001, 0.03]"
 
