@@ -26,6 +26,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
+from hiertune.names import check_name
 from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
 from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
@@ -63,6 +64,7 @@ class SweepPlace:
 
     @classmethod
     def resolve(cls, name: str, root: str | None, mlflow_uri: str | None) -> "SweepPlace":
+        check_name(name)
         if storage.is_s3(root):
             # SQLite cannot live on S3: the store stays on the driver's disk, its artifacts go to S3.
             return cls(root.rstrip("/"), name, mlflow_uri or f"sqlite:///{Path('sweeps').resolve() / 'mlflow.db'}")
@@ -76,7 +78,10 @@ class SweepPlace:
         return storage.join(self.root, "mlartifacts") if self.remote else Path(self.root, "mlartifacts").as_uri()
 
     def prepare(self) -> None:
-        """Check S3 access and make the working copy what S3 holds (nothing to do locally)."""
+        """Check S3 access and make the working copy what S3 holds; locally, that the storage
+        root is (or can become) a folder this process may write to."""
+        if not self.remote:
+            _check_writable(Path(self.root))
         if self.remote:
             storage.check(self.uri)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -93,6 +98,16 @@ class SweepPlace:
 
     def started(self) -> bool:
         return storage.exists(storage.join(self.tune_uri, "tuner.pkl"))
+
+
+def _check_writable(root: Path) -> None:
+    """The storage root, or its nearest existing ancestor, must be a writable folder: found now,
+    not as a traceback from the first file written into it."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--storage {root}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--storage {root}: {existing} is not writable")
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
