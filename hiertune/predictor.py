@@ -32,7 +32,7 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping
-from hiertune.data.images import FixCounts, check_links_inside, list_image_files
+from hiertune.data.images import FixCounts, list_image_files
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
@@ -166,7 +166,6 @@ def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[s
     names = list_image_files(folder)
     if not names:
         raise UserError(f"{folder}: folder has no images")
-    check_links_inside(folder, names, [str(folder)] * len(names))
     images, report = load_images(folder, names, image_size, cache_root, desc=f"decoding {folder.name}")
     return names, images, report.fixes
 
