@@ -41,12 +41,13 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition, write_mapping
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.fsutil import atomic_dir
+from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.metrics import leaderboard_metrics
 from hiertune.novelty import decide, seen_acceptance
 from hiertune.pareto import Pick, TrialRecord, compute_front, front_points, load_trials
 from hiertune.predictor import (CONFIG, HISTORY, METRICS, MODEL, SCORERS, SOURCE, SUB_MAP, SUBMISSION, SUPER_MAP,
                                 THRESHOLDS, ExportedModel, calibrate, read_folder)
+from hiertune.secrets import redact_uri
 from hiertune.state import SWEEP_JSON, read_sweep_json
 from hiertune.sweep import SweepPlace, ray_session, usable_gpus
 
@@ -68,6 +69,18 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
         raise UserError(f"--top must be >= 1, got {top}")
     if not 0.0 < calibration_fraction < 0.5:
         raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
+    if not place.remote and not place.dir.is_dir():
+        raise UserError(f"{place.uri}: no such sweep")
+    # One export of a sweep at a time: a second would clear the first's live staging directories
+    # (and, on S3, its working copy). On S3 the lock is the working copies' folder, on this machine.
+    held = place.dir.parent if place.remote else place.dir
+    held.mkdir(parents=True, exist_ok=True)
+    with exclusive(held, f"export-best {place.name} is already running (it holds {held}); wait for it to finish"):
+        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction)
+
+
+def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
+                 address: str | None, calibration_fraction: float) -> dict:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
@@ -332,7 +345,7 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     for key, value in tags.items():
         if key != PARENT_TAG:
             recorder.client.set_model_version_tag(name, version, key, value)
-    return {"tracking_uri": place.mlflow_uri, "run_id": run_id, "model_uri": info.model_uri,
+    return {"tracking_uri": redact_uri(place.mlflow_uri), "run_id": run_id, "model_uri": info.model_uri,
             "registered_model": name, "version": version}
 
 

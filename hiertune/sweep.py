@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiertune import storage
+from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
+from hiertune.fsutil import check_writable
 from hiertune.names import check_name
 from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
 from hiertune.space import SearchSpace
@@ -65,11 +66,18 @@ class SweepPlace:
     @classmethod
     def resolve(cls, name: str, root: str | None, mlflow_uri: str | None) -> "SweepPlace":
         check_name(name)
+        if mlflow_uri:
+            mlflow_uri = secrets.tracking_uri(mlflow_uri)
         if storage.is_s3(root):
             # SQLite cannot live on S3: the store stays on the driver's disk, its artifacts go to S3.
             return cls(root.rstrip("/"), name, mlflow_uri or f"sqlite:///{Path('sweeps').resolve() / 'mlflow.db'}")
         local = Path(root or "sweeps").resolve()
         return cls(str(local), name, mlflow_uri or f"sqlite:///{local / 'mlflow.db'}")
+
+    def __reduce__(self):
+        # Ray pickles the place with the sweep's callback into tune/tuner.pkl: a database URI's
+        # password stays out of it, and comes back from memory when this driver resumes.
+        return _unpickle_place, (self.root, self.name, secrets.redact_uri(self.mlflow_uri))
 
     def artifact_location(self) -> str | None:
         # A local SQLite store keeps its artifacts beside the sweeps; a server decides for itself.
@@ -81,7 +89,7 @@ class SweepPlace:
         """Check S3 access and make the working copy what S3 holds; locally, that the storage
         root is (or can become) a folder this process may write to."""
         if not self.remote:
-            _check_writable(Path(self.root))
+            check_writable(self.root, "--storage", folder=True)
         if self.remote:
             storage.check(self.uri)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -100,14 +108,8 @@ class SweepPlace:
         return storage.exists(storage.join(self.tune_uri, "tuner.pkl"))
 
 
-def _check_writable(root: Path) -> None:
-    """The storage root, or its nearest existing ancestor, must be a writable folder: found now,
-    not as a traceback from the first file written into it."""
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--storage {root}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--storage {root}: {existing} is not writable")
+def _unpickle_place(root: str, name: str, mlflow_uri: str) -> SweepPlace:
+    return SweepPlace(root, name, secrets.reveal(mlflow_uri))
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
@@ -128,14 +130,15 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     base = space.trial_config()
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     _check_outlier_ranges(space, len(bundle.splits.outlier_pool))
+    # Before anything is written or Ray starts: the trial → run map must be readable, and the
+    # MLflow store reachable.
+    recorder = SweepRecorder(place)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
                                      "sampled_thresholds": space.samples_thresholds,
                                      "resources": space.resources.__dict__})
         place.publish(place.dir / SWEEP_JSON)
-    # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
-    recorder = SweepRecorder(place)
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
@@ -158,6 +161,7 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
     # Tasks in worker processes must not oversubscribe the CPUs: each sets torch threads to
     # its own CPU count (run_trial), and the libraries' own pools follow.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cpus_per_task))))
+    secrets.keep_out_of_ray()
     own_ray = not ray.is_initialized()
     if own_ray:
         # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
@@ -188,7 +192,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
     from ray.tune.schedulers import ASHAScheduler
 
     from hiertune.search import FidelityAwareOptunaSearch, objectives
-    from hiertune.tracking import MlflowSweepCallback, redact
+    from hiertune.tracking import MlflowSweepCallback
     from hiertune.trainable import FinalFailures, tune_trainable
 
     recorder.start_parent(
@@ -237,7 +241,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
     recorder.reconcile(trials)
     summary = finish(place, trials, recorder)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
+    return {"name": place.name, "dir": place.uri, "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
 
 
