@@ -129,6 +129,9 @@ class FixCounts:
 # Refused before decoding: a 12 KB PNG can declare 10000x10000 pixels (300 MB decoded). 50 MP
 # covers camera photos; Pillow's own limit only warns below 89 MP, without naming the file.
 MAX_PIXELS = 50_000_000
+# Every decode goes through decode_image, whose check names the file; Pillow's own (a warning
+# without the file's name from 89 MP, an error from 179 MP) would only add an anonymous line.
+Image.MAX_IMAGE_PIXELS = None
 _CONVERTIBLE = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "CMYK", "YCbCr", "I", "I;16",
                 "I;16L", "I;16B", "I;16N"}
 _EXIF_ORIENTATION = 0x0112
