@@ -32,7 +32,7 @@ AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 MLFLOW_USER, MLFLOW_PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"]*@")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;][^=&\s]*(?:secret|password|passwd|token|credential|access_key|api_key|"
-                           r"signature)[^=&\s]*=)[^&\s'\"#]*", re.I)
+                           r"signature)[^=&\s]*=)(?!\*\*\*)[^&\s'\"#),;]*", re.I)
 _known: set[str] = set()  # secret values seen by this process, in every spelling they may take
 _revealed: dict[str, str] = {}  # a redacted URI → the URI as given, for pickles read back here
 
@@ -96,7 +96,7 @@ def tracking_uri(uri: str) -> str:
         for _, value in parse_qsl(urlsplit(clean).query, keep_blank_values=True):
             remember(value)
         raise UserError(f"--mlflow-uri {redact_uri(uri)}: a credential in the query string is not supported (MLflow "
-                        f"appends its API paths to the URI); give http://USER:PASSWORD@HOST, or set "
+                        f"appends its API paths to the URI); put a user and password before the host, or set "
                         f"{MLFLOW_USER}/{MLFLOW_PASSWORD} or MLFLOW_TRACKING_TOKEN")
     if clean.startswith(("http://", "https://")) and user is not None:
         os.environ[MLFLOW_USER] = unquote(user)

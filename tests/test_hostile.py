@@ -43,6 +43,12 @@ def ctx(tmp_path, tiny_data, tiny_outliers, monkeypatch):
         os.environ.pop(name, None)
 
 
+def message_pattern(example: str) -> str:
+    """A README example as a pattern: `…`, PATH and DIR stand for anything."""
+    parts = re.split(r"(…|PATH|DIR)", example.strip("`"))
+    return "".join(".*" if p in ("…", "PATH", "DIR") else re.escape(p) for p in parts)
+
+
 def check_refused(ctx: Ctx, cli, case) -> None:
     argv = case.build(ctx)
     before = {p for p in files_under(ctx.tmp) if "cache" not in p.relative_to(ctx.tmp).parts}
@@ -50,6 +56,8 @@ def check_refused(ctx: Ctx, cli, case) -> None:
     assert result.code == 2, (case.id, result.err[-3000:])
     assert len(result.err_lines) == 1, (case.id, result.err[-3000:])
     assert case.expect in result.err_lines[0], (case.id, result.err_lines[0])
+    if case.message:  # the README's example is what the CLI says, up to its placeholders
+        assert re.search(message_pattern(case.message), result.err_lines[0]), (case.id, result.err_lines[0])
     after = {p for p in files_under(ctx.tmp) if "cache" not in p.relative_to(ctx.tmp).parts}
     assert after == before, (case.id, sorted(map(str, after - before)))
     leaked = [s for s in SECRETS if s in result.out + result.err]
