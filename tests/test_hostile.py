@@ -101,3 +101,68 @@ def test_the_readme_table_holds_every_hostile_case():
         assert case.expect, case.id
     assert len({c.id for c in CASES}) == len(CASES)
     assert all(re.fullmatch(r"[a-z0-9-]+", c.id) for c in CASES)
+
+
+def _encoded(image, fmt: str, **kwargs) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_images_that_decode_to_other_pixels_are_converted_as_shown_or_refused():
+    """Every mode Pillow opens either becomes the pixels a viewer shows, counted as converted,
+    or is refused; nothing is clipped, rotated or un-blended silently."""
+    import numpy as np
+    from PIL import Image
+
+    from hiertune.data.images import decode_image
+    from hiertune.errors import UserError
+
+    ramp = (np.arange(64, dtype=np.uint16)[None, :].repeat(64, 0) * 1024)  # 16-bit: 0 … 64512
+    pixels, fixes = decode_image(_encoded(Image.fromarray(ramp), "PNG"), 64, "16bit.png")
+    assert fixes.converted and fixes.first_converted == "16bit.png"
+    assert pixels[0, :, 0].tolist() == (ramp[0] >> 8).tolist()  # scaled, not clipped to white
+
+    palette = Image.new("P", (64, 64), 1)
+    palette.putpalette([255, 255, 255, 0, 255, 0] + [0] * 762)
+    palette.paste(0, (0, 0, 32, 64))
+    pixels, fixes = decode_image(_encoded(palette, "PNG", transparency=0), 64, "p.png")
+    assert fixes.converted and pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, 63].tolist() == [0, 255, 0]
+
+    la = Image.merge("LA", [Image.new("L", (64, 64), 200), Image.new("L", (64, 64), 0)])
+    pixels, fixes = decode_image(_encoded(la, "PNG"), 64, "la.png")
+    assert fixes.converted and pixels.max() == 0  # fully transparent over black, not grey 200
+
+    cmyk = Image.new("CMYK", (64, 64), (0, 255, 255, 0))  # red
+    pixels, fixes = decode_image(_encoded(cmyk, "JPEG", quality=95), 64, "cmyk.jpg")
+    assert fixes.converted and pixels[..., 0].mean() > 200 and pixels[..., 1:].mean() < 40
+
+    upright = np.zeros((64, 64, 3), dtype=np.uint8)
+    upright[:8] = 255  # a white band at the top
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: a viewer rotates it by 180°
+    stored = Image.fromarray(upright[::-1].copy())
+    pixels, fixes = decode_image(_encoded(stored, "JPEG", quality=95, exif=exif.tobytes()), 64, "exif.jpg")
+    assert fixes.converted and pixels[:8].mean() > 200 and pixels[-8:].mean() < 50
+
+    plain, fixes = decode_image(_encoded(Image.fromarray(upright), "PNG"), 64, "rgb.png")
+    assert not fixes.converted and np.array_equal(plain, upright)
+
+    with pytest.raises(UserError, match="float.png: image mode F is not supported"):
+        decode_image(_encoded(Image.new("F", (8, 8)), "TIFF"), 64, "float.png")
+    webp = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green")]
+    with pytest.raises(UserError, match="anim.webp: an animation of 3 frames"):
+        decode_image(_encoded(webp[0], "WEBP", save_all=True, append_images=webp[1:]), 64, "anim.webp")
+
+
+def test_a_converted_image_is_named_in_the_warning(tiny_data, cli):
+    from PIL import Image
+
+    ramp = Image.new("I;16", (64, 64), 40000)
+    ramp.save(tiny_data / "test_images" / "2.png")
+    (tiny_data / "test_images" / "2.jpg").unlink()
+    result = cli("data", "inspect", str(tiny_data), "--outliers", "none")
+    assert result.code == 0, result.err
+    assert "warning: test images: converted 1 non-RGB image(s) to RGB (first: test_images/2.png)" in result.err
