@@ -4,6 +4,8 @@ outside its storage root or onto a hidden staging name."""
 
 from __future__ import annotations
 
+import unicodedata
+
 from hiertune.errors import UserError
 
 MAX_LENGTH = 200  # leaves room under the usual 255-byte file name limit for staging suffixes
@@ -13,7 +15,7 @@ def check_name(name: str, what: str = "--name") -> str:
     """`name` if it is one plain path component; otherwise a UserError saying why."""
     if not name or not name.strip():
         raise UserError(f"{what} {name!r}: must not be empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):  # NUL, newline; BOM, zero-width space
         raise UserError(f"{what} {name!r}: must not contain control characters (NUL, newline, …)")
     if "/" in name or "\\" in name:
         raise UserError(f"{what} {name!r}: must be a plain name, not a path (no '/' or '\\')")

@@ -174,6 +174,9 @@ CASES = [
          "`train_data.csv line 32: image name '0\\x00.jpg' contains a control character (NUL, newline, …)`",
          "contains a control character", lambda c: _train_rows(c, ["0\x00.jpg"])),
     Case("labels-newline", "", "", "contains a control character", lambda c: _train_rows(c, ["0\n.jpg"])),
+    Case("labels-bom", "", "", "contains a control character", lambda c: _train_rows(c, ["\ufeff0.jpg"])),
+    Case("labels-trailing-space", "", "", "has surrounding spaces", lambda c: _train_rows(c, ["0.jpg "])),
+    Case("name-zero-width", "", "", "must not contain control characters", lambda c: _sweep(c, "--name", "a\u200bb")),
     # images that decode to something else than they declare
     Case("image-bomb", "an image declaring more than 50 megapixels (a 12 KB decompression bomb)",
          "`test_images/7.png: 10000x10000 pixels exceeds the 50,000,000-pixel limit (refused before decoding)`",

@@ -63,7 +63,7 @@ def check_image_name(name: str, folder: str, where: str) -> None:
     """
     if not name or name.strip() != name:
         raise UserError(f"{where}: image name {name!r} is empty or has surrounding spaces")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):  # NUL, newline; BOM, zero-width space
         raise UserError(f"{where}: image name {name!r} contains a control character (NUL, newline, …)")
     pure = PurePosixPath(name)
     if pure.is_absolute() or _WINDOWS_DRIVE.match(name) or ".." in pure.parts or "\\" in name:
