@@ -146,7 +146,6 @@ def _render_train(result: dict) -> str:
 def _sweep(args: argparse.Namespace) -> dict:
     import time
 
-    from hiertune.secrets import redact_uri
     from hiertune.sweep import SweepPlace, run_sweep
 
     if args.resume and not args.name:
@@ -157,8 +156,6 @@ def _sweep(args: argparse.Namespace) -> dict:
     name = args.name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage or space.storage
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
-    log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", name, space.path, space.tune.num_samples,
-             place.uri, redact_uri(place.mlflow_uri))
     # The place carries the tracking URI; the space, which Ray pickles into its searcher's state, need not.
     space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
     return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)

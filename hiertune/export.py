@@ -93,6 +93,9 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
             for k, p in enumerate(pick.choose(front, top), start=1)]
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
+    from hiertune.tracking import SweepRecorder
+
+    SweepRecorder(place)  # the MLflow store must answer before the retraining, not after it
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.image_size, base.split_config(), cache_root)
     test_set = _test_set(bundle, base.image_size, cache_root, test_images)

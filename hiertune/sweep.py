@@ -133,6 +133,8 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Before anything is written or Ray starts: the trial → run map must be readable, and the
     # MLflow store reachable.
     recorder = SweepRecorder(place)
+    log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
+             place.uri, secrets.redact_uri(place.mlflow_uri))
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
