@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     remember_env()
     # A traceback (a bug, not bad input) may quote a URI or an environment value too.
-    sys.excepthook = lambda kind, value, tb: sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+    sys.excepthook = lambda kind, value, tb: sys.stderr.write(
+        redact("".join(traceback.format_exception(kind, value, tb))))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # every log line of every library, through one filter
