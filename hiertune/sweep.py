@@ -90,7 +90,7 @@ class SweepPlace:
         root is (or can become) a folder this process may write to."""
         if not self.remote:
             check_writable(self.root, "--storage", folder=True)
-        if self.remote:
+        else:
             storage.check(self.uri)
             shutil.rmtree(self.dir, ignore_errors=True)
             storage.sync_down(self.uri, self.dir, keep=lambda name: "/" not in name)  # not Ray's tune/

@@ -20,12 +20,12 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from hiertune.errors import UserError
-from hiertune.secrets import redact, redact_param, redact_uri
 from hiertune.faults import FAILURE_KEY
 from hiertune.fsutil import atomic_file
 from hiertune.mlstore import open_client
 from hiertune.pareto import TrialRecord
 from hiertune.plots import plot_learning_curves
+from hiertune.secrets import redact, redact_param, redact_uri
 from hiertune.state import read_json
 from hiertune.storage import checkpoint_uri, join, read_bytes
 
