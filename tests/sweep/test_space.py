@@ -17,8 +17,8 @@ family: dualhead
 fixed: {backbone: resnet18, epochs: 3}
 search:
   lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-  unfreeze_depth: {type: int, low: 1, high: 4, when: {finetune: [partial]}}
   finetune: {type: categorical, choices: [full, partial]}
+  unfreeze_depth: {type: int, low: 1, high: 4, when: {finetune: [partial]}}
   outlier_count: {type: int, low: 0, high: 200, step: 50}
   tau_super: {type: float, low: 0.5, high: 1.0}
   novelty_score: {type: categorical, choices: [msp, energy]}
@@ -48,7 +48,7 @@ def test_distributions_and_posthoc_marking(tmp_path):
     assert (count.type, count.low, count.high, count.log, count.step) == ("int", 0, 200, False, 50)
     assert (finetune.type, tuple(finetune.choices)) == ("categorical", ("full", "partial"))
     assert {p.name for p in space.posthoc} == {"tau_super", "novelty_score"}
-    assert {p.name for p in space.sampled} == {"lr", "unfreeze_depth", "finetune", "outlier_count"}
+    assert {p.name for p in space.sampled} == {"lr", "finetune", "unfreeze_depth", "outlier_count"}
     assert space.tune.sampler == "nsga2" and space.tune.num_samples == 4
 
 
