@@ -21,6 +21,7 @@ the forward pass instead of being sampled, unless `posthoc: false` asks Optuna t
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -164,6 +165,13 @@ class _Loader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not supported; "
                                               "write the value out", event.start_mark)
         return super().compose_node(parent, index)
+
+
+# PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: `3e-3` and `1.5e3`
+# would stay strings and a float setting refuse them. YAML 1.2 (and anyone typing `--set lr=3e-3`)
+# reads numbers; these spellings become floats here, for --set and space files alike.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+.0123456789"))
 
 
 def _load_yaml(text: str):

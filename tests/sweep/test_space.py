@@ -74,6 +74,16 @@ def test_overrides_fix_a_searched_parameter_and_set_sections(tmp_path):
     assert space.tune.num_samples == 9
 
 
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 alone reads 3e-3 as the string '3e-3', which the float field `lr` refused.
+    assert parse_assignments(["lr=3e-3", "a=1.5e3", "b=-2E+2", "c=.5e1", "d=1.0e-3", "e=3e", "f=1e5x"]) == {
+        "lr": 0.003, "a": 1500.0, "b": -200.0, "c": 5.0, "d": 0.001, "e": "3e", "f": "1e5x"}
+    space = load_space(write(tmp_path, VALID.replace("low: 1.0e-4, high: 1.0e-2", "low: 1e-4, high: 1e-2")))
+    assert {p.name: (p.low, p.high) for p in space.params}["lr"] == (1e-4, 1e-2)
+    cfg = space.with_overrides(parse_assignments(["lr=3e-3", "weight_decay=1e-5"])).trial_config()
+    assert cfg.lr == 0.003 and cfg.weight_decay == 1e-5
+
+
 @pytest.mark.parametrize("text, message", [
     ("family: dualhead\nfixd: {}\n", "unknown key 'fixd' (did you mean 'fixed'?)"),
     ("family: dualhead\nfixed: {epoch: 3}\n", "fixed: unknown key 'epoch' (did you mean 'epochs'?)"),
