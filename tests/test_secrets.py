@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import files_under
+from conftest import files_under, free_port
 from hostile_cases import CASES, URI_PASSWORD, URI_PASSWORD_ENCODED, URI_USER
 from test_hostile import check_refused, ctx  # noqa: F401 - ctx is a fixture
 
@@ -31,12 +30,6 @@ AWS = {"AWS_ACCESS_KEY_ID": "AKIAPLANTED15HIERTUN", "AWS_SECRET_ACCESS_KEY": "pl
        "AWS_SESSION_TOKEN": "PlantedSession15TokenHiertuneQqRr"}
 # Every spelling a leak could take: as written in the URI, decoded, re-encoded, and the AWS values.
 SECRETS = sorted({URI_PASSWORD, URI_PASSWORD_ENCODED, quote(URI_PASSWORD), "pa@ss:w0rd", *AWS.values()})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_up(url: str, server: subprocess.Popen, seconds: float) -> None:
@@ -57,7 +50,7 @@ def _wait_up(url: str, server: subprocess.Popen, seconds: float) -> None:
 def leaks(tmp_path_factory, small_data):
     root = tmp_path_factory.mktemp("secrets")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
-    port = _free_port()
+    port = free_port()
     server_dir = root / "mlflow-server"
     server_dir.mkdir()
     server_log = (root / "mlflow-server.log").open("w")
@@ -93,7 +86,7 @@ resources: {{cpus_per_trial: 1}}
         }
         runs["predict"] = run("predict", str(storage / "s" / "export" / "1"), str(small_data / "test_images"),
                               "-o", str(root / "predictions.csv"), "--json")
-        dead = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{_free_port()}"
+        dead = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{free_port()}"
         runs["unreachable"] = run("sweep", str(space), "--name", "f", "--storage", str(storage), "--mlflow-uri", dead)
         runs["unreachable-export"] = run("export-best", "s", "--storage", str(storage), "--mlflow-uri", dead)
         yield {"root": root, "ray": ray_tmp, "storage": storage, "runs": runs, "model": storage / "s" / "export" / "1"}
