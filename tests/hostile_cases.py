@@ -119,6 +119,14 @@ def _heads_mismatch(text: str) -> str:
     return json.dumps(raw)
 
 
+def _no_input(text: str) -> str:
+    import json
+
+    raw = json.loads(text)
+    raw["input"] = {**raw["input"], "mean": "imagenet"}  # the pipeline predict applies, unreadable
+    return json.dumps(raw)
+
+
 def _export_running(ctx: Ctx) -> list[str]:
     (ctx.tmp / "sweeps" / "busy").mkdir(parents=True)
     ctx.hold(ctx.tmp / "sweeps" / "busy")
@@ -260,6 +268,8 @@ CASES = [
          lambda c: _model_file(c, "config.json", _other_family), needs_model=True),
     Case("model-heads", "", "", "heads.sub_to_super must list", lambda c: _model_file(c, "config.json", _heads_mismatch),
          needs_model=True),
+    Case("model-input", "", "", "no usable input pipeline",
+         lambda c: _model_file(c, "config.json", _no_input), needs_model=True),
     Case("predict-link", "", "", "resolves outside",
          lambda c: (shutil.copytree(c.data / "test_images", c.tmp / "pics"),
                     _link_outside(c.tmp / "pics" / "8.jpg", c),
