@@ -7,14 +7,17 @@ the command's renderer prints it for a person. A UserError is one stderr line an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
 from hiertune import __version__
 from hiertune.errors import UserError
+from hiertune.secrets import redact, remember_env
 
 log = logging.getLogger("hiertune")
 
@@ -148,7 +151,6 @@ def _sweep(args: argparse.Namespace) -> dict:
 
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import run_sweep
-    from hiertune.sweep.tracking import redact
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
@@ -158,8 +160,8 @@ def _sweep(args: argparse.Namespace) -> dict:
     name = args.name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage or space.storage
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
-    log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", name, space.path, space.tune.num_samples,
-             place.uri, redact("mlflow_uri", place.mlflow_uri))
+    # The place carries the tracking URI; the space, which Ray pickles into its searcher's state, need not.
+    space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
     return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)
 
 
@@ -242,7 +244,9 @@ def _pct(value) -> str:
 
 def _predict(args: argparse.Namespace) -> dict:
     from hiertune.export.predictor import ExportedModel
+    from hiertune.fsutil import check_writable
 
+    check_writable(args.output, "-o", folder=False)
     model = ExportedModel.load(args.model_dir, device=args.device)
     predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)
     if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
@@ -362,23 +366,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Redacting(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    remember_env()
+    # A traceback (a bug, not bad input) may quote a URI or an environment value too.
+    sys.excepthook = lambda kind, value, tb: sys.stderr.write(
+        redact("".join(traceback.format_exception(kind, value, tb))))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # every log line of every library, through one filter
+        handler.setFormatter(_Redacting(handler.formatter._fmt if handler.formatter else "%(message)s"))
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
         for name in ("botocore", "boto3", "s3transfer"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         result = args.handler(args)
     except UserError as exc:
-        print(f"hiertune: error: {exc}", file=sys.stderr)
+        print(redact(f"hiertune: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hiertune: interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(args.render(result))
+    print(redact(json.dumps(result) if args.json else args.render(result)))
     return 0

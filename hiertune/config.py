@@ -8,6 +8,7 @@ all address parameters by one name.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -212,6 +213,8 @@ def coerce(hint, value, where: str):
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .inf / .nan: no setting here means "unbounded"
+                raise UserError(f"{where} must be a finite number, got {value!r}")
             return float(value)
         if option is str and isinstance(value, str):
             return value

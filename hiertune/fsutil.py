@@ -1,13 +1,17 @@
-"""Atomic writes: a reader never sees a half-written file or directory."""
+"""Atomic writes: a reader never sees a half-written file or directory; and the checks and the
+lock that let a command refuse before it writes anything."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from hiertune.errors import UserError
 
 
 @contextlib.contextmanager
@@ -50,3 +54,31 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool) -> None:
+    """`path` can be written as a folder (folder=True) or a file: found now, in one line naming
+    `what`, not as a traceback from the first write. Nothing is created."""
+    path = Path(path).absolute()
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{what} {path}: is {'not ' if folder else ''}a folder")
+    existing = next(p for p in (path.parent, *path.parents) if p.exists()) if not path.exists() else path
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {existing} is not writable")
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on an existing file or folder for the block; if another process
+    holds it, refuse at once with the one line `busy`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -21,6 +21,7 @@ the forward pass instead of being sampled, unless `posthoc: false` asks Optuna t
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -153,6 +154,30 @@ TOP_KEYS = ("family", "fixed", "search", "storage", *SECTIONS)
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "default", "when", "posthoc")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases. A few hundred bytes of nested aliases ("billion laughs") build
+    a small shared structure that explodes when walked, printed or copied; a search space never
+    needs them, so the first one is refused before anything expands."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not supported; "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+# PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: `3e-3` and `1.5e3`
+# would stay strings and a float setting refuse them. YAML 1.2 (and anyone typing `--set lr=3e-3`)
+# reads numbers; these spellings become floats here, for --set and space files alike.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+.0123456789"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs; values are read as YAML scalars (1e-3, true, null, [a, b])."""
     out = {}
@@ -161,7 +186,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = _load_yaml(value) if value.strip() else None
         except yaml.YAMLError:
             raise UserError(f"--set {item!r}: value is not a valid YAML scalar") from None
     return out
@@ -172,7 +197,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.is_file():
         raise UserError(f"{path}: search space not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -199,10 +224,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     _known_keys(fixed, trial_fields, f"{path}: fixed")
     _known_keys(search, trial_fields, f"{path}: search")
     params = tuple(_param(name, spec, f"{path}: search.{name}") for name, spec in search.items())
-    for p in params:
-        for cond in (p.when or {}):
-            if cond not in trial_fields:
-                raise UserError(f"{path}: search.{p.name}.when: unknown parameter {cond!r}")
+    _check_conditions(params, {"family": raw["family"], **fixed}, trial_fields, path)
     if isinstance(raw.get("mlflow"), dict) and "experiment" in raw["mlflow"]:
         raise UserError(f"{path}: mlflow.experiment is not supported: each sweep is its own MLflow experiment, "
                         "named by --name; remove the key")
@@ -230,6 +252,37 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
                         **sections)
     _check_trial(space)
     return space
+
+
+def _check_conditions(params: tuple[Param, ...], fixed: dict, trial_fields, path: Path) -> None:
+    """A `when` that can never hold leaves its parameter unsampled in every trial, silently:
+    each condition must name a fixed setting or a sampled parameter declared before it (the
+    sampler goes in order), with values that parameter can take."""
+    for i, p in enumerate(params):
+        where = f"{path}: search.{p.name}.when"
+        for cond, allowed in (p.when or {}).items():
+            if cond not in trial_fields:
+                raise UserError(f"{where}: unknown parameter {cond!r}")
+            earlier = {q.name: q for q in params[:i] if not q.posthoc}
+            if cond in earlier:
+                q = earlier[cond]
+                bad = [v for v in allowed if not _can_take(q, v)]
+                if bad:
+                    can = list(q.choices) if q.type == "categorical" else f"[{q.low}, {q.high}]"
+                    raise UserError(f"{where}: {cond} can never be {bad[0]!r} (it takes {can})")
+            elif cond in fixed:  # `--set finetune=full` switches a conditional parameter off on purpose
+                continue
+            elif any(q.name == cond for q in params):
+                raise UserError(f"{where}: {cond!r} is not sampled before {p.name} (declare it earlier, and "
+                                "not post-hoc)")
+            else:
+                raise UserError(f"{where}: {cond!r} is neither searched nor fixed in this space")
+
+
+def _can_take(p: Param, value) -> bool:
+    if p.type == "categorical":
+        return value in p.choices
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high
 
 
 def _check_trial(space: SearchSpace) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def tiny_outliers(tmp_path: Path) -> Path:
         for n in range(3):
             write_image(root / f"class{k}" / f"{n}.jpg", 1000 + 10 * k + n)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def files_under(root: Path) -> list[Path]:

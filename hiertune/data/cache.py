@@ -29,7 +29,7 @@ from hiertune.data.images import FixCounts, decode_image
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: 16-bit, alpha and EXIF orientation decoded as shown
 
 
 def default_cache_root() -> Path:
@@ -151,8 +151,14 @@ def load_images(image_dir: Path, names: list[str], size: int, cache_root: Path,
             pending.add(write)
     status = "warm" if unchanged else ("built" if cached is None else "updated")
     report = CacheReport(path, status, len(names), int(len(todo)), time.perf_counter() - start,
-                         FixCounts(int(converted.sum()), int(resized.sum())))
+                         FixCounts(int(converted.sum()), int(resized.sum()), _first(labels, converted),
+                                   _first(labels, resized)))
     return pixels, report
+
+
+def _first(labels: list[str], flags: np.ndarray) -> str:
+    hits = np.flatnonzero(flags)
+    return labels[hits[0]] if len(hits) else ""
 
 
 def _stat(path: str, label: str) -> _Stat:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from hiertune.data.cache import CacheReport, PendingWrites, load_images
-from hiertune.data.images import FixCounts, check_image_name, check_links_inside, list_image_files, numeric_sort_key
+from hiertune.data.images import (FixCounts, check_distinct_files, check_image_name, check_links_inside,
+                                  list_image_files, name_key, numeric_sort_key)
 from hiertune.data.packed import is_packed, packed_names, read_packed
 from hiertune.errors import UserError
 
@@ -82,6 +83,7 @@ def load_competition(root: str | Path, image_size: int, cache_root: Path, with_t
         raise UserError(f"{train_dir}: folder not found")
     sources = [f"train_data.csv line {line}" for line in names.values()]
     check_links_inside(train_dir, list(names), sources)
+    check_distinct_files(train_dir, list(names), sources)
     test_dir = root / "test_images"
     test_names = _test_names(test_dir)
 
@@ -146,6 +148,7 @@ def _read_train_csv(root: Path, superclasses: list[str], subclasses: list[str]
         raise UserError(f"{path.name}: has no rows")
     image_dir = root / "train_images"
     names: dict[str, int] = {}
+    keys: dict[str, str] = {}  # name_key → the name first written that way
     first_super: dict[int, tuple[int, int]] = {}  # subclass -> (superclass, line)
     sup = np.empty(len(rows), dtype=np.int64)
     sub = np.empty(len(rows), dtype=np.int64)
@@ -155,7 +158,11 @@ def _read_train_csv(root: Path, superclasses: list[str], subclasses: list[str]
         check_image_name(name, image_dir.name, where)
         if name in names:
             raise UserError(f"{where}: image {name} is listed twice (first at line {names[name]})")
-        names[name] = line
+        if (key := name_key(name)) in keys:
+            other = keys[key]
+            raise UserError(f"{where}: image {name!r} and {other!r} (line {names[other]}) name one file (they "
+                            "differ only in case, './' or Unicode form)")
+        names[name], keys[key] = line, name
         sup[i] = _label(row["superclass_index"], superclasses, "superclass", where)
         sub[i] = _label(row["subclass_index"], subclasses, "subclass", where)
         seen_under = first_super.setdefault(int(sub[i]), (int(sup[i]), line))

@@ -55,7 +55,7 @@ def load_outlier_folder(root: str | Path, image_size: int, cache_root: Path,
                         f"into training and validation pools (found {len(classes)})")
     names, class_index = [], []
     for k, cls in enumerate(classes):
-        files = list_image_files(root / cls)
+        files = list_image_files(root / cls, within=root)
         if not files:
             raise UserError(f"{root / cls}: outlier class folder has no images")
         names += [f"{cls}/{f}" for f in files]

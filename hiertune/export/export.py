@@ -49,9 +49,10 @@ from hiertune.data.splits import SHIFTED
 from hiertune.errors import UserError
 from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, Thresholds, calibrate,
                                        calibrate_both, read_folder, write_json, write_model_dir, write_thresholds)
-from hiertune.fsutil import atomic_dir
+from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
+from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
@@ -88,6 +89,18 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
         raise UserError(f"--top must be >= 1, got {top}")
     if not 0.0 < calibration_fraction < 0.5:
         raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
+    if not place.remote and not place.dir.is_dir():
+        raise UserError(f"{place.uri}: no such sweep")
+    # One export of a sweep at a time: a second would clear the first's live staging directories
+    # (and, on S3, its working copy). On S3 the lock is the working copies' folder, on this machine.
+    held = place.dir.parent if place.remote else place.dir
+    held.mkdir(parents=True, exist_ok=True)
+    with exclusive(held, f"export-best {place.name} is already running (it holds {held}); wait for it to finish"):
+        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction)
+
+
+def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
+                 address: str | None, calibration_fraction: float) -> dict:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
@@ -100,6 +113,7 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
             for k, p in enumerate(pick.choose(front, top), start=1)]
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
+    SweepRecorder(place)  # the MLflow store must answer before the retraining, not after it
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
@@ -347,5 +361,5 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     for key, value in tags.items():
         if key != PARENT_TAG:
             recorder.client.set_model_version_tag(name, version, key, value)
-    return {"tracking_uri": place.mlflow_uri, "run_id": run_id, "model_uri": info.model_uri,
+    return {"tracking_uri": redact_uri(place.mlflow_uri), "run_id": run_id, "model_uri": info.model_uri,
             "registered_model": name, "version": version}

@@ -33,12 +33,12 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping
-from hiertune.data.images import FixCounts, check_links_inside, list_image_files
+from hiertune.data.images import FixCounts, list_image_files
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
-from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
+from hiertune.novelty.scores import SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device
 from hiertune.training.inputs import ImageInputs
@@ -105,22 +105,8 @@ class ExportedModel:
             raise UserError(f"{root}: not an exported model (missing {', '.join(missing)})")
         if threads:
             torch.set_num_threads(threads)
-        raw = _read(root / CONFIG, lambda path: json.loads(path.read_text()))
-        thr = _read(root / THRESHOLDS, lambda path: json.loads(path.read_text()))
-        try:
-            cfg = TrialConfig.from_dict(raw["trial"], where=str(root / CONFIG))
-            heads = Heads(**{**raw["heads"], "sub_to_super": tuple(raw["heads"]["sub_to_super"])})
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{root / CONFIG}: not an exported model's config ({type(exc).__name__}: {exc})") from None
-        try:
-            # The input pipeline the model was trained with, as written: not re-derived from this timm.
-            pipeline = AugmentConfig.none(**raw["input"])
-        except (KeyError, TypeError, UserError) as exc:
-            raise UserError(f"{root / CONFIG}: no usable input pipeline ({type(exc).__name__}: {exc})") from None
-        try:
-            thresholds = Thresholds(thr["score"], float(thr["thr_super"]), float(thr["thr_sub"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{root / THRESHOLDS}: not an exported model's thresholds ({exc})") from None
+        cfg, heads, pipeline = _config(root / CONFIG, _read(root / CONFIG, lambda path: json.loads(path.read_text())))
+        thresholds = _thresholds(root / THRESHOLDS, _read(root / THRESHOLDS, lambda path: json.loads(path.read_text())))
         superclasses, subclasses = read_mapping(root / SUPER_MAP), read_mapping(root / SUB_MAP)
         if (len(superclasses), len(subclasses)) != (heads.n_super, heads.n_sub):
             raise UserError(f"{root}: the label maps have {len(superclasses)}/{len(subclasses)} seen classes but "
@@ -128,7 +114,13 @@ class ExportedModel:
         run_on = pick_device(device)
         # Weights come from the directory: never from the hub or the file the trial started from.
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
-        _read(root / MODEL, lambda path: model.load_state_dict(load_file(str(path))))
+        weights = _read(root / MODEL, lambda path: load_file(str(path)))
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # the file is whole; it holds another model than config.json names
+            raise UserError(f"{root / MODEL}: these weights are not a {cfg.family} model with backbone "
+                            f"{cfg.backbone} and {heads.n_super}/{heads.n_sub} classes, which {CONFIG} describes "
+                            f"({first_line(' '.join(str(exc).split()), 200)})") from None
         scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
         if unavailable(thresholds.score, scorers):
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
@@ -166,6 +158,51 @@ def write_config(root: Path, cfg: TrialConfig, heads: Heads) -> None:
         "input": cfg.augment_config().pipeline()})
 
 
+def _config(path: Path, raw) -> tuple[TrialConfig, Heads, AugmentConfig]:
+    """config.json checked whole: a trial config TrialConfig accepts, heads that fit it, and the
+    input pipeline the model was trained with."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("trial"), dict) or not isinstance(raw.get("heads"), dict):
+        raise UserError(f"{path}: not an exported model's config (needs 'trial' and 'heads' mappings)")
+    cfg = TrialConfig.from_dict(raw["trial"], where=str(path))
+    h = raw["heads"]
+    counts = [h.get("n_super"), h.get("n_sub")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        raise UserError(f"{path}: not an exported model's config (heads.n_super/n_sub must be positive integers, "
+                        f"got {counts})")
+    links = h.get("sub_to_super")
+    if not isinstance(links, list) or len(links) != h["n_sub"] or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < h["n_super"] for k in links):
+        raise UserError(f"{path}: not an exported model's config (heads.sub_to_super must list a superclass "
+                        f"in 0-{h['n_super'] - 1} for each of {h['n_sub']} subclasses)")
+    if not isinstance(h.get("novel_logit"), bool):
+        raise UserError(f"{path}: not an exported model's config (heads.novel_logit must be true or false)")
+    try:
+        # The input pipeline the model was trained with, as written: not re-derived from this timm.
+        pipeline = AugmentConfig.none(**raw["input"])
+    except (KeyError, TypeError, UserError) as exc:
+        raise UserError(f"{path}: no usable input pipeline ({type(exc).__name__}: {exc})") from None
+    return cfg, Heads(h["n_super"], h["n_sub"], tuple(links), h["novel_logit"]), pipeline
+
+
+def _thresholds(path: Path, raw) -> Thresholds:
+    """A known score, and thresholds that are numbers: -inf accepts every image (what calibration
+    writes when the sweep's point accepted all), NaN or +inf would silently call all novel."""
+    if not isinstance(raw, dict) or not {"score", "thr_super", "thr_sub"} <= raw.keys():
+        raise UserError(f"{path}: not an exported model's thresholds (needs score, thr_super, thr_sub)")
+    if raw["score"] not in SCORES:
+        raise UserError(f"{path}: unknown novelty score {raw['score']!r} (known: {', '.join(SCORES)})")
+    values = []
+    for key in ("thr_super", "thr_sub"):
+        try:
+            value = float(raw[key]) if not isinstance(raw[key], bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if math.isnan(value) or value == math.inf:
+            raise UserError(f"{path}: {key} must be a number or -inf, got {raw[key]!r}")
+        values.append(value)
+    return Thresholds(raw["score"], *values)
+
+
 def _read(path: Path, load):
     """`load(path)`, any damage to the file reported as one line naming it."""
     try:
@@ -180,7 +217,6 @@ def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[s
     names = list_image_files(folder)
     if not names:
         raise UserError(f"{folder}: folder has no images")
-    check_links_inside(folder, names, [str(folder)] * len(names))
     images, report = load_images(folder, names, image_size, cache_root, desc=f"decoding {folder.name}")
     return names, images, report.fixes
 

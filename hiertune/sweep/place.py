@@ -6,8 +6,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiertune import storage
+from hiertune import secrets, storage
 from hiertune.data.cache import default_cache_root
+from hiertune.fsutil import check_writable
+from hiertune.names import check_name
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,19 @@ class SweepPlace:
 
     @classmethod
     def resolve(cls, name: str, root: str | None, mlflow_uri: str | None) -> "SweepPlace":
+        check_name(name)
+        if mlflow_uri:
+            mlflow_uri = secrets.tracking_uri(mlflow_uri)
         if storage.is_s3(root):
             # SQLite cannot live on S3: the store stays on the driver's disk, its artifacts go to S3.
             return cls(root.rstrip("/"), name, mlflow_uri or f"sqlite:///{Path('sweeps').resolve() / 'mlflow.db'}")
         local = Path(root or "sweeps").resolve()
         return cls(str(local), name, mlflow_uri or f"sqlite:///{local / 'mlflow.db'}")
+
+    def __reduce__(self):
+        # Ray pickles the place with the sweep's callback into tune/tuner.pkl: a database URI's
+        # password stays out of it, and comes back from memory when this driver resumes.
+        return _unpickle_place, (self.root, self.name, secrets.redact_uri(self.mlflow_uri))
 
     def artifact_location(self) -> str | None:
         # A local SQLite store keeps its artifacts beside the sweeps; a server decides for itself.
@@ -53,8 +63,11 @@ class SweepPlace:
         return storage.join(self.root, "mlartifacts") if self.remote else Path(self.root, "mlartifacts").as_uri()
 
     def prepare(self) -> None:
-        """Check S3 access and make the working copy what S3 holds (nothing to do locally)."""
-        if self.remote:
+        """Check S3 access and make the working copy what S3 holds; locally, that the storage
+        root is (or can become) a folder this process may write to."""
+        if not self.remote:
+            check_writable(self.root, "--storage", folder=True)
+        else:
             storage.check(self.uri)
             shutil.rmtree(self.dir, ignore_errors=True)
             storage.sync_down(self.uri, self.dir, keep=lambda name: "/" not in name)  # not Ray's tune/
@@ -70,3 +83,7 @@ class SweepPlace:
 
     def started(self) -> bool:
         return storage.exists(storage.join(self.tune_uri, "tuner.pkl"))
+
+
+def _unpickle_place(root: str, name: str, mlflow_uri: str) -> SweepPlace:
+    return SweepPlace(root, name, secrets.reveal(mlflow_uri))

@@ -24,7 +24,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from hiertune import storage
+from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
@@ -47,7 +47,7 @@ from hiertune.sweep.state import (
     trial_status,
     write_meta,
 )
-from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder, redact
+from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
@@ -59,7 +59,6 @@ log = logging.getLogger("hiertune")
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
               resume: bool = False) -> dict:
-
     place.prepare()
     started = place.started()
     if resume and not started:
@@ -75,13 +74,16 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
     _check_outlier_ranges(space, bundle.splits)
+    # Before anything is written or Ray starts: the trial → run map must be readable, and the
+    # MLflow store reachable.
+    recorder = SweepRecorder(place)
+    log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
+             place.uri, secrets.redact_uri(place.mlflow_uri))
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_meta(place.dir, SweepMeta(str(space.path), space.family, space.samples_thresholds,
                                         space.resources.cpus_per_trial, space.resources.gpus_per_trial))
         place.publish(place.dir / SWEEP_JSON)
-    # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
-    recorder = SweepRecorder(place)
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
@@ -105,6 +107,7 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
     # Tasks in worker processes must not oversubscribe the CPUs: each sets torch threads to
     # its own CPU count (run_trial), and the libraries' own pools follow.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cpus_per_task))))
+    secrets.keep_out_of_ray()
     own_ray = not ray.is_initialized()
     if own_ray:
         # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
@@ -155,8 +158,6 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool) -> dict:
-
-
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
@@ -204,7 +205,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     recorder.reconcile(trials)
     summary = finish(place, trials, recorder)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
+    return {"name": place.name, "dir": place.uri, "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
 
 

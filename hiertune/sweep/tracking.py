@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from ray import tune
 
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
+from hiertune.secrets import redact, redact_param, redact_uri
 from hiertune.storage import checkpoint_uri
 from hiertune.sweep.mlstore import open_client
 from hiertune.sweep.place import SweepPlace
@@ -34,21 +34,6 @@ ROLE_TAG = "hiertune.role"  # "sweep" on the parent run, which has no trial id t
 RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's run status; FINISHED otherwise
 SEARCH_LIMIT = 50_000  # MLflow's own cap on one search
 log = logging.getLogger("hiertune")
-SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key)", re.I)
-
-
-def redact(key: str, value) -> str:
-    """Params and tags never carry secrets: secret-looking keys are masked, and credentials
-    embedded in URLs (s3://KEY:SECRET@bucket, http://user:pass@host) are removed."""
-    if SECRET_KEY.search(key):
-        return "***"
-    text = str(value)
-    if "@" in text and "://" in text:
-        parts = urlsplit(text)
-        if parts.username or parts.password:
-            host = parts.hostname + (f":{parts.port}" if parts.port else "")
-            text = urlunsplit(parts._replace(netloc=host))
-    return text[:6000]  # MLflow's param value limit
 
 
 class SweepRecorder:
@@ -70,16 +55,19 @@ class SweepRecorder:
         if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             raise self._elsewhere(parent)  # before the client, which would create the file
         self.client = open_client(uri)
-        experiment = self.client.get_experiment_by_name(self.sweep)
-        if parent is not None and (experiment is None or not self.client.search_runs(
-                [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
-            raise self._elsewhere(parent)
-        self.experiment_id = (experiment.experiment_id if experiment else
-                              self.client.create_experiment(self.sweep, artifact_location=place.artifact_location()))
+        try:
+            experiment = self.client.get_experiment_by_name(self.sweep)
+            if parent is not None and (experiment is None or not self.client.search_runs(
+                    [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
+                raise self._elsewhere(parent)
+            self.experiment_id = (experiment.experiment_id if experiment else self.client.create_experiment(
+                self.sweep, artifact_location=place.artifact_location()))
+        except MlflowException as exc:  # an unreachable or refusing server: its message, never a credential
+            raise UserError(f"MLflow store {redact_uri(uri)}: {redact(' '.join(str(exc).split()))[:300]}") from None
 
     def _elsewhere(self, parent: str) -> UserError:
         """The sweep logged to another store (another machine's SQLite, another server)."""
-        return UserError(f"MLflow store {redact('mlflow_uri', self.place.mlflow_uri)} does not hold sweep "
+        return UserError(f"MLflow store {redact_uri(self.place.mlflow_uri)} does not hold sweep "
                          f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
     def start_parent(self, params: dict, tags: dict) -> str:
@@ -163,7 +151,7 @@ class SweepRecorder:
         `--set` changed one on resume.)"""
         if self.client.get_run(run_id).data.params:
             return
-        items = [Param(k, redact(k, v)) for k, v in sorted(params.items())]
+        items = [Param(k, redact_param(k, v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's per-batch limit
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 

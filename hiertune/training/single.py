@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
-from hiertune.fsutil import atomic_dir
+from hiertune.fsutil import atomic_dir, check_writable
 from hiertune.space import SearchSpace
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
@@ -26,11 +26,13 @@ def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, pro
              summary["data"], summary["train"], summary["val"],
              bundle.outlier_count(cfg.outlier_count, cfg.outlier_fraction), summary["pseudo_novel_subclasses"])
     out = out_dir or Path("sweeps") / "train" / f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    check_writable(out, "--out", folder=True)
     history: list[dict] = []
 
     def report(metrics: dict, checkpoint: Path) -> None:
+        if not history:  # written once the model is built and trained an epoch: a bad weights file leaves nothing
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         history.append(metrics)
         with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
             shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)

@@ -17,8 +17,8 @@ family: dualhead
 fixed: {backbone: resnet18, epochs: 3}
 search:
   lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-  unfreeze_depth: {type: int, low: 1, high: 4, when: {finetune: [partial]}}
   finetune: {type: categorical, choices: [full, partial]}
+  unfreeze_depth: {type: int, low: 1, high: 4, when: {finetune: [partial]}}
   outlier_count: {type: int, low: 0, high: 200, step: 50}
   tau_super: {type: float, low: 0.5, high: 1.0}
   novelty_score: {type: categorical, choices: [msp, energy]}
@@ -48,7 +48,7 @@ def test_distributions_and_posthoc_marking(tmp_path):
     assert (count.type, count.low, count.high, count.log, count.step) == ("int", 0, 200, False, 50)
     assert (finetune.type, tuple(finetune.choices)) == ("categorical", ("full", "partial"))
     assert {p.name for p in space.posthoc} == {"tau_super", "novelty_score"}
-    assert {p.name for p in space.sampled} == {"lr", "unfreeze_depth", "finetune", "outlier_count"}
+    assert {p.name for p in space.sampled} == {"lr", "finetune", "unfreeze_depth", "outlier_count"}
     assert space.tune.sampler == "nsga2" and space.tune.num_samples == 4
 
 
@@ -72,6 +72,16 @@ def test_overrides_fix_a_searched_parameter_and_set_sections(tmp_path):
     cfg = space.trial_config()
     assert cfg.lr == 0.05 and cfg.epochs == 1 and cfg.data is None
     assert space.tune.num_samples == 9
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 alone reads 3e-3 as the string '3e-3', which the float field `lr` refused.
+    assert parse_assignments(["lr=3e-3", "a=1.5e3", "b=-2E+2", "c=.5e1", "d=1.0e-3", "e=3e", "f=1e5x"]) == {
+        "lr": 0.003, "a": 1500.0, "b": -200.0, "c": 5.0, "d": 0.001, "e": "3e", "f": "1e5x"}
+    space = load_space(write(tmp_path, VALID.replace("low: 1.0e-4, high: 1.0e-2", "low: 1e-4, high: 1e-2")))
+    assert {p.name: (p.low, p.high) for p in space.params}["lr"] == (1e-4, 1e-2)
+    cfg = space.with_overrides(parse_assignments(["lr=3e-3", "weight_decay=1e-5"])).trial_config()
+    assert cfg.lr == 0.003 and cfg.weight_decay == 1e-5
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,0 +1,140 @@
+"""Planted credentials through a real sweep, export-best and predict against a real MLflow
+server (its basic-auth password in the URI, percent-encoded with '@', ':' and '/' inside) with
+AWS credentials in the environment; then an unreachable server. No planted value may appear in
+any output or in any file the commands, Ray's session directory or the MLflow server leave.
+The exported model from the same run is then handed hostile edits (hostile_cases)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from conftest import files_under, free_port
+from hostile_cases import CASES, URI_PASSWORD, URI_PASSWORD_ENCODED, URI_USER
+from test_hostile import check_refused, ctx  # noqa: F401 - ctx is a fixture
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+AWS = {"AWS_ACCESS_KEY_ID": "AKIAPLANTED15HIERTUN", "AWS_SECRET_ACCESS_KEY": "planted/Secret+15hiertuneXyZ0a9b8c7",
+       "AWS_SESSION_TOKEN": "PlantedSession15TokenHiertuneQqRr"}
+# Every spelling a leak could take: as written in the URI, decoded, re-encoded, and the AWS values.
+SECRETS = sorted({URI_PASSWORD, URI_PASSWORD_ENCODED, quote(URI_PASSWORD), "pa@ss:w0rd", *AWS.values()})
+
+
+def _wait_up(url: str, server: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError("mlflow server did not start")
+
+
+@pytest.fixture(scope="module")
+def leaks(tmp_path_factory, small_data):
+    root = tmp_path_factory.mktemp("secrets")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    port = free_port()
+    server_dir = root / "mlflow-server"
+    server_dir.mkdir()
+    server_log = (root / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{server_dir / 'm.db'}",
+         "--artifacts-destination", str(server_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env.update(AWS, PYTHONPATH=str(REPO), RAY_TMPDIR=str(ray_tmp), HIERTUNE_CACHE_DIR=str(root / "cache"),
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", AWS_EC2_METADATA_DISABLED="true")
+    space = root / "space.yaml"
+    space.write_text(f"""
+family: cnn
+fixed: {{epochs: 1, batch_size: 32, cnn_width: 8, threads: 1, data: {small_data}}}
+search:
+  lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
+tune: {{num_samples: 2, sampler: random, seed: 1}}
+scheduler: {{max_t: 1, grace_period: 1, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1}}
+""")
+    storage = root / "sweeps"
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hiertune", *argv], env=env, cwd=root, capture_output=True,
+                              text=True, timeout=900)
+
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", server, 300)
+        uri = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{port}"
+        runs = {
+            "sweep": run("sweep", str(space), "--name", "s", "--storage", str(storage), "--mlflow-uri", uri, "--json"),
+            "export": run("export-best", "s", "--storage", str(storage), "--mlflow-uri", uri, "--json"),
+        }
+        runs["predict"] = run("predict", str(storage / "s" / "export" / "1"), str(small_data / "test_images"),
+                              "-o", str(root / "predictions.csv"), "--json")
+        dead = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{free_port()}"
+        runs["unreachable"] = run("sweep", str(space), "--name", "f", "--storage", str(storage), "--mlflow-uri", dead)
+        runs["unreachable-export"] = run("export-best", "s", "--storage", str(storage), "--mlflow-uri", dead)
+        yield {"root": root, "ray": ray_tmp, "storage": storage, "runs": runs, "model": storage / "s" / "export" / "1"}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        server_log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _found(text: str | bytes) -> list[str]:
+    data = text.encode() if isinstance(text, str) else text
+    return [s for s in SECRETS if s.encode() in data]
+
+
+def test_a_sweep_export_and_predict_succeed_without_showing_a_secret(leaks):
+    for name in ("sweep", "export", "predict"):
+        r = leaks["runs"][name]
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        assert not _found(r.stdout + r.stderr), (name, _found(r.stdout + r.stderr))
+    export = json.loads(leaks["runs"]["export"].stdout.splitlines()[-1])
+    assert export["exports"][0]["mlflow"]["tracking_uri"].startswith("http://127.0.0.1:")
+    # MLflow's own "View run … at" line was printed, and carries the host only.
+    views = [line for line in leaks["runs"]["export"].stdout.splitlines() if "View run" in line]
+    assert views and all("@127.0.0.1" not in line for line in views), views
+
+
+def test_no_file_a_sweep_export_or_ray_leaves_holds_a_secret(leaks):
+    files = [*files_under(leaks["root"]), *files_under(leaks["ray"])]
+    names = {p.name for p in files}
+    # The places the secrets used to reach are among those searched.
+    assert {"tuner.pkl", "mlflow.json", "predictions.csv", "mlflow-server.log"} <= names, sorted(names)[:50]
+    assert any(p.name.startswith("runtime_env_agent") for p in files), "Ray's runtime_env agent log not found"
+    leaked = {str(p): _found(p.read_bytes()) for p in files if p.is_file() and not p.is_symlink()}
+    assert not {p: s for p, s in leaked.items() if s}
+
+
+@pytest.mark.parametrize("name", ["unreachable", "unreachable-export"])
+def test_an_unreachable_server_is_one_line_without_its_credentials(leaks, name):
+    r = leaks["runs"][name]
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MLflow store http://127.0.0.1:" in lines[0], lines
+    assert not _found(r.stdout + r.stderr)
+    assert not (leaks["storage"] / "f").exists()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.needs_model], ids=lambda c: c.id)
+def test_an_exported_model_that_lies_is_refused_in_one_line(leaks, ctx, cli, case):  # noqa: F811
+    ctx.model = leaks["model"]
+    check_refused(ctx, cli, case)
