@@ -22,7 +22,7 @@ import numpy as np
 from hiertune import storage
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
-from hiertune.metrics import pareto_front
+from hiertune.metrics import knee_distance, pareto_front, rank_points
 from hiertune.novelty import PosthocResult
 from hiertune.plots import plot_front
 from hiertune.state import read_json
@@ -32,6 +32,17 @@ ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_
 ACCEPTANCE = ("accept_super", "accept_sub")  # seen validation images each threshold accepted: what export calibrates to
 # interrupted: the sweep stopped before the trial finished; `--resume` continues it.
 STATUSES = ("completed", "stopped", "failed", "interrupted")
+
+
+def trial_status(iterations: int, epochs: int, max_t: int, finished: bool = True, error: str | None = None) -> str:
+    """How a trial ended: the one rule, for trials.json, its MLflow run and what Optuna is told.
+    A trial runs its own `epochs`; ASHA's last rung (`max_t`) ends it too. Only a trial that
+    ended before the smaller of the two was stopped by ASHA."""
+    if error is not None:
+        return "failed"
+    if not finished:  # the sweep stopped (Ctrl+C) before this trial finished
+        return "interrupted"
+    return "completed" if iterations >= min(epochs, max_t) else "stopped"
 
 
 @dataclass
@@ -94,11 +105,10 @@ def compute_front(points: list[dict]) -> list[dict]:
 
 @dataclass(frozen=True)
 class Pick:
-    """Which front points `export-best` retrains: `knee`, `max-seen`, `max-unseen` or `weight=W`
-    (maximise W·seen + (1−W)·unseen).
-
-    The knee is the point farthest above the chord joining the front's two ends, both axes
-    scaled to the front's range: where giving up seen accuracy stops buying much unseen."""
+    """Which front point is recommended (marked in the table, the plots and `pareto --json`, the
+    parent run's `best_*`) and which points `export-best` retrains: `knee`, `max-seen`,
+    `max-unseen` or `weight=W` (maximise W·seen + (1−W)·unseen). The knee is the default; a
+    space may name another (`pick:`). The knee: hiertune.metrics.knee_distance."""
 
     kind: str
     weight: float = 0.5
@@ -132,9 +142,8 @@ class Pick:
         elif self.kind == "weight":
             key = self.weight * seen + (1 - self.weight) * unseen
         else:
-            key = _knee_distance(seen, unseen)
-        order = np.lexsort((-(seen + unseen), -key))
-        return [front[i] for i in order]
+            key = knee_distance(seen, unseen)
+        return [front[i] for i in rank_points(seen, unseen, key)]
 
     def choose(self, front: list[dict], top: int) -> list[dict]:
         """The `top` best points of distinct trials: two points of one trial differ only in
@@ -147,15 +156,6 @@ class Pick:
             if len(chosen) == top:
                 break
         return chosen
-
-
-def _knee_distance(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
-    span_s, span_u = np.ptp(seen), np.ptp(unseen)
-    if len(seen) < 3 or span_s == 0 or span_u == 0:
-        return seen + unseen  # no interior point: the balanced one
-    x, y = (seen - seen.min()) / span_s, (unseen - unseen.min()) / span_u
-    # Normalised, the front's ends are (1, 0) and (0, 1): the chord is x + y = 1.
-    return (x + y - 1) / math.sqrt(2)
 
 
 def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict]) -> tuple[Path, Path]:

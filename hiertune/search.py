@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from hiertune.faults import FAILURE_KEY
+from hiertune.pareto import trial_status
 from hiertune.space import SearchSpace
 
 
@@ -64,7 +65,7 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial stopped before `max_t` was PRUNED (see above)."""
+    """OptunaSearch that tells Optuna a trial ASHA stopped was PRUNED (see above)."""
 
     def __init__(self, space: SearchSpace, **kwargs):
         multi = space.tune.sampler == "nsga2"
@@ -73,7 +74,14 @@ class FidelityAwareOptunaSearch(OptunaSearch):
                          mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
                          **kwargs)  # the seed lives in the sampler
         self._max_t = space.scheduler.max_t
+        self._epochs: dict[str, int] = {}  # each trial's own epochs: ASHA stopped it only before these
         self._multi = multi
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):  # not Searcher.FINISHED
+            self._epochs[trial_id] = int(config.get("epochs", self._max_t))
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if FAILURE_KEY not in result:  # a final failure's report has no metrics; its error follows
@@ -81,7 +89,9 @@ class FidelityAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         iteration = (result or {}).get("training_iteration", self._max_t)
-        if error or result is None or iteration >= self._max_t or trial_id in self._completed_trials:
+        epochs = self._epochs.get(trial_id, self._max_t)
+        if (error or result is None or trial_id in self._completed_trials
+                or trial_status(iteration, epochs, self._max_t) != "stopped"):
             super().on_trial_complete(trial_id, result, error)
             return
         ot_trial = self._ot_trials[trial_id]

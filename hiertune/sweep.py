@@ -26,7 +26,8 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
-from hiertune.pareto import STATUSES, TrialRecord, compute_front, front_points, save_trials, write_front
+from hiertune.pareto import (STATUSES, TrialRecord, compute_front, front_points, save_trials, trial_status,
+                             write_front)
 from hiertune.space import SearchSpace
 from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
 
@@ -280,12 +281,8 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     # A final failure's report is one result past the trial's last epoch.
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
-    if error is not None:
-        status = "failed"
-    elif not metrics.get("done"):  # the sweep stopped (Ctrl+C) before this trial finished
-        status = "interrupted"
-    else:
-        status = "completed" if epochs >= space.scheduler.max_t else "stopped"
+    planned = int((result.config or {}).get("epochs", space.scheduler.max_t))
+    status = trial_status(epochs, planned, space.scheduler.max_t, bool(metrics.get("done")), error)
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}

@@ -24,7 +24,7 @@ from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
 from hiertune.fsutil import atomic_file
 from hiertune.mlstore import open_client
-from hiertune.pareto import TrialRecord
+from hiertune.pareto import TrialRecord, trial_status
 from hiertune.plots import plot_learning_curves
 from hiertune.state import read_json
 from hiertune.storage import checkpoint_uri, join, read_bytes
@@ -223,10 +223,9 @@ class MlflowSweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        stopped = last.get("training_iteration", 0) < self.max_t
+        status = trial_status(last.get("training_iteration", 0), trial.config.get("epochs", self.max_t), self.max_t)
         self._curves(trial)
-        self.recorder.finish_trial(trial.trial_id, "stopped" if stopped else "completed",
-                                   "stopped early by ASHA" if stopped else None)
+        self.recorder.finish_trial(trial.trial_id, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)

@@ -185,7 +185,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "val_loss": val_loss,
             "lr": scheduler.get_last_lr()[0],
             **result.to_metrics(),
-            "best_score": result.best["score"],
+            "recommended_score": result.recommended["score"],
             # Closed-set accuracies, what seed 001 reports.
             **_closed_set(batch, heads),
             # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
