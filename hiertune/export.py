@@ -62,7 +62,7 @@ class RetrainJob:
     cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
 
 
-def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None = None,
+def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
                 address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
@@ -73,6 +73,7 @@ def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir)}
     meta = read_sweep_json(place.dir) if (place.dir / SWEEP_JSON).exists() else {}
+    pick = pick or Pick.parse(meta.get("pick", "knee"))  # by default the sweep's recommended point
     front = compute_front(front_points(list(trials.values()), meta.get("sampled_thresholds", False)))
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")

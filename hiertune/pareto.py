@@ -24,7 +24,7 @@ from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.metrics import knee_distance, pareto_front, rank_points
 from hiertune.novelty import PosthocResult
-from hiertune.plots import plot_front
+from hiertune.plots import front_html, plot_front
 from hiertune.state import read_json
 from hiertune.train import Checkpoint
 
@@ -158,15 +158,23 @@ class Pick:
         return chosen
 
 
-def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict]) -> tuple[Path, Path]:
-    csv_path, png_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png"
+def recommended(front: list[dict], pick: Pick) -> dict | None:
+    """The sweep's one recommended point: the best front point under the sweep's pick."""
+    return pick.rank(front)[0] if front else None
+
+
+def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict],
+                best: dict | None) -> tuple[Path, Path, Path]:
+    csv_path, png_path, html_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png", sweep_dir / "pareto.html"
     columns = list(dict.fromkeys(k for p in front for k in p))
     with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=[*columns, "recommended"])
         writer.writeheader()
-        writer.writerows(front)
-    plot_front(points, front, png_path, f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)")
-    return csv_path, png_path
+        writer.writerows({**p, "recommended": int(p == best)} for p in front)
+    title = f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)"
+    plot_front(points, front, best, png_path, title)
+    front_html(points, front, best, html_path, title)
+    return csv_path, png_path, html_path
 
 
 def load_trials(sweep_dir: Path) -> list[TrialRecord]:
@@ -185,11 +193,12 @@ def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
         tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
 
 
-def render(front: list[dict]) -> str:
+def render(front: list[dict], best: dict | None = None) -> str:
+    """The front as a table; `*` marks the recommended point."""
     params = sorted({k for p in front for k in p if k.startswith("param.")})
-    head = ["trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
+    head = ["", "trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
             "seen_sup", "unseen_sup", "seen_sub", "unseen_sub", "seen", "unseen"]
-    rows = [[p["trial"], p["epochs"], *[_fmt(p.get(k)) for k in params], p["score"], _fmt(p["tau_super"]),
+    rows = [["*" if p is best or p == best else "", p["trial"], p["epochs"], *[_fmt(p.get(k)) for k in params], p["score"], _fmt(p["tau_super"]),
              _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]), _fmt(p["unseen"])]
             for p in front]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]

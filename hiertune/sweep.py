@@ -26,8 +26,8 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.errors import UserError
 from hiertune.faults import FAILURE_KEY
-from hiertune.pareto import (STATUSES, TrialRecord, compute_front, front_points, save_trials, trial_status,
-                             write_front)
+from hiertune.pareto import (STATUSES, Pick, TrialRecord, compute_front, front_points, recommended, save_trials,
+                             trial_status, write_front)
 from hiertune.space import SearchSpace
 from hiertune.state import SWEEP_JSON, check_ray_state, read_sweep_json, write_sweep_json
 
@@ -97,9 +97,11 @@ class SweepPlace:
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, verbose: bool = False) -> dict:
+    from hiertune.search import OPTUNA_DB
     from hiertune.tracking import SweepRecorder
 
+    Pick.parse(space.pick)  # a misspelt pick fails now, not after the sweep
     place.prepare()
     started = place.started()
     if resume and not started:
@@ -117,9 +119,11 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_sweep_json(place.dir, {"space": str(space.path), "family": space.family,
-                                     "sampled_thresholds": space.samples_thresholds,
+                                     "sampled_thresholds": space.samples_thresholds, "pick": space.pick,
+                                     "objectives": _study_objectives(space),
                                      "resources": space.resources.__dict__})
         place.publish(place.dir / SWEEP_JSON)
+        (place.dir / OPTUNA_DB).unlink(missing_ok=True)  # left by an attempt that died before Ray saved state
     # Before Ray starts: the trial → run map must be readable, and the MLflow store reachable.
     recorder = SweepRecorder(place)
 
@@ -133,7 +137,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         gpus = usable_gpus(space.resources.gpus_per_trial, space.resources.cpus_per_trial, address)
         if gpus != space.resources.gpus_per_trial:
             space = space.with_overrides({"resources.gpus_per_trial": gpus})
-        return _run(space, place, bundle, recorder, resume)
+        return _run(space, place, bundle, recorder, resume, verbose)
 
 
 @contextlib.contextmanager
@@ -169,10 +173,11 @@ def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
     return gpus
 
 
-def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) -> dict:
+def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool, verbose: bool) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from hiertune.reporter import ConsoleReporter
     from hiertune.search import FidelityAwareOptunaSearch, objectives
     from hiertune.tracking import MlflowSweepCallback, redact
     from hiertune.trainable import FinalFailures, tune_trainable
@@ -192,11 +197,12 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
         # (tune.max_failures) did not mend, or a final one, would only fail again.
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
     else:
-        callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
+        posthoc = [p.name for p in space.posthoc]
+        callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t, posthoc)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=FidelityAwareOptunaSearch(space),
+                search_alg=FidelityAwareOptunaSearch(space, place.dir, place.name),
                 scheduler=ASHAScheduler(time_attr="training_iteration", metric=objectives(space)[0], mode="max",
                                         max_t=space.scheduler.max_t, grace_period=space.scheduler.grace_period,
                                         reduction_factor=space.scheduler.reduction_factor),
@@ -207,8 +213,10 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[FinalFailures(), callback],
-                verbose=1,
+                callbacks=[FinalFailures(), callback, ConsoleReporter(
+                    space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
+                    [p.name for p in space.sampled])],
+                verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
@@ -223,7 +231,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool) 
     recorder.reconcile(trials)
     summary = finish(place, trials, recorder)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    return {"name": place.name, "dir": place.uri, "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
+    return {"name": place.name, "storage": place.root, "dir": place.uri,
+            "mlflow_uri": redact("mlflow_uri", place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
 
 
@@ -235,23 +244,48 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     points = front_points(trials, sampled_thresholds(place))
     histories = _histories(trials)
     front = compute_front(points)
-    csv_path, png_path = write_front(place.dir, place.name, points, front)
-    place.publish(csv_path, png_path)
+    pick = sweep_pick(place)
+    best = recommended(front, pick)
+    csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
+    place.publish(csv_path, png_path, html_path)
     parent = recorder.state["parent"]
-    for path in (csv_path, png_path, place.dir / "trials.json"):
+    for path in (csv_path, png_path, html_path, place.dir / "trials.json"):
         recorder.client.log_artifact(parent, str(path))
     if histories:
         curves = place.dir / "learning_curves.png"
-        plot_sweep_curves(histories, curves, place.name)
+        plot_sweep_curves(histories, {t.name for t in trials if t.status == "stopped"}, curves, place.name)
         place.publish(curves)
         recorder.client.log_artifact(parent, str(curves))
-    best = max(front, key=lambda p: p["seen"] + p["unseen"]) if front else None
+    importance = _importance(place)
+    if importance.get("png"):
+        recorder.client.log_artifact(parent, importance["png"])
     if best:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
-                                      "best_unseen": best["unseen"]}, 0)
+                                      "best_unseen": best["unseen"], "best_tau_super": best["tau_super"],
+                                      "best_tau_sub": best["tau_sub"], "best_epochs": best["epochs"]}, 0)
+        recorder.set_tags(parent, {"hiertune.best.pick": pick, "hiertune.best.trial": best["trial"],
+                                   "hiertune.best.trial_id": best["trial_id"], "hiertune.best.score": best["score"]})
     recorder.client.set_terminated(parent, "FINISHED")
-    return {"front": front, "points": len(points), "pareto_csv": place.location(csv_path),
-            "pareto_png": place.location(png_path)}
+    return {"front": front, "points": len(points), "pick": str(pick), "recommended": best,
+            "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path),
+            "pareto_html": place.location(html_path), "importance": importance}
+
+
+def _importance(place: SweepPlace) -> dict:
+    """Parameter importance per objective from the sweep's Optuna study (and where to open it)."""
+    from hiertune.importance import param_importances, write_importances
+    from hiertune.search import OPTUNA_DB, study_url
+
+    db = place.dir / OPTUNA_DB
+    if not db.is_file():  # a sweep from before the study was persisted
+        return {}
+    place.publish(db)
+    meta = read_sweep_json(place.dir)
+    values = param_importances(study_url(place.dir), place.name, meta.get("objectives", ["objective"]))
+    png = write_importances(values, place.dir / "importance.png", f"{place.name}: parameter importance")
+    if png:
+        place.publish(png)
+    return {"objectives": values, "png": str(png) if png else None, "study": study_url(place.dir)}
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
@@ -272,6 +306,11 @@ def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
 
 def sampled_thresholds(place: SweepPlace) -> bool:
     return read_sweep_json(place.dir)["sampled_thresholds"] if (place.dir / SWEEP_JSON).exists() else False
+
+
+def sweep_pick(place: SweepPlace) -> Pick:
+    """The recommended point's rule, as the sweep's space named it (sweeps before `pick:`: the knee)."""
+    return Pick.parse(read_sweep_json(place.dir).get("pick", "knee") if (place.dir / SWEEP_JSON).exists() else "knee")
 
 
 def _record(result, space: SearchSpace) -> TrialRecord:
@@ -322,6 +361,14 @@ def _check_outlier_ranges(space: SearchSpace, pool: int) -> None:
     if space.fixed.get("outlier_count") and space.fixed["outlier_count"] > pool:
         raise UserError(f"{space.path}: fixed.outlier_count {space.fixed['outlier_count']} exceeds the outlier "
                         f"training pool ({pool} images)")
+
+
+def _study_objectives(space: SearchSpace) -> list[str]:
+    """What the Optuna study's values are, in order: the names importance is reported under."""
+    from hiertune.search import objectives
+
+    scalar, pair = objectives(space)
+    return pair if space.tune.sampler == "nsga2" else [scalar]
 
 
 def _settings(space: SearchSpace) -> dict:
