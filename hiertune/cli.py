@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -28,9 +29,45 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
+EXAMPLES = {
+    None: """examples:
+  hiertune demo                                  # a small sweep on synthetic data, its front, an export
+  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name first
+  hiertune ls                                    # every sweep, its status and storage
+  hiertune pareto first                          # the front again; * marks the recommended point
+  hiertune export-best first --top 3             # retrain the 3 best points, write submissions""",
+    "demo": """examples:
+  hiertune demo
+  hiertune demo --dir /tmp/hiertune-demo""",
+    "sweep": """examples:
+  hiertune sweep search_spaces/smoke.yaml                       # synthetic data, a few minutes
+  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name cnn1 --num-samples 24
+  hiertune sweep search_spaces/cnn.yaml --set epochs=3 --set tune.sampler=nsga2
+  hiertune sweep search_spaces/cnn.yaml --name cnn1 --resume    # continue after Ctrl+C
+  hiertune -v sweep ...                                         # with Ray Tune's own tables""",
+    "pareto": """examples:
+  hiertune pareto cnn1
+  hiertune pareto demo            # the newest sweep in sweeps/demo
+  hiertune pareto cnn1 --json     # the front and the recommended point as JSON""",
+    "ls": """examples:
+  hiertune ls
+  hiertune ls --storage /data/sweeps""",
+    "export-best": """examples:
+  hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
+  hiertune export-best cnn1 --pick max-seen
+  hiertune export-best cnn1 --top 3 --pick weight=0.7""",
+    "predict": """examples:
+  hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
+    "train": """examples:
+  hiertune train search_spaces/smoke.yaml --set lr=1e-3 --set epochs=5""",
+}
+
+
 def _command(sub: argparse._SubParsersAction, name: str, help: str, handler: Callable,
              render: Callable[[dict], str], json_flag: bool = True) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
+    p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(handler=handler, render=render)
@@ -187,7 +224,7 @@ def _render_sweep(result: dict) -> str:
             f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
             f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
             f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
-            f"{render(result['front'], result['recommended'])}\n{_render_recommended(result)}\n"
+            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS)}\n{_render_recommended(result)}\n"
             + (f"{render_importance(result['importance']['objectives'])}\n" if result.get("importance") else "")
             + _next_steps(result))
 
@@ -206,7 +243,7 @@ def _next_steps(result: dict, export_dir: str | None = None, test_images: str | 
     lines = ["next:",
              f"  {me} pareto {name}{where}   # the front again: table, pareto.png, pareto.html (hover for details)",
              f"  {me} export-best {name}{where} --top 2   # retrain the 2 best points on all labeled data",
-             f"  {me} ls   # every sweep, with its status and storage"]
+             f"  {me} ls{where}   # every sweep, with its status and storage"]
     if export_dir and test_images:
         lines.append(f"  {me} predict {shlex.quote(export_dir)} {shlex.quote(test_images)} -o predictions.csv"
                      "   # the exported model on a folder of images")
@@ -265,7 +302,7 @@ def _render_pareto(result: dict) -> str:
 
     return (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
             f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
-            f"{render(result['front'], result['recommended'])}\n{_render_recommended(result)}")
+            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS)}\n{_render_recommended(result)}")
 
 
 def _render_recommended(result: dict) -> str:
@@ -356,7 +393,8 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hiertune", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hiertune", description=__doc__.splitlines()[0], epilog=EXAMPLES[None],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hiertune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and Ray Tune's own progress tables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -452,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
         for name in ("botocore", "boto3", "s3transfer"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow's "Creating initial MLflow database tables...", and Ray's notice that its local,
+        # private cluster uses token authentication: nothing a user acts on.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():  # Ray colours its worker-log prefixes; in a file they are raw escape codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         result = args.handler(args)
     except UserError as exc:

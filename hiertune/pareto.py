@@ -193,17 +193,26 @@ def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
         tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
 
 
-def render(front: list[dict], best: dict | None = None) -> str:
-    """The front as a table; `*` marks the recommended point."""
+def render(front: list[dict], best: dict | None = None, rows: int | None = None) -> str:
+    """The front as a table; `*` marks the recommended point. With `rows`, that many points
+    spread along the front, the recommended one always among them (the whole is in pareto.csv)."""
     params = sorted({k for p in front for k in p if k.startswith("param.")})
+    shown = front
+    if rows is not None and len(front) > rows:
+        keep = {round(i * (len(front) - 1) / (rows - 1)) for i in range(rows)}
+        keep |= {i for i, p in enumerate(front) if p == best}
+        shown = [p for i, p in enumerate(front) if i in keep]
     head = ["", "trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
             "seen_sup", "unseen_sup", "seen_sub", "unseen_sub", "seen", "unseen"]
-    rows = [["*" if p is best or p == best else "", p["trial"], p["epochs"], *[_fmt(p.get(k)) for k in params], p["score"], _fmt(p["tau_super"]),
-             _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]), _fmt(p["unseen"])]
-            for p in front]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [head, *rows])
+    table = [["*" if p == best else "", p["trial"], p["epochs"], *[_fmt(p.get(k), ".3g") for k in params], p["score"],
+              _fmt(p["tau_super"]), _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]),
+              _fmt(p["unseen"])]
+             for p in shown]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    more = [f"({len(front) - len(shown)} more front points in pareto.csv)"] if len(shown) < len(front) else []
+    return "\n".join(["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *table]]
+                     + more)
 
 
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def _fmt(value, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, float) else str(value)

@@ -32,7 +32,7 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
                    label="recommended")
         ax.annotate(f"recommended: {best['trial']} ({best['epochs']} ep)\n{best['score']}, τ_super "
                     f"{best['tau_super']:.2f}, τ_sub {best['tau_sub']:.2f}\nseen {best['seen']:.3f}, unseen "
-                    f"{best['unseen']:.3f}", (best["seen"], best["unseen"]), xytext=(14, 14),
+                    f"{best['unseen']:.3f}", (best["seen"], best["unseen"]), xytext=_inward(ax, best, points),
                     textcoords="offset points", fontsize=8, zorder=6,
                     bbox=dict(boxstyle="round", fc="white", ec="0.5", alpha=0.9),
                     arrowprops=dict(arrowstyle="-", color="0.4"))
@@ -45,9 +45,20 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
     ax.set_xlabel("seen accuracy (mean of superclass and subclass)")
     ax.set_ylabel("unseen accuracy (mean of superclass and subclass)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=7, markerscale=2, title="novelty score", title_fontsize=7)
+    legend = ax.legend(loc="best", fontsize=7, title="novelty score", title_fontsize=7)
+    for handle in legend.legend_handles:  # one size for every marker in the legend, the star included
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([30])
     ax.set_title(title, fontsize=10)
     _save(fig, path)
+
+
+def _inward(ax, best: dict, points: list[dict]) -> tuple[int, int]:
+    """Where the label goes, in points from the marker: toward the middle of the data, so it
+    stays inside the axes whichever corner the recommended point is in."""
+    mid_x = (min(p["seen"] for p in points) + max(p["seen"] for p in points)) / 2
+    mid_y = (min(p["unseen"] for p in points) + max(p["unseen"] for p in points)) / 2
+    return (20 if best["seen"] <= mid_x else -170, -60 if best["unseen"] >= mid_y else 30)
 
 
 def front_html(points: list[dict], front: list[dict], best: dict | None, path: Path, title: str) -> None:

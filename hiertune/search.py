@@ -81,6 +81,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         # Persisted (an RDB storage in the sweep folder) so Optuna Dashboard and the importance
         # evaluators can open the study during and after the sweep; in memory without a folder.
         storage = optuna.storages.RDBStorage(study_url(sweep_dir)) if sweep_dir is not None else None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study and trial otherwise
         super().__init__(space=DefineByRun(space), metric=pair if multi else self._scalar,
                          mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
                          storage=storage, study_name=study_name)  # the seed lives in the sampler

@@ -325,7 +325,9 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
+    # Named as its MLflow run and the console call it: Optuna's trial number.
+    name = f"trial-{int((result.config or {}).get('trial_number', 0)):02d}"
+    return TrialRecord(trial_id, name, status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
                        error, dict(result.config or {}))
 
