@@ -107,3 +107,14 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
     status = [line for line in handler.lines if "done," in line]
     assert "1/3 done, 2 running" in status[0] and "2/3 done, 1 running" in status[1]
     assert "best so far trial-00: seen 0.610, unseen 0.720 (energy)" in status[1] and "ETA ~" in status[1]
+
+
+def test_the_console_table_spreads_its_rows_along_the_front_and_keeps_the_recommended_one():
+    front = [point(k, 1 - k / 40, k / 40) for k in range(40)]
+    best = front[17]
+    lines = render(front, best, rows=5).splitlines()
+    assert len(lines) == 1 + 6 + 1 and lines[-1] == "(34 more front points in pareto.csv)"
+    shown = [line.split()[0] for line in lines[1:-1]]
+    assert shown[:2] == ["trial_0", "trial_10"] and "*" in [line[0] for line in lines[1:-1]]
+    assert any("trial_17" in line and line.startswith("*") for line in lines)
+    assert "0.0180" not in lines[2] and "0.11" in lines[2]  # lr of trial_10 in 3 significant digits
