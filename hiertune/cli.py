@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         # MLflow's "Creating initial MLflow database tables...", and Ray's notice that its local,
         # private cluster uses token authentication: nothing a user acts on.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level from this on import
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     if not sys.stderr.isatty():  # Ray colours its worker-log prefixes; in a file they are raw escape codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")

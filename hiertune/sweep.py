@@ -221,7 +221,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, recorder, resume: bool, 
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
         )
-    with _pending_trials(space):
+    with _ray_console(verbose), _pending_trials(space):
         grid = tuner.fit()
     wall = time.perf_counter() - start
 
@@ -330,6 +330,21 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     return TrialRecord(trial_id, name, status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
                        error, dict(result.config or {}))
+
+
+@contextlib.contextmanager
+def _ray_console(verbose: bool) -> Iterator[None]:
+    """Ray Tune's console output only with --verbose. Its newer output prints an experiment box
+    and a TensorBoard hint even at verbose=0; its legacy output at verbose=0 prints nothing, and
+    hiertune.reporter says what happens. Restored after, as the next sweep may be verbose."""
+    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["RAY_AIR_NEW_OUTPUT"]
 
 
 @contextlib.contextmanager

@@ -208,6 +208,8 @@ class MlflowSweepCallback(tune.Callback):
     it carries only where to write; the recorder (and its MLflow client) is rebuilt on first use
     and reads the trial → run map from the sweep folder."""
 
+    posthoc: tuple[str, ...] = ()  # a callback pickled by a sweep from before it had this
+
     def __init__(self, place: SweepPlace, family: str, max_t: int, posthoc: Collection[str] = ()):
         self.place, self.family, self.max_t = place, family, max_t
         self.posthoc = tuple(posthoc)  # chosen after the forward pass: metrics of a point, not params
