@@ -95,7 +95,7 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(cli,
                 assert last_json(run.out)["recommended"] == best
             if args[0] == "export-best":
                 exports = last_json(run.out)["exports"]
-                assert exports[0]["trial_id"] == best["trial_id"]  # the default pick is the recommended point
+                assert exports[0]["trial"] == best["trial"]  # the default pick is the recommended point
     assert ran == {"pareto", "export-best", "ls"}
     (dashboard,) = [argv for argv in steps if argv[0].endswith("optuna-dashboard")]
     port = free_port()
