@@ -82,3 +82,22 @@ def test_a_wrong_sweep_name_fails_before_ray_mlflow_or_torch_are_imported(tmp_pa
     assert run.stderr.strip().splitlines() == [
         "hiertune: error: no sweep named 'nope' in ./sweeps or the storage folders inside it; `hiertune ls` lists "
         "the sweeps, --storage looks elsewhere"]
+
+
+def test_the_demos_next_steps_name_its_sweep_plainly_and_its_stores_exactly(tmp_path, monkeypatch):
+    from hiertune.cli import _next_steps
+
+    monkeypatch.chdir(tmp_path)
+    make_sweep(tmp_path / "sweeps" / "demo" / "smoke-1", ["completed"])
+    storage = str(tmp_path.resolve() / "sweeps" / "demo")
+    study = f"sqlite:///{storage}/smoke-1/optuna.db"
+    text = _next_steps({"name": "smoke-1", "storage": storage, "mlflow_uri": f"sqlite:///{storage}/mlflow.db",
+                        "importance": {"study": study}}, f"{storage}/smoke-1/export/1", "sweeps/demo/data/test_images")
+    lines = text.splitlines()
+    assert lines[0] == "next:"
+    assert " pareto smoke-1   #" in text and "--storage" not in text  # found by name from here
+    assert f" predict {storage}/smoke-1/export/1 sweeps/demo/data/test_images -o predictions.csv" in text
+    assert f"ui --backend-store-uri sqlite:///{storage}/mlflow.db --port 5000" in text
+    assert study in text
+    monkeypatch.chdir(tmp_path / "sweeps")  # elsewhere, the storage is spelt out
+    assert f" pareto smoke-1 --storage {storage}" in _next_steps({"name": "smoke-1", "storage": storage})
