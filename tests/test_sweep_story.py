@@ -110,3 +110,18 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(cli,
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_optuna_is_told_a_trial_that_ran_its_own_epochs_completed(small_data, tmp_path):
+    from hiertune.search import FidelityAwareOptunaSearch
+    from hiertune.space import load_space
+
+    space = load_space(space_file(tmp_path, small_data, samples=2, max_t=4)).with_overrides({"epochs": 1})
+    searcher = FidelityAwareOptunaSearch(space, tmp_path, "s")
+    configs = [searcher.suggest(f"t{i}") for i in range(2)]
+    assert [c["epochs"] for c in configs] == [1, 1]
+    searcher.on_trial_complete("t0", {"hypervolume": 0.5, "seen": 0.4, "unseen": 0.6, "training_iteration": 1})
+    searcher.on_trial_complete("t1", None, error=True)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # persisted
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert study.trials[0].value == 0.5 and study.trials[0].user_attrs == {"seen": 0.4, "unseen": 0.6}
