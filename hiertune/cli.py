@@ -154,13 +154,15 @@ def _render_demo(result: dict) -> str:
 def _demo_meaning(e: dict) -> str:
     if "test" not in e:
         return ""
+    import textwrap
+
     t, v = e["test"], e["validation"]
-    return ("what this means: seen = accuracy on images of known classes (mean of superclass and subclass), "
+    return textwrap.fill("what this means: seen = accuracy on images of known classes (mean of superclass and subclass), "
             "unseen = how often novel images are called novel. The validation figures are the sweep's own "
             f"(seen {v['seen']:.2f}, unseen {v['unseen']:.2f}); the test figures are the retrained model on the "
             "synthetic hidden test set, with thresholds calibrated to the seen acceptance the sweep picked. "
             "Validation novel classes are held-out training classes, not the test's, so unseen on test usually "
-            "differs: that gap is what the front cannot promise.")
+            "differs: that gap is what the front cannot promise.", width=100, subsequent_indent="  ")
 
 
 def _bundled_space(name: str) -> Path:
