@@ -85,9 +85,16 @@ class SweepRecorder:
         if parent is not None and (experiment is None or not self.client.search_runs(
                 [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
             raise self._elsewhere(parent)
-        self.experiment_id = (experiment.experiment_id if experiment else
-                              self.client.create_experiment(self.sweep, artifact_location=place.artifact_location(),
-                                                            tags={NOTE_TAG: EXPERIMENT_NOTE.format(sweep=self.sweep)}))
+        tags = {NOTE_TAG: EXPERIMENT_NOTE.format(sweep=self.sweep),
+                # MLflow 3's UI opens an experiment of this kind on its runs table, not its GenAI traces.
+                "mlflow.experimentKind": "custom_model_development"}
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(self.sweep, place.artifact_location(), tags=tags)
+        else:  # a sweep logged before these tags existed gets them when its front is redrawn
+            self.experiment_id = experiment.experiment_id
+            for key, value in tags.items():
+                if key not in experiment.tags:
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def _elsewhere(self, parent: str) -> UserError:
         """The sweep logged to another store (another machine's SQLite, another server)."""
