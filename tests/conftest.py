@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +189,12 @@ scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
 """)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def last_json(out: str) -> dict:

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import last_json, space_file
+from conftest import free_port, last_json, space_file
 from hiertune.novelty.metrics import pareto_front
 from hiertune.space import load_space
 from hiertune.sweep.front import compute_front, front_points
@@ -85,12 +84,6 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
     assert again.code == 0 and last_json(again.out)["front"] == front
     assert (store.stat().st_mtime_ns, store.read_bytes()) == before
     assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rest(base: str, path: str, body: dict | None = None) -> dict:
