@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: sweeps run on servers
 import matplotlib.pyplot as plt  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hiertune.fsutil import atomic_file  # noqa: E402
@@ -65,8 +66,6 @@ def front_html(points: list[dict], front: list[dict], best: dict | None, path: P
     """The front as one self-contained HTML page (plotly): hover a point for its trial, params,
     novelty score and thresholds. The cloud is thinned to the front plus a sample, so the page
     stays small however large the grid."""
-    import plotly.graph_objects as go
-
     def hover(p: dict) -> str:
         params = "<br>".join(f"{k[6:]}: {_short(v)}" for k, v in p.items() if k.startswith("param."))
         return (f"<b>{p['trial']}</b> ({p['status']}, {p['epochs']} epochs)<br>score {p['score']}, "

@@ -16,9 +16,9 @@ import time
 
 from ray import tune
 
-from hiertune.training.faults import FAILURE_KEY
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import trial_status
+from hiertune.training.faults import FAILURE_KEY
 
 log = logging.getLogger("hiertune")
 

@@ -18,8 +18,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from hiertune.sweep.state import trial_status
 from hiertune.space import SearchSpace
+from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
 
 
