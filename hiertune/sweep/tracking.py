@@ -87,7 +87,7 @@ class SweepRecorder:
                 "mlflow.experimentKind": "custom_model_development"}
         if experiment is None:
             self.experiment_id = self.client.create_experiment(self.sweep, place.artifact_location(), tags=tags)
-        else:  # a sweep logged before these tags existed gets them when its front is redrawn
+        else:  # a sweep logged before these tags existed gets them when it is resumed or exported
             self.experiment_id = experiment.experiment_id
             for key, value in tags.items():
                 if key not in experiment.tags:
@@ -257,7 +257,8 @@ class MlflowSweepCallback(tune.Callback):
         self._curves(trial)
         if "recommended_score" in last:
             self.recorder.set_tags(self._run(trial), {"hiertune.recommended.score": last["recommended_score"]})
-        self.recorder.finish_trial(trial.trial_id, status, "stopped early by the scheduler" if status == "stopped" else None)
+        # A stopped trial is no error: hiertune.status says the scheduler ended it.
+        self.recorder.finish_trial(trial.trial_id, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)
