@@ -116,7 +116,7 @@ def main() -> None:
           f"novel_super on the superclass score)")
     for s, name in enumerate(result.scores):
         print(f"  {name:<12} {result.group_auroc[s, 0]:.3f}  {result.group_auroc[s, 1]:.3f}")
-    best = result.best
+    best = result.recommended
     print(f"best point ({best['score']}): " + "  ".join(f"{g} {best[f'{g}_acc']:.3f}" for g in GROUPS)
           + f"  accept_shifted {best['accept_shifted']:.3f}")
 

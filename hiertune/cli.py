@@ -10,7 +10,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import shlex
+import shutil
 import sys
+import textwrap
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -18,6 +23,7 @@ from typing import Callable
 from hiertune import __version__
 from hiertune.errors import UserError
 from hiertune.secrets import redact, remember_env
+from hiertune.sweep.catalog import find_sweep
 
 log = logging.getLogger("hiertune")
 
@@ -30,9 +36,45 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
+EXAMPLES = {
+    None: """examples:
+  hiertune demo                                  # a small sweep on synthetic data, its front, an export
+  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name first
+  hiertune ls                                    # every sweep, its status and storage
+  hiertune pareto first                          # the front again; * marks the recommended point
+  hiertune export-best first --top 3             # retrain the 3 best points, write submissions""",
+    "demo": """examples:
+  hiertune demo
+  hiertune demo --dir /tmp/hiertune-demo""",
+    "sweep": """examples:
+  hiertune sweep search_spaces/smoke.yaml                       # synthetic data, a few minutes
+  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name cnn1 --num-samples 24
+  hiertune sweep search_spaces/cnn.yaml --set epochs=3 --set tune.sampler=nsga2
+  hiertune sweep search_spaces/cnn.yaml --name cnn1 --resume    # continue after Ctrl+C
+  hiertune -v sweep ...                                         # with Ray Tune's own tables""",
+    "pareto": """examples:
+  hiertune pareto cnn1
+  hiertune pareto demo            # the newest sweep in sweeps/demo
+  hiertune pareto cnn1 --json     # the front and the recommended point as JSON""",
+    "ls": """examples:
+  hiertune ls
+  hiertune ls --storage /data/sweeps""",
+    "export-best": """examples:
+  hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
+  hiertune export-best cnn1 --pick max-seen
+  hiertune export-best cnn1 --top 3 --pick weight=0.7""",
+    "predict": """examples:
+  hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
+    "train": """examples:
+  hiertune train search_spaces/smoke.yaml --set lr=1e-3 --set epochs=5""",
+}
+
+
 def _command(sub: argparse._SubParsersAction, name: str, help: str, handler: Callable,
              render: Callable[[dict], str], json_flag: bool = True) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
+    p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(handler=handler, render=render)
@@ -87,11 +129,8 @@ def _render_synth(summary: dict) -> str:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    import time
-
     from hiertune.data.synth import SynthConfig, write_synthetic
     from hiertune.export.export import export_best
-    from hiertune.sweep.front import Pick
     from hiertune.space import load_space
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import run_sweep
@@ -104,12 +143,30 @@ def _demo(args: argparse.Namespace) -> dict:
     space = load_space(_bundled_space("smoke.yaml")).with_overrides({"data": str(data_dir.resolve())})
     place = SweepPlace.resolve(f"smoke-{time.strftime('%Y%m%d-%H%M%S')}", str(root), None)
     log.info("sweep %s: %d trials of %s on %s", place.name, space.tune.num_samples, space.path, data_dir)
-    sweep = run_sweep(space, place, _cache_root(args))
-    return {"sweep": sweep, "export": export_best(place, Pick.parse("knee"), 1, _cache_root(args))}
+    sweep = run_sweep(space, place, _cache_root(args), verbose=args.verbose)
+    return {"sweep": sweep, "export": export_best(place, None, 1, _cache_root(args)),
+            "test_images": str(data_dir / "test_images")}
 
 
 def _render_demo(result: dict) -> str:
-    return f"{_render_sweep(result['sweep'])}\n\n{_render_export(result['export'])}"
+    sweep, export = result["sweep"], result["export"]
+    first = export["exports"][0] if export["exports"] else {}
+    body = _render_sweep(sweep)
+    body = body[:body.index("next:")]
+    return (f"{body}\n{_render_export(export)}\n{_demo_meaning(first)}\n\n"
+            f"{_next_steps(sweep, first.get('dir'), result.get('test_images'))}")
+
+
+def _demo_meaning(e: dict) -> str:
+    if "test" not in e:
+        return ""
+    v = e["validation"]
+    return textwrap.fill("what this means: seen = accuracy on images of known classes (mean of superclass and subclass), "
+            "unseen = how often novel images are called novel. The validation figures are the sweep's own "
+            f"(seen {v['seen']:.2f}, unseen {v['unseen']:.2f}); the test figures are the retrained model on the "
+            "synthetic hidden test set, with thresholds calibrated to the seen acceptance the sweep picked. "
+            "Validation novel classes are held-out training classes, not the test's, so unseen on test usually "
+            "differs: that gap is what the front cannot promise.", width=100, subsequent_indent="  ")
 
 
 def _bundled_space(name: str) -> Path:
@@ -147,8 +204,6 @@ def _render_train(result: dict) -> str:
 
 
 def _sweep(args: argparse.Namespace) -> dict:
-    import time
-
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import run_sweep
 
@@ -162,22 +217,73 @@ def _sweep(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
     # The place carries the tracking URI; the space, which Ray pickles into its searcher's state, need not.
     space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
-    return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume)
+    return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume, verbose=args.verbose)
 
 
 def _render_sweep(result: dict) -> str:
     from hiertune.sweep.front import render
+    from hiertune.sweep.importance import render as render_importance
 
     t = result["trials"]
     interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
     return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by ASHA, "
             f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
             f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
-            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'])}\n"
-            f"MLflow: mlflow ui --backend-store-uri {result['mlflow_uri']}")
+            f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
+            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS)}\n{_render_recommended(result)}\n"
+            + (f"{render_importance(result['importance']['objectives'])}\n" if result.get("importance") else "")
+            + _next_steps(result))
+
+
+def _next_steps(result: dict, export_dir: str | None = None, test_images: str | None = None) -> str:
+    """What to run next, as commands that work when pasted into the same shell and folder."""
+    me = _hiertune_command()
+    name = result["name"]
+    try:  # the plain name when it finds this sweep, else its storage spelt out
+        where = "" if find_sweep(name, None) == (result["storage"], name) else f" --storage {shlex.quote(result['storage'])}"
+    except UserError:
+        where = f" --storage {shlex.quote(result['storage'])}"
+    bin_dir = Path(sys.executable).parent
+    lines = ["next:",
+             f"  {me} pareto {name}{where}   # the front again: table, pareto.png, pareto.html (hover for details)",
+             f"  {me} export-best {name}{where} --top 2   # retrain the 2 best points on all labeled data",
+             f"  {me} ls{where}   # every sweep, with its status and storage"]
+    if export_dir and test_images:
+        lines.append(f"  {me} predict {shlex.quote(export_dir)} {shlex.quote(test_images)} -o predictions.csv"
+                     "   # the exported model on a folder of images")
+    if result.get("mlflow_uri", "").startswith("sqlite:"):
+        mlflow = _tool(bin_dir, "mlflow")
+        lines.append(f"  {mlflow} ui --backend-store-uri {result['mlflow_uri']} --port 5000   # then open "
+                     "http://127.0.0.1:5000 (runs, metrics, plots)")
+    elif result.get("mlflow_uri"):
+        lines.append(f"  MLflow: open {result['mlflow_uri']} in a browser")
+    study = (result.get("importance") or {}).get("study")
+    if study:
+        dashboard = bin_dir / "optuna-dashboard"
+        if dashboard.exists():
+            lines.append(f"  {_tool(bin_dir, 'optuna-dashboard')} {study} --port 8080   # then open "
+                         "http://127.0.0.1:8080 (Optuna's history, importance, parallel coordinates)")
+        else:
+            lines.append(f"  Optuna study: {study} (pip install optuna-dashboard==0.21.0, then optuna-dashboard {study})")
+    return "\n".join(lines)
+
+
+def _hiertune_command() -> str:
+    """How the user ran hiertune: the console script as typed (`.venv/bin/hiertune`), else python -m."""
+    if Path(sys.argv[0]).name == "hiertune":
+        return shlex.quote(sys.argv[0])
+    return f"{shlex.quote(sys.executable)} -m hiertune"
+
+
+def _tool(bin_dir: Path, name: str) -> str:
+    """A console script beside this Python: what to type when its venv is not activated."""
+    path = bin_dir / name
+    on_path = shutil.which(name)
+    return name if on_path and Path(on_path).resolve() == path.resolve() else str(path)
 
 
 def _pareto(args: argparse.Namespace) -> dict:
+    storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import front_files
@@ -185,16 +291,16 @@ def _pareto(args: argparse.Namespace) -> dict:
 
     # Reads the sweep (pulling an S3 sweep's files into the local working copy) and draws its
     # front there; the sweep's MLflow runs and its files on S3 are the sweep's to write.
-    place = SweepPlace.resolve(args.name, args.storage, mlflow_uri=None)
+    place = SweepPlace.resolve(name, storage, mlflow_uri=None)
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     summary = front_files(place, load_trials(place.dir))
     result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
-              "pareto_png": str(summary["pareto_png"])}
+              "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
     if args.groups and summary["front"]:
-        result["picked"] = Pick.parse(args.pick).rank(summary["front"])[0]
-        result["pick"] = args.pick
+        result["picked"] = Pick.parse(args.pick or result["pick"]).rank(summary["front"])[0]
+        result["picked_by"] = args.pick or result["pick"]
     return result
 
 
@@ -202,19 +308,44 @@ def _render_pareto(result: dict) -> str:
     from hiertune.sweep.front import point_report, render
 
     text = (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
-            f"({result['pareto_csv']}, {result['pareto_png']})\n{render(result['front'], result['groups'])}")
+            f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
+            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS, groups=result['groups'])}\n"
+            f"{_render_recommended(result)}")
     if result.get("picked"):
-        text += f"\n\n{result['pick']} point:\n{point_report(result['picked'])}"
+        text += f"\n\n{result['picked_by']} point:\n{point_report(result['picked'])}"
     return text
 
 
+def _render_recommended(result: dict) -> str:
+    b = result["recommended"]
+    if b is None:
+        return "no recommended point: no trial reported a checkpoint"
+    return (f"* recommended ({result['pick']}): {b['trial']} at {b['epochs']} epochs, {b['score']} with τ_super "
+            f"{b['tau_super']:.2f}, τ_sub {b['tau_sub']:.2f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
+            "on validation")
+
+
+def _ls(args: argparse.Namespace) -> dict:
+    from hiertune.sweep.catalog import list_sweeps
+
+    return {"sweeps": [e.to_dict() for e in list_sweeps(args.storage or "sweeps")]}
+
+
+def _render_ls(result: dict) -> str:
+    from hiertune.sweep.catalog import SweepEntry, render
+
+    return render([SweepEntry(**e) for e in result["sweeps"]])
+
+
 def _export_best(args: argparse.Namespace) -> dict:
+    storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.export.export import export_best
     from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
 
-    place = SweepPlace.resolve(args.name, args.storage, args.mlflow_uri)
-    return export_best(place, Pick.parse(args.pick), args.top, _cache_root(args), test_images=args.test_images,
+    place = SweepPlace.resolve(name, storage, args.mlflow_uri)
+    pick = Pick.parse(args.pick) if args.pick else None
+    return export_best(place, pick, args.top, _cache_root(args), test_images=args.test_images,
                        address=args.address, calibration_fraction=args.calibration_fraction)
 
 
@@ -278,9 +409,10 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hiertune", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hiertune", description=__doc__.splitlines()[0], epilog=EXAMPLES[None],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hiertune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and Ray Tune's own progress tables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     demo = _command(sub, "demo", "the main job end to end on the embedded synthetic dataset: a small sweep, its "
@@ -307,25 +439,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
                       _pareto, _render_pareto)
-    pareto.add_argument("name", help="sweep name")
-    pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: ./sweeps)")
+    pareto.add_argument("name", help="sweep name, or a storage folder's name for its newest sweep (`hiertune ls`)")
+    pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: found in "
+                                          "./sweeps and the folders inside it)")
     pareto.add_argument("--groups", action="store_true",
                         help="per-group table (seen, seen_shifted, novel_sub, novel_super accuracy, seen_shifted "
                              "acceptance, AUROCs), and the --pick point with every score's AUROC per novel group")
-    pareto.add_argument("--pick", default="knee", help="the point --groups details (as for export-best; "
-                                                       "default: %(default)s)")
+    pareto.add_argument("--pick", help="the point --groups details (as for export-best; default: the sweep's pick)")
+
+    ls = _command(sub, "ls", "list the sweeps in ./sweeps and the storage folders inside it (the demo's "
+                  "included): name, status, trials, storage", _ls, _render_ls)
+    ls.add_argument("--storage", help="list this storage folder's sweeps instead (default: ./sweeps)")
 
     export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
                       "thresholds and export models + submissions", _export_best, _render_export)
-    export.add_argument("name", help="sweep name")
-    export.add_argument("--pick", default="knee",
-                        help="knee | max-seen | max-unseen | weight=W (W·seen + (1-W)·unseen); default: %(default)s")
+    export.add_argument("name", help="sweep name, or a storage folder's name for its newest sweep (`hiertune ls`)")
+    export.add_argument("--pick", help="knee | max-seen | max-unseen | weight=W (W·seen + (1-W)·unseen); default: "
+                                       "the sweep's recommended point (its space's pick:, else the knee)")
     export.add_argument("--top", type=int, default=1, help="export the K best points of distinct trials "
                                                            "(default: %(default)s)")
     export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
     export.add_argument("--calibration-fraction", type=float, default=0.1,
                         help="labeled images held out to calibrate thresholds (default: %(default)s)")
-    export.add_argument("--storage", help="where sweeps live (default: ./sweeps)")
+    export.add_argument("--storage", help="where sweeps live (default: found in ./sweeps and the folders inside it)")
     export.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
     export.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     export.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
@@ -384,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
         for name in ("botocore", "boto3", "s3transfer"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow's "Creating initial MLflow database tables...", and Ray's notice that its local,
+        # private cluster uses token authentication: nothing a user acts on.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level from this on import
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():  # Ray colours its worker-log prefixes; in a file they are raw escape codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         result = args.handler(args)
     except UserError as exc:

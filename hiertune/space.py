@@ -8,11 +8,12 @@
     resources:   {cpus_per_trial: 1, gpus_per_trial: 0.25}
     mlflow:      {tracking_uri: null}
     storage:     null
+    pick:        knee   # the recommended front point: knee, max-seen, max-unseen or weight=W
 
 `search` entries use Optuna's own shape ({type, low, high, log, step, choices}), may carry a
 `default` (what `hiertune train` uses; otherwise the midpoint), a `when: {param: [values]}`
 condition, and `posthoc: true|false`. `scheduler.type` is asha (the default: ASHA on each
-trial's front hypervolume), moasha (MO-ASHA on the fronts themselves, hiertune.moasha) or fifo
+trial's front hypervolume), moasha (MO-ASHA on the fronts themselves, hiertune.sweep.moasha) or fifo
 (no early stopping: every trial runs max_t epochs). Thresholds and the novelty score are post-hoc by default
 (BRIEF): declared here like any parameter, they are evaluated on every trial's logits after
 the forward pass instead of being sampled, unless `posthoc: false` asks Optuna to sample them.
@@ -106,6 +107,7 @@ class SearchSpace:
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     storage: str | None = None
+    pick: str = "knee"  # the recommended front point (hiertune.sweep.front.Pick); export-best's default
 
     @property
     def sampled(self) -> tuple[Param, ...]:
@@ -133,14 +135,14 @@ class SearchSpace:
     def with_overrides(self, overrides: dict[str, Any]) -> "SearchSpace":
         """`--set key=value`: a section key (`tune.num_samples`) or a trial parameter, which
         becomes fixed (and leaves the search if it was searched)."""
-        raw = {"family": self.family, "fixed": dict(self.fixed), "storage": self.storage,
+        raw = {"family": self.family, "fixed": dict(self.fixed), "storage": self.storage, "pick": self.pick,
                "search": {p.name: _param_to_raw(p) for p in self.params},
                **{s: _section_to_raw(getattr(self, s)) for s in SECTIONS}}
         for key, value in overrides.items():
             section, _, sub = key.partition(".")
             if sub and section in SECTIONS:
                 raw[section][sub] = value
-            elif key in ("family", "storage"):
+            elif key in ("family", "storage", "pick"):
                 raw[key] = value
             else:
                 raw["fixed"][key] = value
@@ -150,7 +152,7 @@ class SearchSpace:
 
 SECTIONS = {"tune": TuneSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings,
             "mlflow": MlflowSettings}
-TOP_KEYS = ("family", "fixed", "search", "storage", *SECTIONS)
+TOP_KEYS = ("family", "fixed", "search", "storage", "pick", *SECTIONS)
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "default", "when", "posthoc")
 
 
@@ -248,8 +250,9 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     if res.cpus_per_trial <= 0 or res.gpus_per_trial < 0:
         raise UserError(f"{path}: resources need cpus_per_trial > 0 and gpus_per_trial >= 0")
     storage = coerce(str | None, raw.get("storage"), f"{path}: storage")
+    pick = coerce(str, raw.get("pick") or "knee", f"{path}: pick")
     space = SearchSpace(path, coerce(str, raw["family"], f"{path}: family"), fixed, params, storage=storage,
-                        **sections)
+                        pick=pick, **sections)
     _check_trial(space)
     return space
 

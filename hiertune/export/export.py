@@ -83,7 +83,7 @@ class RetrainOutput:
     seconds: float
 
 
-def export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None = None,
+def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
                 address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
@@ -106,6 +106,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir)}
     meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
+    pick = pick or Pick.parse(meta.pick)  # by default the sweep's recommended point
     _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")

@@ -8,6 +8,8 @@ validation split without, say, novel superclasses cannot pose as perfect on them
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -61,6 +63,23 @@ def pareto_front(points) -> np.ndarray:
     # Along decreasing x a point survives only if it beats the best y of every point before it.
     best_before = np.maximum.accumulate(np.concatenate([[-np.inf], ys]))[:-1]
     return order[ys > best_before].astype(np.int64)
+
+
+def knee_distance(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """How far each front point lies above the chord joining the front's two ends, both axes
+    scaled to the front's range: the knee, the largest, is where giving up seen accuracy stops
+    buying much unseen."""
+    span_s, span_u = np.ptp(seen), np.ptp(unseen)
+    if len(seen) < 3 or span_s == 0 or span_u == 0:
+        return seen + unseen  # no interior point: the balanced one
+    x, y = (seen - seen.min()) / span_s, (unseen - unseen.min()) / span_u
+    # Normalised, the front's ends are (1, 0) and (0, 1): the chord is x + y = 1.
+    return (x + y - 1) / math.sqrt(2)
+
+
+def rank_points(seen: np.ndarray, unseen: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Indices best first by `key`; ties go to the higher seen + unseen."""
+    return np.lexsort((-(seen + unseen), -key))
 
 
 def hypervolume_2d(points, ref=(0.0, 0.0)) -> float:

@@ -24,10 +24,9 @@ from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
-from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, objective, oscr,
-                              pareto_front)
-from hiertune.novelty.scores import (LEVELS, SCORES, FeatureScorer, LevelScores, score_levels,
-                                     unavailable)
+from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, knee_distance,
+                                      objective, oscr, pareto_front, rank_points)
+from hiertune.novelty.scores import (LEVELS, SCORES, FeatureScorer, LevelScores, score_levels, unavailable)
 
 MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
@@ -286,19 +285,20 @@ class PosthocResult:
         return hypervolume_2d([(p["seen"], p["unseen"]) for p in self.front])
 
     @cached_property
-    def best(self) -> dict:
-        """The grid point maximising seen + unseen; ties go to the higher seen, then the first."""
-        seen, total = self.seen.ravel(), (self.seen + self.unseen).ravel()
-        total = np.where(np.isnan(total), -np.inf, total)
-        tied = np.flatnonzero(total == total.max())
-        k = tied[np.argmax(np.where(np.isnan(seen[tied]), -np.inf, seen[tied]))]
-        return self.point(*np.unravel_index(k, self.grid.shape[:3]))
+    def recommended(self) -> dict:
+        """The knee of this trial's own front (hiertune.novelty.metrics.knee_distance): the point a trial
+        reports as its seen/unseen, rather than a corner such as rejecting everything."""
+        if not self.front:  # every grid point NaN: nothing to recommend
+            return self.point(0, 0, 0)
+        seen = np.array([p["seen"] for p in self.front])
+        unseen = np.array([p["unseen"] for p in self.front])
+        return self.front[rank_points(seen, unseen, knee_distance(seen, unseen))[0]]
 
     def to_metrics(self) -> dict[str, float]:
-        """Flat floats for Ray Tune / MLflow: the best point's accuracies and τ, the front's
+        """Flat floats for Ray Tune / MLflow: the recommended point's accuracies and τ, the front's
         hypervolume (overall and per score), and the threshold-free measures per level and score."""
-        metrics = {key: self.best[key] for key in (*LEADERBOARD_KEYS, *GROUP_KEYS)}
-        metrics.update(tau_super=self.best["tau_super"], tau_sub=self.best["tau_sub"],
+        metrics = {key: self.recommended[key] for key in (*LEADERBOARD_KEYS, *GROUP_KEYS)}
+        metrics.update(tau_super=self.recommended["tau_super"], tau_sub=self.recommended["tau_sub"],
                        hypervolume=self.hypervolume, front_size=float(len(self.front)))
         for s, name in enumerate(self.scores):
             points = np.stack([self.seen[s].ravel(), self.unseen[s].ravel()], 1)

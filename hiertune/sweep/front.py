@@ -19,10 +19,10 @@ import numpy as np
 from hiertune.data.splits import GROUPS
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
-from hiertune.novelty.metrics import ACCURACIES, pareto_front
+from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, rank_points
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.novelty.scores import SCORES
-from hiertune.sweep.plots import plot_front
+from hiertune.sweep.plots import front_html, plot_front
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
 
@@ -76,11 +76,10 @@ def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[li
 
 @dataclass(frozen=True)
 class Pick:
-    """Which front points `export-best` retrains: `knee`, `max-seen`, `max-unseen` or `weight=W`
-    (maximise W·seen + (1−W)·unseen).
-
-    The knee is the point farthest above the chord joining the front's two ends, both axes
-    scaled to the front's range: where giving up seen accuracy stops buying much unseen."""
+    """Which front point is recommended (marked in the table, the plots and `pareto --json`, the
+    parent run's `best_*`) and which points `export-best` retrains: `knee`, `max-seen`,
+    `max-unseen` or `weight=W` (maximise W·seen + (1−W)·unseen). The knee is the default; a
+    space may name another (`pick:`). The knee: hiertune.novelty.metrics.knee_distance."""
 
     kind: str
     weight: float = 0.5
@@ -114,9 +113,8 @@ class Pick:
         elif self.kind == "weight":
             key = self.weight * seen + (1 - self.weight) * unseen
         else:
-            key = _knee_distance(seen, unseen)
-        order = np.lexsort((-(seen + unseen), -key))
-        return [front[i] for i in order]
+            key = knee_distance(seen, unseen)
+        return [front[i] for i in rank_points(seen, unseen, key)]
 
     def choose(self, front: list[dict], top: int) -> list[dict]:
         """The `top` best points of distinct trials: two points of one trial differ only in
@@ -131,39 +129,48 @@ class Pick:
         return chosen
 
 
-def _knee_distance(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
-    span_s, span_u = np.ptp(seen), np.ptp(unseen)
-    if len(seen) < 3 or span_s == 0 or span_u == 0:
-        return seen + unseen  # no interior point: the balanced one
-    x, y = (seen - seen.min()) / span_s, (unseen - unseen.min()) / span_u
-    # Normalised, the front's ends are (1, 0) and (0, 1): the chord is x + y = 1.
-    return (x + y - 1) / math.sqrt(2)
+def recommended(front: list[dict], pick: Pick) -> dict | None:
+    """The sweep's one recommended point: the best front point under the sweep's pick."""
+    return pick.rank(front)[0] if front else None
 
 
-def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict]) -> tuple[Path, Path]:
-    csv_path, png_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png"
+def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict],
+                best: dict | None) -> tuple[Path, Path, Path]:
+    csv_path, png_path, html_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png", sweep_dir / "pareto.html"
     columns = list(dict.fromkeys(k for p in front for k in p))
     with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=[*columns, "recommended"])
         writer.writeheader()
-        writer.writerows(front)
-    plot_front(points, front, png_path, f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)")
-    return csv_path, png_path
+        writer.writerows({**p, "recommended": int(p == best)} for p in front)
+    title = f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)"
+    plot_front(points, front, best, png_path, title)
+    front_html(points, front, best, html_path, title)
+    return csv_path, png_path, html_path
 
 
-def render(front: list[dict], groups: bool = False) -> str:
-    """The front as a table; `groups` adds each point's per-group accuracy and, for its score, the
-    AUROC on novel_sub and novel_super."""
+def render(front: list[dict], best: dict | None = None, rows: int | None = None, groups: bool = False) -> str:
+    """The front as a table; `*` marks the recommended point. With `rows`, that many points
+    spread along the front, the recommended one always among them (the whole is in pareto.csv).
+    `groups`: each point's per-group accuracy and, for its score, the AUROC on novel_sub and
+    novel_super instead."""
     if groups:
         return render_groups(front)
     params = sorted({k for p in front for k in p if k.startswith("param.")})
-    head = ["trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
+    shown = front
+    if rows is not None and len(front) > rows:
+        keep = {round(i * (len(front) - 1) / (rows - 1)) for i in range(rows)}
+        keep |= {i for i, p in enumerate(front) if p == best}
+        shown = [p for i, p in enumerate(front) if i in keep]
+    head = ["", "trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
             "seen_sup", "unseen_sup", "seen_sub", "unseen_sub", "seen", "unseen"]
-    rows = [[p["trial"], p["epochs"], *[_fmt(p.get(k)) for k in params], p["score"], _fmt(p["tau_super"]),
-             _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]), _fmt(p["unseen"])]
-            for p in front]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [head, *rows])
+    table = [["*" if p == best else "", p["trial"], p["epochs"], *[_fmt(p.get(k), ".3g") for k in params], p["score"],
+              _fmt(p["tau_super"]), _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]),
+              _fmt(p["unseen"])]
+             for p in shown]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    more = [f"({len(front) - len(shown)} more front points in pareto.csv)"] if len(shown) < len(front) else []
+    return "\n".join(["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *table]]
+                     + more)
 
 
 def render_groups(front: list[dict]) -> str:
@@ -201,5 +208,5 @@ def _or_minus(value: float) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def _fmt(value, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, float) else str(value)

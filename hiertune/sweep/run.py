@@ -29,11 +29,13 @@ from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.space import SearchSpace
-from hiertune.sweep.front import sweep_front, write_front
+from hiertune.sweep.front import Pick, recommended, sweep_front, write_front
+from hiertune.sweep.importance import param_importances, write_importances
 from hiertune.sweep.moasha import MOASHAScheduler, SchedulerState
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
-from hiertune.sweep.search import FidelityAwareOptunaSearch, objectives
+from hiertune.sweep.reporter import ConsoleReporter
+from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectives, study_url
 from hiertune.sweep.state import (
     STATUSES,
     SWEEP_JSON,
@@ -58,7 +60,8 @@ log = logging.getLogger("hiertune")
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, verbose: bool = False) -> dict:
+    Pick.parse(space.pick)  # a misspelt pick fails now, not after the sweep
     place.prepare()
     started = place.started()
     if resume and not started:
@@ -82,8 +85,10 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_meta(place.dir, SweepMeta(str(space.path), space.family, space.samples_thresholds,
-                                        space.resources.cpus_per_trial, space.resources.gpus_per_trial))
+                                        space.resources.cpus_per_trial, space.resources.gpus_per_trial,
+                                        pick=space.pick, objectives=tuple(_study_objectives(space))))
         place.publish(place.dir / SWEEP_JSON)
+        (place.dir / OPTUNA_DB).unlink(missing_ok=True)  # left by an attempt that died before Ray saved state
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
     # snapshots would repeat all sweep long.
@@ -96,7 +101,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if gpus != space.resources.gpus_per_trial:
             space = space.with_overrides({"resources.gpus_per_trial": gpus})
         features = shared_features(space, bundle, cache_root)
-        return _run(space, place, bundle, features, recorder, resume)
+        return _run(space, place, bundle, features, recorder, resume, verbose)
 
 
 @contextlib.contextmanager
@@ -157,7 +162,8 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
     return store
 
 
-def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool) -> dict:
+def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool,
+         verbose: bool) -> dict:
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
@@ -175,12 +181,13 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         # (tune.max_failures) did not mend, or a final one, would only fail again.
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
     else:
-        callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t)
+        posthoc = [p.name for p in space.posthoc]
+        callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t, posthoc)
         scheduler, scheduler_callbacks = make_scheduler(space)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=FidelityAwareOptunaSearch(space),
+                search_alg=FidelityAwareOptunaSearch(space, place.dir, place.name),
                 scheduler=scheduler,
                 num_samples=space.tune.num_samples,
                 max_concurrent_trials=space.tune.max_concurrent or None,
@@ -189,13 +196,15 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[FinalFailures(), callback, *scheduler_callbacks],
-                verbose=1,
+                callbacks=[FinalFailures(), callback, *scheduler_callbacks, ConsoleReporter(
+                    space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
+                    [p.name for p in space.sampled])],
+                verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
             ),
         )
-    with _pending_trials(space):
+    with _ray_console(verbose), _pending_trials(space):
         grid = tuner.fit()
     wall = time.perf_counter() - start
 
@@ -205,7 +214,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     recorder.reconcile(trials)
     summary = finish(place, trials, recorder)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    return {"name": place.name, "dir": place.uri, "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
+    return {"name": place.name, "storage": place.root, "dir": place.uri,
+            "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
             "trials": counts, "wall_seconds": wall, **summary}
 
 
@@ -226,12 +236,16 @@ def make_scheduler(space: SearchSpace) -> tuple:
 
 
 def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:
-    """The front from the stored per-trial results, as pareto.csv and pareto.png in the sweep's
-    (working) folder: what `hiertune pareto` does, which touches neither MLflow nor S3."""
+    """The front from the stored per-trial results, as pareto.csv, pareto.png and pareto.html in
+    the sweep's (working) folder, with its recommended point under the sweep's pick: what
+    `hiertune pareto` does, which touches neither MLflow nor S3."""
     meta = find_meta(place.dir)
     points, front = sweep_front(trials, meta.sampled_thresholds if meta else False)
-    csv_path, png_path = write_front(place.dir, place.name, points, front)
-    return {"front": front, "points": len(points), "pareto_csv": csv_path, "pareto_png": png_path}
+    pick = Pick.parse(meta.pick if meta else "knee")  # sweeps from before `pick:`: the knee
+    best = recommended(front, pick)
+    csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
+    return {"front": front, "points": len(points), "pick": str(pick), "recommended": best,
+            "pareto_csv": csv_path, "pareto_png": png_path, "pareto_html": html_path}
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
@@ -240,23 +254,44 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
     as they were."""
     histories = _histories(trials)
     summary = front_files(place, trials)
-    front, csv_path, png_path = summary["front"], summary["pareto_csv"], summary["pareto_png"]
-    place.publish(csv_path, png_path)
+    front, best, pick = summary["front"], summary["recommended"], summary["pick"]
+    csv_path, png_path, html_path = summary["pareto_csv"], summary["pareto_png"], summary["pareto_html"]
+    place.publish(csv_path, png_path, html_path)
     parent = recorder.state["parent"]
-    for path in (csv_path, png_path, place.dir / TRIALS_JSON):
+    for path in (csv_path, png_path, html_path, place.dir / TRIALS_JSON):
         recorder.client.log_artifact(parent, str(path))
     if histories:
         curves = place.dir / "learning_curves.png"
-        plot_sweep_curves(histories, curves, place.name)
+        plot_sweep_curves(histories, {t.name for t in trials if t.status == "stopped"}, curves, place.name)
         place.publish(curves)
         recorder.client.log_artifact(parent, str(curves))
-    best = max(front, key=lambda p: p["seen"] + p["unseen"]) if front else None
+    importance = _importance(place)
+    if importance.get("png"):
+        recorder.client.log_artifact(parent, importance["png"])
     if best:
         recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
-                                      "best_unseen": best["unseen"],
+                                      "best_unseen": best["unseen"], "best_tau_super": best["tau_super"],
+                                      "best_tau_sub": best["tau_sub"], "best_epochs": best["epochs"],
                                       **{f"best_{k}": best[k] for k in GROUP_KEYS if k in best}}, 0)
+        recorder.set_tags(parent, {"hiertune.best.pick": pick, "hiertune.best.trial": best["trial"],
+                                   "hiertune.best.trial_id": best["trial_id"], "hiertune.best.score": best["score"]})
     recorder.client.set_terminated(parent, "FINISHED")
-    return {**summary, "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path)}
+    return {**summary, "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path),
+            "pareto_html": place.location(html_path), "importance": importance}
+
+
+def _importance(place: SweepPlace) -> dict:
+    """Parameter importance per objective from the sweep's Optuna study (and where to open it)."""
+    db = place.dir / OPTUNA_DB
+    if not db.is_file():  # a sweep from before the study was persisted
+        return {}
+    place.publish(db)
+    meta = find_meta(place.dir)
+    values = param_importances(study_url(place.dir), place.name, list(meta.objectives if meta else ()) or ["objective"])
+    png = write_importances(values, place.dir / "importance.png", f"{place.name}: parameter importance")
+    if png:
+        place.publish(png)
+    return {"objectives": values, "png": str(png) if png else None, "study": study_url(place.dir)}
 
 
 def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
@@ -294,14 +329,33 @@ def _record(result, space: SearchSpace) -> TrialRecord:
     # A final failure's report is one result past the trial's last epoch.
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
+    planned = int((result.config or {}).get("epochs", space.scheduler.max_t))
     # Without `done` the sweep stopped (Ctrl+C) before this trial finished.
-    status = trial_status(epochs, space.scheduler.max_t, failed=error is not None, finished=bool(metrics.get("done")))
+    status = trial_status(epochs, planned, space.scheduler.max_t, failed=error is not None,
+                          finished=bool(metrics.get("done")))
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in (result.config or {}).items() if k in sampled}
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    return TrialRecord(trial_id, f"trial_{trial_id}", status, epochs, params,
+    # Named as its MLflow run and the console call it: Optuna's trial number.
+    name = f"trial-{int((result.config or {}).get('trial_number', 0)):02d}"
+    return TrialRecord(trial_id, name, status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
                        error, dict(result.config or {}))
+
+
+@contextlib.contextmanager
+def _ray_console(verbose: bool) -> Iterator[None]:
+    """Ray Tune's console output only with --verbose. Its newer output prints an experiment box
+    and a TensorBoard hint even at verbose=0; its legacy output at verbose=0 prints nothing, and
+    hiertune.sweep.reporter says what happens. Restored after, as the next sweep may be verbose."""
+    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["RAY_AIR_NEW_OUTPUT"]
 
 
 @contextlib.contextmanager
@@ -333,6 +387,12 @@ def _check_outlier_ranges(space: SearchSpace, splits) -> None:
         if p.name == "outlier_count":
             splits.check_outlier_count(int(p.high), f"{space.path}: search.outlier_count high",
                                        "; lower it or search outlier_fraction")
+
+
+def _study_objectives(space: SearchSpace) -> list[str]:
+    """What the Optuna study's values are, in order: the names importance is reported under."""
+    scalar, pair = objectives(space)
+    return pair if space.tune.sampler == "nsga2" else [scalar]
 
 
 def _settings(space: SearchSpace) -> dict:

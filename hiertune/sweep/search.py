@@ -11,6 +11,7 @@ ones by how far it got), and NSGA-II, which selects only among completed trials,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,6 +19,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from hiertune.space import SearchSpace
+from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
 
 
@@ -55,6 +57,13 @@ class DefineByRun:
         return values
 
 
+OPTUNA_DB = "optuna.db"  # the sweep's Optuna study, beside its other files: `optuna-dashboard sqlite:///…/optuna.db`
+
+
+def study_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / OPTUNA_DB).resolve()}"
+
+
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     seed = space.tune.seed
     if space.tune.sampler == "nsga2":
@@ -65,16 +74,27 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial stopped before `max_t` was PRUNED (see above)."""
+    """OptunaSearch that tells Optuna a trial ASHA stopped was PRUNED (see above)."""
 
-    def __init__(self, space: SearchSpace, **kwargs):
+    def __init__(self, space: SearchSpace, sweep_dir: Path | None = None, study_name: str = "optuna"):
         multi = space.tune.sampler == "nsga2"
         self._scalar, pair = objectives(space)
+        # Persisted (an RDB storage in the sweep folder) so Optuna Dashboard and the importance
+        # evaluators can open the study during and after the sweep; in memory without a folder.
+        storage = optuna.storages.RDBStorage(study_url(sweep_dir)) if sweep_dir is not None else None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study and trial otherwise
         super().__init__(space=DefineByRun(space), metric=pair if multi else self._scalar,
                          mode=["max", "max"] if multi else "max", sampler=make_sampler(space),
-                         **kwargs)  # the seed lives in the sampler
+                         storage=storage, study_name=study_name)  # the seed lives in the sampler
         self._max_t = space.scheduler.max_t
+        self._epochs: dict[str, int] = {}  # each trial's own epochs: ASHA stopped it only before these
         self._multi = multi
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):  # not Searcher.FINISHED
+            self._epochs[trial_id] = int(config.get("epochs", self._max_t))
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if FAILURE_KEY not in result:  # a final failure's report has no metrics; its error follows
@@ -82,10 +102,17 @@ class FidelityAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         iteration = (result or {}).get("training_iteration", self._max_t)
-        if error or result is None or iteration >= self._max_t or trial_id in self._completed_trials:
+        epochs = self._epochs.get(trial_id, self._max_t)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and trial_id not in self._completed_trials:
+            # The trial's recommended point, for importance on seen and unseen (hiertune.sweep.importance).
+            for key in ("seen", "unseen"):
+                if isinstance(result.get(key), float):
+                    ot_trial.set_user_attr(key, result[key])
+        if (error or result is None or trial_id in self._completed_trials
+                or trial_status(iteration, epochs, self._max_t) != "stopped"):
             super().on_trial_complete(trial_id, result, error)
             return
-        ot_trial = self._ot_trials[trial_id]
         value = result.get(self._scalar)
         if value is not None and not self._multi:  # Optuna has no intermediate values for several objectives
             ot_trial.report(float(value), step=int(iteration))

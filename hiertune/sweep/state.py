@@ -51,14 +51,16 @@ class TrialRecord:
         return cls(**d)
 
 
-def trial_status(epochs: int, max_t: int, failed: bool = False, finished: bool = True) -> str:
-    """The one rule for a trial's status: failed, interrupted (the sweep stopped first), completed
-    (ran max_t epochs) or stopped (ASHA ended it earlier)."""
+def trial_status(iterations: int, epochs: int, max_t: int, failed: bool = False, finished: bool = True) -> str:
+    """The one rule for a trial's status, for trials.json, its MLflow run, the console and what
+    Optuna is told: failed, interrupted (the sweep stopped first), completed or stopped. A trial
+    runs its own `epochs`; the scheduler's last rung (`max_t`) ends it too. Only a trial that
+    ended before the smaller of the two was stopped early by the scheduler."""
     if failed:
         return "failed"
     if not finished:
         return "interrupted"
-    return "completed" if epochs >= max_t else "stopped"
+    return "completed" if iterations >= min(epochs, max_t) else "stopped"
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,13 @@ class SweepMeta:
     sampled_thresholds: bool  # Optuna sampled τ: each trial is one front point, not a post-hoc grid
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    pick: str = "knee"  # the space's `pick:`, the recommended point's rule (hiertune.sweep.front.Pick)
+    objectives: tuple[str, ...] = ()  # the Optuna study's values, in order: what importance is reported under
 
     def to_dict(self) -> dict:
         return {"space": self.space, "family": self.family, "sampled_thresholds": self.sampled_thresholds,
-                "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial}}
+                "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
+                "pick": self.pick, "objectives": list(self.objectives)}
 
 
 def write_meta(sweep_dir: Path, meta: SweepMeta) -> None:
@@ -89,8 +94,10 @@ def read_meta(sweep_dir: Path) -> SweepMeta:
         raise UserError(f"{path}: not a hiertune sweep record (missing {', '.join(missing)})")
     resources = info.get("resources") or {}
     try:
+        # `pick` and `objectives` came later: an older sweep.json reads with the knee and no names.
         return SweepMeta(str(info["space"]), str(info["family"]), bool(info["sampled_thresholds"]),
-                         float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)))
+                         float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)),
+                         str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path}: not a hiertune sweep record ({first_line(exc)})") from None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
@@ -31,6 +32,13 @@ from hiertune.training.faults import FAILURE_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "hiertune.role"  # "sweep" on the parent run, which has no trial id to be found by
+NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows
+EXPERIMENT_NOTE = ("hiertune sweep {sweep}: one nested run per trial under the sweep's parent run. A trial's params "
+                   "are what Optuna sampled or the space fixed; its seen/unseen/tau_* metrics are its recommended "
+                   "post-hoc point (the knee of its own front), hypervolume is that front's area. "
+                   "hiertune.status says how it ended: completed, stopped (by ASHA), failed, interrupted.")
+PARENT_NOTE = ("The sweep: its settings as params, the Pareto front (pareto.csv/png/html), learning curves, "
+               "parameter importance; best_* is the sweep's recommended point, the one export-best retrains.")
 RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's run status; FINISHED otherwise
 SEARCH_LIMIT = 50_000  # MLflow's own cap on one search
 log = logging.getLogger("hiertune")
@@ -55,13 +63,21 @@ class SweepRecorder:
         if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             raise self._elsewhere(parent)  # before the client, which would create the file
         self.client = open_client(uri)
+        tags = {NOTE_TAG: EXPERIMENT_NOTE.format(sweep=self.sweep),
+                # MLflow 3's UI opens an experiment of this kind on its runs table, not its GenAI traces.
+                "mlflow.experimentKind": "custom_model_development"}
         try:
             experiment = self.client.get_experiment_by_name(self.sweep)
             if parent is not None and (experiment is None or not self.client.search_runs(
                     [experiment.experiment_id], f"attributes.run_id = '{parent}'")):
                 raise self._elsewhere(parent)
-            self.experiment_id = (experiment.experiment_id if experiment else self.client.create_experiment(
-                self.sweep, artifact_location=place.artifact_location()))
+            if experiment is None:
+                self.experiment_id = self.client.create_experiment(self.sweep, place.artifact_location(), tags=tags)
+            else:  # a sweep logged before these tags existed gets them when it is resumed or exported
+                self.experiment_id = experiment.experiment_id
+                for key, value in tags.items():
+                    if key not in experiment.tags:
+                        self.client.set_experiment_tag(self.experiment_id, key, value)
         except MlflowException as exc:  # an unreachable or refusing server: its message, never a credential
             raise UserError(f"MLflow store {redact_uri(uri)}: {redact(' '.join(str(exc).split()))[:300]}") from None
 
@@ -74,7 +90,7 @@ class SweepRecorder:
         run_id = self.state.get("parent") or self._find(f"tags.`{ROLE_TAG}` = 'sweep'")
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
-                "hiertune.sweep": self.sweep, ROLE_TAG: "sweep", **tags}).info.run_id
+                "hiertune.sweep": self.sweep, ROLE_TAG: "sweep", NOTE_TAG: PARENT_NOTE, **tags}).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.log_params(run_id, params)
@@ -140,6 +156,9 @@ class SweepRecorder:
         self.client.log_batch(run_id, tags=tags, synchronous=True)
         self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
 
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, redact(k, v)) for k, v in tags.items()], synchronous=True)
+
     def _find(self, filter_string: str) -> str | None:
         """A run created by a driver that was killed before it saved the run's id."""
         runs = self.client.search_runs([self.experiment_id], filter_string, max_results=1)
@@ -181,8 +200,11 @@ class MlflowSweepCallback(tune.Callback):
     it carries only where to write; the recorder (and its MLflow client) is rebuilt on first use
     and reads the trial → run map from the sweep folder."""
 
-    def __init__(self, place: SweepPlace, family: str, max_t: int):
+    posthoc: tuple[str, ...] = ()  # a callback pickled by a sweep from before it had this
+
+    def __init__(self, place: SweepPlace, family: str, max_t: int, posthoc: Collection[str] = ()):
         self.place, self.family, self.max_t = place, family, max_t
+        self.posthoc = tuple(posthoc)  # chosen after the forward pass: metrics of a point, not params
         self._recorder: SweepRecorder | None = None
 
     def __getstate__(self) -> dict:
@@ -195,7 +217,11 @@ class MlflowSweepCallback(tune.Callback):
         return self._recorder
 
     def _run(self, trial) -> str:
-        return self.recorder.trial_run(trial.trial_id, str(trial), trial.config, {"hiertune.family": self.family})
+        config = trial.config
+        # What was sampled or fixed; the trial's number is in the run's name.
+        params = {k: v for k, v in config.items() if k not in self.posthoc and k != "trial_number"}
+        name = f"trial-{config.get('trial_number', 0):02d} ({self.family}, {trial.trial_id})"
+        return self.recorder.trial_run(trial.trial_id, name, params, {"hiertune.family": self.family})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
@@ -204,12 +230,23 @@ class MlflowSweepCallback(tune.Callback):
         if FAILURE_KEY in result:  # no metrics: the reason is recorded when the error arrives
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.recorder.log_metrics(self._run(trial), result, step)
+        self.recorder.log_metrics(self._run(trial), {k: v for k, v in result.items() if self._metric(k)}, step)
+
+    def _metric(self, key: str) -> bool:
+        """Ray's bookkeeping (pid, timestamp, hostname, …) is no metric of the model; `lr` is a
+        param; `point_*`, the config's own thresholds, mean something only when they were
+        sampled (otherwise seen/unseen/tau_* are the trial's recommended point)."""
+        return key not in AUTO_RESULT_KEYS and key != "lr" and not (key.startswith("point_") and self.posthoc)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = trial_status(int((trial.last_result or {}).get("training_iteration", 0)), self.max_t)
+        last = trial.last_result or {}
+        status = trial_status(int(last.get("training_iteration", 0)), int(trial.config.get("epochs", self.max_t)),
+                              self.max_t)
         self._curves(trial)
-        self.recorder.finish_trial(trial.trial_id, status, "stopped early by the scheduler" if status == "stopped" else None)
+        if "recommended_score" in last:
+            self.recorder.set_tags(self._run(trial), {"hiertune.recommended.score": last["recommended_score"]})
+        # A stopped trial is no error: hiertune.status says the scheduler ended it.
+        self.recorder.finish_trial(trial.trial_id, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)

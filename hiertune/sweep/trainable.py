@@ -11,6 +11,7 @@ the trial as ERROR, and `FinalFailures` has made sure it does not retry it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import ray
@@ -25,6 +26,8 @@ from hiertune.training.loop import run_trial
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0,
                    features: FeatureStore | None = None) -> None:
+    # Ray Train's "Checkpoint successfully created at ..." for every epoch of every trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:
         _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features)
     except Exception as exc:

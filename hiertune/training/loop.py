@@ -191,7 +191,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             "lr": scheduler.get_last_lr()[0],
             **result.to_metrics(),
             FRONT_KEY: [[p["seen"], p["unseen"]] for p in result.front],
-            "best_score": result.best["score"],
+            "recommended_score": result.recommended["score"],
             # Closed-set accuracies, what seed 001 reports.
             **_closed_set(batch, heads),
             # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that

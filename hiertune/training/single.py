@@ -53,8 +53,8 @@ def render(result: dict) -> str:
     b = result["best"]
     lines = [f"trained {result['config']['family']} for {result['epochs']} epochs in {result['wall_seconds']:.0f}s; "
              f"checkpoint in {result['out']}/checkpoint",
-             f"best hypervolume {b['hypervolume']:.3f} at epoch {result['best_epoch']}; its best post-hoc point "
-             f"({b['best_score']}, tau_super {b['tau_super']:.3f}, tau_sub {b['tau_sub']:.3f}):",
+             f"best hypervolume {b['hypervolume']:.3f} at epoch {result['best_epoch']}; its recommended post-hoc point (the knee) "
+             f"({b['recommended_score']}, tau_super {b['tau_super']:.3f}, tau_sub {b['tau_sub']:.3f}):",
              f"  seen super {b['seen_super_acc']:.3f}  unseen super {b['unseen_super_acc']:.3f}  "
              f"seen sub {b['seen_sub_acc']:.3f}  unseen sub {b['unseen_sub_acc']:.3f}  "
              f"-> seen {b['seen']:.3f}  unseen {b['unseen']:.3f}"]

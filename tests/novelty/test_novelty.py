@@ -105,7 +105,7 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
                     (levels.sub_score.numpy()[seen_sub] >= result.thr_sub[s, j]).mean())
 
 
-def test_front_is_non_dominated_and_best_maximises_seen_plus_unseen():
+def test_front_is_non_dominated_and_the_recommended_point_is_its_knee():
     result = posthoc_grid(synthetic(200, True, 3), heads(True), PosthocConfig(knn_k=5), fit_scorers())
     points = np.stack([result.seen.ravel(), result.unseen.ravel()], 1)
     front = np.array([(p["seen"], p["unseen"]) for p in result.front])
@@ -113,10 +113,15 @@ def test_front_is_non_dominated_and_best_maximises_seen_plus_unseen():
         assert not ((points >= p).all(1) & (points > p).any(1)).any()
     for q in points:  # and every grid point is weakly dominated by the front
         assert ((front >= q).all(1)).any()
-    total = points.sum(1)
-    top = points[total == total.max()]
-    assert result.best["seen"] + result.best["unseen"] == pytest.approx(total.max())
-    assert result.best["seen"] == pytest.approx(top[:, 0].max())
+    # The recommended point is the front point farthest above the chord between its ends, not a
+    # corner (rejecting everything: unseen 1), whatever the grid's maximum of seen + unseen.
+    rec = np.array([result.recommended["seen"], result.recommended["unseen"]])
+    assert any((rec == p).all() for p in front)
+    if len(front) >= 3:
+        lo, span = front.min(0), np.ptp(front, 0)
+        height = ((front - lo) / span).sum(1)
+        assert ((rec - lo) / span).sum() == pytest.approx(height.max())
+        assert result.recommended["unseen"] < front[:, 1].max()
     assert result.hypervolume > 0
 
 
@@ -201,7 +206,7 @@ def test_result_save_load_round_trip(tmp_path):
     assert loaded.scores == result.scores and loaded.counts == result.counts
     assert np.array_equal(loaded.grid, result.grid)
     assert loaded.front == [pytest.approx(p, nan_ok=True) for p in result.front]
-    assert loaded.best == pytest.approx(result.best, nan_ok=True) and loaded.skipped == result.skipped
+    assert loaded.recommended == pytest.approx(result.recommended, nan_ok=True) and loaded.skipped == result.skipped
     assert loaded.to_metrics() == pytest.approx(result.to_metrics(), nan_ok=True)
     assert all(isinstance(v, float) for v in result.to_metrics().values())
 

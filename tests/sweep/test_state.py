@@ -15,20 +15,24 @@ from hiertune.sweep.state import (SweepMeta, TrialRecord, check_ray_state, find_
 from hiertune.sweep.tracking import MlflowSweepCallback
 
 
-@pytest.mark.parametrize("epochs, failed, finished, status", [
+@pytest.mark.parametrize("iterations, failed, finished, status", [
     (4, False, True, "completed"), (5, False, True, "completed"), (2, False, True, "stopped"),
     (4, True, True, "failed"), (2, False, False, "interrupted"), (1, True, False, "failed"),
 ])
-def test_trial_status_is_one_rule(epochs, failed, finished, status):
-    assert trial_status(epochs, 4, failed=failed, finished=finished) == status
+def test_trial_status_is_one_rule(iterations, failed, finished, status):
+    assert trial_status(iterations, 4, 4, failed=failed, finished=finished) == status
+    # A trial that asked for fewer epochs than the last rung and ran them all was not stopped.
+    assert trial_status(iterations, iterations, 4, failed=failed, finished=finished) == \
+        status.replace("stopped", "completed")
 
 
 def test_sweep_meta_round_trips_and_reads_a_record_without_resources(tmp_path):
-    meta = SweepMeta("spaces/cnn.yaml", "cnn", True, cpus_per_trial=2.0, gpus_per_trial=0.5)
+    meta = SweepMeta("spaces/cnn.yaml", "cnn", True, cpus_per_trial=2.0, gpus_per_trial=0.5, pick="weight=0.7",
+                     objectives=("seen", "unseen"))
     write_meta(tmp_path, meta)
     assert read_meta(tmp_path) == meta == find_meta(tmp_path)
     (tmp_path / "sweep.json").write_text(json.dumps({"space": "s.yaml", "family": "cnn", "sampled_thresholds": False}))
-    assert read_meta(tmp_path) == SweepMeta("s.yaml", "cnn", False, 1.0, 0.0)
+    assert read_meta(tmp_path) == SweepMeta("s.yaml", "cnn", False, 1.0, 0.0, "knee", ())  # before `pick:`
     assert find_meta(tmp_path / "nowhere") is None
     (tmp_path / "sweep.json").write_text(json.dumps({"space": "s.yaml", "family": "cnn"}))
     with pytest.raises(UserError, match="missing sampled_thresholds"):

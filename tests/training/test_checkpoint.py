@@ -49,7 +49,7 @@ def test_checkpoint_holds_what_the_epoch_reported(trained):
     assert same(ckpt.read_history(str(directory)), [metrics])
     # post-hoc grid: the metrics it produced are the ones reported
     result = ckpt.read_posthoc(str(directory))
-    assert result.best["score"] == metrics["best_score"]
+    assert result.recommended["score"] == metrics["recommended_score"]
     assert same(result.to_metrics(), {k: metrics[k] for k in result.to_metrics()})
     # optimizer/scheduler/RNG state: tensors and numbers only, for the epoch and attempt that wrote it
     state = torch.load(directory / ckpt.STATE, weights_only=True)
