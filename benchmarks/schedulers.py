@@ -2,7 +2,7 @@
 hypervolume, and MO-ASHA (hiertune.moasha), on the same space, budget and seeds.
 
     python benchmarks/schedulers.py [--seeds 0 1 2] [--num-samples 12] [--epochs 9] [--grace 1]
-        [--eta 3] [--cpus-per-trial 1] [--synthetic] [--out schedulers.png] [--workdir DIR]
+        [--eta 3] [--cpus-per-trial 1] [--synthetic] [--frozen] [--out schedulers.png] [--workdir DIR]
 
 Each (seed, scheduler) is one `run_sweep` of the 3-block CNN (width 16, 64 px) with post-hoc
 thresholds, on the competition data and the Tiny ImageNet outliers from /work/shared (or the
@@ -56,13 +56,31 @@ tune: {{num_samples: {samples}, sampler: tpe, seed: {seed}}}
 scheduler: {{type: {scheduler}, max_t: {epochs}, grace_period: {grace}, reduction_factor: {eta}}}
 resources: {{cpus_per_trial: {cpus}}}
 """
+# --frozen: the cheapest realistic trial once pretrained backbones exist: ImageNet lite0 features
+# at 160 px computed once (hiertune.training.features), only the two heads trained per epoch.
+FROZEN_SPACE = """
+family: dualhead
+fixed: {{epochs: {epochs}, batch_size: 64, backbone: tf_efficientnet_lite0, pretrained: true, finetune: linear,
+        image_size: 160, threads: 1, corrupt_p: 0.0, data: {data}, outliers: {outliers}}}
+search:
+  lr: {{type: float, low: 1.0e-4, high: 3.0e-3, log: true}}
+  weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-2, log: true}}
+  optimizer: {{type: categorical, choices: [adamw, adam, sgd]}}
+  kl_alpha: {{type: float, low: 0.0, high: 1.0}}
+  outlier_fraction: {{type: float, low: 0.1, high: 1.0}}
+  outlier_mode: {{type: categorical, choices: [class, oe]}}
+  mixup_alpha: {{type: float, low: 0.0, high: 0.4}}
+tune: {{num_samples: {samples}, sampler: tpe, seed: {seed}}}
+scheduler: {{type: {scheduler}, max_t: {epochs}, grace_period: {grace}, reduction_factor: {eta}}}
+resources: {{cpus_per_trial: {cpus}, gpus_per_trial: 0}}
+"""
 
 
 def run(args, seed: int, scheduler: str, tmp: Path) -> dict:
     name = f"{scheduler}-{seed}"
     path = tmp / f"{name}.yaml"
     data, outliers = (None, None) if args.synthetic else (DATA, OUTLIERS)
-    path.write_text(SPACE.format(epochs=args.epochs, samples=args.num_samples, seed=seed, scheduler=scheduler,
+    path.write_text((FROZEN_SPACE if args.frozen else SPACE).format(epochs=args.epochs, samples=args.num_samples, seed=seed, scheduler=scheduler,
                                  grace=args.grace, eta=args.eta, cpus=args.cpus_per_trial,
                                  data=yaml.safe_dump(data).split("\n")[0],
                                  outliers=yaml.safe_dump(outliers).split("\n")[0]))
@@ -134,6 +152,8 @@ def main() -> None:
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--cpus-per-trial", type=float, default=1)
     parser.add_argument("--synthetic", action="store_true", help="the synthetic default instead of /work/shared")
+    parser.add_argument("--frozen", action="store_true",
+                        help="heads on cached ImageNet lite0 features (160 px) instead of the CNN from scratch")
     parser.add_argument("--out", default="schedulers.png", help="the plot")
     parser.add_argument("--workdir", help="keep the sweeps here (default: a temporary folder)")
     args = parser.parse_args()
