@@ -157,7 +157,7 @@ class SweepRecorder:
         self.client.set_terminated(run_id, RUN_STATUS.get(status, "FINISHED"))
 
     def set_tags(self, run_id: str, tags: dict) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, redact(k, v)) for k, v in tags.items()], synchronous=True)
+        self.client.log_batch(run_id, tags=[RunTag(k, redact_param(k, v)) for k, v in tags.items()], synchronous=True)
 
     def _find(self, filter_string: str) -> str | None:
         """A run created by a driver that was killed before it saved the run's id."""
