@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hiertune.models.cosine import CosineClassifier
+
 HEAD_SCORES = ("rmds", "fdbd", "scale", "vim")  # need a fitted HeadStats
 GEN_GAMMA = 0.1  # the paper's value for every benchmark
 SCALE_PERCENTILE = 85.0  # the paper's ImageNet setting
@@ -54,8 +56,6 @@ class LinearHead:
 def head_of(module: nn.Module, n_seen: int) -> LinearHead | None:
     """The last linear (or cosine) layer of a head module, as a LinearHead; None when the head
     ends in anything else, so the head-based scores are unavailable for that level."""
-    from hiertune.models.cosine import CosineClassifier
-
     last = list(module.modules())[-1]
     if isinstance(last, nn.Linear):
         bias = last.bias if last.bias is not None else torch.zeros(last.out_features)
