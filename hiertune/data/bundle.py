@@ -74,8 +74,6 @@ def load_bundle(data: str | None, outliers: str | None, image_size: int, split: 
     bundle = DataBundle(dataset, outlier_set, splits, make_shifted(dataset, splits, shift, image_size, cache_root))
     if split.outlier_count is not None:
         splits.check_outlier_count(split.outlier_count)  # fail now, not in every trial
-    if bundle.shifted:
-        log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.images), bundle.shifted.source)
     return bundle
 
 
