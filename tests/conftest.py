@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hiertune.cli import main
@@ -199,3 +200,13 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
 
 def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: these tensors are tiny, and a thread pool only adds synchronisation,
+    which on a busy machine costs more than the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

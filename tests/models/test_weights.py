@@ -20,12 +20,7 @@ BACKBONE = "tf_efficientnet_lite0"
 FAKE = WeightsPackage("fake-lite0-weights", "fake_lite0_weights", None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

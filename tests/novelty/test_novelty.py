@@ -24,14 +24,7 @@ SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
 TAUS = (0.0, 0.05, 0.2, 0.5, 0.8, 0.85, 0.95, 0.99, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny: a thread pool only adds synchronisation, which on a busy
-    # machine costs more than the work itself.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def heads(novel_logit: bool) -> Heads:
