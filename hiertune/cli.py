@@ -226,7 +226,7 @@ def _render_sweep(result: dict) -> str:
 
     t = result["trials"]
     interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
-    return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by ASHA, "
+    return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by {result['scheduler']}, "
             f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
             f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
             f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"

@@ -12,9 +12,10 @@ Nobody waits for a full rung: the first trial at a rung always goes on, a second
 beats the first (for η ≥ 2), and so on. Trials reaching max_t are stopped, as ASHA does.
 
 Ranking point sets: at a rung each trial brings a set of points (its post-hoc front, or its one
-point when Optuna samples the thresholds). All points of all trials at the rung enter one
-non-dominated sort; a trial's level is the best front index any of its points reaches, so a
-trial that owns one non-dominated corner is on level 0 however small its area is. Trials on
+point when Optuna samples the thresholds). Trials are sorted into levels: level 0 holds the
+trials with a point on the non-dominated front of all points at the rung, level 1 those with a
+point on the front once level 0's trials are removed, and so on, so a trial that owns one
+non-dominated corner is on level 0 however small its area is. Trials on
 one level are ordered by an ε-net (farthest-first traversal, Clarkson 2005), the tie-break
 Syne Tune's MOASHA uses (Schmucker et al. 2021), lifted to sets: the first is the trial holding
 the level's point with the highest first objective, each next one the trial whose level points
@@ -30,11 +31,15 @@ favours the bulging middle and depends on the reference point). With single poin
 Syne Tune's MOASHA exactly. Objectives are compared on their own scales, unnormalised: both of
 hiertune's are accuracies in [0, 1].
 
-Known weakness: a post-hoc front ends in a degenerate corner (τ → 1 rejects everything: unseen
-→ 1, seen → 0), where trials differ by an image or two, so a weak trial can reach level 0 by a
-sliver there. The ε-net ranks such a trial last on level 0 (its reach is tiny), but it still
-ranks above level 1. ε-dominance (points within one validation image's accuracy counted equal)
-would close this; not done yet.
+ε-dominance: a post-hoc front ends in a saturated corner (τ_sub → 1 rejects every subclass:
+unseen → 1 for every trial), where trials differ by a few images, so with exact dominance a
+weak trial reaches level 0 by that sliver alone. With `epsilon` > 0, levels are built trial by
+trial: a level takes first the trials with a front point that no other remaining trial comes
+within ε of in both objectives (better somewhere by more than noise), then the trials with a
+front point that none of those first ones comes within ε of (the exact winner of a near tie
+that no distinct trial already holds). A trial's points that put it on its level are what the
+ε-net sees. With no distinct trial at all every trial on the exact front shares the level, and
+`epsilon` = 0 is plain non-dominated sorting over trials. The space's default ε is 0.01.
 
 State: Ray 2.x never calls a scheduler's save/restore and rebuilds it from `tuner.pkl` as first
 built, so `Tuner.restore` would start with empty rungs. `SchedulerState` is a Ray callback that
@@ -46,7 +51,6 @@ graph.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,26 +83,52 @@ def nondominated_levels(points: np.ndarray) -> np.ndarray:
     return levels
 
 
-def rank_trials(sets: dict[str, np.ndarray]) -> list[str]:
-    """Trial ids best first, by non-dominated level then ε-net (see the module docstring);
-    `sets` maps each trial to its points [n_i, 2] (maximised), in the order they were recorded."""
+def rank_trials(sets: dict[str, np.ndarray], epsilon: float = 0.0) -> list[str]:
+    """Trial ids best first, by non-dominated level (ε-dominance when `epsilon` > 0) then ε-net;
+    see the module docstring. `sets` maps each trial to its points [n_i, 2] (maximised), in the
+    order they were recorded."""
     ids = list(sets)
     arrays = [np.asarray(sets[t], dtype=float).reshape(-1, 2) for t in ids]
-    all_points = np.concatenate([np.empty((0, 2)), *arrays])
-    owner = np.concatenate([np.empty(0, np.int64), *(np.full(len(a), i) for i, a in enumerate(arrays))])
-    levels = nondominated_levels(all_points)
-    best = [min((int(v) for v in levels[owner == i] if v >= 0), default=math.inf) for i in range(len(ids))]
+    arrays = [a[np.isfinite(a).all(1)] for a in arrays]
+    remaining = [i for i, a in enumerate(arrays) if len(a)]
     order: list[str] = []
-    for level in sorted(set(best) - {math.inf}):
-        members = [i for i in range(len(ids)) if best[i] == level]
-        own = {i: all_points[(owner == i) & (levels == level)] for i in members}
-        order += [ids[i] for i in _epsilon_net(members, own)]
-    return order + [ids[i] for i in range(len(ids)) if best[i] == math.inf]
+    while remaining:
+        level = _level(remaining, arrays, epsilon)
+        order += [ids[i] for i in _epsilon_net(sorted(level), level)]
+        remaining = [i for i in remaining if i not in level]
+    return order + [ids[i] for i, a in enumerate(arrays) if not len(a)]
+
+
+def _level(remaining: list[int], arrays: list[np.ndarray], epsilon: float) -> dict[int, np.ndarray]:
+    """The trials among `remaining` on the next level, each with the points that put it there.
+    A trial's candidates are its points on the non-dominated front of all remaining points.
+    With ε > 0, first come the trials with a candidate no other trial ε-covers (has a point at
+    most ε worse in both objectives): they are better somewhere by more than noise. Then the
+    trials with a candidate that none of those first ones ε-covers: the exact winners of near
+    ties nobody distinct already holds. Never empty: with no distinct trial, every trial with a
+    candidate is on the level."""
+    points = np.concatenate([arrays[i] for i in remaining])
+    owner = np.concatenate([np.full(len(arrays[i]), i) for i in remaining])
+    front = nondominated_levels(points) == 0
+    candidates = {i: points[front & (owner == i)] for i in remaining}
+
+    def uncovered(i: int, by: list[int]) -> np.ndarray:
+        own, others = candidates[i], points[np.isin(owner, by)]
+        if epsilon == 0 or not len(own) or not len(others):
+            return own
+        return own[~(others[None, :, :] >= own[:, None, :] - epsilon).all(2).any(1)]
+
+    distinct = {i: u for i in remaining if len(u := uncovered(i, [j for j in remaining if j != i]))}
+    level = dict(distinct)
+    for i in remaining:
+        if i not in distinct and len(u := uncovered(i, list(distinct))):
+            level[i] = u
+    return level
 
 
 def _epsilon_net(members: list[int], own: dict[int, np.ndarray]) -> list[int]:
     """Farthest-first order of trials by their point sets on one level (ties: listed first)."""
-    first = max(members, key=lambda i: (own[i][:, 0].max(), own[i][:, 1].max(), -members.index(i)))
+    first = max(members, key=lambda i: (own[i][:, 0].max(), own[i][:, 1].max(), -i))
     order, taken = [first], own[first]
     rest = [i for i in members if i != first]
     while rest:
@@ -119,12 +149,12 @@ class MOASHAScheduler(FIFOScheduler):
 
     def __init__(self, objectives: Sequence[str], mode: str | Sequence[str] = "max", points_key: str | None = None,
                  time_attr: str = "training_iteration", max_t: int = 100, grace_period: int = 1,
-                 reduction_factor: int = 3):
+                 reduction_factor: int = 3, epsilon: float = 0.0):
         modes = [mode] * len(objectives) if isinstance(mode, str) else list(mode)
         if len(objectives) != 2 or len(modes) != 2 or any(m not in ("max", "min") for m in modes):
             raise ValueError(f"MO-ASHA ranks two objectives, each 'max' or 'min'; got {list(objectives)} {modes}")
-        if not (0 < grace_period <= max_t and reduction_factor >= 2):
-            raise ValueError("MO-ASHA needs 0 < grace_period <= max_t and reduction_factor >= 2")
+        if not (0 < grace_period <= max_t and reduction_factor >= 2 and 0 <= epsilon < 1):
+            raise ValueError("MO-ASHA needs 0 < grace_period <= max_t, reduction_factor >= 2 and 0 <= epsilon < 1")
         super().__init__()
         self._objectives = tuple(objectives)
         self._sign = np.array([1.0 if m == "max" else -1.0 for m in modes])
@@ -132,6 +162,7 @@ class MOASHAScheduler(FIFOScheduler):
         self._time_attr = time_attr
         self._max_t = max_t
         self._rf = reduction_factor
+        self._epsilon = epsilon
         milestones, t = [], grace_period
         while t < max_t:
             milestones.append(t)
@@ -168,7 +199,7 @@ class MOASHAScheduler(FIFOScheduler):
             return TrialScheduler.CONTINUE
         rung = self._rungs[reached[-1]]
         rung[trial_id] = points.tolist()
-        order = rank_trials({t: np.asarray(p).reshape(-1, 2) for t, p in rung.items()})
+        order = rank_trials({t: np.asarray(p).reshape(-1, 2) for t, p in rung.items()}, self._epsilon)
         return TrialScheduler.CONTINUE if order.index(trial_id) * self._rf < len(order) else TrialScheduler.STOP
 
     def _points(self, result: dict) -> np.ndarray | None:

@@ -137,12 +137,13 @@ def plot_learning_curves(history: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_sweep_curves(histories: dict[str, list[dict]], stopped: set[str], path: Path, title: str) -> None:
-    """Every trial's hypervolume by epoch, an ✕ where ASHA stopped a trial."""
+def plot_sweep_curves(histories: dict[str, list[dict]], stopped: set[str], path: Path, title: str,
+                      stopped_by: str) -> None:
+    """Every trial's hypervolume by epoch, an ✕ where the scheduler (`stopped_by`) stopped a trial."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, history in sorted(histories.items()):
         epochs, values = [m["epoch"] for m in history], [m["hypervolume"] for m in history]
-        (line,) = ax.plot(epochs, values, "-o", ms=3, label=name + (" (stopped by ASHA)" if name in stopped else ""))
+        (line,) = ax.plot(epochs, values, "-o", ms=3, label=name + (f" (stopped by {stopped_by})" if name in stopped else ""))
         if name in stopped:
             ax.plot(epochs[-1:], values[-1:], "x", ms=10, mew=2, color=line.get_color())
     ax.set_xlabel("epoch")

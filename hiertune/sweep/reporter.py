@@ -24,8 +24,8 @@ log = logging.getLogger("hiertune")
 
 
 class ConsoleReporter(tune.Callback):
-    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str]):
-        self.total, self.max_t, self.pick, self.sampled = total, max_t, pick, sampled
+    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str):
+        self.total, self.max_t, self.pick, self.sampled, self.stopped_by = total, max_t, pick, sampled, stopped_by
         self._start = time.monotonic()
         self._done: set[str] = set()
         self._running: set[str] = set()
@@ -55,7 +55,7 @@ class ConsoleReporter(tune.Callback):
         last = trial.last_result or {}
         done = int(last.get("training_iteration", 0))
         if trial_status(done, self._epochs(trial), self.max_t) == "stopped":
-            what = f"stopped by ASHA after {done} of {self._epochs(trial)} epochs"
+            what = f"stopped by {self.stopped_by} after {done} of {self._epochs(trial)} epochs"
         else:
             what = f"finished {done} epochs"
         self._end(trial, f"{what}  ({_measures(last)})")

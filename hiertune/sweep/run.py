@@ -200,7 +200,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
                 callbacks=[FinalFailures(), callback, *scheduler_callbacks, ConsoleReporter(
                     space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
-                    [p.name for p in space.sampled])],
+                    [p.name for p in space.sampled], space.scheduler.label)],
                 verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -214,11 +214,11 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     save_trials(place.dir, trials)
     place.publish(place.dir / TRIALS_JSON)
     recorder.reconcile(trials)
-    summary = finish(place, trials, recorder)
+    summary = finish(place, trials, recorder, space.scheduler.label)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     return {"name": place.name, "storage": place.root, "dir": place.uri,
             "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
-            "trials": counts, "wall_seconds": wall, **summary}
+            "trials": counts, "scheduler": space.scheduler.label, "wall_seconds": wall, **summary}
 
 
 def make_scheduler(space: SearchSpace) -> tuple:
@@ -233,7 +233,8 @@ def make_scheduler(space: SearchSpace) -> tuple:
                              grace_period=s.grace_period, reduction_factor=s.reduction_factor), []
     # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
     moasha = MOASHAScheduler(pair, mode="max", points_key=None if space.samples_thresholds else FRONT_KEY,
-                             max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                             max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                             epsilon=s.epsilon)
     return moasha, [SchedulerState(moasha)]
 
 
@@ -250,7 +251,7 @@ def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:
             "pareto_csv": csv_path, "pareto_png": png_path, "pareto_html": html_path}
 
 
-def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
+def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: str) -> dict:
     """The sweep's end: its front written, published and logged to the parent run, which is then
     FINISHED. Every input is read before anything is written, so a damaged one leaves the outputs
     as they were."""
@@ -264,7 +265,8 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder) -> dict:
         recorder.client.log_artifact(parent, str(path))
     if histories:
         curves = place.dir / "learning_curves.png"
-        plot_sweep_curves(histories, {t.name for t in trials if t.status == "stopped"}, curves, place.name)
+        plot_sweep_curves(histories, {t.name for t in trials if t.status == "stopped"}, curves, place.name,
+                          stopped_by=stopped_by)
         place.publish(curves)
         recorder.client.log_artifact(parent, str(curves))
     importance = _importance(place)

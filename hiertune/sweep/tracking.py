@@ -36,7 +36,7 @@ NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows
 EXPERIMENT_NOTE = ("hiertune sweep {sweep}: one nested run per trial under the sweep's parent run. A trial's params "
                    "are what Optuna sampled or the space fixed; its seen/unseen/tau_* metrics are its recommended "
                    "post-hoc point (the knee of its own front), hypervolume is that front's area. "
-                   "hiertune.status says how it ended: completed, stopped (by ASHA), failed, interrupted.")
+                   "hiertune.status says how it ended: completed, stopped (early, by the space's scheduler), failed, interrupted.")
 PARENT_NOTE = ("The sweep: its settings as params, the Pareto front (pareto.csv/png/html), learning curves, "
                "parameter importance; best_* is the sweep's recommended point, the one export-best retrains.")
 RUN_STATUS = {"failed": "FAILED", "interrupted": "KILLED"}  # MLflow's run status; FINISHED otherwise

@@ -55,6 +55,44 @@ def test_a_trial_ranks_by_its_best_point_then_by_how_far_it_reaches():
     assert rank_trials(sets) == ["corner", "far", "a", "b", "dominated", "empty"]
 
 
+def test_levels_are_by_trial_once_a_level_is_removed():
+    # b's point is dominated only by a's second point, which is itself dominated: a per-point
+    # sort puts b two fronts down, below c. By trial, once a is gone b and c share level 1,
+    # and the ε-net starts there with the higher seen, b's.
+    sets = {"c": [[0.3, 0.55]], "b": [[0.45, 0.45]], "a": [[0.6, 0.6], [0.5, 0.5]]}
+    assert nondominated_levels(np.concatenate([np.asarray(v) for v in sets.values()])).tolist() == [1, 2, 0, 1]
+    assert rank_trials(sets) == ["a", "b", "c"]
+
+
+# A saturated corner, as on the real data: every trial reaches unseen 1.0 once τ_sub → 1, at a
+# seen accuracy that differs by a few images. "strong" leads the whole middle; "weak" is worse
+# everywhere except that corner, which it wins by 0.004.
+SATURATED = {"strong": [(0.381, 1.0), (0.80, 0.85), (0.90, 0.60)],
+             "weak": [(0.385, 1.0), (0.60, 0.70), (0.70, 0.50)],
+             "middling": [(0.370, 1.0), (0.78, 0.80), (0.86, 0.55)]}
+
+
+def test_epsilon_dominance_takes_a_sliver_at_a_saturated_corner_away_from_a_weak_trial():
+    assert rank_trials(SATURATED)[:2] == ["strong", "weak"]  # exact: weak is on level 0 by the sliver
+    # ε = 0.01: strong's corner is within ε of weak's, and weak's within ε of strong's, so the
+    # corner puts nobody on level 0; strong is there for its middle, and weak falls below middling.
+    assert rank_trials(SATURATED, epsilon=0.01) == ["strong", "middling", "weak"]
+
+
+def test_epsilon_keeps_a_corner_won_by_more_than_epsilon_and_the_exact_winner_of_a_near_tie():
+    corner = {**SATURATED, "weak": [(0.45, 1.0), (0.60, 0.70)]}  # now ahead at the corner by 0.069
+    assert rank_trials(corner, epsilon=0.01)[:2] == ["strong", "weak"]
+    # a and b tie within ε at the high-seen corner that the distinct trial m does not reach:
+    # a, the exact winner there, shares m's level; b, its near copy, does not.
+    near = {"m": [(0.5, 0.9), (0.7, 0.7)], "b": [(0.945, 0.3)], "a": [(0.95, 0.3)]}
+    assert rank_trials(near, epsilon=0.01) == ["a", "m", "b"]
+
+
+def test_trials_all_within_epsilon_of_each_other_keep_the_exact_order():
+    close = {"a": [(0.80, 0.60)], "b": [(0.803, 0.598)], "c": [(0.79, 0.59)]}
+    assert rank_trials(close, epsilon=0.01) == rank_trials(close) == ["b", "a", "c"]
+
+
 # Five trials reach rung 1 in this order, each with its own front. A and B crowd the middle;
 # C alone reaches the high-seen corner, D alone the high-unseen one; E is dominated.
 RUNG = {"A": [(0.80, 0.60), (0.70, 0.70), (0.60, 0.80)], "B": [(0.78, 0.62), (0.68, 0.72)],
@@ -181,6 +219,17 @@ def test_space_selects_the_scheduler_and_asha_stays_the_default(tmp_path: Path):
 
     fifo, callbacks = make_scheduler(space_with(tmp_path, "{type: fifo, max_t: 4}"))
     assert type(fifo) is FIFOScheduler and callbacks == []
+
+
+def test_the_space_sets_moashas_epsilon_and_refuses_it_for_another_scheduler(tmp_path: Path):
+    mo, _ = make_scheduler(space_with(tmp_path, "{type: moasha, max_t: 4}"))
+    assert mo._epsilon == 0.01  # the space's default
+    mo, _ = make_scheduler(space_with(tmp_path, "{type: moasha, max_t: 4, epsilon: 0}"))
+    assert mo._epsilon == 0
+    with pytest.raises(UserError, match="scheduler.epsilon is MO-ASHA's"):
+        space_with(tmp_path, "{type: asha, max_t: 4, epsilon: 0.02}")
+    with pytest.raises(UserError, match=r"epsilon must be in \[0, 1\)"):
+        space_with(tmp_path, "{type: moasha, max_t: 4, epsilon: -0.1}")
 
 
 def test_sampled_thresholds_rank_each_trial_by_its_one_point(tmp_path: Path):

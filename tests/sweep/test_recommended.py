@@ -82,7 +82,7 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
     logging.getLogger("hiertune").addHandler(handler)
     logging.getLogger("hiertune").setLevel(logging.INFO)
     try:
-        reporter = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=["lr"])
+        reporter = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=["lr"], stopped_by="MO-ASHA")
         a, b, c = trial(0), trial(1, epochs=1), trial(2)
         for t in (a, b, c):
             reporter.on_trial_start(0, [], t)
@@ -90,7 +90,7 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
                   "recommended_score": "energy"}
         reporter.on_trial_result(0, [], a, result)
         a.last_result = result
-        reporter.on_trial_complete(0, [], a)  # after 1 of 4 epochs: ASHA
+        reporter.on_trial_complete(0, [], a)  # after 1 of 4 epochs: the scheduler stopped it
         reporter.on_trial_result(0, [], b, {**result, "seen": 0.5})
         b.last_result = {**result, "seen": 0.5}
         reporter.on_trial_complete(0, [], b)  # its own 1 epoch: finished, not stopped
@@ -100,7 +100,7 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
     text = "\n".join(handler.lines)
     assert "trial-00 started  lr=0.0123" in text
     assert "trial-00 epoch 1/4   seen 0.610  unseen 0.720  hv 0.440" in text
-    assert "trial-00 stopped by ASHA after 1 of 4 epochs" in text
+    assert "trial-00 stopped by MO-ASHA after 1 of 4 epochs" in text  # the space's scheduler, named
     assert "trial-01 finished 1 epochs" in text
     status = [line for line in handler.lines if "done," in line]
     assert "1/3 done, 2 running" in status[0] and "2/3 done, 1 running" in status[1]
