@@ -4,7 +4,7 @@ All of them need only what a trial already has: logits, the pooled feature that 
 that head's weights, and statistics of clean (eval-mode) training features.
 
 - gen   Generalized entropy (Liu et al., CVPR 2023): -sum over the top-M probabilities of
-        p^γ (1 - p)^γ. Logits only.
+        p^γ (1 - p)^γ, p the softmax over the classes ranked (the seen ones). Logits only.
 - rmds  Relative Mahalanobis distance (Ren et al. 2021): the class-conditional distance minus
         the distance under one Gaussian fitted to all training features, which removes the
         part of the distance that every class shares (feature norm, background).
@@ -66,22 +66,29 @@ def head_of(module: nn.Module, n_seen: int) -> LinearHead | None:
     return None
 
 
-def _masked(x: Tensor, mask: Tensor | None, fill: float) -> Tensor:
-    return x if mask is None else x.masked_fill(~mask.cpu(), fill)
+def allowed_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """`logits` with the classes outside `mask` at -inf: out of a max or logsumexp, and p = 0 in a
+    softmax, which then renormalises over the allowed classes."""
+    return logits if mask is None else logits.masked_fill(~mask.cpu(), -torch.inf)
 
 
-def gen(logits: Tensor, n_seen: int, mask: Tensor | None = None, gamma: float = GEN_GAMMA,
-        top: int | None = None) -> Tensor:
-    """Minus the generalized entropy of the `top` largest seen probabilities (all when None).
-    As msp, the softmax includes a novel logit, and classes outside `mask` count as p = 0."""
-    p = _masked(logits.detach().cpu().double().softmax(1)[:, :n_seen], mask, 0.0)
-    m = n_seen if top is None else min(top, n_seen)
+def gen(logits: Tensor, gamma: float = GEN_GAMMA, top: int | None = None) -> Tensor:
+    """Minus the generalized entropy of the `top` largest probabilities (all when None; OpenOOD's
+    M = 100 covers every class here) of the softmax over `logits` [N, C], the classes ranked,
+    -inf for those excluded (allowed_logits).
+
+    As in the paper, the probabilities are a distribution over exactly the classes ranked. Unlike
+    msp, G is not monotone in the mass those classes claim: mass taken by a novel logit, or by
+    classes outside the mask, shrinks every p toward 0 and so lowers G, which would make an image
+    the head confidently calls novel read as familiar."""
+    p = logits.detach().cpu().double().softmax(1)
+    m = p.shape[1] if top is None else min(top, p.shape[1])
     p = p.topk(m, dim=1).values
     return -(p.pow(gamma) * (1 - p).pow(gamma)).sum(1)
 
 
 def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
-    return _masked(logits, mask, -torch.inf).logsumexp(1)
+    return allowed_logits(logits, mask).logsumexp(1)
 
 
 @dataclass

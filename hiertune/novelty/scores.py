@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hiertune.models.registry import Heads
-from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, gen
+from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, allowed_logits, gen
 
 SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
@@ -25,18 +25,20 @@ LEVELS = ("super", "sub")
 
 
 def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
-    """msp / energy / maxlogit / gen over the seen logits (those where `mask` [N, n_seen] is True)."""
+    """msp / energy / maxlogit / gen over the seen logits (those where `mask` [N, n_seen] is True);
+    float64, CPU. A trailing novel logit enters msp only."""
+    logits = logits.detach().cpu().double()
+    seen = allowed_logits(logits[:, :n_seen], mask)
     if score == "gen":
-        return gen(logits, n_seen, mask)
-    logits = logits.float()
-    # msp's softmax includes the novel logit: mass it takes is mass no seen class can claim.
-    seen = (logits.softmax(1) if score == "msp" else logits)[:, :n_seen]
-    if mask is not None:
-        seen = seen.masked_fill(~mask, -torch.inf)
+        return gen(seen)
     if score == "energy":
         return seen.logsumexp(1)
-    if score in ("msp", "maxlogit"):
+    if score == "maxlogit":
         return seen.amax(1)
+    if score == "msp":
+        # The largest allowed probability of the softmax over every logit: mass the novel logit
+        # or a masked-out class takes is mass no allowed class can claim.
+        return (seen.amax(1) - logits.logsumexp(1)).exp()
     raise ValueError(f"not a logit score: {score!r}")
 
 

@@ -14,8 +14,9 @@ from hiertune.models.backbone import linear_head
 from hiertune.models.cosine import CosineClassifier
 from hiertune.models.registry import Heads
 from hiertune.novelty.posthoc import EvalBatch
-from hiertune.novelty.scores import FeatureBank, score_levels
-from hiertune.novelty.ood_scores import GEN_GAMMA, SCALE_PERCENTILE, HeadStats, LinearHead, gen, head_of
+from hiertune.novelty.scores import FeatureBank, logit_score, score_levels
+from hiertune.novelty.ood_scores import (GEN_GAMMA, SCALE_PERCENTILE, HeadStats, LinearHead, allowed_logits, gen,
+                                         head_of)
 
 C, D, N = 5, 8, 300
 
@@ -41,18 +42,43 @@ def _lse(v):
     return m + math.log(sum(math.exp(a - m) for a in v))
 
 
-def test_gen_matches_brute_force():
+def test_gen_matches_the_papers_definition():
+    """Liu et al. (2023), eq. 6 and OpenOOD's GENPostprocessor: the softmax over the classes
+    ranked (here the allowed seen ones: a trailing novel logit and masked-out classes take no
+    mass), its top-M probabilities, -sum p^γ (1 - p)^γ."""
     g = np.random.default_rng(1)
-    logits = g.normal(size=(30, C + 1)) * 3  # a trailing novel logit joins the softmax, as for msp
+    logits = g.normal(size=(30, C + 1)) * 3  # a trailing novel logit, as with outlier_mode 'class'
     mask = g.random((30, C)) < 0.5
     mask[:, 0] = True
+    via_scores = logit_score(torch.tensor(logits), C, "gen", torch.tensor(mask)).numpy()
     for top in (None, 2):
-        got = gen(torch.tensor(logits), C, torch.tensor(mask), top=top).numpy()
+        got = gen(allowed_logits(torch.tensor(logits[:, :C]), torch.tensor(mask)), top=top).numpy()
         for n in range(30):
-            e = np.exp(logits[n] - logits[n].max())
-            p = sorted((e / e.sum())[:C] * mask[n], reverse=True)[: top or C]
+            z = [logits[n, c] for c in range(C) if mask[n, c]]
+            e = [math.exp(v - max(z)) for v in z]
+            p = sorted((v / sum(e) for v in e), reverse=True)[: top or C]
             expected = -sum(q ** GEN_GAMMA * (1 - q) ** GEN_GAMMA for q in p)
             assert got[n] == pytest.approx(expected, rel=1e-9)
+            if top is None:
+                assert via_scores[n] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("novel_logit", [False, True])
+def test_gen_ranks_a_uniform_softmax_below_a_peaked_one_at_both_levels(novel_logit):
+    """Image 0 is clearly seen (one seen logit far ahead), image 1 clearly novel: flat over the
+    seen classes it may choose from, the novel logit (outlier_mode 'class') far ahead, and at the
+    subclass level its mass mostly on subclasses of another superclass. Squashing the seen
+    probabilities toward 0 there once made image 1 the more familiar one (superclass AUROC 0.09)."""
+    h = Heads(3, 6, (0, 0, 0, 1, 1, 2), novel_logit)
+    extra = [[-6.0], [6.0]] if novel_logit else [[], []]
+    super_logits = torch.tensor([[6.0, 0, 0] + extra[0], [0.0, 0, 0] + extra[1]])
+    sub_logits = torch.tensor([[6.0, 0, 0, 0, 0, 0] + extra[0], [0.0, 0, 0, 5, 5, 5] + extra[1]])
+    feats = torch.zeros(2, 1)
+    s = score_levels(EvalBatch(super_logits, sub_logits, feats, feats, torch.zeros(2), torch.zeros(2)), h, "gen")
+    assert s.super_argmax.tolist() == [0, 0] and s.sub_argmax.tolist() == [0, 0]
+    flat = -3 * (1 / 3) ** GEN_GAMMA * (2 / 3) ** GEN_GAMMA  # G's maximum over three classes
+    assert s.super_score[1].item() == pytest.approx(flat) and s.sub_score[1].item() == pytest.approx(flat)
+    assert s.super_score[0] > s.super_score[1] + 0.5 and s.sub_score[0] > s.sub_score[1] + 0.5
 
 
 def test_rmds_matches_brute_force():
