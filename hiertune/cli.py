@@ -536,3 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(redact(json.dumps(result) if args.json else args.render(result)))
     return 0
+
+
+if __name__ == "__main__":  # `python -m hiertune.cli` runs the CLI too, not silently nothing
+    raise SystemExit(main())
