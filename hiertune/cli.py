@@ -326,15 +326,16 @@ def _render_recommended(result: dict) -> str:
 
 
 def _ls(args: argparse.Namespace) -> dict:
-    from hiertune.sweep.catalog import list_sweeps
+    from hiertune.sweep.catalog import DEFAULT_ROOT, list_sweeps
 
-    return {"sweeps": [e.to_dict() for e in list_sweeps(args.storage or "sweeps")]}
+    root = args.storage or f"./{DEFAULT_ROOT}"
+    return {"storage": root, "sweeps": [e.to_dict() for e in list_sweeps(root)]}
 
 
 def _render_ls(result: dict) -> str:
     from hiertune.sweep.catalog import SweepEntry, render
 
-    return render([SweepEntry(**e) for e in result["sweeps"]])
+    return render([SweepEntry(**e) for e in result["sweeps"]], result["storage"])
 
 
 def _export_best(args: argparse.Namespace) -> dict:

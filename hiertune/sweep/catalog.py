@@ -79,9 +79,9 @@ def _entry(folder: Path) -> SweepEntry:
     return SweepEntry(folder.name, str(folder.parent.resolve()), status, trials, modified)
 
 
-def render(entries: list[SweepEntry]) -> str:
+def render(entries: list[SweepEntry], root: str) -> str:
     if not entries:
-        return f"no sweeps in ./{DEFAULT_ROOT} (run `hiertune demo` or `hiertune sweep SPACE`)"
+        return f"no sweeps in {root} (run `hiertune demo` or `hiertune sweep SPACE`)"
     rows = [("name", "status", "trials", "modified", "storage")]
     for e in entries:
         counts = ", ".join(f"{n} {s}" for s, n in e.trials.items()) or "-"

@@ -63,7 +63,8 @@ def test_two_sweeps_of_one_name_ask_for_storage(tmp_path, monkeypatch):
 
 def test_ls_lists_sweeps_with_status_and_storage(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert "no sweeps" in cli("ls").out
+    assert "no sweeps in ./sweeps" in cli("ls").out
+    assert f"no sweeps in {tmp_path / 'elsewhere'}" in cli("ls", "--storage", str(tmp_path / "elsewhere")).out  # where it looked
     make_sweep(tmp_path / "sweeps" / "demo" / "smoke-1", ["completed", "stopped"])
     result = cli("ls")
     assert result.code == 0
