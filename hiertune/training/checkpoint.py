@@ -26,7 +26,7 @@ from hiertune.storage import join, read_bytes
 from hiertune.training.faults import CheckpointUnreadable
 
 MODEL = "model.safetensors"
-STATE = "state.pt"  # optimizer, scheduler, RNG, attempt: tensors and numbers only (weights_only=True)
+STATE = "state.pt"  # optimizer, scheduler, RNGs, attempt: tensors and numbers only (weights_only=True)
 HISTORY = "history.json"
 POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
 SCORERS = "scorers.safetensors"
@@ -34,8 +34,9 @@ SCORERS = "scorers.safetensors"
 
 @dataclass
 class TrainState:
-    """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, both
-    random streams, the epochs done and their metrics. An attempt is one run of the training loop;
+    """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, the
+    random streams (the trial's two, and torch's global ones that dropout draws from), the epochs
+    done and their metrics. An attempt is one run of the training loop;
     a restart from a checkpoint (a retry after a failure, a killed worker, `--resume`) is the next
     one, and every epoch records the attempt that ran it."""
 
@@ -51,9 +52,11 @@ class TrainState:
     def save(self, path: Path, result: PosthocResult, scorers: dict[str, FeatureScorer]) -> None:
         """This state, with the last evaluation's post-hoc grid and feature scorers, into `path`."""
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, path / MODEL)
+        cuda = self.aug_gen.device.type == "cuda"
         torch.save({"epoch": self.epoch, "attempt": self.attempt, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "order_rng": self.order_gen.get_state(),
-                    "aug_rng": self.aug_gen.get_state()}, path / STATE)
+                    "aug_rng": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(self.aug_gen.device)} if cuda else {})}, path / STATE)
         (path / HISTORY).write_text(json.dumps(self.history))
         result.save(path / POSTHOC)
         if scorers:
@@ -78,6 +81,11 @@ class TrainState:
             self.scheduler.load_state_dict(state["scheduler"])
             self.order_gen.set_state(state["order_rng"])
             self.aug_gen.set_state(state["aug_rng"])
+            # Checkpoints written before the global generators were saved lack them.
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.aug_gen.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.aug_gen.device)
             self.epoch, self.attempt = int(state["epoch"]), int(state["attempt"]) + 1
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointUnreadable(f"{path / STATE}: not a hiertune checkpoint state "

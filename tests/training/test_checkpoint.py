@@ -87,6 +87,23 @@ def test_restore_brings_back_the_training_state_as_the_next_attempt(trained):
     assert restored.scheduler.state_dict()["last_epoch"] == state["scheduler"]["last_epoch"] > 0
 
 
+def test_a_checkpoint_without_the_global_generators_still_restores(trained, tmp_path):
+    """Checkpoints written before torch's global generators were saved."""
+    cfg, bundle, metrics, directory = trained
+    older = tmp_path / "older"
+    shutil.copytree(directory, older)
+    state = torch.load(older / ckpt.STATE, weights_only=True)
+    del state["torch_rng"]
+    torch.save(state, older / ckpt.STATE)
+    restored = fresh_state(cfg, bundle)
+    before = torch.get_rng_state()
+    restored.restore(older)
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert torch.equal(torch.get_rng_state(), before)
+    restored.restore(directory)
+    assert torch.equal(torch.get_rng_state(), torch.load(directory / ckpt.STATE, weights_only=True)["torch_rng"])
+
+
 def test_damaged_checkpoint_files_are_one_line(trained, tmp_path):
     cfg, bundle, _, directory = trained
     damaged = tmp_path / "damaged"
