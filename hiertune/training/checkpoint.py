@@ -36,9 +36,9 @@ SCORERS = "scorers.safetensors"
 class TrainState:
     """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, the
     random streams (the trial's two, and torch's global ones that dropout draws from), the epochs
-    done and their metrics. An attempt is one run of the training loop;
-    a restart from a checkpoint (a retry after a failure, a killed worker, `--resume`) is the next
-    one, and every epoch records the attempt that ran it."""
+    done and their metrics. An attempt is one run of the training loop; a restart from a
+    checkpoint (a retry after a failure, a killed worker, `--resume`) is the next one, and every
+    epoch records the attempt that ran it."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
