@@ -12,6 +12,7 @@ import io
 import json
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,52 +21,76 @@ from safetensors.torch import load_file, save_file
 
 from hiertune.errors import UserError, first_line
 from hiertune.novelty.posthoc import PosthocResult
-from hiertune.novelty.scores import save_scorers
+from hiertune.novelty.scores import FeatureScorer, save_scorers
 from hiertune.storage import join, read_bytes
 from hiertune.training.faults import CheckpointUnreadable
 
 MODEL = "model.safetensors"
-STATE = "state.pt"  # optimizer, scheduler, RNG, attempt: tensors and numbers only (weights_only=True)
+STATE = "state.pt"  # optimizer, scheduler, RNGs, attempt: tensors and numbers only (weights_only=True)
 HISTORY = "history.json"
 POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
 SCORERS = "scorers.safetensors"
 
 
-def save_checkpoint(path: Path, epoch: int, attempt: int, history: list[dict], model, optimizer, scheduler,
-                    order_gen: torch.Generator, aug_gen: torch.Generator, result, scorers) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path / MODEL)
-    torch.save({"epoch": epoch, "attempt": attempt, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "order_rng": order_gen.get_state(),
-                "aug_rng": aug_gen.get_state()}, path / STATE)
-    (path / HISTORY).write_text(json.dumps(history))
-    result.save(path / POSTHOC)
-    if scorers:
-        save_scorers(scorers, path / SCORERS)
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, the
+    random streams (the trial's two, and torch's global ones that dropout draws from), the epochs
+    done and their metrics. An attempt is one run of the training loop; a restart from a
+    checkpoint (a retry after a failure, a killed worker, `--resume`) is the next one, and every
+    epoch records the attempt that ran it."""
 
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order_gen: torch.Generator  # batch order and mixup partners, on the CPU
+    aug_gen: torch.Generator  # augmentation, corruptions or cached views, on the device
+    epoch: int = 0  # epochs done
+    attempt: int = 1
+    history: list[dict] = field(default_factory=list)  # every epoch's reported metrics, across attempts
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, order_gen: torch.Generator,
-                    aug_gen: torch.Generator) -> tuple[int, list[dict], int]:
-    """Restore in place; returns (epochs done, history, the attempt that wrote the checkpoint)."""
-    loaders = ((MODEL, lambda p: model.load_state_dict(load_file(p))),
-               (STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
-               (HISTORY, lambda p: json.loads(p.read_text())))
-    loaded = {}
-    for name, load in loaders:
+    def save(self, path: Path, result: PosthocResult, scorers: dict[str, FeatureScorer]) -> None:
+        """This state, with the last evaluation's post-hoc grid and feature scorers, into `path`."""
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, path / MODEL)
+        cuda = self.aug_gen.device.type == "cuda"
+        torch.save({"epoch": self.epoch, "attempt": self.attempt, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "order_rng": self.order_gen.get_state(),
+                    "aug_rng": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(self.aug_gen.device)} if cuda else {})}, path / STATE)
+        (path / HISTORY).write_text(json.dumps(self.history))
+        result.save(path / POSTHOC)
+        if scorers:
+            save_scorers(scorers, path / SCORERS)
+
+    def restore(self, path: Path) -> None:
+        """In place, from the checkpoint in `path`; this run is then the attempt after the one that wrote it."""
+        loaders = ((MODEL, lambda p: self.model.load_state_dict(load_file(p))),
+                   (STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
+                   (HISTORY, lambda p: json.loads(p.read_text())))
+        loaded = {}
+        for name, load in loaders:
+            try:
+                loaded[name] = load(path / name)
+            except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError,
+                    SafetensorError) as exc:
+                raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
+                                           f"({first_line(exc)})") from None
+        state = loaded[STATE]
         try:
-            loaded[name] = load(path / name)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-            raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
-                                       f"({first_line(exc)})") from None
-    state = loaded[STATE]
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        order_gen.set_state(state["order_rng"])
-        aug_gen.set_state(state["aug_rng"])
-        return int(state["epoch"]), loaded[HISTORY], int(state["attempt"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointUnreadable(f"{path / STATE}: not a hiertune checkpoint state "
-                                   f"({type(exc).__name__}: {exc})") from None
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.order_gen.set_state(state["order_rng"])
+            self.aug_gen.set_state(state["aug_rng"])
+            # Checkpoints written before the global generators were saved lack them.
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.aug_gen.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.aug_gen.device)
+            self.epoch, self.attempt = int(state["epoch"]), int(state["attempt"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointUnreadable(f"{path / STATE}: not a hiertune checkpoint state "
+                                       f"({type(exc).__name__}: {exc})") from None
+        self.history = loaded[HISTORY]
 
 
 def read_history(checkpoint: str | None) -> list[dict]:

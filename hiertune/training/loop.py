@@ -1,8 +1,9 @@
 """One trial, top to bottom: build, (resume,) train an epoch, evaluate post hoc, report, repeat.
 
-`run_trial` is the only place an epoch happens. It does not know about Ray: it gets a `report`
-callable (metrics + a checkpoint directory) and optionally a directory to resume from, so the
-same loop serves `hiertune train` in-process and the Ray Tune trainable.
+`run_trial` is the only place epochs happen, and `train_epoch` the only place an epoch of training
+does, on images or on cached frozen-backbone features alike. It does not know about Ray: it gets a
+`report` callable (metrics + a checkpoint directory) and optionally a directory to resume from, so
+the same loop serves `hiertune train` in-process and the Ray Tune trainable.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +23,13 @@ from tqdm.auto import tqdm
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
-from hiertune.data.splits import SHIFTED
+from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
 from hiertune.novelty.ood_scores import HeadStats, head_of
-from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, point_metrics, posthoc_grid
+from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, unavailable
-from hiertune.training.checkpoint import load_checkpoint, save_checkpoint
+from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
@@ -81,154 +83,226 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    cuda = device.type == "cuda"
     autocast = amp_autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
-
     heads = heads_for(bundle, cfg)
+    model, augment = build(cfg, heads, device)
+    optimizer = make_optimizer(cfg, model)
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    steps_per_epoch = max(1, len(split.train_subclass) // cfg.batch_size)
+    state = TrainState(model, optimizer,
+                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
+                       order_gen=torch.Generator().manual_seed(cfg.seed),
+                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    if resume is not None:
+        state.restore(resume)
+        log.info("resuming from epoch %d (attempt %d)", state.epoch, state.attempt)
+    fault = fault_for(cfg.faults, cfg.trial_number)
+    # After a resume, so cached features come from the weights the trial trains with.
+    data = trial_data(cfg, bundle, split, heads, model, augment, features or FeatureStore())
+
+    metrics: dict = {}
+    for epoch in range(state.epoch, cfg.epochs):
+        poison = fault is not None and fault.strike(epoch, state.attempt)
+        train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
+        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast)
+        metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
+            state.save(Path(tmp), evaluation.result, evaluation.scorers)
+            report(metrics, Path(tmp))
+    return metrics
+
+
+def build(cfg: TrialConfig, heads: Heads, device: torch.device) -> tuple[torch.nn.Module, BatchAugment]:
+    """The model on its device and the batch augmentation, as every trial (and the feature
+    precomputation a sweep shares with its trials) builds them: channels-last on CUDA."""
+    cuda = device.type == "cuda"
     model = create_model(cfg.model_config(), heads).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
-    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
-    augment = BatchAugment(cfg.augment_config(), device, channels_last=cuda)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
-    steps_per_epoch = max(1, len(train_y[0]) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    posthoc_cfg = PosthocConfig(shifted_weight=cfg.shifted_weight)
-    fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
-    loss_cfg = cfg.loss_config()
+    return model, BatchAugment(cfg.augment_config(), device, channels_last=cuda)
 
-    # An attempt is one run of this loop; a restart from a checkpoint (a retry after a failure, a
-    # killed worker, `--resume`) is the next one. Every epoch records the attempt that ran it.
-    start_epoch, history, attempt = 0, [], 1
-    if resume is not None:
-        start_epoch, history, attempt = load_checkpoint(resume, model, optimizer, scheduler, order_gen, aug_gen)
-        attempt += 1
-        log.info("resuming from epoch %d (attempt %d)", start_epoch, attempt)
-    fault = fault_for(cfg.faults, cfg.trial_number)
-    # A frozen backbone's outputs are the same every epoch: then the loop reads them, computed once
-    # (after a resume, so they come from the weights the trial trains with).
-    features = features or FeatureStore()
-    computed_before, t_features = features.computed, time.perf_counter()
+
+def cached_inputs(cfg: TrialConfig, bundle: DataBundle, model: torch.nn.Module, augment: BatchAugment,
+                  store: FeatureStore) -> tuple[FeatureInputs, FeatureInputs] | None:
+    """`cfg`'s frozen-backbone features (training, validation), from `store` or computed into it;
+    None when the trial has to go through the backbone."""
+    device = augment.device
+    return frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
+                         cfg.cached_views(), device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)),
+                         store)
+
+
+@dataclass
+class TrialData:
+    """What every epoch reads: training and validation inputs (images, or a frozen backbone's
+    cached features) with their labels, and the training rows the feature scorers are fitted on."""
+
+    train: ImageInputs | FeatureInputs
+    train_y: tuple[torch.Tensor, torch.Tensor]  # superclass, subclass
+    val: ImageInputs | FeatureInputs
+    split: SplitData  # validation labels and groups
+    fit_rows: torch.Tensor
+    outlier_images: int
+    features_computed: int  # image pools this trial ran through its frozen backbone; 0: shared or read from disk
+    feature_seconds: float
+
+
+def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: Heads, model: torch.nn.Module,
+               augment: BatchAugment, features: FeatureStore) -> TrialData:
+    # A frozen backbone's outputs are the same every epoch: then the epochs read them, computed once.
+    computed_before, t0 = features.computed, time.perf_counter()
     if cfg.corrupt_p > 0 and cfg.feature_views > 0 and getattr(model, "backbone_frozen", False):
         log.info("corrupt_p %g: the frozen backbone runs every step (cached features cannot be corrupted)",
                  cfg.corrupt_p)
-    cached = frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
-                           cfg.cached_views(), device, autocast, str(precision(device, cfg.amp)), features)
-    feature_stats = {"features_computed": features.computed - computed_before,  # 0: shared or read from disk
-                     "feature_seconds": time.perf_counter() - t_features}
-    train_inputs, val_inputs = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
-                                                      cfg.corrupt_severity),
-                                          ImageInputs(torch.from_numpy(split.val_images), augment))
+    cached = cached_inputs(cfg, bundle, model, augment, features)
+    feature_seconds = time.perf_counter() - t0
+    train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
+                                        cfg.corrupt_severity),
+                            ImageInputs(torch.from_numpy(split.val_images), augment))
+    train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
+    fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
+    return TrialData(train, train_y, val, split, fit_rows,
+                     outlier_images=int((split.train_superclass == heads.n_super).sum()),
+                     features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        poison = fault is not None and fault.strike(epoch, attempt)
-        # ---- train one epoch -------------------------------------------------------------
-        # Nothing in this loop waits for the device: loss parts stay on it and are read once,
-        # after the epoch.
-        model.set_epoch(epoch)
-        model.train()
-        mix = cfg.mixup_alpha > 0
-        totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
-        seen_images, t0 = 0, time.perf_counter()
-        batches = train_inputs.batches(train_y, cfg.batch_size, device, train=True, order_gen=order_gen,
-                                       aug_gen=aug_gen)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=None if progress else True, leave=False)  # None: hide when not a TTY
-        for step, (x, sup, sub) in enumerate(bar):
+
+@dataclass
+class EpochTraining:
+    """What one epoch of training measured."""
+
+    loss: float  # mean over the epoch's images
+    parts: list[float]  # mean of each of LOSS_PARTS
+    lr: float  # after the epoch's last step
+    images: int
+    seconds: float
+
+
+def train_epoch(state: TrainState, epoch: int, cfg: TrialConfig, heads: Heads, data: TrialData, device: torch.device,
+                autocast, scaler: torch.amp.GradScaler, poison: bool, progress: bool) -> EpochTraining:
+    """One pass over the training inputs, images or cached features: the one place an epoch of
+    training happens. `poison` (a test's injected fault) makes its loss NaN. Nothing here waits
+    for the device: loss parts stay on it and are read once, after the epoch."""
+    model, optimizer = state.model, state.optimizer
+    model.set_epoch(epoch)
+    model.train()
+    mix = cfg.mixup_alpha > 0
+    loss_cfg = cfg.loss_config()
+    totals = torch.zeros(1 + len(LOSS_PARTS), device=device)
+    images, t0 = 0, time.perf_counter()
+    batches = data.train.batches(data.train_y, cfg.batch_size, device, train=True, order_gen=state.order_gen,
+                                 aug_gen=state.aug_gen)
+    bar = tqdm(batches, total=len(data.train) // cfg.batch_size, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               unit="batch", disable=None if progress else True, leave=False)  # None: hide when not a TTY
+    for step, (x, sup, sub) in enumerate(bar):
+        if mix:
+            lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
+            perm = torch.randperm(len(sup), generator=state.order_gen).to(device)
+            x = mix_inputs(x, lam, perm)
+        with autocast():
+            out = data.train.forward(model, x)
+            loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
             if mix:
-                lam = float(np.random.default_rng([cfg.seed, epoch, step]).beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                perm = torch.randperm(len(sup), generator=order_gen).to(device)
-                x = mix_inputs(x, lam, perm)
-            with autocast():
-                out = train_inputs.forward(model, x)
-                loss, parts = hierarchical_loss(out, sup, sub, heads, loss_cfg)
-                if mix:
-                    loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
-                    loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
-                if poison:
-                    loss = loss * math.nan
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            totals += torch.cat([loss.detach().float().view(1), parts]) * len(sup)
-            seen_images += len(sup)
-            if progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        train_loss, *part_means = (totals / max(1, seen_images)).tolist()
-        if not math.isfinite(train_loss):
-            raise TrialDiverged(f"non-finite training loss ({train_loss}) in epoch {epoch + 1}")
-        train_seconds = time.perf_counter() - t0
+                loss_b, parts_b = hierarchical_loss(out, sup[perm], sub[perm], heads, loss_cfg)
+                loss, parts = lam * loss + (1 - lam) * loss_b, lam * parts + (1 - lam) * parts_b
+            if poison:
+                loss = loss * math.nan
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state.scheduler.step()
+        totals += torch.cat([loss.detach().float().view(1), parts]) * len(sup)
+        images += len(sup)
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    mean_loss, *part_means = (totals / max(1, images)).tolist()
+    if not math.isfinite(mean_loss):
+        raise TrialDiverged(f"non-finite training loss ({mean_loss}) in epoch {epoch + 1}")
+    return EpochTraining(mean_loss, part_means, state.scheduler.get_last_lr()[0], images, time.perf_counter() - t0)
 
-        # ---- evaluate: one forward pass, then the whole post-hoc grid on its outputs -------
-        t1 = time.perf_counter()
-        batch, val_loss = evaluate(model, val_inputs, split.val_superclass, split.val_subclass, heads, cfg,
-                                   device, autocast, split.val_group)
-        t2 = time.perf_counter()
-        # Feature scorers see clean training images in eval mode, as validation images are seen:
-        # not the epoch's augmented (or mixed) train-mode features.
-        fit_out = forward_all(model, train_inputs.rows(fit_rows), device, autocast)
-        scorers = fit_scorers(fit_out, train_y[0][fit_rows], train_y[1][fit_rows], heads, model)
-        t_fit = time.perf_counter()
-        result = posthoc_grid(batch, heads, posthoc_cfg, scorers)
-        point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
-                               shifted_weight=cfg.shifted_weight)
-                 if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
-        t3 = time.perf_counter()
 
-        metrics = {
-            "epoch": epoch + 1,
-            "attempt": attempt,
-            "train_loss": train_loss,
-            **{f"train_{name}": v for name, v in zip(LOSS_PARTS, part_means)},
-            "val_loss": val_loss,
-            "lr": scheduler.get_last_lr()[0],
-            **result.to_metrics(),
-            FRONT_KEY: [[p["seen"], p["unseen"]] for p in result.front],
-            "recommended_score": result.recommended["score"],
-            # Closed-set accuracies, what seed 001 reports.
-            **_closed_set(batch, heads),
-            # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
-            # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
-            **{f"point_{k}": point[k] for k in POINT_KEYS},
-            "point_objective": (point["seen"] + point["unseen"]) / 2,
-            "train_images": len(train_inputs),
-            "outlier_images": int((split.train_superclass == heads.n_super).sum()),
-            "train_images_per_s": seen_images / train_seconds,
-            "epoch_seconds": train_seconds,
-            "eval_forward_seconds": t2 - t1,
-            "scorer_fit_seconds": t_fit - t2,
-            "posthoc_seconds": t3 - t_fit,
-            **feature_stats,
-        }
-        history.append(metrics)
-        with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), epoch + 1, attempt, history, model, optimizer, scheduler, order_gen,
-                             aug_gen, result, scorers)
-            report(metrics, Path(tmp))
-    return metrics
+@dataclass
+class Evaluation:
+    """One evaluation of the model: the post-hoc grid and the feature scorers (what the checkpoint
+    keeps), the metrics of the config's own (score, tau_super, tau_sub) point and of the closed
+    set, and how long each stage took."""
+
+    val_loss: float
+    result: PosthocResult
+    scorers: dict[str, FeatureScorer]
+    point: dict[str, float]
+    closed: dict[str, float]
+    forward_seconds: float
+    fit_seconds: float
+    posthoc_seconds: float
+
+
+def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data: TrialData, device: torch.device,
+                   autocast) -> Evaluation:
+    """One forward pass over the validation inputs, the feature scorers fitted, then the whole
+    post-hoc grid on the outputs."""
+    t0 = time.perf_counter()
+    batch, val_loss = evaluate(model, data.val, data.split.val_superclass, data.split.val_subclass, heads, cfg,
+                               device, autocast, data.split.val_group)
+    t1 = time.perf_counter()
+    # Feature scorers see clean training images in eval mode, as validation images are seen:
+    # not the epoch's augmented (or mixed) train-mode features.
+    fit_out = forward_all(model, data.train.rows(data.fit_rows), device, autocast)
+    scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model)
+    t2 = time.perf_counter()
+    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers)
+    point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
+                           shifted_weight=cfg.shifted_weight)
+             if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
+    t3 = time.perf_counter()
+    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2)
+
+
+def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Evaluation, data: TrialData) -> dict:
+    """What one epoch reports (to Ray Tune, MLflow, the checkpoint's history): the one place
+    that names its keys."""
+    result, point = evaluation.result, evaluation.point
+    return {
+        "epoch": epoch + 1,
+        "attempt": attempt,
+        "train_loss": train.loss,
+        **{f"train_{name}": v for name, v in zip(LOSS_PARTS, train.parts)},
+        "val_loss": evaluation.val_loss,
+        "lr": train.lr,
+        **result.to_metrics(),
+        FRONT_KEY: [[p["seen"], p["unseen"]] for p in result.front],
+        "recommended_score": result.recommended["score"],
+        # Closed-set accuracies, what seed 001 reports.
+        **evaluation.closed,
+        # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
+        # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
+        **{f"point_{k}": point[k] for k in POINT_KEYS},
+        "point_objective": (point["seen"] + point["unseen"]) / 2,
+        "train_images": len(data.train),
+        "outlier_images": data.outlier_images,
+        "train_images_per_s": train.images / train.seconds,
+        "epoch_seconds": train.seconds,
+        "eval_forward_seconds": evaluation.forward_seconds,
+        "scorer_fit_seconds": evaluation.fit_seconds,
+        "posthoc_seconds": evaluation.posthoc_seconds,
+        "features_computed": data.features_computed,
+        "feature_seconds": data.feature_seconds,
+    }
 
 
 def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
                         ) -> FeatureStore:
     """The frozen features of `cfg`'s backbone for every image pool, into `store`, returned. A
     sweep runs this once before its trials (as a Ray task with a trial's resources, so device and
-    precision match); model and preprocessing are built as run_trial builds them, and the key checks it: a trial that would differ just misses the shared set."""
+    precision match); model and preprocessing are built as run_trial builds them, and the key
+    checks it: a trial that would differ just misses the shared set."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    model = create_model(cfg.model_config(), heads_for(bundle, cfg)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    augment = BatchAugment(cfg.augment_config(), device, channels_last=device.type == "cuda")
-    frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
-                  cfg.cached_views(), device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)), store)
+    model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device))
+    cached_inputs(cfg, bundle, model, augment, store)
     return store
 
 

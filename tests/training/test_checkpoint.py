@@ -65,19 +65,43 @@ def test_checkpoint_holds_what_the_epoch_reported(trained):
     assert scorers["super"].means.shape[0] == heads.n_super and scorers["sub"].means.shape[0] == heads.n_sub
 
 
-def test_load_checkpoint_restores_the_training_state(trained):
-    cfg, bundle, metrics, directory = trained
+def fresh_state(cfg: TrialConfig, bundle) -> ckpt.TrainState:
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    order, aug = torch.Generator(), torch.Generator()
-    epoch, history, attempt = ckpt.load_checkpoint(directory, model, optimizer, scheduler, order, aug)
-    assert (epoch, attempt) == (1, 1) and same(history, [metrics])
+    return ckpt.TrainState(model, optimizer, scheduler, torch.Generator(), torch.Generator())
+
+
+def test_restore_brings_back_the_training_state_as_the_next_attempt(trained):
+    cfg, bundle, metrics, directory = trained
+    restored = fresh_state(cfg, bundle)
+    restored.restore(directory)
+    # one epoch done by attempt 1: the restored run is attempt 2
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
     saved = load_file(directory / ckpt.MODEL)
-    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, saved[k]) for k, v in restored.model.state_dict().items())
     state = torch.load(directory / ckpt.STATE, weights_only=True)
-    assert torch.equal(order.get_state(), state["order_rng"]) and torch.equal(aug.get_state(), state["aug_rng"])
-    assert optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys() != set()
+    assert torch.equal(restored.order_gen.get_state(), state["order_rng"])
+    assert torch.equal(restored.aug_gen.get_state(), state["aug_rng"])
+    assert restored.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys() != set()
+    assert restored.scheduler.state_dict()["last_epoch"] == state["scheduler"]["last_epoch"] > 0
+
+
+def test_a_checkpoint_without_the_global_generators_still_restores(trained, tmp_path):
+    """Checkpoints written before torch's global generators were saved."""
+    cfg, bundle, metrics, directory = trained
+    older = tmp_path / "older"
+    shutil.copytree(directory, older)
+    state = torch.load(older / ckpt.STATE, weights_only=True)
+    del state["torch_rng"]
+    torch.save(state, older / ckpt.STATE)
+    restored = fresh_state(cfg, bundle)
+    before = torch.get_rng_state()
+    restored.restore(older)
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert torch.equal(torch.get_rng_state(), before)
+    restored.restore(directory)
+    assert torch.equal(torch.get_rng_state(), torch.load(directory / ckpt.STATE, weights_only=True)["torch_rng"])
 
 
 def test_damaged_checkpoint_files_are_one_line(trained, tmp_path):
@@ -85,11 +109,8 @@ def test_damaged_checkpoint_files_are_one_line(trained, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(directory, damaged)
     (damaged / ckpt.STATE).write_bytes((directory / ckpt.STATE).read_bytes()[:100])
-    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
-    optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     with pytest.raises(CheckpointUnreadable, match=f"^{damaged / ckpt.STATE}: unreadable or truncated checkpoint"):
-        ckpt.load_checkpoint(damaged, model, optimizer, scheduler, torch.Generator(), torch.Generator())
+        fresh_state(cfg, bundle).restore(damaged)
     (damaged / ckpt.HISTORY).write_text("[{")
     with pytest.raises(UserError, match=f"^{damaged / ckpt.HISTORY}: unreadable or truncated"):
         ckpt.read_history(str(damaged))
