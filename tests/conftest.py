@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
 import json
+import shlex
 import socket
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertune.cli import main
+from hiertune.cli import _render_sweep, main
 from hiertune.data.synth import SynthConfig, write_synthetic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -33,6 +38,18 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("HIERTUNE_CACHE_DIR", str(root))
     return root
+
+
+def run_cli(*argv: str) -> CliResult:
+    """Run the CLI in-process, capturing what it printed (for fixtures wider than a test, which
+    cannot use capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse's own exits
+            code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -210,3 +227,109 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass
+class FinishedSweep:
+    root: Path
+    storage: Path
+    name: str
+    cache: Path
+    data: Path
+    summary: dict  # what `sweep --json` printed
+    next_steps: list[list[str]]  # the "next:" lines of its console summary, split as a shell would
+    ran: list[tuple[list[str], CliResult]]  # each hiertune step, as printed plus --json, and what it did
+    failed_export: FailedExport
+
+    @property
+    def dir(self) -> Path:
+        return self.storage / self.name
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.storage / 'mlflow.db'}"
+
+
+@dataclass
+class FailedExport:
+    """export-best run again over the exports, failing after its staging directory holds the
+    retrained model and the submission; a staging directory of a killed export lay beside them."""
+
+    error: BaseException | None
+    before: dict[str, bytes]  # export 1's files before
+    after: dict[str, bytes]  # ... and after
+    listing: list[str]  # what the export folder held after
+
+
+@contextlib.contextmanager
+def local_ray(monkeypatch: pytest.MonkeyPatch):
+    """A local Ray for several commands of one test or fixture, which they join as hiertune joins any
+    Ray its process has initialised (hiertune.sweep.run.ray_session): one start-up for all, and
+    an export's retraining tasks find the workers of the previous export warm. Its workers get
+    the environment hiertune gives those of a Ray it starts."""
+    import ray
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # cpus_per_trial of the spaces here
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def one_ray(monkeypatch: pytest.MonkeyPatch):
+    """A local Ray that every sweep and export of the test joins (local_ray)."""
+    with local_ray(monkeypatch):
+        yield
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
+    """One real sweep of 3 trials shorter than max_t (epochs=1, max_t=3), then every hiertune
+    command its summary prints as a next step, run as printed (pareto, export-best --top 2, ls),
+    then an export-best that fails midway. A sweep and its exports cost most of a minute on
+    2 CPUs: the sweep-story test reads what the sweep and its next steps did, the export tests
+    what the exports wrote and what the failed one left."""
+    root = tmp_path_factory.mktemp("finished")
+    storage, cache = root / "store", root / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # the printed steps name the storage unless ./sweeps holds the sweep
+        mp.setenv("HIERTUNE_CACHE_DIR", str(cache))
+        with local_ray(mp):
+            result = run_cli("sweep", str(space_file(root, small_data, samples=3, max_t=3)), "--set", "epochs=1",
+                             "--name", "short", "--storage", str(storage), "--json")
+            assert result.code == 0, result.err[-3000:]
+            summary = last_json(result.out)
+            text = _render_sweep(summary)
+            steps = [shlex.split(line.split("#")[0]) for line in text[text.index("next:"):].splitlines()[1:]]
+            ran = []
+            for argv in steps:
+                if "hiertune" in argv:
+                    args = argv[argv.index("hiertune") + 1:]
+                    ran.append((args, run_cli(*args, "--json")))
+            failed = _fail_an_export(storage, "short")
+    return FinishedSweep(root, storage, "short", cache, small_data, summary, steps, ran, failed)
+
+
+def _fail_an_export(storage: Path, name: str) -> FailedExport:
+    """export-best over existing exports, failing after its staging directory holds the retrained
+    model and the submission (as it logs them to MLflow), with a killed export's staging beside."""
+    from hiertune.export import export as export_module
+
+    exports = storage / name / "export"
+    before = {p.name: p.read_bytes() for p in files_under(exports / "1")}
+    (exports / ".1.killed.tmp").mkdir(parents=True)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (test)")
+
+    error = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_module, "_log_to_mlflow", broken)
+        try:
+            run_cli("export-best", name, "--storage", str(storage))
+        except OSError as exc:
+            error = exc
+    return FailedExport(error, before, {p.name: p.read_bytes() for p in files_under(exports / "1")},
+                        sorted(p.name for p in exports.iterdir()))

@@ -73,10 +73,21 @@ resources: {{cpus_per_trial: 1}}
 """)
     storage = root / "sweeps"
 
-    def run(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hiertune", *argv], env=env, cwd=root, capture_output=True,
-                              text=True, timeout=900)
+    def start(*argv: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "hiertune", *argv], env=env, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+        out, err = proc.communicate(timeout=900)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return finish(start(*argv))
+
+    dead = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{free_port()}"
+    # Commands that need no server, or only the export, run beside what is under way: most of
+    # their time is interpreter start-up, and a refused command stops before Ray or a trial starts.
+    unreachable = start("sweep", str(space), "--name", "f", "--storage", str(storage), "--mlflow-uri", dead)
     try:
         _wait_up(f"http://127.0.0.1:{port}", server, 300)
         uri = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{port}"
@@ -84,17 +95,28 @@ resources: {{cpus_per_trial: 1}}
             "sweep": run("sweep", str(space), "--name", "s", "--storage", str(storage), "--mlflow-uri", uri, "--json"),
             "export": run("export-best", "s", "--storage", str(storage), "--mlflow-uri", uri, "--json"),
         }
-        runs["predict"] = run("predict", str(storage / "s" / "export" / "1"), str(small_data / "test_images"),
-                              "-o", str(root / "predictions.csv"), "--json")
-        dead = f"http://{URI_USER}:{URI_PASSWORD_ENCODED}@127.0.0.1:{free_port()}"
-        runs["unreachable"] = run("sweep", str(space), "--name", "f", "--storage", str(storage), "--mlflow-uri", dead)
-        runs["unreachable-export"] = run("export-best", "s", "--storage", str(storage), "--mlflow-uri", dead)
-        yield {"root": root, "ray": ray_tmp, "storage": storage, "runs": runs, "model": storage / "s" / "export" / "1"}
+        after_export = {
+            "predict": start("predict", str(storage / "s" / "export" / "1"), str(small_data / "test_images"),
+                             "-o", str(root / "predictions.csv"), "--json"),
+            "unreachable-export": start("export-best", "s", "--storage", str(storage), "--mlflow-uri", dead)}
+        runs.update({name: finish(proc) for name, proc in after_export.items()}, unreachable=finish(unreachable))
+        yield {"root": root, "ray": ray_tmp, "storage": storage, "runs": runs, "model": storage / "s" / "export" / "1",
+               "server": f"http://127.0.0.1:{port}"}
     finally:
+        if unreachable.poll() is None:
+            unreachable.kill()
+            unreachable.wait()
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
         server_log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def rest(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def _found(text: str | bytes) -> list[str]:
@@ -138,3 +160,22 @@ def test_an_unreachable_server_is_one_line_without_its_credentials(leaks, name):
 def test_an_exported_model_that_lies_is_refused_in_one_line(leaks, ctx, cli, case):  # noqa: F811
     ctx.model = leaks["model"]
     check_refused(ctx, cli, case)
+
+
+def test_sweep_logs_to_an_mlflow_server_over_http(leaks):
+    assert leaks["runs"]["sweep"].returncode == 0, leaks["runs"]["sweep"].stderr[-3000:]
+    assert not (leaks["storage"] / "mlflow.db").exists()  # nothing went to a local store
+    server = leaks["server"]
+    experiment = rest(server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=s")["experiment"]
+    runs = rest(server, "/api/2.0/mlflow/runs/search",
+                {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    sweep_runs = [(r, t) for r, t in zip(runs, tags) if "hiertune.export" not in t]  # export-best's run is beside them
+    children = [t for _, t in sweep_runs if "mlflow.parentRunId" in t]
+    assert len(sweep_runs) == 3 and len(children) == 2
+    assert all(t["hiertune.status"] == "completed" for t in children)
+    metric_names = {m["key"] for r, _ in sweep_runs for m in r["data"].get("metrics", [])}
+    assert {"hypervolume", "seen", "unseen", "train_loss"} <= metric_names
+    parent_id = next(r["info"]["run_id"] for r, t in sweep_runs if "mlflow.parentRunId" not in t)
+    listing = rest(server, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}")
+    assert {"pareto.csv", "pareto.png"} <= {f["path"] for f in listing.get("files", [])}

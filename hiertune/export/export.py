@@ -4,8 +4,8 @@ Per chosen point (distinct trials, best first under `--pick`):
 
 1. Retrain the trial's configuration for the epochs the point was measured at, on every labeled
    image except a small stratified calibration split: no pseudo-novel holdout, and every outlier
-   class in the training pool. Each retraining is a Ray task with the sweep's per-trial
-   resources, so several run at once where the cluster has room.
+   class in the training pool. Each retraining is a Ray task (hiertune.export.retrain) with the
+   sweep's per-trial resources, so several run at once where the cluster has room.
 2. Calibrate the thresholds. A raw threshold means nothing for a different model, so what carries
    over is the rate: at the point, the sweep's threshold accepted a fraction `accept_super` of the
    seen validation images at the superclass level (and `accept_sub` at the subclass level). The
@@ -27,7 +27,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -45,42 +44,22 @@ from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
-from hiertune.data.splits import SHIFTED
 from hiertune.errors import UserError
-from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, Thresholds, calibrate,
-                                       calibrate_both, read_folder, write_json, write_model_dir, write_thresholds)
+from hiertune.export.predictor import METRICS, SOURCE, SUBMISSION, ExportedModel, read_folder, write_json
+from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
-from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
-from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
+from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
-from hiertune.training.loop import heads_for, run_trial
 
 log = logging.getLogger("hiertune")
 
 CALIBRATION_FRACTION = 0.1
 # Logged as a model from code: MLflow runs this file, with the hiertune package beside it.
 MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
-
-
-@dataclass(frozen=True)
-class RetrainJob:
-    k: int
-    point: dict  # the front point: trial, score, thresholds, seen acceptance, accuracies
-    cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
-
-
-@dataclass(frozen=True)
-class RetrainOutput:
-    """What a retraining task sends back to the driver: the model directory's files as bytes (the
-    task may have run on another node), how its thresholds were calibrated, and how long it took."""
-
-    files: dict[str, bytes]
-    calibration: dict
-    seconds: float
 
 
 def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
@@ -170,80 +149,6 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
                     failures.append(f"export {job.k} ({job.point['trial']}) failed: {reason[:300]}")
                 bar.update()
     return outputs, failures
-
-
-def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
-    """Train, calibrate, and return the model directory's files as bytes: the task may run on
-    another node, so nothing is written where the driver would have to find it."""
-    cfg, point = job.cfg, job.point
-    heads = heads_for(bundle, cfg)
-    with tempfile.TemporaryDirectory(prefix="hiertune-export-") as tmp:
-        last, out = Path(tmp) / "last", Path(tmp) / "model"
-
-        def keep_latest(metrics: dict, directory: Path) -> None:
-            shutil.rmtree(last, ignore_errors=True)
-            shutil.copytree(directory, last)
-
-        start = time.perf_counter()
-        final = run_trial(cfg, bundle, keep_latest, cpus=cpus)
-        seconds = time.perf_counter() - start
-
-        h = bundle.data.hierarchy
-        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point["score"])
-
-        model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus))
-        calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-        scores, _, _ = model.level_scores(calib.val_images)
-        s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
-        # Both seen groups of the calibration split: in-source, and shifted (corruptions of those
-        # images and/or the --shifted-data folder, as the sweep's validation had them).
-        shifted = calib.val_group == SHIFTED
-        seen_super = (calib.val_superclass < heads.n_super) & ~shifted
-        seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
-        weight = cfg.shifted_weight if shifted.any() else 0.0
-        thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
-                                   point.get("accept_shifted_super", math.nan), weight)
-        thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
-                                 point.get("accept_shifted_sub", math.nan), weight)
-        calibration = {
-            "images": int(len(calib.val_images)),
-            "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
-            "accept_super": seen_acceptance(s_super, seen_super, thr_super),
-            "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
-            "shifted_images": int(shifted.sum()),
-            "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
-            "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
-            "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
-            "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
-        }
-        # What matching the in-source rate alone would have accepted of the shifted images: the
-        # trade the two-group calibration made.
-        for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
-            alone = calibrate(level_scores[seen], point[f"accept_{level}"])
-            calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
-            calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
-        if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
-            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
-            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
-        pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
-        calibration.update({k: v for k, v in leaderboard_metrics(
-            pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
-            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
-            if k in ("seen_super_acc", "seen_sub_acc")})
-        write_thresholds(out, Thresholds(point["score"], thr_super, thr_sub), {
-            "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
-                    "threshold accepted of seen validation images at this point; with a seen_shifted group, the "
-                    "threshold that misses both groups' rates least, weighted by shifted_weight",
-            "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
-                                            "accept_sub", "accept_shifted_super", "accept_shifted_sub")
-                      if k in point}})
-        write_json(out / METRICS, {
-            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS) if k in point},
-            "calibration": calibration,
-            "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
-                        "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},
-        })
-        return RetrainOutput({p.name: p.read_bytes() for p in out.iterdir()}, calibration, seconds)
 
 
 @dataclass

@@ -21,7 +21,7 @@ def test_folder_outliers_keep_class_structure(tiny_outliers, cache_root):
 
 
 @pytest.mark.slow
-def test_cifar100_offline_is_one_clear_line(tmp_path):
+def test_cifar100_offline_is_one_clear_line(small_data, tmp_path):
     """A real download attempt through a proxy on a closed loopback port: the traffic never
     leaves the machine and fails the way an offline machine does."""
     with socket.socket() as s:
@@ -29,10 +29,7 @@ def test_cifar100_offline_is_one_clear_line(tmp_path):
         closed_port = s.getsockname()[1]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HIERTUNE_CACHE_DIR": str(tmp_path / "cache"),
            "https_proxy": f"http://127.0.0.1:{closed_port}", "http_proxy": f"http://127.0.0.1:{closed_port}"}
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "hiertune", "data", "synth", str(data)], env=env, check=True,
-                   capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "hiertune", "data", "inspect", str(data), "--outliers", "cifar100"],
+    proc = subprocess.run([sys.executable, "-m", "hiertune", "data", "inspect", str(small_data), "--outliers", "cifar100"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("Downloading")]

@@ -14,10 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import write_image
-from hiertune.cli import main
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import list_image_files
-from hiertune.export import export as export_module
 from hiertune.export.predictor import calibrate, calibrate_both
 from hiertune.sweep.front import Pick
 
@@ -29,27 +27,13 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, small_data):
-    """A 3-trial sweep on the small synthetic set, then export-best --top 2."""
-    root = tmp_path_factory.mktemp("export")
-    cache = str(root / "cache")
-    space = root / "space.yaml"
-    space.write_text(f"""
-family: cnn
-fixed: {{epochs: 2, batch_size: 32, cnn_width: 8, threads: 1, data: {small_data}}}
-search:
-  lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
-  outlier_fraction: {{type: float, low: 0.3, high: 1.0}}
-tune: {{num_samples: 3, sampler: random, seed: 1}}
-scheduler: {{max_t: 2, grace_period: 1, reduction_factor: 2}}
-resources: {{cpus_per_trial: 1}}
-""")
-    storage = root / "sweeps"
-    assert main(["sweep", str(space), "--name", "ex", "--storage", str(storage), "--cache-dir", cache,
-                 "--json"]) == 0
-    assert main(["export-best", "ex", "--storage", str(storage), "--top", "2", "--cache-dir", cache, "--json"]) == 0
-    return {"root": root, "storage": storage, "sweep": storage / "ex", "cache": cache, "data": small_data,
-            "uri": f"sqlite:///{storage / 'mlflow.db'}"}
+def exported(finished_sweep):
+    """A 3-trial sweep on the small synthetic set, then export-best --top 2 (the step its summary
+    prints, run by the shared fixture)."""
+    ((args, export),) = [(args, run) for args, run in finished_sweep.ran if args[0] == "export-best"]
+    assert args[args.index("--top") + 1] == "2" and export.code == 0, export.err[-3000:]
+    return {"storage": finished_sweep.storage, "sweep": finished_sweep.dir, "cache": str(finished_sweep.cache),
+            "data": finished_sweep.data, "uri": finished_sweep.mlflow_uri, "name": finished_sweep.name}
 
 
 @pytest.mark.slow
@@ -79,7 +63,7 @@ def test_export_writes_valid_submissions_and_self_contained_models(exported):
         assert trial["pseudo_novel_fraction"] == 0.0 and trial["outlier_val_fraction"] == 0.0
         assert trial["val_fraction"] == pytest.approx(0.1)
         source = json.loads((d / "source.json").read_text())
-        assert source["sweep"] == "ex" and trial["epochs"] == source["point"]["epochs"]
+        assert source["sweep"] == exported["name"] and trial["epochs"] == source["point"]["epochs"]
         trials.add(source["trial_id"])
 
         # Calibration reproduces the seen acceptance the sweep's threshold had at both levels: for
@@ -152,7 +136,7 @@ def test_predict_and_mlflow_pyfunc_agree_with_the_export(exported, cli, tmp_path
 @pytest.mark.slow
 def test_exports_are_logged_and_registered_under_the_sweep(exported):
     client = MlflowClient(exported["uri"])
-    experiment = client.get_experiment_by_name("ex")
+    experiment = client.get_experiment_by_name(exported["name"])
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     exports = [r for r in runs if "hiertune.export" in r.data.tags]
@@ -163,35 +147,26 @@ def test_exports_are_logged_and_registered_under_the_sweep(exported):
         assert run.data.metrics["retrain_seconds"] > 0
         files = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
         assert {"export/submission.csv", "export/model.safetensors", "export/thresholds.json"} <= files
-    versions = client.search_model_versions("name='hiertune-ex'")
+    versions = client.search_model_versions(f"name='hiertune-{exported['name']}'")
     assert sorted(v.tags["hiertune.export"] for v in versions) == ["1", "2"]
 
 
 @pytest.mark.slow
-def test_a_failed_export_leaves_the_previous_one_intact(exported, cli, monkeypatch):
-    target = exported["sweep"] / "export" / "1"
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
-    (target.parent / ".1.killed.tmp").mkdir()  # the staging directory of an export killed mid-write
-
-    def broken(*args, **kwargs):
-        raise OSError("disk full (test)")
-
-    # Fails after the staging directory holds the retrained model and the submission.
-    monkeypatch.setattr(export_module, "_log_to_mlflow", broken)
-    with pytest.raises(OSError):
-        cli("export-best", "ex", "--storage", str(exported["storage"]), "--cache-dir", exported["cache"])
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert sorted(p.name for p in target.parent.iterdir()) == ["1", "2"]  # no staging left, old or new
+def test_a_failed_export_leaves_the_previous_one_intact(finished_sweep):
+    failed = finished_sweep.failed_export  # export-best again, failing as it logs export 1 to MLflow
+    assert isinstance(failed.error, OSError) and "disk full (test)" in str(failed.error)
+    assert failed.before and failed.after == failed.before
+    assert failed.listing == ["1", "2"]  # no staging left, old or new
 
 
 @pytest.mark.slow
 def test_bad_input_is_one_line(exported, cli, tmp_path):
-    storage = str(exported["storage"])
+    storage, name = str(exported["storage"]), exported["name"]
     cases = [
         (["export-best", "nope", "--storage", storage], "no such sweep"),
-        (["export-best", "ex", "--storage", storage, "--pick", "best"], "expected knee, max-seen"),
-        (["export-best", "ex", "--storage", storage, "--pick", "weight=2"], "W in [0, 1]"),
-        (["export-best", "ex", "--storage", storage, "--top", "0"], "--top must be >= 1"),
+        (["export-best", name, "--storage", storage, "--pick", "best"], "expected knee, max-seen"),
+        (["export-best", name, "--storage", storage, "--pick", "weight=2"], "W in [0, 1]"),
+        (["export-best", name, "--storage", storage, "--top", "0"], "--top must be >= 1"),
         (["predict", str(tmp_path / "missing"), str(tmp_path)], "no such model directory"),
     ]
     broken = tmp_path / "broken"

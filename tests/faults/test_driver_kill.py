@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 PLAN = "1=stall@1;2=stall@1"
 
 
-def test_a_killed_driver_resumes_without_losing_or_repeating_work(small_data, tmp_path, start_sweep):
+def test_a_killed_driver_resumes_without_losing_or_repeating_work(cli, small_data, tmp_path, start_sweep):
     space = fault_space(tmp_path / "space.yaml", small_data, samples=4, epochs=2, faults=PLAN)
     storage = tmp_path / "sweeps"
     first = start_sweep(space, storage, "k")
@@ -74,8 +74,9 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(small_data, tm
         model = checkpoint / "model.safetensors"
         model.write_bytes(model.read_bytes()[:100])
 
-    resumed = start_sweep(space, storage, "k", "--resume")
-    assert resumed.wait() == 0, resumed.err[-3000:]
+    # A new driver, in this process.
+    resumed = cli("sweep", str(space), "--name", "k", "--storage", str(storage), "--resume", "--json")
+    assert resumed.code == 0, resumed.err[-3000:]
     summary = last_json(resumed.out)
     assert summary["trials"] == {"completed": 3, "stopped": 0, "failed": 1, "interrupted": 0}
 

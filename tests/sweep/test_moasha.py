@@ -282,9 +282,8 @@ def test_unknown_scheduler_type_or_field_is_one_line(tmp_path: Path, scheduler: 
 # ---- a real sweep ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sweep_with_moasha_stops_trials_and_optuna_learns_them_as_pruned(cli, small_data, tmp_path):
+def test_sweep_with_moasha_stops_trials_and_optuna_learns_them_as_pruned(cli, small_data, tmp_path, one_ray):
     from optuna.trial import TrialState
-
 
     path = space_file(tmp_path, small_data, samples=6, max_t=3)
     result = cli("sweep", str(path), "--set", "scheduler.type=moasha", "--name", "mo",

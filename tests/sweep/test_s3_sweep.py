@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_s3_sweep_resumes_from_s3_alone_and_records_no_credential(cli, small_data, s3, cache_root, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, one_ray):
     monkeypatch.chdir(tmp_path)  # an S3 sweep's default MLflow store is ./sweeps/mlflow.db
     data = tmp_path / "data"
     shutil.copytree(small_data, data)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time
@@ -18,7 +17,6 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port, last_json, space_file
 
-from hiertune.cli import _render_sweep
 from hiertune.novelty.scores import SCORES
 from hiertune.space import load_space
 from hiertune.sweep.search import FidelityAwareOptunaSearch
@@ -38,14 +36,9 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 60) -> dict:
 
 
 @pytest.mark.slow
-def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(cli, small_data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    storage = tmp_path / "store"
+def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(finished_sweep):
     # epochs=1 < max_t=3: every trial runs all its epochs, and none was stopped by ASHA.
-    result = cli("sweep", str(space_file(tmp_path, small_data, samples=3, max_t=3)), "--set", "epochs=1",
-                 "--name", "short", "--storage", str(storage), "--json")
-    assert result.code == 0, result.err[-3000:]
-    summary = last_json(result.out)
+    storage, summary = finished_sweep.storage, finished_sweep.summary
     assert summary["trials"] == {"completed": 3, "stopped": 0, "failed": 0, "interrupted": 0}
     assert [t.status for t in load_trials(storage / "short")] == ["completed"] * 3
 
@@ -59,12 +52,13 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(cli,
     assert sum(importance["seen"].values()) == pytest.approx(1.0)
 
     # MLflow: params are what was sampled or fixed; the post-hoc choice is the recommended
-    # point's metrics and tag; no Ray bookkeeping; named runs; descriptions.
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    # point's metrics and tag; no Ray bookkeeping; named runs; descriptions. (The fixture's
+    # export-best step added its runs under the parent too; tests/export checks those.)
+    client = MlflowClient(finished_sweep.mlflow_uri)
     experiment = client.get_experiment_by_name("short")
     assert "one nested run per trial" in experiment.tags["mlflow.note.content"]
     runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and "hiertune.export" not in r.data.tags]
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(children) == 3
     for run in children:
@@ -84,23 +78,19 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(cli,
     assert "export-best retrains" in parent.data.tags["mlflow.note.content"]
     assert {"pareto.html", "importance.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
-    # The next steps, pasted: hiertune commands run in-process, the dashboard as a server.
-    text = _render_sweep(summary)
-    steps = [shlex.split(line.split("#")[0]) for line in text[text.index("next:"):].splitlines()[1:]]
+    # The next steps, pasted: hiertune commands run in-process (by the fixture), the dashboard
+    # as a server.
     ran = set()
-    for argv in steps:
-        if "hiertune" in argv:
-            args = argv[argv.index("hiertune") + 1:]
-            run = cli(*args, "--json")
-            assert run.code == 0, (argv, run.err[-2000:])
-            ran.add(args[0])
-            if args[0] == "pareto":
-                assert last_json(run.out)["recommended"] == best
-            if args[0] == "export-best":
-                exports = last_json(run.out)["exports"]
-                assert exports[0]["trial"] == best["trial"]  # the default pick is the recommended point
+    for args, run in finished_sweep.ran:
+        assert run.code == 0, (args, run.err[-2000:])
+        ran.add(args[0])
+        if args[0] == "pareto":
+            assert last_json(run.out)["recommended"] == best
+        if args[0] == "export-best":
+            exports = last_json(run.out)["exports"]
+            assert exports[0]["trial"] == best["trial"]  # the default pick is the recommended point
     assert ran == {"pareto", "export-best", "ls"}
-    (dashboard,) = [argv for argv in steps if argv[0].endswith("optuna-dashboard")]
+    (dashboard,) = [list(argv) for argv in finished_sweep.next_steps if argv[0].endswith("optuna-dashboard")]
     port = free_port()
     dashboard[dashboard.index("--port") + 1] = str(port)
     proc = subprocess.Popen([*dashboard, "--host", "127.0.0.1"], stdout=subprocess.DEVNULL,
