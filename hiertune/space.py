@@ -36,7 +36,8 @@ from hiertune.models.backbone import check_backbone
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("asha", "moasha", "fifo")
+# Each scheduler type and how the console, plots and summary name what it stopped.
+SCHEDULERS = {"asha": "ASHA", "moasha": "MO-ASHA", "fifo": "FIFO"}
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,7 @@ class SchedulerSettings:
 
     @property
     def label(self) -> str:
-        """How the console, plots and summary name what stopped a trial."""
-        return {"asha": "ASHA", "moasha": "MO-ASHA", "fifo": "FIFO"}[self.type]
+        return SCHEDULERS[self.type]
 
 
 @dataclass(frozen=True)
