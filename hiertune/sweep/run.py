@@ -150,11 +150,14 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
     if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
         return store
     frozen = replace(base, finetune="linear")
-    task = ray.remote(precompute_features).options(num_cpus=space.resources.cpus_per_trial,
-                                                   num_gpus=space.resources.gpus_per_trial, max_retries=0)
+    # Before any trial starts: the largest node's CPUs, which extraction splits its images across.
+    cpus = max([space.resources.cpus_per_trial,
+                *(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))])
+    task = ray.remote(precompute_features).options(num_cpus=cpus, num_gpus=space.resources.gpus_per_trial,
+                                                   max_retries=0)
     start = time.perf_counter()
     try:
-        store = ray.get(task.remote(frozen, bundle, store, space.resources.cpus_per_trial))
+        store = ray.get(task.remote(frozen, bundle, store, cpus))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise UserError(str(exc.cause)) from None

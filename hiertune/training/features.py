@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,10 +32,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hiertune.data.augment import AugmentConfig, BatchAugment
-from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import take_rows
 from hiertune.fsutil import atomic_file
+from hiertune.progress import Progress
 from hiertune.training.inputs import FeatureInputs
 
 log = logging.getLogger("hiertune")
@@ -86,29 +87,71 @@ def feature_key(model: torch.nn.Module, weights: str, augment: AugmentConfig, im
     parts = {"version": FEATURE_VERSION, "model": model.frozen_spec(), "weights": weights,
              "view": view_settings(augment, views), "image_size": image_size, "views": views,
              "view_seed": VIEW_SEED, "images": images, "precision": precision}
+    if views > 1:  # augmented views drawn per DRAW_BLOCK (block_generator), not from one stream
+        parts["draws"] = f"block{DRAW_BLOCK}"
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+
+
+DRAW_BLOCK = 256  # images per random draw of the views: the unit the workers split and the seeds follow
+
+
+def block_generator(device: torch.device, block: int) -> torch.Generator:
+    """The generator of one DRAW_BLOCK's view draws: seeded by VIEW_SEED and the block's index,
+    so the views do not depend on how blocks are split across workers or batched."""
+    seed = int(np.random.SeedSequence([VIEW_SEED, block]).generate_state(1)[0])
+    return torch.Generator(device).manual_seed(seed)
 
 
 @torch.no_grad()
 def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, views: int, device: torch.device,
-            autocast: Callable, batch_size: int = 256) -> dict[str, np.ndarray]:
+            autocast: Callable, workers: int | None = None, label: str = "images", threads: int = 1
+            ) -> dict[str, np.ndarray]:
     """`model.frozen_features` of every image: name -> [N, views, ...] float32 on the CPU.
 
     View 0 is preprocessed as evaluation does (`augment(..., train=False)`, the call the
     validation pass and predict make), so normalisation and input size follow the trial's
-    `BatchAugment`; views 1.. through its training augmentation, drawn from VIEW_SEED."""
+    `BatchAugment`; views 1.. through its training augmentation, drawn per DRAW_BLOCK of images
+    (block_generator). On the CPU the blocks are split across `workers` threads (default: torch's
+    thread count), each running the backbone on `threads` torch threads (1: data parallelism
+    scales better than torch's own intra-op threads on the small convolutions of mobile backbones). On a GPU one
+    thread sends batches of as many blocks as its free memory holds."""
     model.eval()
-    gen = torch.Generator(device).manual_seed(VIEW_SEED)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for (xb,) in iterate_batches(torch.from_numpy(images), (), batch_size, shuffle=False, generator=None,
-                                 device=device):
+    n = len(images)
+    blocks = [(b, slice(i, min(i + DRAW_BLOCK, n))) for b, i in enumerate(range(0, n, DRAW_BLOCK))]
+    progress = Progress(f"features of {label}", n)
+
+    def run(batch: list[tuple[int, slice]]) -> dict[str, torch.Tensor]:
+        # Each block draws from its own generator, so a batch of several blocks gives what the
+        # blocks one at a time would.
+        gens = [block_generator(device, b) for b, _ in batch]
+        xbs = [torch.from_numpy(images[s]).to(device) for _, s in batch]
         per_view = []
         for k in range(views):
+            x = torch.cat([augment(xb, gen, train=k > 0) for xb, gen in zip(xbs, gens)])
             with autocast():
-                per_view.append(model.frozen_features(augment(xb, gen, train=k > 0)))
-        for name in per_view[0]:
-            parts.setdefault(name, []).append(torch.stack([v[name].float() for v in per_view], dim=1).cpu())
-    return {name: torch.cat(p).numpy() for name, p in parts.items()}
+                per_view.append(model.frozen_features(x))
+        out = {name: torch.stack([v[name].float() for v in per_view], dim=1).cpu() for name in per_view[0]}
+        progress.add(sum(map(len, xbs)))
+        return out
+
+    if device.type == "cuda":
+        # As many blocks per batch as the free memory holds, sized by the first block's peak.
+        torch.cuda.reset_peak_memory_stats(device)
+        before, (free, _) = torch.cuda.memory_allocated(device), torch.cuda.mem_get_info(device)
+        parts = [run(blocks[:1])]
+        size = max(1, int(0.6 * free // max(1, torch.cuda.max_memory_allocated(device) - before)))
+        parts += [run(blocks[i:i + size]) for i in range(1, len(blocks), size)]
+    else:
+        workers = max(1, min(workers or torch.get_num_threads(), len(blocks)))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="hiertune-extract") as pool:
+                parts = list(pool.map(lambda block: run([block]), blocks))
+        finally:
+            torch.set_num_threads(before)
+    progress.close()
+    return {name: torch.cat([p[name] for p in parts]).numpy() for name in parts[0]}
 
 
 @dataclass
@@ -172,7 +215,8 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
     for pool, images in pools.items():
         n_views = 1 if pool in EVAL_POOLS else views
         key = feature_key(model, weights, augment.config, image_size, n_views, store.digest(pool, images), precision)
-        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast))
+        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast,
+                                                                label=f"{pool} ({len(images)} images)"))
     return out
 
 

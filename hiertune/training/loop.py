@@ -29,6 +29,7 @@ from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, unavailable
+from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
@@ -296,9 +297,11 @@ def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Ev
 def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
                         ) -> FeatureStore:
     """The frozen features of `cfg`'s backbone for every image pool, into `store`, returned. A
-    sweep runs this once before its trials (as a Ray task with a trial's resources, so device and
-    precision match); model and preprocessing are built as run_trial builds them, and the key
-    checks it: a trial that would differ just misses the shared set."""
+    sweep runs this once before its trials (as a Ray task with a trial's device and the CPUs of a
+    node, which extraction splits its images across); model and preprocessing are built as
+    run_trial builds them, and the key checks it: a trial that would differ just misses the
+    shared set."""
+    log_to_stderr()  # the progress lines, from a Ray worker too
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device))

@@ -27,7 +27,7 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.loop import forward_all, heads_for, run_trial
-from hiertune.training.features import (FeatureStore, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
+from hiertune.training.features import (DRAW_BLOCK, FeatureStore, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
@@ -185,7 +185,7 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
             torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path):
+def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path, caplog):
     cfg = TrialConfig(**{**FAST, "augment": True, "feature_views": 3})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
@@ -198,8 +198,17 @@ def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle,
     np.testing.assert_allclose(feats["pooled"][:, 0], clean.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(feats["pooled"][:, 1], feats["pooled"][:, 0])
     assert not np.allclose(feats["pooled"][:, 2], feats["pooled"][:, 1])
-    again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
+    # Seeded per block of images: the same whether one thread or two split the blocks.
+    with caplog.at_level(logging.INFO, logger="hiertune"):
+        again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext, workers=2, label="twenty")
     np.testing.assert_array_equal(again["pooled"], feats["pooled"])
+    assert any("features of twenty: 20 images in" in r.getMessage() and "images/s" in r.getMessage()
+               for r in caplog.records)
+    many = np.concatenate([bundle.data.train.images] * (1 + 2 * DRAW_BLOCK // len(bundle.data.train.images)))
+    many = many[: 2 * DRAW_BLOCK + 7]
+    one = extract(model, many, augment, 2, torch.device("cpu"), nullcontext, workers=1)
+    two = extract(model, many, augment, 2, torch.device("cpu"), nullcontext, workers=2)
+    np.testing.assert_array_equal(one["pooled"], two["pooled"])
     # A trial on them draws a view per image each epoch and trains.
     (metrics, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="dualhead", augment=True,
                           feature_views=3, epochs=1, mixup_alpha=0.2)
