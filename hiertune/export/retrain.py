@@ -56,7 +56,7 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
             shutil.copytree(directory, last)
 
         start = time.perf_counter()
-        final = run_trial(cfg, bundle, keep_latest, cpus=cpus)
+        final = run_trial(cfg, bundle, keep_latest, cpus=cpus, rungs=())  # only the last epoch is exported
         seconds = time.perf_counter() - start
 
         h = bundle.data.hierarchy

@@ -91,6 +91,19 @@ def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
     return allowed_logits(logits, mask).logsumexp(1)
 
 
+def background(x: Tensor, shrinkage: float) -> tuple[Tensor, Tensor]:
+    """(mean, whitening) of the Gaussian of all of `x` [N, D] float64, its covariance shrunk as
+    the class-conditional fit's is (FeatureBank.fit), so the two distances that rmds subtracts
+    are on the same footing."""
+    n, dim = x.shape
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.T @ centred / n
+    eye = torch.eye(dim, dtype=torch.float64)
+    cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
+    return mean, torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+
+
 @dataclass
 class HeadStats:
     """What the head-based scores fit on clean training features of one level."""
@@ -99,24 +112,25 @@ class HeadStats:
     mean: Tensor  # [D] mean training feature (raw), the background Gaussian's mean
     whiten: Tensor  # [D, D] whitening of the background Gaussian (shrunk covariance of all features)
     head_mean: Tensor  # [D] mean head input (normalised for cosine heads): fdbd's centre
-    vim_origin: Tensor  # [D] u = -pinv(W) b, in head-input space
-    vim_residual: Tensor  # [D, D - d] basis of the complement of the principal subspace
-    vim_alpha: Tensor  # [] scalar
+    vim_origin: Tensor | None  # [D] u = -pinv(W) b, in head-input space; None: vim not fitted
+    vim_residual: Tensor | None  # [D, D - d] basis of the complement of the principal subspace
+    vim_alpha: Tensor | None  # [] scalar
 
     @classmethod
     def fit(cls, features: Tensor, head: LinearHead, shrinkage: float = 0.1,
-            vim_fraction: float = VIM_FRACTION) -> HeadStats:
+            vim_fraction: float = VIM_FRACTION, vim: bool = True, memo=None) -> HeadStats:
+        """`vim` False leaves vim's principal subspace (an eigendecomposition of the feature
+        width) unfitted; `memo` (hiertune.novelty.scores.Memo) keeps what depends on the features
+        alone across epochs and levels."""
+        from hiertune.novelty.scores import memo_get  # scores imports this module
+
         x = features.detach().to("cpu", torch.float64)
-        n, dim = x.shape
-        mean = x.mean(0)
-        centred = x - mean
-        cov = centred.T @ centred / n
-        # The same shrinkage as the class-conditional fit (FeatureBank.fit), so the two distances
-        # that rmds subtracts are on the same footing.
-        eye = torch.eye(dim, dtype=torch.float64)
-        cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
-        whiten = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+        mean, whiten = memo_get(memo, f"background{shrinkage}", (x,), lambda: background(x, shrinkage))
         z = head.inputs(x)
+        head_mean = memo_get(memo, "head_mean", (x, torch.tensor(head.normalize)), lambda: z.mean(0))
+        if not vim:
+            return cls(head, mean, whiten, head_mean, None, None, None)
+        n, dim = x.shape
         origin = -torch.linalg.pinv(head.weight) @ head.bias
         shifted = z - origin
         _, vectors = torch.linalg.eigh(shifted.T @ shifted / n)  # eigenvalues ascending
@@ -124,7 +138,7 @@ class HeadStats:
         residual = vectors[:, : dim - keep]
         virtual = (shifted @ residual).norm(dim=1)
         alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
-        return cls(head, mean, whiten, z.mean(0), origin, residual, alpha)
+        return cls(head, mean, whiten, head_mean, origin, residual, alpha)
 
     def background_distance(self, features: Tensor) -> Tensor:
         """Squared Mahalanobis distance under the background Gaussian (rmds's MD_0)."""
@@ -149,11 +163,15 @@ class HeadStats:
 
     def scale(self, features: Tensor, mask: Tensor | None = None,
               percentile: float = SCALE_PERCENTILE) -> Tensor:
+        return energy(self.head.logits(self.scaled_inputs(features, percentile)), mask)
+
+    def scaled_inputs(self, features: Tensor, percentile: float = SCALE_PERCENTILE) -> Tensor:
+        """scale's head inputs, each rescaled by exp of its sum over its top-(100 - percentile)%."""
         z = self.head.inputs(features)
         dim = z.shape[1]
         k = max(1, dim - round(dim * percentile / 100.0))
         r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
-        return energy(self.head.logits(z * r.exp()[:, None]), mask)
+        return z * r.exp()[:, None]
 
     def vim(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         z = self.head.inputs(features)
@@ -161,12 +179,14 @@ class HeadStats:
         return energy(self.head.logits(z), mask) - self.vim_alpha * virtual
 
     def state_dict(self) -> dict[str, Tensor]:
+        vim = {k: v for k, v in (("vim_origin", self.vim_origin), ("vim_residual", self.vim_residual),
+                                 ("vim_alpha", self.vim_alpha)) if v is not None}
         return {"head_weight": self.head.weight, "head_bias": self.head.bias,
                 "head_normalize": torch.tensor(self.head.normalize), "mean": self.mean, "whiten": self.whiten,
-                "head_mean": self.head_mean, "vim_origin": self.vim_origin, "vim_residual": self.vim_residual,
-                "vim_alpha": self.vim_alpha}
+                "head_mean": self.head_mean, **vim}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Tensor]) -> HeadStats:
         head = LinearHead(d["head_weight"], d["head_bias"], bool(d["head_normalize"]))
-        return cls(head, d["mean"], d["whiten"], d["head_mean"], d["vim_origin"], d["vim_residual"], d["vim_alpha"])
+        return cls(head, d["mean"], d["whiten"], d["head_mean"], d.get("vim_origin"), d.get("vim_residual"),
+                   d.get("vim_alpha"))

@@ -176,7 +176,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
-                             features=features),
+                             features=features, rungs=space.scheduler.rungs),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)

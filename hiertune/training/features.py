@@ -146,7 +146,9 @@ def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, v
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="hiertune-extract") as pool:
+            # torch's thread count is per OS thread under OpenMP: each worker sets its own.
+            with ThreadPoolExecutor(workers, thread_name_prefix="hiertune-extract",
+                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
                 parts = list(pool.map(lambda block: run([block]), blocks))
         finally:
             torch.set_num_threads(before)

@@ -12,7 +12,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
-from hiertune.novelty.scores import FeatureBank, FeatureScorer, unavailable
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, Memo, memo_get, unavailable
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
@@ -77,10 +77,13 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
-              cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None) -> dict:
+              cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
+              rungs: tuple[int, ...] | None = None) -> dict:
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
-    `feature_seconds` say what the cache saved."""
+    `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
+    scheduler reads; they and the last epoch get the full evaluation, the others every score but
+    vim (metric `full_evaluation`; None: every epoch is full)."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -103,10 +106,12 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     data = trial_data(cfg, bundle, split, heads, model, augment, features or FeatureStore())
 
     metrics: dict = {}
+    memo = Memo()  # feature statistics and feature-only scores, computed again only when features change
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
-        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast)
+        full = rungs is None or epoch + 1 in rungs or epoch + 1 == cfg.epochs
+        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
         state.epoch = epoch + 1
         state.history.append(metrics)
@@ -239,12 +244,14 @@ class Evaluation:
     forward_seconds: float
     fit_seconds: float
     posthoc_seconds: float
+    full: bool  # every score fitted (vim included)
 
 
 def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data: TrialData, device: torch.device,
-                   autocast) -> Evaluation:
+                   autocast, memo: Memo | None = None, full: bool = True) -> Evaluation:
     """One forward pass over the validation inputs, the feature scorers fitted, then the whole
-    post-hoc grid on the outputs."""
+    post-hoc grid on the outputs. `memo` carries what depends on features alone from the
+    trial's earlier epochs; `full` False leaves vim out (its fit is an eigendecomposition)."""
     t0 = time.perf_counter()
     batch, val_loss = evaluate(model, data.val, data.split.val_superclass, data.split.val_subclass, heads, cfg,
                                device, autocast, data.split.val_group)
@@ -252,14 +259,16 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
     # Feature scorers see clean training images in eval mode, as validation images are seen:
     # not the epoch's augmented (or mixed) train-mode features.
     fit_out = forward_all(model, data.train.rows(data.fit_rows), device, autocast)
-    scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model)
+    scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model,
+                          memo, vim=full)
     t2 = time.perf_counter()
-    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers)
+    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers, memo)
     point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
-                           shifted_weight=cfg.shifted_weight)
+                           shifted_weight=cfg.shifted_weight, memo=memo)
              if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
     t3 = time.perf_counter()
-    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2)
+    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2,
+                      full)
 
 
 def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Evaluation, data: TrialData) -> dict:
@@ -288,6 +297,9 @@ def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Ev
         "epoch_seconds": train.seconds,
         "eval_forward_seconds": evaluation.forward_seconds,
         "scorer_fit_seconds": evaluation.fit_seconds,
+        # Which scores this epoch's front and hypervolume cover: all of them on full epochs.
+        "full_evaluation": float(evaluation.full),
+        "evaluated_scores": ",".join(result.scores),
         "posthoc_seconds": evaluation.posthoc_seconds,
         "features_computed": data.features_computed,
         "feature_seconds": data.feature_seconds,
@@ -361,18 +373,25 @@ def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: 
     return torch.from_numpy(rows)
 
 
-def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads,
-                model: torch.nn.Module) -> dict[str, FeatureScorer]:
+def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads, model: torch.nn.Module,
+                memo: Memo | None = None, vim: bool = True) -> dict[str, FeatureScorer]:
     """Feature-space novelty scorers of both levels from eval-mode training features; the
-    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`)."""
+    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`).
+    Through `memo` only what depends on the head is fitted again while the features stay the
+    same; `vim` False leaves vim's principal subspace unfitted."""
     scorers = {}
     for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
                                     ("sub", out.sub_features, sub, heads.n_sub)):
         feats, labels = feats.float().cpu(), labels.cpu()
-        bank = FeatureBank(n, feats.shape[1])
-        bank.update(feats, labels)
+
+        def fit_bank(feats=feats, labels=labels, n=n) -> FeatureScorer:
+            bank = FeatureBank(n, feats.shape[1])
+            bank.update(feats, labels)
+            return bank.fit()
+
+        bank = memo_get(memo, f"bank{n}", (feats, labels), fit_bank)
         module = getattr(model, f"{level}_head", None)
         head = head_of(module, n) if module is not None else None
-        stats = HeadStats.fit(feats[labels < n], head) if head is not None else None
-        scorers[level] = bank.fit(head=stats)
+        stats = HeadStats.fit(feats[labels < n], head, vim=vim, memo=memo) if head is not None else None
+        scorers[level] = replace(bank, head=stats)
     return scorers

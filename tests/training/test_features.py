@@ -310,3 +310,16 @@ def test_only_a_backbone_that_no_epoch_trains_counts_as_frozen(family, finetune,
     if frozen:  # and then it runs in eval mode while the rest trains
         model.train()
         assert not any(m.training for backbone in model.backbones for m in backbone.modules())
+
+
+def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_path):
+    """A scheduler reads rung epochs only: they and the last get every score, the others all
+    but vim, and each epoch's metrics say which scores its front covers."""
+    reports: list[dict] = []
+    cfg = TrialConfig(data=str(data_dir), **{**FAST, "family": "dualhead", "epochs": 3})
+    run_trial(cfg, bundle, lambda m, _: reports.append(m), features=FeatureStore(tmp_path), rungs=(2,))
+    assert [m["full_evaluation"] for m in reports] == [0.0, 1.0, 1.0]
+    assert "vim" not in reports[0]["evaluated_scores"].split(",") and "hypervolume_vim" not in reports[0]
+    assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]
+    assert reports[0]["evaluated_scores"].split(",") == [s for s in reports[2]["evaluated_scores"].split(",")
+                                                        if s != "vim"]

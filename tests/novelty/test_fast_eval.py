@@ -1,0 +1,118 @@
+"""The post-hoc grid from sorted scores and cumulative counts, and the scores from memoised
+feature statistics, against the straightforward implementation they replaced
+(tests/novelty/posthoc_reference.py), on random data with ties, NaN and infinite scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hiertune.data.splits import GROUPS, SHIFTED
+from hiertune.models.registry import Heads
+from hiertune.novelty.ood_scores import HeadStats, LinearHead
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, posthoc_grid
+from hiertune.novelty.scores import SCORES, VIM_SKIPPED, FeatureBank, Memo, all_level_scores
+from tests.novelty.posthoc_reference import reference_grid, reference_levels
+
+S, K, D = 3, 9, 6
+SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
+HEADS = Heads(S, K, SUB_TO_SUPER, novel_logit=True)
+ARRAYS = ("thr_super", "thr_sub", "grid", "threshold_free", "accept_super", "accept_sub", "group_acc", "group_auroc",
+          "accept_shifted", "accept_shifted_super", "accept_shifted_sub")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def batch(n: int, seed: int, coarse: bool, shared_features: bool = False) -> EvalBatch:
+    """Random logits, features, labels and groups; `coarse` rounds the logits to a few values,
+    so scores tie often and thresholds coincide with scores."""
+    g = torch.Generator().manual_seed(seed)
+    super_logits = torch.randn(n, S + 1, generator=g) * 2
+    sub_logits = torch.randn(n, K + 1, generator=g) * 2
+    if coarse:
+        super_logits, sub_logits = super_logits.round(), sub_logits.round()
+    sub = torch.randint(0, K + 1, (n,), generator=g)
+    sup = torch.where(sub < K, torch.tensor(SUB_TO_SUPER + (0,))[sub], torch.randint(0, S + 1, (n,), generator=g))
+    sub = torch.where(sup == S, K, sub)
+    group = torch.where(sup == S, 2, torch.where(sub == K, 1, 0))
+    shifted = (torch.rand(n, generator=g) < 0.2) & (group == 0)
+    group = torch.where(shifted, SHIFTED, group)
+    f_sub = torch.randn(n, D, generator=g)
+    f_super = f_sub if shared_features else torch.randn(n, D, generator=g)
+    if coarse:
+        f_super, f_sub = f_super.round(), f_sub.round()
+    return EvalBatch(super_logits, sub_logits, f_super, f_sub, sup, sub, group)
+
+
+def scorers(seed: int, vim: bool = True, memo: Memo | None = None):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for level, n in (("super", S), ("sub", K)):
+        x = torch.randn(200, D, generator=g)
+        y = torch.randint(0, n, (200,), generator=g)
+        bank = FeatureBank(n, D, 50)
+        bank.update(x, y)
+        head = LinearHead(torch.randn(n, D, generator=g, dtype=torch.float64),
+                          torch.randn(n, generator=g, dtype=torch.float64), False)
+        out[level] = bank.fit(head=HeadStats.fit(x, head, vim=vim, memo=memo))
+    return out
+
+
+def assert_same(new, old):
+    assert new.scores == old.scores and new.skipped == old.skipped and new.counts == old.counts
+    for name in ARRAYS:
+        np.testing.assert_allclose(getattr(new, name), getattr(old, name), rtol=0, atol=1e-12, equal_nan=True,
+                                   err_msg=name)
+    assert [(p["score"], p["tau_super"], p["tau_sub"]) for p in new.front] == \
+        [(p["score"], p["tau_super"], p["tau_sub"]) for p in old.front]
+
+
+@pytest.mark.parametrize("seed,coarse", [(0, False), (1, True), (2, True), (3, False)])
+def test_grid_from_cumulative_counts_equals_the_reference(seed, coarse):
+    b, sc = batch(300, seed, coarse), scorers(seed)
+    # Unsorted, repeated and end-point τ, so thresholds tie with each other and with scores.
+    config = PosthocConfig(tau_super=(0.5, 0.0, 0.99, 0.5, 1.0, 0.2), tau_sub=(0.85, 0.02, 1.0, 0.0, 0.85),
+                           knn_k=5, shifted_weight=0.3)
+    assert_same(posthoc_grid(b, HEADS, config, sc), reference_grid(b, HEADS, config, sc))
+    assert_same(posthoc_grid(b, HEADS, PosthocConfig(knn_k=5), sc, Memo()),
+                reference_grid(b, HEADS, PosthocConfig(knn_k=5), sc))
+
+
+def test_nan_and_infinite_scores_and_no_seen_images_count_as_before():
+    b = batch(200, 4, True)
+    b.super_logits[:7, 0] = torch.nan  # NaN msp, energy... on some images
+    b.sub_logits[7:12] = -torch.inf
+    b.sub_logits[12:15, :K] = torch.inf
+    config = PosthocConfig(scores=("msp", "energy", "maxlogit", "gen"), knn_k=5)
+    with np.errstate(invalid="ignore"):
+        assert_same(posthoc_grid(b, HEADS, config), reference_grid(b, HEADS, config))
+        # No in-source seen images: every quantile threshold NaN, nothing accepted.
+        none = dataclasses.replace(b, group=torch.where(b.group == 0, SHIFTED, b.group))
+        assert_same(posthoc_grid(none, HEADS, config), reference_grid(none, HEADS, config))
+
+
+def test_memoised_scores_equal_the_reference_and_follow_changed_features():
+    memo = Memo()
+    sc = scorers(5, memo=memo)
+    for seed in (6, 6, 7):  # the second epoch reads the memo; the third has other features
+        b = batch(150, seed, False, shared_features=True)
+        got = all_level_scores(b, HEADS, SCORES, sc, 5, memo)
+        for name in SCORES:
+            want = reference_levels(b, HEADS, name, sc, 5)
+            for level in ("super_score", "sub_score", "super_argmax", "sub_argmax"):
+                torch.testing.assert_close(getattr(got[name], level), getattr(want, level), rtol=0, atol=0,
+                                           msg=f"{name} {level}")
+
+
+def test_a_grid_without_vim_says_so_and_the_rest_is_unchanged():
+    b = batch(200, 8, False)
+    full, light = scorers(9), scorers(9, vim=False)
+    without = posthoc_grid(b, HEADS, PosthocConfig(knn_k=5), light)
+    assert "vim" not in without.scores and without.skipped == {"vim": VIM_SKIPPED}
+    whole = posthoc_grid(b, HEADS, PosthocConfig(knn_k=5), full)
+    keep = [whole.scores.index(s) for s in without.scores]
+    np.testing.assert_array_equal(without.grid, whole.grid[keep])
+    assert len(GROUPS) == without.group_acc.shape[3]
