@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.bundle import DataBundle
+from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.splits import take_rows
 from hiertune.fsutil import atomic_file
 from hiertune.progress import Progress
@@ -95,23 +96,26 @@ def feature_key(model: torch.nn.Module, weights: str, augment: AugmentConfig, im
 DRAW_BLOCK = 256  # images per random draw of the views: the unit the workers split and the seeds follow
 
 
-def block_generator(device: torch.device, block: int) -> torch.Generator:
-    """The generator of one DRAW_BLOCK's view draws: seeded by VIEW_SEED and the block's index,
-    so the views do not depend on how blocks are split across workers or batched."""
-    seed = int(np.random.SeedSequence([VIEW_SEED, block]).generate_state(1)[0])
+def block_generator(device: torch.device, block: int, corrupted: bool = False) -> torch.Generator:
+    """The generator of one DRAW_BLOCK's view draws: seeded by VIEW_SEED and the block's index
+    (and apart for corrupted views), so the views do not depend on how blocks are split across
+    workers or batched."""
+    seed = int(np.random.SeedSequence([VIEW_SEED, block, *([1] if corrupted else [])]).generate_state(1)[0])
     return torch.Generator(device).manual_seed(seed)
 
 
 @torch.no_grad()
 def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, views: int, device: torch.device,
-            autocast: Callable, workers: int | None = None, label: str = "images", threads: int = 1
-            ) -> dict[str, np.ndarray]:
+            autocast: Callable, workers: int | None = None, label: str = "images", threads: int = 1,
+            corruption: Corruption | None = None) -> dict[str, np.ndarray]:
     """`model.frozen_features` of every image: name -> [N, views, ...] float32 on the CPU.
 
     View 0 is preprocessed as evaluation does (`augment(..., train=False)`, the call the
     validation pass and predict make), so normalisation and input size follow the trial's
     `BatchAugment`; views 1.. through its training augmentation, drawn per DRAW_BLOCK of images
-    (block_generator). On the CPU the blocks are split across `workers` threads (default: torch's
+    (block_generator). With a `corruption` every view is a corrupted one, each image given one
+    of the training corruptions (corrupt_batch) before the preprocessing, augmented or not as
+    the corruption says. On the CPU the blocks are split across `workers` threads (default: torch's
     thread count), each running the backbone on `threads` torch threads (1: data parallelism
     scales better than torch's own intra-op threads on the small convolutions of mobile backbones). On a GPU one
     thread sends batches of as many blocks as its free memory holds."""
@@ -123,11 +127,15 @@ def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, v
     def run(batch: list[tuple[int, slice]]) -> dict[str, torch.Tensor]:
         # Each block draws from its own generator, so a batch of several blocks gives what the
         # blocks one at a time would.
-        gens = [block_generator(device, b) for b, _ in batch]
+        gens = [block_generator(device, b, corruption is not None) for b, _ in batch]
         xbs = [torch.from_numpy(images[s]).to(device) for _, s in batch]
         per_view = []
         for k in range(views):
-            x = torch.cat([augment(xb, gen, train=k > 0) for xb, gen in zip(xbs, gens)])
+            if corruption is None:
+                x = torch.cat([augment(xb, gen, train=k > 0) for xb, gen in zip(xbs, gens)])
+            else:
+                x = torch.cat([augment(corrupt_batch(xb, 1.0, corruption.severity, gen), gen,
+                                       train=corruption.augmented) for xb, gen in zip(xbs, gens)])
             with autocast():
                 per_view.append(model.frozen_features(x))
         out = {name: torch.stack([v[name].float() for v in per_view], dim=1).cpu() for name in per_view[0]}
@@ -208,29 +216,58 @@ def _read(path: Path, key: str, n: int) -> dict[str, np.ndarray] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Corruption:
+    """Corrupted views of the training pools: `views` per image at `severity`, through the
+    training augmentation when the trial's own views are augmented."""
+
+    views: int
+    severity: float
+    augmented: bool
+
+
 def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, image_size: int, views: int,
-                  device: torch.device, autocast: Callable, precision: str, store: FeatureStore
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`."""
+                  device: torch.device, autocast: Callable, precision: str, store: FeatureStore,
+                  corruption: Corruption | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`; with a
+    `corruption`, the training pools' corrupted views follow their own views on axis 1, cached
+    under keys of their own (the clean pools' keys stay as they are)."""
     weights = weights_digest(model)
     out = {}
     for pool, images in pools.items():
         n_views = 1 if pool in EVAL_POOLS else views
-        key = feature_key(model, weights, augment.config, image_size, n_views, store.digest(pool, images), precision)
+        digest = store.digest(pool, images)
+        key = feature_key(model, weights, augment.config, image_size, n_views, digest, precision)
         out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast,
                                                                 label=f"{pool} ({len(images)} images)"))
+        if corruption is not None and pool not in EVAL_POOLS:
+            bad = corruption_key(feature_key(model, weights, augment.config, image_size, views, digest, precision),
+                                 corruption)
+            extra = store.get(bad, len(images), lambda: extract(
+                model, images, augment, corruption.views, device, autocast, corruption=corruption,
+                label=f"{pool}, corrupted ({len(images)} images)"))
+            out[pool] = {name: np.concatenate([a, extra[name]], axis=1) for name, a in out[pool].items()}
     return out
+
+
+def corruption_key(views_key: str, corruption: Corruption) -> str:
+    """The key of corrupted views: those of the pool's own views (model, weights, pipeline,
+    augmentation, data, precision) and what the corruption adds."""
+    parts = {"views": views_key, "corruption": asdict(corruption), "draws": f"block{DRAW_BLOCK}"}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None, fraction: float | None,
                   augment: BatchAugment, image_size: int, views: int, device: torch.device, autocast: Callable,
-                  precision: str, store: FeatureStore) -> tuple[FeatureInputs, FeatureInputs] | None:
+                  precision: str, store: FeatureStore, corruption: Corruption | None = None,
+                  corrupt_p: float = 0.0) -> tuple[FeatureInputs, FeatureInputs] | None:
     """A trial's training and validation inputs as cached features, or None when it has to go
-    through the backbone: the backbone trains (some epoch), or views is 0."""
+    through the backbone: the backbone trains (some epoch), or views is 0. With a `corruption`,
+    training draws a corrupted view for a share `corrupt_p` of images each epoch."""
     if views == 0 or not getattr(model, "backbone_frozen", False):
         return None
     feats = pool_features(model, bundle_pools(bundle), augment, image_size, views, device, autocast, precision,
-                          store)
+                          store, corruption)
     splits = bundle.trial_splits(count, fraction)
     train, val = {}, {}
     for name in feats["labeled"]:
@@ -241,4 +278,5 @@ def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None,
         # Validation reads the clean view only (the shifted pool has no other).
         va = take_rows(labeled[:, :1], None if outliers is None else outliers[:, :1], splits, shifted)[1]
         val[name] = torch.from_numpy(np.ascontiguousarray(va))
-    return FeatureInputs(train, device), FeatureInputs(val, device)
+    corrupted = corruption.views if corruption is not None else 0
+    return FeatureInputs(train, device, corrupted, corrupt_p), FeatureInputs(val, device)

@@ -51,15 +51,19 @@ class ImageInputs:
 
 
 class FeatureInputs:
-    """A frozen backbone's outputs per image: name -> [N, K views, ...] float32, view 0 the clean
-    (evaluation) one. Training draws one view per image each epoch from `aug_gen`, the generator
-    that would otherwise draw the augmentation; evaluation reads view 0."""
+    """A frozen backbone's outputs per image: name -> [N, K + C views, ...] float32, view 0 the
+    clean (evaluation) one, the last `corrupted` views corrupted ones. Training draws one of the K
+    views per image each epoch from `aug_gen`, the generator that would otherwise draw the
+    augmentation, and for a share `corrupt_p` of images one of the corrupted views instead, as
+    ImageInputs corrupts that share of each batch; evaluation reads view 0."""
 
-    def __init__(self, features: dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, features: dict[str, torch.Tensor], device: torch.device, corrupted: int = 0,
+                 corrupt_p: float = 0.0):
         # On the device once: a batch is then a gather there, with no host copy per step.
         self.features = {name: t.to(device) for name, t in features.items()}
         first = next(iter(self.features.values()))
-        self.n, self.views = first.shape[0], first.shape[1]
+        self.n, self.views = first.shape[0], first.shape[1] - corrupted
+        self.corrupted, self.corrupt_p = corrupted, corrupt_p
 
     def __len__(self) -> int:
         return self.n
@@ -77,6 +81,10 @@ class FeatureInputs:
             view = torch.randint(self.views, (self.n,), generator=aug_gen, device=aug_gen.device).to(device)
         else:
             view = torch.zeros(self.n, dtype=torch.long, device=device)
+        if train and self.corrupted and self.corrupt_p > 0:
+            u = torch.rand(self.n, 2, generator=aug_gen, device=aug_gen.device).to(device)
+            pick = self.views + (u[:, 1] * self.corrupted).long().clamp_(max=self.corrupted - 1)
+            view = torch.where(u[:, 0] < self.corrupt_p, pick, view)
         for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=train, generator=order_gen,
                                         device=device, drop_last=train):
             yield ({name: t[idx, view[idx]] for name, t in self.features.items()}, *ys)

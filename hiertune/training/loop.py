@@ -34,7 +34,7 @@ from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
-from hiertune.training.features import FeatureStore, frozen_inputs
+from hiertune.training.features import Corruption, FeatureStore, frozen_inputs
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
@@ -136,9 +136,11 @@ def cached_inputs(cfg: TrialConfig, bundle: DataBundle, model: torch.nn.Module, 
     """`cfg`'s frozen-backbone features (training, validation), from `store` or computed into it;
     None when the trial has to go through the backbone."""
     device = augment.device
+    corrupted = cfg.cached_corruptions()
+    corruption = Corruption(corrupted, cfg.corrupt_severity, cfg.cached_views() > 1) if corrupted else None
     return frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
                          cfg.cached_views(), device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)),
-                         store)
+                         store, corruption, cfg.corrupt_p)
 
 
 @dataclass
@@ -160,9 +162,6 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
                augment: BatchAugment, features: FeatureStore) -> TrialData:
     # A frozen backbone's outputs are the same every epoch: then the epochs read them, computed once.
     computed_before, t0 = features.computed, time.perf_counter()
-    if cfg.corrupt_p > 0 and cfg.feature_views > 0 and getattr(model, "backbone_frozen", False):
-        log.info("corrupt_p %g: the frozen backbone runs every step (cached features cannot be corrupted)",
-                 cfg.corrupt_p)
     cached = cached_inputs(cfg, bundle, model, augment, features)
     feature_seconds = time.perf_counter() - t0
     train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
+from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SHIFTED
 from hiertune.data.synth import SynthConfig, write_synthetic
@@ -27,7 +28,7 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.loop import forward_all, heads_for, run_trial
-from hiertune.training.features import (DRAW_BLOCK, FeatureStore, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
+from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
@@ -260,14 +261,58 @@ def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_
     assert len(list((tmp_path / "features").glob("*.safetensors"))) == len(bundle_pools(bundle)) + 1
 
 
-def test_training_corruptions_turn_the_feature_cache_off(bundle, data_dir, tmp_path, count_backbone):
-    """Cached views are fixed; corrupt_p draws a corruption per step on pixels: such a trial runs its
-    frozen backbone every step rather than silently train without the corruptions."""
-    assert TrialConfig(corrupt_p=0.3).cached_views() == 0 and TrialConfig(corrupt_p=0.0).cached_views() == 1
+def test_training_corruptions_keep_a_trial_on_cached_features(bundle, data_dir, tmp_path, count_backbone):
+    """corrupt_p draws among corrupted views computed once per training pool (seeded, keyed apart
+    from the clean pools, whose keys stay as they were): the backbone runs only to compute them,
+    and a trial with another corrupt_p reads them from the disk."""
     store = FeatureStore(tmp_path)
-    (metrics, _), = trial(bundle, data_dir, store, family="layover", epochs=1, corrupt_p=0.5)
-    assert store.computed == 0 and metrics["features_computed"] == 0 and math.isfinite(metrics["train_loss"])
-    assert count_backbone  # the backbone ran on the training batches
+    (clean, _), = trial(bundle, data_dir, store, family="layover", epochs=1)
+    clean_files = set((tmp_path / "features").glob("*.safetensors"))
+    assert store.computed == len(bundle_pools(bundle))
+    count_backbone.clear()
+    (first, _), = trial(bundle, data_dir, store, family="layover", epochs=1, corrupt_p=0.5)
+    pools = bundle_pools(bundle)
+    training_pools = [p for p in pools if p != "shifted"]
+    # Only the corrupted views of the training pools were computed; the clean ones were reused.
+    assert first["features_computed"] == len(training_pools)
+    assert sum(count_backbone) == sum(len(pools[p]) for p in training_pools)
+    assert clean_files < set((tmp_path / "features").glob("*.safetensors"))
+    assert math.isfinite(first["train_loss"]) and first["train_loss"] != clean["train_loss"]
+    count_backbone.clear()
+    (again, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="layover", epochs=1, corrupt_p=0.2)
+    assert again["features_computed"] == 0 and not count_backbone and math.isfinite(again["train_loss"])
+
+
+def test_corrupted_views_are_the_corrupted_images_through_the_backbone(bundle):
+    cfg = TrialConfig(**{**FAST, "family": "dualhead"})
+    torch.manual_seed(0)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg)).eval()
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    images = bundle.data.train.images[:12]
+    corruption = Corruption(views=2, severity=0.7, augmented=False)
+    got = extract(model, images, augment, 2, torch.device("cpu"), nullcontext, corruption=corruption)["pooled"]
+    gen = block_generator(torch.device("cpu"), 0, corrupted=True)
+    with torch.no_grad():
+        for k in range(2):
+            x = augment(corrupt_batch(torch.from_numpy(images), 1.0, 0.7, gen), gen, train=False)
+            np.testing.assert_allclose(got[:, k], model.frozen_features(x)["pooled"].numpy(), rtol=1e-5, atol=1e-6)
+    clean = extract(model, images, augment, 1, torch.device("cpu"), nullcontext)["pooled"][:, 0]
+    assert not np.allclose(got[:, 0], clean) and not np.allclose(got[:, 1], got[:, 0])
+
+
+def test_training_draws_a_corrupted_view_for_a_share_corrupt_p_of_images():
+    n = 4000
+    feats = {"x": torch.stack([torch.zeros(n), torch.ones(n), 2 * torch.ones(n)], 1)[:, :, None]}  # 1 clean, 2 corrupted
+    inputs = FeatureInputs(feats, torch.device("cpu"), corrupted=2, corrupt_p=0.3)
+    assert inputs.views == 1
+    labels = (torch.zeros(n, dtype=torch.long),)
+    drawn = torch.cat([x["x"] for x, _ in inputs.batches(labels, 500, torch.device("cpu"), train=True,
+                                                         order_gen=torch.Generator().manual_seed(0),
+                                                         aug_gen=torch.Generator().manual_seed(1))]).flatten()
+    assert abs((drawn > 0).float().mean().item() - 0.3) < 0.03
+    assert abs((drawn == 1).float().mean().item() - (drawn == 2).float().mean().item()) < 0.03
+    evaluation = torch.cat([x["x"] for x, in inputs.batches((), 500, torch.device("cpu"), train=False)])
+    assert (evaluation == 0).all()
 
 
 def test_feature_views_is_validated():
