@@ -91,17 +91,21 @@ def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
     return allowed_logits(logits, mask).logsumexp(1)
 
 
-def background(x: Tensor, shrinkage: float) -> tuple[Tensor, Tensor]:
-    """(mean, whitening) of the Gaussian of all of `x` [N, D] float64, its covariance shrunk as
-    the class-conditional fit's is (FeatureBank.fit), so the two distances that rmds subtracts
-    are on the same footing."""
-    n, dim = x.shape
-    mean = x.mean(0)
-    centred = x - mean
-    cov = centred.T @ centred / n
+def background(cov: Tensor, shrinkage: float) -> Tensor:
+    """The whitening of the Gaussian of the features with covariance `cov` [D, D] float64, shrunk
+    as the class-conditional fit's is (FeatureBank.fit), so the two distances that rmds
+    subtracts are on the same footing."""
+    dim = len(cov)
     eye = torch.eye(dim, dtype=torch.float64)
     cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
-    return mean, torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+    return torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+
+
+def _covariance(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(biased covariance, mean) of the rows of `z`."""
+    mean = z.mean(0)
+    centred = z - mean
+    return centred.T @ centred / len(z), mean
 
 
 @dataclass
@@ -122,36 +126,43 @@ class HeadStats:
         """`vim` False leaves vim's principal subspace (an eigendecomposition of the feature
         width) unfitted; `memo` (hiertune.novelty.scores.Memo) keeps what depends on the features
         alone across epochs and levels."""
-        from hiertune.novelty.scores import memo_get  # scores imports this module
+        from hiertune.novelty.scores import canonical, memo_get  # scores imports this module
 
-        x = features.detach().to("cpu", torch.float64)
-        mean, whiten = memo_get(memo, f"background{shrinkage}", (x,), lambda: background(x, shrinkage))
-        z = head.inputs(x)
-        head_mean = memo_get(memo, "head_mean", (x, torch.tensor(head.normalize)), lambda: z.mean(0))
+        x = canonical(memo, "fit_features", features.detach().to("cpu", torch.float64))
+        cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
+        whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))
+        # A linear head reads the features as they are; a cosine head normalises them.
+        z = memo_get(memo, "normalized", (x,), lambda: head.inputs(x)) if head.normalize else x
+        cov_z, mean_z = memo_get(memo, "covariance", (z,), lambda: _covariance(z))
         if not vim:
-            return cls(head, mean, whiten, head_mean, None, None, None)
+            return cls(head, mean, whiten, mean_z, None, None, None)
         n, dim = x.shape
         origin = -torch.linalg.pinv(head.weight) @ head.bias
         shifted = z - origin
-        _, vectors = torch.linalg.eigh(shifted.T @ shifted / n)  # eigenvalues ascending
+        # The second moment about the origin is the covariance (the head inputs' own, fitted once
+        # while they stay the same) plus the outer product of mean minus origin: the per-epoch
+        # [N, D] x [D, N] product reduces to a rank-one update. Eigenvalues ascending.
+        _, vectors = torch.linalg.eigh(cov_z + torch.outer(mean_z - origin, mean_z - origin))
         keep = min(dim - 1, max(1, round(vim_fraction * dim)))
         residual = vectors[:, : dim - keep]
         virtual = (shifted @ residual).norm(dim=1)
         alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
-        return cls(head, mean, whiten, head_mean, origin, residual, alpha)
+        return cls(head, mean, whiten, mean_z, origin, residual, alpha)
 
     def background_distance(self, features: Tensor) -> Tensor:
         """Squared Mahalanobis distance under the background Gaussian (rmds's MD_0)."""
         d = (features.detach().to("cpu", torch.float64) - self.mean) @ self.whiten
         return (d * d).sum(1)
 
-    def fdbd(self, features: Tensor, predicted: Tensor) -> Tensor:
-        z = self.head.inputs(features)
+    def fdbd(self, features: Tensor, predicted: Tensor, z: Tensor | None = None, logits: Tensor | None = None
+             ) -> Tensor:
+        """`z` and `logits`, when given, are the head's inputs and logits of `features`."""
+        z = self.head.inputs(features) if z is None else z
         w = self.head.weight
         y = predicted.cpu().long()
         # (w_ŷ - w_c)·z + b_ŷ - b_c is the logit margin, and ||w_ŷ - w_c|| depends on the class
         # pair only: O(N·C) instead of materialising w_ŷ - w_c per image ([N, C, D]).
-        logits = self.head.logits(z)
+        logits = self.head.logits(z) if logits is None else logits
         margin = logits.gather(1, y[:, None]) - logits
         gram = w @ w.T
         pair = (gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram).clamp(min=0).sqrt()
@@ -173,10 +184,12 @@ class HeadStats:
         r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
         return z * r.exp()[:, None]
 
-    def vim(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        z = self.head.inputs(features)
+    def vim(self, features: Tensor, mask: Tensor | None = None, z: Tensor | None = None,
+            logits: Tensor | None = None) -> Tensor:
+        z = self.head.inputs(features) if z is None else z
+        logits = self.head.logits(z) if logits is None else logits
         virtual = ((z - self.vim_origin) @ self.vim_residual).norm(dim=1)
-        return energy(self.head.logits(z), mask) - self.vim_alpha * virtual
+        return energy(logits, mask) - self.vim_alpha * virtual
 
     def state_dict(self) -> dict[str, Tensor]:
         vim = {k: v for k, v in (("vim_origin", self.vim_origin), ("vim_residual", self.vim_residual),

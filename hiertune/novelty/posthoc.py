@@ -292,6 +292,13 @@ class PosthocResult:
     def unseen(self) -> np.ndarray:
         return objective(self.grid[..., 1], self.grid[..., 3])
 
+    def find(self, score: str, tau_super: float, tau_sub: float) -> dict | None:
+        """point() of (score, τ_super, τ_sub) when the grid has it, else None."""
+        if score not in self.scores or tau_super not in self.tau_super or tau_sub not in self.tau_sub:
+            return None
+        return self.point(self.scores.index(score), int(np.flatnonzero(self.tau_super == tau_super)[0]),
+                          int(np.flatnonzero(self.tau_sub == tau_sub)[0]))
+
     def point(self, score: int, i: int, j: int) -> dict:
         """Everything about one grid point; accuracy keys match leaderboard_metrics."""
         acc = dict(zip(ACCURACIES, map(float, self.grid[score, i, j])))

@@ -32,18 +32,35 @@ class Memo:
     between the levels: with a frozen backbone the training and validation features are the same
     every epoch, so the feature statistics and the feature-only scores are computed once, and
     two levels reading one feature (dualhead) share what does not depend on labels or heads.
-    An entry is reused only when every input is the same tensor or equal to it element for
-    element, so a changed input (a backbone that trains) recomputes it."""
 
-    KEEP = 4  # entries per name: both levels' and a spare, without growing across epochs
+    Entries match their inputs by identity. Inputs that arrive as new tensors each epoch (a
+    forward pass's features) go through `canonical` first, which hands back the tensor seen
+    before when the new one equals it element for element: one comparison per tensor and epoch,
+    and a changed input (a backbone that trains) is a new tensor, so what depends on it is
+    computed again."""
+
+    KEEP = 4  # entries per name and canonical tensors: both levels' and a spare, bounded across epochs
 
     def __init__(self) -> None:
         self._entries: dict[str, list[tuple[tuple[Tensor, ...], object]]] = {}
+        self._canonical: dict[str, list[Tensor]] = {}
+
+    def canonical(self, role: str, t: Tensor) -> Tensor:
+        """`t`, or the tensor of this `role` (validation features, say) seen before that equals it."""
+        seen_before = self._canonical.setdefault(role, [])
+        for i, seen in enumerate(seen_before):
+            if seen is t or (seen.shape == t.shape and seen.dtype == t.dtype and seen.device == t.device
+                             and torch.equal(seen, t)):
+                seen_before.insert(0, seen_before.pop(i))
+                return seen
+        seen_before.insert(0, t)
+        del seen_before[self.KEEP:]
+        return t
 
     def get(self, name: str, inputs: tuple[Tensor, ...], compute):
         entries = self._entries.setdefault(name, [])
         for i, (seen, value) in enumerate(entries):
-            if all(_same(a, b) for a, b in zip(seen, inputs)):
+            if len(seen) == len(inputs) and all(a is b for a, b in zip(seen, inputs)):
                 entries.insert(0, entries.pop(i))
                 return value
         value = compute()
@@ -52,13 +69,13 @@ class Memo:
         return value
 
 
-def _same(a: Tensor, b: Tensor) -> bool:
-    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
-
-
 def memo_get(memo: Memo | None, name: str, inputs: tuple[Tensor, ...], compute):
     """`compute()`, through `memo` when there is one."""
     return compute() if memo is None else memo.get(name, inputs, compute)
+
+
+def canonical(memo: Memo | None, role: str, t: Tensor) -> Tensor:
+    return t if memo is None else memo.canonical(role, t)
 
 
 def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
@@ -259,14 +276,17 @@ def all_level_scores(output, heads: Heads, names, scorers: dict[str, FeatureScor
     background distances, knn, scale's rescaled inputs), so a trial whose features do not change
     computes those once, and levels with the same features share them."""
     super_argmax, sub_argmax, mask = hierarchical_argmax(output, heads)
-    super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
-    features = {"super": output.super_features, "sub": output.sub_features}
+    # float64 once for every logit score (logit_score's conversion is then a no-op)
+    super_logits, sub_logits = output.super_logits.detach().cpu().double(), output.sub_logits.detach().cpu().double()
+    features = {level: canonical(memo, "features", f.detach().cpu())
+                for level, f in (("super", output.super_features), ("sub", output.sub_features))}
     masks = {"super": None, "sub": mask}
     argmax = {"super": super_argmax, "sub": sub_argmax}
     out = {}
     for score in names:
         if score in LOGIT_SCORES:
-            levels = (logit_score(super_logits, heads.n_super, score), logit_score(sub_logits, heads.n_sub, score, mask))
+            levels = (logit_score(super_logits, heads.n_super, score),
+                      logit_score(sub_logits, heads.n_sub, score, mask))
         elif score in SCORES:
             reason = unavailable(score, scorers)
             if reason:
@@ -282,7 +302,6 @@ def all_level_scores(output, heads: Heads, names, scorers: dict[str, FeatureScor
 
 def _feature_score(score: str, scorer: FeatureScorer, f: Tensor, mask: Tensor | None, argmax: Tensor, knn_k: int,
                    memo: Memo | None) -> Tensor:
-    f = f.detach().cpu()
     head = scorer.head
     if score in ("mahalanobis", "rmds"):
         d2 = memo_get(memo, "class_distances", (f, scorer.means, scorer.whiten), lambda: scorer.distances(f))
@@ -293,12 +312,16 @@ def _feature_score(score: str, scorer: FeatureScorer, f: Tensor, mask: Tensor | 
                              lambda: head.background_distance(f))
     if score == "knn":
         return memo_get(memo, f"knn{knn_k}", (f, scorer.bank), lambda: scorer.knn(f, knn_k))
+    # The head's inputs depend on the features alone; its logits on them are shared within an
+    # epoch by fdbd and vim (the head, hence its weight tensor, is new every epoch).
+    z = memo_get(memo, f"head_inputs{head.head.normalize}", (f,), lambda: head.head.inputs(f))
+    logits = memo_get(memo, "head_logits", (z, head.head.weight, head.head.bias), lambda: head.head.logits(z))
     if score == "fdbd":
-        return head.fdbd(f, argmax)
+        return head.fdbd(f, argmax, z, logits)
     if score == "scale":
-        scaled = memo_get(memo, "scale_inputs", (f, torch.tensor(head.head.normalize)), lambda: head.scaled_inputs(f))
+        scaled = memo_get(memo, f"scale_inputs{head.head.normalize}", (f,), lambda: head.scaled_inputs(f))
         return energy(head.head.logits(scaled), mask)
-    return head.vim(f, mask)
+    return head.vim(f, mask, z, logits)
 
 
 def has_scorers(scorers) -> bool:

@@ -25,10 +25,12 @@ from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
+from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
-from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
-from hiertune.novelty.scores import FeatureBank, FeatureScorer, Memo, memo_get, unavailable
+from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
+                                      posthoc_grid)
+from hiertune.novelty.scores import (FeatureBank, FeatureScorer, Memo, canonical, memo_get, score_levels,
+                                     unavailable)
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
@@ -153,6 +155,7 @@ class TrialData:
     val: ImageInputs | FeatureInputs
     split: SplitData  # validation labels and groups
     fit_rows: torch.Tensor
+    fit_inputs: ImageInputs | FeatureInputs  # train's fit_rows, clean, as evaluation reads them
     outlier_images: int
     features_computed: int  # image pools this trial ran through its frozen backbone; 0: shared or read from disk
     feature_seconds: float
@@ -169,7 +172,7 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
                             ImageInputs(torch.from_numpy(split.val_images), augment))
     train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
     fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
-    return TrialData(train, train_y, val, split, fit_rows,
+    return TrialData(train, train_y, val, split, fit_rows, train.rows(fit_rows),
                      outlier_images=int((split.train_superclass == heads.n_super).sum()),
                      features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
@@ -257,14 +260,17 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
     t1 = time.perf_counter()
     # Feature scorers see clean training images in eval mode, as validation images are seen:
     # not the epoch's augmented (or mixed) train-mode features.
-    fit_out = forward_all(model, data.train.rows(data.fit_rows), device, autocast)
+    fit_out = forward_all(model, data.fit_inputs, device, autocast)
     scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model,
                           memo, vim=full)
     t2 = time.perf_counter()
     result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers, memo)
-    point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
-                           shifted_weight=cfg.shifted_weight, memo=memo)
-             if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
+    if unavailable(cfg.novelty_score, scorers) is not None:
+        point = dict.fromkeys(POINT_KEYS, math.nan)
+    else:  # on the grid unless Optuna sampled the thresholds
+        point = result.find(cfg.novelty_score, cfg.tau_super, cfg.tau_sub) or point_metrics(
+            batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers, shifted_weight=cfg.shifted_weight,
+            memo=memo)
     t3 = time.perf_counter()
     return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2,
                       full)
@@ -358,8 +364,12 @@ def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: n
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
-    # tau 0: nothing is called novel; weight 0: in-source images, as the seed measured them.
-    point = point_metrics(batch, heads, "msp", 0.0, 0.0, shifted_weight=0.0)
+    # msp at threshold 0: nothing is called novel; in-source images, as the seed measured them.
+    pred_super, pred_sub = decide(score_levels(batch, heads, "msp"), heads, 0.0, 0.0)
+    insource = batch.groups(heads) != SHIFTED
+    point = leaderboard_metrics(pred_super.numpy()[insource], pred_sub.numpy()[insource],
+                                batch.super_target.numpy()[insource], batch.sub_target.numpy()[insource],
+                                heads.n_super, heads.n_sub)
     return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
 
 
@@ -381,16 +391,18 @@ def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: H
     scorers = {}
     for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
                                     ("sub", out.sub_features, sub, heads.n_sub)):
-        feats, labels = feats.float().cpu(), labels.cpu()
+        feats = canonical(memo, "fit_features", feats.float().cpu())
+        labels = canonical(memo, "fit_labels", labels.cpu())
 
-        def fit_bank(feats=feats, labels=labels, n=n) -> FeatureScorer:
+        def fit_bank() -> FeatureScorer:  # memo_get calls it at once, with this level's feats and labels
             bank = FeatureBank(n, feats.shape[1])
             bank.update(feats, labels)
             return bank.fit()
 
-        bank = memo_get(memo, f"bank{n}", (feats, labels), fit_bank)
+        bank = memo_get(memo, f"bank{n}", (feats, labels), fit_bank)  # noqa: B023
         module = getattr(model, f"{level}_head", None)
         head = head_of(module, n) if module is not None else None
-        stats = HeadStats.fit(feats[labels < n], head, vim=vim, memo=memo) if head is not None else None
+        seen = memo_get(memo, f"seen_rows{n}", (feats, labels), lambda: feats[labels < n])  # noqa: B023
+        stats = HeadStats.fit(seen, head, vim=vim, memo=memo) if head is not None else None
         scorers[level] = replace(bank, head=stats)
     return scorers

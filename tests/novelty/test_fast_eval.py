@@ -116,3 +116,58 @@ def test_a_grid_without_vim_says_so_and_the_rest_is_unchanged():
     keep = [whole.scores.index(s) for s in without.scores]
     np.testing.assert_array_equal(without.grid, whole.grid[keep])
     assert len(GROUPS) == without.group_acc.shape[3]
+
+
+def test_a_grid_point_found_equals_the_point_computed_alone():
+    from hiertune.novelty.posthoc import point_metrics
+
+    b, sc = batch(200, 10, True), scorers(10)
+    result = posthoc_grid(b, HEADS, PosthocConfig(knn_k=5, shifted_weight=0.4), sc)
+    for score, ts, tu in (("rmds", 0.99, 0.85), ("msp", 0.0, 0.5), ("vim", 0.02, 0.995)):
+        alone = point_metrics(b, HEADS, score, ts, tu, sc, knn_k=5, shifted_weight=0.4)
+        found = result.find(score, ts, tu)
+        assert {k: found[k] for k in alone} == pytest.approx(alone, nan_ok=True)
+    assert result.find("msp", 0.42, 0.5) is None
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self, seed: int, cosine: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        if cosine:
+            from hiertune.models.cosine import CosineClassifier
+
+            self.super_head, self.sub_head = CosineClassifier(D, S + 1, 10.0), CosineClassifier(D, K + 1, 10.0)
+        else:
+            self.super_head, self.sub_head = torch.nn.Linear(D, S + 1), torch.nn.Linear(D, K + 1)
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_memoised_fit_over_epochs_equals_the_reference_fit(cosine):
+    """Epochs with the same features and new heads: the memo refits only what the heads change,
+    and every score, AUROC and the front stay what fitting from scratch gives."""
+    from hiertune.models.registry import ModelOutput
+    from hiertune.training.loop import fit_scorers
+    from tests.novelty.posthoc_reference import reference_fit
+
+    g = torch.Generator().manual_seed(11)
+    f = torch.randn(300, D, generator=g).relu() + 0.5  # post-ReLU-like features with a large mean
+    out = ModelOutput(torch.zeros(300, S + 1), torch.zeros(300, K + 1), f, f)  # dualhead: one feature, two levels
+    sub = torch.randint(0, K, (300,), generator=g)
+    sup = torch.tensor(SUB_TO_SUPER)[sub]
+    memo = Memo()
+    b = batch(250, 12, False, shared_features=True)
+    b.super_features = b.sub_features = b.sub_features.relu() + 0.5
+    for epoch in range(3):
+        model = TwoHeads(epoch, cosine)
+        new = fit_scorers(out, sup, sub, HEADS, model, memo)
+        old = reference_fit(out, sup, sub, HEADS, model)
+        config = PosthocConfig(knn_k=5)
+        got, want = posthoc_grid(b, HEADS, config, new, memo), reference_grid(b, HEADS, config, old)
+        assert got.scores == want.scores == SCORES
+        np.testing.assert_allclose(got.group_auroc, want.group_auroc, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.threshold_free, want.threshold_free, rtol=0, atol=1e-9, equal_nan=True)
+        for name in SCORES:
+            a, r = all_level_scores(b, HEADS, (name,), new, 5, memo)[name], reference_levels(b, HEADS, name, old, 5)
+            torch.testing.assert_close(a.sub_score, r.sub_score, rtol=1e-9, atol=1e-9, msg=name)
+            torch.testing.assert_close(a.super_score, r.super_score, rtol=1e-9, atol=1e-9, msg=name)
