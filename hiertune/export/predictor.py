@@ -40,8 +40,9 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
 from hiertune.novelty.scores import SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
 from hiertune.training import checkpoint
-from hiertune.training.device import autocast, pick_device
-from hiertune.training.inputs import ImageInputs
+from hiertune.training.device import autocast, pick_device, precision
+from hiertune.training.features import FeatureStore, image_features
+from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -89,14 +90,19 @@ class ExportedModel:
 
     def __init__(self, root: Path, cfg: TrialConfig, heads: Heads, thresholds: Thresholds,
                  model: torch.nn.Module, scorers: dict[str, FeatureScorer] | None, superclasses: list[str],
-                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig):
+                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig,
+                 features: FeatureStore | None = None):
         self.root, self.cfg, self.heads, self.thresholds = root, cfg, heads, thresholds
         self.model, self.scorers, self.device = model, scorers, device
         self.superclasses, self.subclasses = superclasses, subclasses
         self.augment = BatchAugment(pipeline, device)
+        self.features = features
 
     @classmethod
-    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
+    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None,
+             features: FeatureStore | None = None) -> "ExportedModel":
+        """`features`: where a model with a frozen backbone reads and caches its backbone's
+        features of the images it predicts (the sweep's cache: a test set is computed once)."""
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: no such model directory")
@@ -126,13 +132,19 @@ class ExportedModel:
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
                             f"which is missing or incomplete")
         return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on,
-                   pipeline)
+                   pipeline, features)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,
                                                                                       np.ndarray]:
         """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
-        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
-                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
+        amp = autocast(self.device, self.cfg.amp)
+        if self.features is not None and getattr(self.model, "backbone_frozen", False):
+            feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
+                                   str(precision(self.device, self.cfg.amp)), self.features, "images to predict")
+            inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
+        else:
+            inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
+        out = forward_all(self.model, inputs, self.device, amp, progress=progress)
         scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
         return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 

@@ -237,9 +237,8 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
     for pool, images in pools.items():
         n_views = 1 if pool in EVAL_POOLS else views
         digest = store.digest(pool, images)
-        key = feature_key(model, weights, augment.config, image_size, n_views, digest, precision)
-        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast,
-                                                                label=f"{pool} ({len(images)} images)"))
+        out[pool] = image_features(model, images, augment, image_size, n_views, device, autocast, precision, store,
+                                   pool, weights, digest)
         if corruption is not None and pool not in EVAL_POOLS:
             bad = corruption_key(feature_key(model, weights, augment.config, image_size, views, digest, precision),
                                  corruption)
@@ -248,6 +247,17 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
                 label=f"{pool}, corrupted ({len(images)} images)"))
             out[pool] = {name: np.concatenate([a, extra[name]], axis=1) for name, a in out[pool].items()}
     return out
+
+
+def image_features(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, image_size: int, views: int,
+                   device: torch.device, autocast: Callable, precision: str, store: FeatureStore, label: str,
+                   weights: str | None = None, digest: str | None = None) -> dict[str, np.ndarray]:
+    """The frozen features of `images` (name -> [N, views, ...]) through `store`: a pool of a
+    trial, or the images export and predict run a model with a frozen backbone on."""
+    key = feature_key(model, weights or weights_digest(model), augment.config, image_size, views,
+                      digest or images_digest(images), precision)
+    return store.get(key, len(images), lambda: extract(model, images, augment, views, device, autocast,
+                                                       label=f"{label} ({len(images)} images)"))
 
 
 def corruption_key(views_key: str, corruption: Corruption) -> str:
