@@ -331,13 +331,15 @@ fixed: {{backbone: resnet10t, epochs: 2, batch_size: 16, threads: 1, image_size:
         data: {data_dir}}}
 search:
   lr: {{type: float, low: 1.0e-3, high: 3.0e-2, log: true}}
+  corrupt_p: {{type: float, low: 0.0, high: 0.5}}
 tune: {{num_samples: 3, sampler: tpe, seed: 0}}
 scheduler: {{max_t: 2, grace_period: 2, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 3  # labeled, outliers, seen_shifted, by the driver
+    # By the driver: labeled, outliers, seen_shifted, and the corrupted views of the two training pools.
+    assert len(list((cache_root / "features").glob("*.safetensors"))) == 5
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
