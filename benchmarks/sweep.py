@@ -35,20 +35,22 @@ from hiertune.sweep.state import load_trials
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import precompute_features, run_trial
 
+# Thresholds and score post-hoc (or sampled), the schedule and the resources: the same for both spaces.
+RUN = """
+  tau_super: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
+  tau_sub: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
+  novelty_score: {{type: categorical, choices: [{scores}], posthoc: {posthoc}}}
+tune: {{num_samples: {trials}, sampler: tpe, seed: 0}}
+scheduler: {{max_t: {epochs}, grace_period: {grace}, reduction_factor: 2}}
+resources: {{cpus_per_trial: {cpus}}}
+"""
 SPACE = """
 family: cnn
 fixed: {{epochs: {epochs}, batch_size: 64, cnn_width: 16, data: {data}, outliers: {outliers}}}
 search:
   lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.3}}
-  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
-  tau_super: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
-  tau_sub: {{type: float, low: 0.0, high: 1.0, posthoc: {posthoc}}}
-  novelty_score: {{type: categorical, choices: [msp, energy, maxlogit, mahalanobis, knn], posthoc: {posthoc}}}
-tune: {{num_samples: {trials}, sampler: tpe, seed: 0}}
-scheduler: {{max_t: {epochs}, grace_period: {grace}, reduction_factor: 2}}
-resources: {{cpus_per_trial: {cpus}}}
-"""
+  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}""" + RUN.replace("{scores}", "msp, energy, maxlogit, mahalanobis, knn")
 CACHED = """
 family: dualhead
 fixed: {{epochs: {epochs}, batch_size: 64, backbone: tf_efficientnet_lite0, pretrained: true, finetune: linear,
@@ -56,15 +58,8 @@ fixed: {{epochs: {epochs}, batch_size: 64, backbone: tf_efficientnet_lite0, pret
 search:
   lr: {{type: float, low: 1.0e-4, high: 3.0e-3, log: true}}
   kl_alpha: {{type: float, low: 0.0, high: 1.0}}
-  outlier_fraction: {{type: float, low: 0.1, high: 1.0}}
-  tau_super: {{type: float, low: 0.5, high: 1.0, posthoc: {posthoc}}}
-  tau_sub: {{type: float, low: 0.5, high: 1.0, posthoc: {posthoc}}}
-  novelty_score: {{type: categorical, choices: [msp, energy, maxlogit, mahalanobis, knn, gen, rmds, fdbd, scale, vim],
-                  posthoc: {posthoc}}}
-tune: {{num_samples: {trials}, sampler: tpe, seed: 0}}
-scheduler: {{max_t: {epochs}, grace_period: {grace}, reduction_factor: 2}}
-resources: {{cpus_per_trial: {cpus}}}
-"""
+  outlier_fraction: {{type: float, low: 0.1, high: 1.0}}""" + RUN.replace(
+    "{scores}", "msp, energy, maxlogit, mahalanobis, knn, gen, rmds, fdbd, scale, vim")
 
 
 def make_space(tmp: Path, name: str, template: str = SPACE, **kw):
