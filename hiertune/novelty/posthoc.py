@@ -24,8 +24,8 @@ from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
-from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, knee_distance,
-                                      objective, oscr, pareto_front, rank_points)
+from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
+                                      objective, pareto_front, rank_points)
 from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, Memo, all_level_scores, unavailable
 
 MEASURES = ("auroc", "fpr95", "oscr")
@@ -210,10 +210,12 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
         grid[i, ..., 1] = _rate(super_hits[:, NOVEL_SUPER], counts["novel_super"])[:, None]
         grid[i, ..., 2] = seen_sub_in
         grid[i, ..., 3] = _rate(sub_hits[..., NOVEL_SUB] + sub_hits[..., NOVEL_SUPER], counts["novel_sub"])
-        free[i, 0] = _threshold_free(score_super[insource], seen_super[insource], hit_super[insource])
-        free[i, 1] = _threshold_free(score_sub[insource], seen_sub[insource], hit_sub[insource])
-        group_auroc[i] = (auroc(score_sub[member[SEEN]], score_sub[member[NOVEL_SUB]]),
-                          auroc(score_super[member[SEEN]], score_super[member[NOVEL_SUPER]]))
+        # One sort per level for its six threshold-free measures.
+        ranked_super, ranked_sub = RankedScores(score_super), RankedScores(score_sub)
+        free[i, 0] = _threshold_free(ranked_super, seen_super, insource & ~seen_super, hit_super)
+        free[i, 1] = _threshold_free(ranked_sub, seen_sub, insource & ~seen_sub, hit_sub)
+        group_auroc[i] = (ranked_sub.auroc(member[SEEN], member[NOVEL_SUB]),
+                          ranked_super.auroc(member[SEEN], member[NOVEL_SUPER]))
     return PosthocResult(tuple(names), tau_super, tau_sub, thr_super, thr_sub, grid, free, counts, accept["super"],
                          accept["sub"], group_acc=group_acc, group_auroc=group_auroc, accept_shifted=accept_shifted,
                          accept_shifted_super=accept["shifted_super"], accept_shifted_sub=accept["shifted_sub"],
@@ -259,9 +261,9 @@ def _rate(count, n) -> np.ndarray:
     return np.divide(count, n, out=np.full(shape, np.nan), where=np.broadcast_to(n > 0, shape))
 
 
-def _threshold_free(score: np.ndarray, seen: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
-    known, novel = score[seen], score[~seen]
-    return auroc(known, novel), fpr_at_95(known, novel), oscr(hit[seen], known, novel)
+def _threshold_free(ranked: RankedScores, known: np.ndarray, novel: np.ndarray, hit: np.ndarray
+                    ) -> tuple[float, float, float]:
+    return ranked.auroc(known, novel), ranked.fpr_at_95(known, novel), ranked.oscr(known, novel, hit)
 
 
 @dataclass

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.models.registry import Heads, ModelOutput
-from hiertune.novelty.metrics import ACCURACIES, auroc
+from hiertune.novelty.metrics import ACCURACIES
 from hiertune.novelty.ood_scores import HeadStats, head_of
-from hiertune.novelty.posthoc import (MEASURES, EvalBatch, PosthocConfig, PosthocResult, _rate, _threshold_free,
-                                      raw_thresholds)
+from hiertune.novelty.posthoc import MEASURES, EvalBatch, PosthocConfig, PosthocResult, _rate, raw_thresholds
 from hiertune.novelty.scores import (LEVELS, LOGIT_SCORES, SCORES, FeatureBank, FeatureScorer, LevelScores, logit_score,
                                      subclass_mask, unavailable)
 
@@ -160,3 +160,62 @@ def reference_levels(output, heads: Heads, score: str, scorers: dict[str, Featur
         raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
     # float64 so that predict() and the grid compare the same numbers with the same thresholds.
     return LevelScores(super_argmax, sub_argmax, super_score.double(), sub_score.double())
+
+
+def _threshold_free(score: np.ndarray, seen: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
+    known, novel = score[seen], score[~seen]
+    return auroc(known, novel), fpr_at_95(known, novel), oscr(hit[seen], known, novel)
+
+
+def auroc(scores_known, scores_novel) -> float:
+    """Probability that a known image scores above a novel one (ties count half)."""
+    labels, scores = _labelled(scores_known, scores_novel)
+    if labels is None:
+        return float("nan")
+    n_known = int(labels.sum())
+    n_novel = len(labels) - n_known
+    ranks = rankdata(scores)  # average ranks: a tie counts half
+    return float((ranks[labels == 1].sum() - n_known * (n_known + 1) / 2) / (n_known * n_novel))
+
+
+def fpr_at_95(scores_known, scores_novel) -> float:
+    """Fraction of novel images accepted at the highest threshold that accepts >= 95% of known ones."""
+    labels, scores = _labelled(scores_known, scores_novel)
+    if labels is None:
+        return float("nan")
+    known = np.sort(scores[labels == 1])[::-1]
+    # The k-th highest known score accepts at least k of them, and no higher threshold accepts k:
+    # k = ceil(0.95 n), in integers so that 0.95 n is not rounded below a whole number.
+    threshold = known[-(-19 * len(known) // 20) - 1]
+    return float((scores[labels == 0] >= threshold).mean())
+
+
+def oscr(correct_known, scores_known, scores_novel) -> float:
+    """Area under correct-and-accepted known rate against accepted novel rate, over all thresholds.
+
+    The known images that are misclassified never raise that curve, so it is the ROC curve of
+    correct-known against novel scaled by the closed-set accuracy; its area is that AUROC times
+    the accuracy.
+    """
+    correct = np.asarray(correct_known, dtype=bool)
+    scores_known = np.asarray(scores_known, dtype=float)
+    if len(correct) == 0 or len(np.asarray(scores_novel)) == 0:
+        return float("nan")
+    if not correct.any():
+        return 0.0
+    return auroc(scores_known[correct], scores_novel) * float(correct.mean())
+
+
+def _labelled(scores_known, scores_novel):
+    known = np.asarray(scores_known, dtype=float).ravel()
+    novel = np.asarray(scores_novel, dtype=float).ravel()
+    if len(known) == 0 or len(novel) == 0:
+        return None, None
+    labels = np.concatenate([np.ones(len(known)), np.zeros(len(novel))])
+    scores = np.concatenate([known, novel])
+    # Only the order matters, so a NaN (a broken score, least familiar) and -inf go just below
+    # the finite range and +inf just above it.
+    finite = scores[np.isfinite(scores)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    return labels, np.clip(scores, lo - 1, hi + 1)

@@ -171,3 +171,26 @@ def test_memoised_fit_over_epochs_equals_the_reference_fit(cosine):
             a, r = all_level_scores(b, HEADS, (name,), new, 5, memo)[name], reference_levels(b, HEADS, name, old, 5)
             torch.testing.assert_close(a.sub_score, r.sub_score, rtol=1e-9, atol=1e-9, msg=name)
             torch.testing.assert_close(a.super_score, r.super_score, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ranked_measures_equal_the_rank_based_reference_with_ties_nan_and_infinities(seed):
+    from hiertune.novelty.metrics import RankedScores
+    from tests.novelty import posthoc_reference as ref
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    scores = rng.integers(-5, 6, n).astype(float) if seed % 2 else rng.normal(size=n)  # odd seeds: ties everywhere
+    for value in (np.nan, np.inf, -np.inf):
+        scores[rng.random(n) < 0.05] = value
+    ranked = RankedScores(scores)
+    for _ in range(5):
+        known, novel = rng.random(n) < rng.random(), rng.random(n) < 0.3
+        novel &= ~known
+        correct = rng.random(n) < 0.6
+        assert ranked.auroc(known, novel) == pytest.approx(ref.auroc(scores[known], scores[novel]), abs=1e-12,
+                                                           nan_ok=True)
+        assert ranked.fpr_at_95(known, novel) == pytest.approx(ref.fpr_at_95(scores[known], scores[novel]),
+                                                               abs=1e-12, nan_ok=True)
+        assert ranked.oscr(known, novel, correct) == pytest.approx(
+            ref.oscr(correct[known], scores[known], scores[novel]), abs=1e-12, nan_ok=True)
