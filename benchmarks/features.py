@@ -84,7 +84,8 @@ def scaling(cfg: TrialConfig, n: int) -> None:
     same = all(np.array_equal(feats[1][k], feats[cfg.threads][k]) for k in feats[1])
     ratio = times[1] / times[cfg.threads]
     print(f"speed-up {ratio:.2f}x on {cfg.threads} CPUs over one single-threaded process (target >= 1.7x), "
-          f"{intra / times[cfg.threads]:.2f}x over one process on {cfg.threads} torch threads; identical features: {same}")
+          f"{intra / times[cfg.threads]:.2f}x over one process on {cfg.threads} torch threads; "
+          f"identical features: {same}")
     sys.exit(0 if same else 1)
 
 

@@ -6,6 +6,10 @@
 --cached: the trials are the dualhead space's frozen-backbone ones (pretrained lite0, finetune
 linear, 128 px) on cached features, trials of about a second per epoch where orchestration weighs
 most (target ≤ 1.10); the features come from the disk cache, warmed once before either side is timed.
+--only c (with --cached): one such sweep, then `export-best` of its knee, twice: the first as a
+user's first export (retraining on the sweep's cached features; the test set's features computed
+unless an earlier export or predict cached them), the second with every feature cached. Target:
+export ≤ 0.3× the sweep's wall time.
 
 (a) N short trials through `run_sweep` (Ray Tune + Optuna + ASHA + MLflow + checkpoints to
     storage) against the same trials run one after another by `run_trial` in a bare loop;
@@ -28,8 +32,10 @@ import yaml
 
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
+from hiertune.export.export import export_best
 from hiertune.novelty.metrics import hypervolume_2d
 from hiertune.space import load_space
+from hiertune.sweep.front import Pick
 from hiertune.sweep.run import SweepPlace, run_sweep
 from hiertune.sweep.state import load_trials
 from hiertune.training.features import FeatureStore
@@ -50,7 +56,8 @@ fixed: {{epochs: {epochs}, batch_size: 64, cnn_width: 16, data: {data}, outliers
 search:
   lr: {{type: float, low: 1.0e-3, high: 2.0e-2, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.3}}
-  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}""" + RUN.replace("{scores}", "msp, energy, maxlogit, mahalanobis, knn")
+  outlier_fraction: {{type: float, low: 0.2, high: 1.0}}""" + RUN.replace(
+    "{scores}", "msp, energy, maxlogit, mahalanobis, knn")
 CACHED = """
 family: dualhead
 fixed: {{epochs: {epochs}, batch_size: 64, backbone: tf_efficientnet_lite0, pretrained: true, finetune: linear,
@@ -80,7 +87,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--data", default=None)
     parser.add_argument("--outliers", default=None)
-    parser.add_argument("--only", choices=("a", "b"), help="run one part")
+    parser.add_argument("--only", choices=("a", "b", "c"), help="run one part")
     parser.add_argument("--cached", action="store_true", help="frozen-backbone trials on cached features")
     args = parser.parse_args()
     cache = default_cache_root()
@@ -89,10 +96,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.only != "b":
+        if args.only in (None, "a"):
             overhead(args, common, tmp, cache)
-        if args.only != "a":
+        if args.only in (None, "b"):
             thresholds(args, common, tmp, cache)
+        if args.only == "c":
+            export(args, common, tmp, cache)
 
 
 def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
@@ -121,6 +130,22 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
           f"(target <= {target}: {'OK' if t_sweep / t_bare <= target else 'ABOVE'})")
     print(f"    hiertune sweep, 2 x 1-CPU trials {t_packed:6.1f} s   ratio {t_packed / t_bare:5.2f}")
 
+
+
+def export(args, common: dict, tmp: Path, cache: Path) -> None:
+    """(c) export-best of the knee against the sweep that found it."""
+    space = make_space(tmp, "found", posthoc="true", grace=max(1, args.epochs // 2), cpus=2, **common)
+    t_sweep, res = sweep(space, tmp, "found", cache)
+    place = SweepPlace.resolve("found", str(tmp / "sweeps"), None)
+    print(f"(c) sweep of {args.trials} trials x <= {args.epochs} epochs: {t_sweep:.1f} s")
+    for attempt in ("first", "second"):
+        start = time.perf_counter()
+        out = export_best(place, Pick.parse("knee"), 1, cache)
+        t_export = time.perf_counter() - start
+        e = out["exports"][0]
+        ok = "OK" if t_export / t_sweep <= 0.3 else "ABOVE"
+        print(f"    export-best knee, {attempt}: {t_export:6.1f} s = {t_export / t_sweep:.2f}x the sweep "
+              f"(target <= 0.3: {ok}); retraining {e['retrain_seconds']:.1f} s, {e.get('rows', 0)} test rows")
 
 
 def thresholds(args, common: dict, tmp: Path, cache: Path) -> None:
