@@ -132,8 +132,10 @@ class HeadStats:
         cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
         whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))
         # A linear head reads the features as they are; a cosine head normalises them.
-        z = memo_get(memo, "normalized", (x,), lambda: head.inputs(x)) if head.normalize else x
-        cov_z, mean_z = memo_get(memo, "covariance", (z,), lambda: _covariance(z))
+        z, cov_z, mean_z = x, cov, mean
+        if head.normalize:
+            z = memo_get(memo, "normalized", (x,), lambda: head.inputs(x))
+            cov_z, mean_z = memo_get(memo, "normalized_covariance", (z,), lambda: _covariance(z))
         if not vim:
             return cls(head, mean, whiten, mean_z, None, None, None)
         n, dim = x.shape

@@ -39,7 +39,7 @@ class Memo:
     and a changed input (a backbone that trains) is a new tensor, so what depends on it is
     computed again."""
 
-    KEEP = 4  # entries per name and canonical tensors: both levels' and a spare, bounded across epochs
+    KEEP = 2  # entries per name and role: one per level, so a trainable backbone keeps no stale epochs
 
     def __init__(self) -> None:
         self._entries: dict[str, list[tuple[tuple[Tensor, ...], object]]] = {}
