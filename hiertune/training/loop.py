@@ -118,7 +118,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         state.epoch = epoch + 1
         state.history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            state.save(Path(tmp), evaluation.result, evaluation.scorers)
+            # The feature scorers (a hundred MB with a 1280-wide feature) only with the last epoch,
+            # the one an export writes out: every epoch's would cost about as much as training it.
+            state.save(Path(tmp), evaluation.result, evaluation.scorers if epoch + 1 == cfg.epochs else None)
             report(metrics, Path(tmp))
     return metrics
 
