@@ -9,11 +9,13 @@ the digest of its weights, the input pipeline (the augmentation config's evaluat
 std, and whatever else the config gains, such as an input size; all of it with augmented
 views), the image size, the number of views and their seed, the pixels' digest and the numeric
 precision. A trial's split then takes rows of these arrays in the order `assemble` lays images
-out, and trains only the heads (hiertune.training.inputs.FeatureInputs).
+out, and trains only the heads (hiertune.training.inputs.FeatureInputs). Training corruptions
+(corrupt_p) read corrupted views of the training pools, cached under keys of their own.
 
 In a sweep the driver computes the base configuration's features before trials start and they
 travel with the data bundle through Ray's object store (`FeatureStore.sets`); a trial whose key
-differs (another backbone, seed or input size) reads or fills the disk cache on its node.
+differs (another backbone, seed or input size) reads or fills the disk cache on its node. Export
+and predict read the same cache for the images they run a frozen backbone on.
 """
 
 from __future__ import annotations
