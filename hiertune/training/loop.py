@@ -330,10 +330,11 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
 
 @torch.no_grad()
 def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device, autocast,
-                batch_size: int = 256, progress: str | None = None) -> ModelOutput:
+                batch_size: int | None = None, progress: str | None = None) -> ModelOutput:
     """Logits and features of every input (images, or cached features), on the CPU in float32,
-    in eval mode."""
+    in eval mode; in batches of `batch_size` (default: what the inputs hold comfortably)."""
     model.eval()
+    batch_size = batch_size or inputs.EVAL_BATCH
     parts: dict[str, list[torch.Tensor]] = {"sl": [], "ul": [], "sf": [], "uf": []}
     batches = inputs.batches((), batch_size, device, train=False)
     for (x,) in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc=progress, unit="batch",
