@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -143,10 +144,12 @@ class HeadStats:
         shifted = z - origin
         # The second moment about the origin is the covariance (the head inputs' own, fitted once
         # while they stay the same) plus the outer product of mean minus origin: the per-epoch
-        # [N, D] x [D, N] product reduces to a rank-one update. Eigenvalues ascending.
-        _, vectors = torch.linalg.eigh(cov_z + torch.outer(mean_z - origin, mean_z - origin))
+        # [N, D] x [D, N] product reduces to a rank-one update. Only the residual subspace (the
+        # smallest eigenvalues) is needed, which LAPACK's syevr computes alone, about twice as
+        # fast as the whole eigendecomposition.
         keep = min(dim - 1, max(1, round(vim_fraction * dim)))
-        residual = vectors[:, : dim - keep]
+        moment = (cov_z + torch.outer(mean_z - origin, mean_z - origin)).numpy()
+        residual = torch.from_numpy(scipy.linalg.eigh(moment, subset_by_index=[0, dim - keep - 1], driver="evr")[1])
         virtual = (shifted @ residual).norm(dim=1)
         alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
         return cls(head, mean, whiten, mean_z, origin, residual, alpha)
