@@ -129,7 +129,7 @@ class HeadStats:
         alone across epochs and levels."""
         from hiertune.novelty.scores import canonical, memo_get  # scores imports this module
 
-        x = canonical(memo, "fit_features", features.detach().to("cpu", torch.float64))
+        x = canonical(memo, "fit_features64", features.detach().to("cpu", torch.float64))
         cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
         whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))
         # A linear head reads the features as they are; a cosine head normalises them.
