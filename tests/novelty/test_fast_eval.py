@@ -194,3 +194,25 @@ def test_ranked_measures_equal_the_rank_based_reference_with_ties_nan_and_infini
                                                                abs=1e-12, nan_ok=True)
         assert ranked.oscr(known, novel, correct) == pytest.approx(
             ref.oscr(correct[known], scores[known], scores[novel]), abs=1e-12, nan_ok=True)
+
+
+def test_the_memo_keeps_feature_statistics_across_epochs_for_levels_with_different_features():
+    """twomodel: a feature per level. Epochs with the same features reuse both levels' fits (the
+    same tensors come back); new features are fitted again."""
+    from hiertune.models.registry import ModelOutput
+    from hiertune.training.loop import fit_scorers
+
+    g = torch.Generator().manual_seed(13)
+    f_super, f_sub = torch.randn(200, D, generator=g), torch.randn(200, D, generator=g)
+    sub = torch.randint(0, K, (200,), generator=g)
+    sup = torch.tensor(SUB_TO_SUPER)[sub]
+    memo = Memo()
+    epochs = [fit_scorers(ModelOutput(torch.zeros(200, S + 1), torch.zeros(200, K + 1), f_super.clone(), f_sub.clone()),
+                          sup, sub, HEADS, TwoHeads(epoch), memo) for epoch in range(2)]
+    for level in ("super", "sub"):
+        first, second = epochs[0][level], epochs[1][level]
+        assert second.whiten is first.whiten and second.bank is first.bank and second.head.whiten is first.head.whiten
+        assert not torch.equal(second.head.vim_residual, first.head.vim_residual)  # new heads: refitted
+    moved = fit_scorers(ModelOutput(torch.zeros(200, S + 1), torch.zeros(200, K + 1), f_super + 1, f_sub), sup, sub,
+                        HEADS, TwoHeads(0), memo)
+    assert moved["super"].whiten is not epochs[1]["super"].whiten and moved["sub"].whiten is epochs[1]["sub"].whiten
