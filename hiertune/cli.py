@@ -22,7 +22,7 @@ from typing import Callable
 
 from hiertune import __version__
 from hiertune.errors import UserError
-from hiertune.secrets import redact, remember_env
+from hiertune.secrets import redact, remember_env, remember_uri
 from hiertune.sweep.catalog import find_sweep
 
 log = logging.getLogger("hiertune")
@@ -82,9 +82,17 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, handler: Cal
 
 
 def _cache_root(args: argparse.Namespace) -> Path:
+    """The cache root, checked before any work: decoded images and features are written there."""
     from hiertune.data.cache import default_cache_root
+    from hiertune.fsutil import check_writable
 
-    return Path(args.cache_dir) if args.cache_dir else default_cache_root()
+    if args.cache_dir:
+        root, what = Path(args.cache_dir), "--cache-dir"
+    else:
+        root = default_cache_root()
+        what = "HIERTUNE_CACHE_DIR" if os.environ.get("HIERTUNE_CACHE_DIR") else "the cache folder"
+    check_writable(root, what, folder=True)
+    return root
 
 
 def _data_inspect(args: argparse.Namespace) -> dict:
@@ -511,6 +519,11 @@ class _Redacting(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     remember_env()
+    for value in vars(args).values():  # a URI's password in any argument: masked before anything prints
+        for item in value if isinstance(value, list) else [value]:
+            remember_uri(item)
+            if isinstance(item, str) and "=" in item:  # --set key=URI
+                remember_uri(item.partition("=")[2])
     # A traceback (a bug, not bad input) may quote a URI or an environment value too.
     sys.excepthook = lambda kind, value, tb: sys.stderr.write(
         redact("".join(traceback.format_exception(kind, value, tb))))

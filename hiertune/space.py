@@ -33,6 +33,7 @@ import yaml
 from hiertune.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone
+from hiertune.secrets import remember_uri
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -215,7 +216,19 @@ def load_space(path: str | Path) -> SearchSpace:
         raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
+    _remember_uris(raw)
     return parse_space(raw, path)
+
+
+def _remember_uris(raw: Any) -> None:
+    """A password in any URI the file holds (data, storage, tracking_uri) is masked from here on."""
+    if isinstance(raw, dict):
+        raw = list(raw.values())
+    for value in raw if isinstance(raw, list) else [raw]:
+        if isinstance(value, (dict, list)):
+            _remember_uris(value)
+        else:
+            remember_uri(value)
 
 
 def parse_space(raw: Any, path: Path) -> SearchSpace:
