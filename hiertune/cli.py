@@ -303,7 +303,7 @@ def _pareto(args: argparse.Namespace) -> dict:
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    summary = front_files(place, load_trials(place.dir))
+    summary = front_files(place, load_trials(place.dir, within=place.uri))
     result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
               "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
     if args.groups and summary["front"]:

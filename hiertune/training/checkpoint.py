@@ -103,7 +103,7 @@ def read_history(checkpoint: str | None) -> list[dict]:
         history = json.loads(read_bytes(path))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise UserError(f"{path}: not a list of per-epoch records")
