@@ -386,9 +386,10 @@ def _predict(args: argparse.Namespace) -> dict:
     from hiertune.export.predictor import ExportedModel
     from hiertune.fsutil import check_writable
 
-    check_writable(args.output, "-o", folder=False)
+    check_writable(args.output, "-o", folder=False)  # before the work, not after it
+    cache_root = _cache_root(args)
     model = ExportedModel.load(args.model_dir, device=args.device)
-    predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)
+    predictions = model.predict_folder(args.images, cache_root, progress=not args.json)
     if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
         print(w, file=sys.stderr)
     predictions.write_csv(args.output, with_scores=args.scores)

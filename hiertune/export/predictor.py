@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping
-from hiertune.data.images import FixCounts, list_image_files
+from hiertune.data.images import FixCounts, check_submission_names, list_image_files, skipped_files
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
@@ -49,6 +50,7 @@ SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
 METRICS, SOURCE, HISTORY, SUBMISSION = "metrics.json", "source.json", "history.json", "submission.csv"
 REQUIRED = (MODEL, CONFIG, THRESHOLDS, SUPER_MAP, SUB_MAP)
 HEADER = ("image", "superclass_index", "subclass_index")
+log = logging.getLogger("hiertune")
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,9 @@ def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[s
     names = list_image_files(folder)
     if not names:
         raise UserError(f"{folder}: folder has no images")
+    check_submission_names(folder, names)
+    if (warning := skipped_files(folder)):
+        log.warning(warning)
     images, report = load_images(folder, names, image_size, cache_root, desc=f"decoding {folder.name}")
     return names, images, report.fixes
 
