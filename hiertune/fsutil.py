@@ -50,10 +50,22 @@ def _place_errors(path: Path, created: list[Path]) -> Iterator[None]:
 
 
 def _make_parents(path: Path) -> list[Path]:
-    """mkdir -p of `path`'s parent; the folders it made, outermost first."""
+    """mkdir -p of `path`'s parent; the folders it made, outermost first. Any failure here (no
+    such place, not a folder, read-only) is the place's: one line."""
     missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
     return missing
+
+
+def _staging(make, path: Path):
+    """mkstemp / mkdtemp beside `path`, any failure one line naming it."""
+    try:
+        return make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -65,7 +77,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     created: list[Path] = []
     with _place_errors(path, created):
         created += _make_parents(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _staging(tempfile.mkstemp, path)
         os.close(fd)
         tmp = Path(tmp)
         try:
@@ -87,7 +99,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     created: list[Path] = []
     with _place_errors(path, created):
         created += _make_parents(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(_staging(tempfile.mkdtemp, path))
         try:
             yield tmp
             os.chmod(tmp, 0o755)  # mkdtemp's 0700, as in atomic_file

@@ -100,8 +100,13 @@ class ExportedModel:
     @classmethod
     def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root}: not a folder (an exported model is a directory)")
         if not root.is_dir():
             raise UserError(f"{root}: no such model directory")
+        for name in REQUIRED:
+            if (root / name).exists() and not (root / name).is_file():
+                raise UserError(f"{root / name}: not a file")
         missing = [name for name in REQUIRED if not (root / name).is_file()]
         if missing:
             raise UserError(f"{root}: not an exported model (missing {', '.join(missing)})")
@@ -143,14 +148,14 @@ class ExportedModel:
         out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
                           self.device, autocast(self.device, self.cfg.amp), progress=progress)
         scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
-        p_super, p_sub = out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
-        bad = np.flatnonzero(~np.isfinite(p_super).all(1) | ~np.isfinite(p_sub).all(1)
+        finite = torch.isfinite(out.super_logits).all(1) & torch.isfinite(out.sub_logits).all(1)
+        bad = np.flatnonzero(~finite.numpy()
                              | np.isnan(scores.super_score.numpy()) | np.isnan(scores.sub_score.numpy()))
         if len(bad):
             first = names[bad[0]] if names is not None else f"image {bad[0] + 1}"
-            raise UserError(f"{self.root}: the model's outputs are not numbers for {len(bad)} of {len(images)} "
+            raise UserError(f"{self.root}: the model's outputs are not finite for {len(bad)} of {len(images)} "
                             f"images (first: {first}); its weights or input pipeline are damaged")
-        return scores, p_super, p_sub
+        return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 
     def predict_images(self, names: list[str], images: np.ndarray, fixes: FixCounts | None = None,
                        progress: str | None = None) -> Predictions:
@@ -251,6 +256,8 @@ def _read(path: Path, load):
 
 
 def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[str], np.ndarray, FixCounts]:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: not a folder of images")
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found")
     names = list_image_files(folder)

@@ -86,6 +86,8 @@ def _from_file(name: str, path: Path) -> nn.Module:
     # silently leave the backbone random, or half of it another model's: _misfit turns that into an error.
     if path.is_dir():
         raise UserError(f"pretrained weights file {path} is a folder, not a weights file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"pretrained weights file {path} is not a regular file")
     if not path.is_file():
         raise UserError(f"pretrained weights file not found: {path}")
     try:

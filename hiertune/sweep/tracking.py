@@ -20,10 +20,10 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from hiertune.errors import UserError, first_line
-from hiertune.fsutil import atomic_file
+from hiertune.fsutil import atomic_file, check_writable
 from hiertune.secrets import redact, redact_param, redact_uri
 from hiertune.storage import checkpoint_uri
-from hiertune.sweep.mlstore import open_client
+from hiertune.sweep.mlstore import open_client, sqlite_path
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_learning_curves
 from hiertune.sweep.state import TrialRecord, read_json, trial_status
@@ -62,6 +62,8 @@ class SweepRecorder:
         uri = place.mlflow_uri
         if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             raise self._elsewhere(parent)  # before the client, which would create the file
+        if (db := sqlite_path(uri)) is not None:
+            check_writable(db, "MLflow store", folder=False)
         try:
             self.client = open_client(uri)
         except ImportError as exc:  # a database store whose driver is not installed
