@@ -1,7 +1,7 @@
 """Hostile and careless inputs, one registry: each case builds a real instance of the input,
 names the CLI call that must refuse it, and carries its row of the README's rejected-input
 table. tests/test_hostile.py drives every case through the CLI and checks that the README holds
-every row; `python tests/hostile_cases.py` prints the rows.
+every row; `python tests/hostile_cases.py` prints the rows, `--readme` writes them into README.md.
 
 A case's `build(ctx)` writes what it needs under ctx.tmp and returns the CLI arguments; the
 test then expects exit code 2, exactly one stderr line containing `expect`, nothing new (file
@@ -465,6 +465,13 @@ CASES = [
          lambda c: _model_tensors(c, "model.safetensors", lambda t: _first_float(t, float("nan")))),
     Case("model-inf-scorers", "", "", "scorers.safetensors: tensor",
          lambda c: _model_tensors(c, "scorers.safetensors", lambda t: _first_float(t, float("inf")))),
+    Case("model-scorers-other", "an exported `scorers.safetensors` of another model (other class count or width)",
+         "`PATH/scorers.safetensors: these statistics do not fit the model in model.safetensors (The size of tensor a "
+         "(6) must match the size of tensor b (5) …)`", "these statistics do not fit the model",
+         lambda c: (_model_tensors(c, "scorers.safetensors", lambda t: t.update(
+             {k: v[:-1].contiguous() for k, v in t.items() if k == "sub.means"})),
+                    _model_json(c, "thresholds.json", lambda r: r.update(score="mahalanobis", thr_super=-1e3,
+                                                                         thr_sub=-1e3)))[1]),
     Case("model-outputs", "an exported model whose outputs are not finite (weights that overflow)",
          "`PATH: the model's outputs are not finite for 4 of 4 images (first: 0.jpg); its weights or input "
          "pipeline are damaged`", "the model's outputs are not finite",
@@ -620,5 +627,20 @@ def readme_rows() -> list[str]:
     return [f"| {c.row} | {c.message} |" for c in CASES if c.row]
 
 
-if __name__ == "__main__":
-    print("\n".join(readme_rows()))
+def write_readme(readme: Path) -> None:
+    """Replace the registry's rows of the README's rejected-input table (its tail, from the first
+    case's row) with readme_rows()."""
+    lines = readme.read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {CASES[0].row} |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    lines[start:end] = readme_rows()
+    readme.write_text("\n".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":  # `--readme` rewrites README.md's rows; without it, prints them
+    import sys
+
+    if sys.argv[1:] == ["--readme"]:
+        write_readme(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print("\n".join(readme_rows()))

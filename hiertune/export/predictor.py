@@ -138,16 +138,26 @@ class ExportedModel:
         if unavailable(thresholds.score, scorers):
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
                             f"which is missing or incomplete")
-        return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on,
-                   pipeline)
+        loaded = cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses,
+                     run_on, pipeline)
+        if scorers is not None:  # statistics of another model fail only when they meet its features
+            try:
+                loaded._outputs(np.zeros((1, cfg.data_size, cfg.data_size, 3), dtype=np.uint8))
+            except (RuntimeError, IndexError, ValueError) as exc:
+                raise UserError(f"{root / SCORERS}: these statistics do not fit the model in {MODEL} "
+                                f"({first_line(' '.join(str(exc).split()), 200)})") from None
+        return loaded
+
+    def _outputs(self, images: np.ndarray, progress: str | None = None):
+        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
+                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
+        return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None
                      ) -> tuple[LevelScores, np.ndarray, np.ndarray]:
         """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax.
         Outputs that are not numbers (damaged weights or statistics) are refused, not predicted."""
-        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
-                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
-        scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
+        out, scores = self._outputs(images, progress)
         finite = torch.isfinite(out.super_logits).all(1) & torch.isfinite(out.sub_logits).all(1)
         bad = np.flatnonzero(~finite.numpy()
                              | np.isnan(scores.super_score.numpy()) | np.isnan(scores.sub_score.numpy()))
