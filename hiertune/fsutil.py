@@ -49,15 +49,15 @@ def _place_errors(path: Path, created: list[Path]) -> Iterator[None]:
         raise
 
 
-def _make_parents(path: Path) -> list[Path]:
-    """mkdir -p of `path`'s parent; the folders it made, outermost first. Any failure here (no
-    such place, not a folder, read-only) is the place's: one line."""
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]
+def _make_parents(path: Path, created: list[Path]) -> None:
+    """mkdir -p of `path`'s parent, adding the folders it makes to `created` (outermost first)
+    before it makes them. Any failure here (no such place, not a folder, read-only) is the
+    place's: one line."""
+    created += [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
-    return missing
 
 
 def _staging(make, path: Path):
@@ -76,7 +76,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     created: list[Path] = []
     with _place_errors(path, created):
-        created += _make_parents(path)
+        _make_parents(path, created)
         fd, tmp = _staging(tempfile.mkstemp, path)
         os.close(fd)
         tmp = Path(tmp)
@@ -98,7 +98,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = Path(path)
     created: list[Path] = []
     with _place_errors(path, created):
-        created += _make_parents(path)
+        _make_parents(path, created)
         tmp = Path(_staging(tempfile.mkdtemp, path))
         try:
             yield tmp

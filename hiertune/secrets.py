@@ -67,8 +67,8 @@ def remember_uri(value) -> None:
     --set value, a space file, the environment): masked in every later line."""
     if not isinstance(value, str) or "://" not in value:
         return
-    _, _, password = split_userinfo(value)
-    remember(password)
+    _, user, password = split_userinfo(value)
+    remember(password if password is not None else user)  # a user alone is a token in its place
     for key, secret in parse_qsl(urlsplit(value).query, keep_blank_values=True) if "?" in value else ():
         if SECRET_KEY.search(key):
             remember(secret)
