@@ -210,6 +210,16 @@ def _sweep_dir(ctx: Ctx, checkpoint: str | None = None, trials: str | None = Non
     return folder
 
 
+def _posthoc(ctx: Ctx, meta: str) -> None:
+    """A sweep whose one checkpoint, inside it, holds a post-hoc file with this `meta` record."""
+    import numpy as np
+
+    checkpoint = ctx.tmp / "sweeps" / "done" / "tune" / "checkpoint_000000"
+    _sweep_dir(ctx, str(checkpoint))
+    checkpoint.mkdir(parents=True)
+    np.savez(checkpoint / "posthoc.npz", meta=np.array(meta))
+
+
 def _shifted(ctx: Ctx, edit: Callable[[Path], object]) -> list[str]:
     shifted = ctx.tmp / "shifted"
     shutil.copytree(ctx.data, shifted)
@@ -487,7 +497,7 @@ CASES = [
          "input.size 8 does not match trial.image_size 32",
          lambda c: _model_json(c, "config.json", lambda r: r["input"].update(size=8))),
     Case("model-huge-size", "sizes that need terabytes (`image_size`, `data_size`, `cnn_width`, `batch_size` in "
-         "a space, `--set` or an exported config)", "`PATH/config.json: image_size must be <= 1,024, got 100,000`",
+         "a space, `--set` or an exported config; `--image-size`)", "`PATH/config.json: image_size must be <= 1,024, got 100,000`",
          "image_size must be <= 1,024",
          lambda c: _model_json(c, "config.json", lambda r: (r["input"].update(size=100_000),
                                                             r["trial"].update(image_size=100_000)))),
@@ -499,6 +509,10 @@ CASES = [
          lambda c: ["train", str(c.space), "--set", "image_size=100000"]),
     Case("set-huge-batch", "", "", "batch_size must be <= 65,536",
          lambda c: ["train", str(c.space), "--set", "batch_size=1000000000"]),
+    Case("inspect-huge-image-size", "", "", "argument --image-size: must be in 1-1,024",
+         lambda c: ["data", "inspect", str(c.data), "--outliers", "none", "--image-size", "100000"]),
+    Case("push-zero-image-size", "", "", "argument --image-size: must be in 1-1,024",
+         lambda c: ["data", "push", str(c.data), "s3://bucket/x", "--image-size", "0"]),
     Case("space-huge-views", "", "", "feature_views must be <= 64",
          lambda c: ["train", str(_space(c, "family: layover\nfixed: {feature_views: 100000}\n"))]),
     Case("model-thresholds-range", "thresholds of one score stored under another's name (outside what that score "
@@ -532,6 +546,10 @@ CASES = [
                     ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     Case("trials-outside-export", "", "", "is outside the sweep's folder",
          lambda c: (_sweep_dir(c, str(c.outside.parent)), ["export-best", "done", "--storage", str(c.tmp / "sweeps")])[1]),
+    Case("posthoc-nested", "", "", "unreadable post-hoc results",
+         lambda c: (_posthoc(c, "[" * 100_000), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
+    Case("posthoc-not-mapping", "", "", "unreadable post-hoc results",
+         lambda c: (_posthoc(c, "[1, 2]"), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     Case("trials-nested", "", "", "trials.json: unreadable or truncated",
          lambda c: (_sweep_dir(c, trials="[" * 100_000), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     # places that cannot be written, found before the work

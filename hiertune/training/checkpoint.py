@@ -115,5 +115,5 @@ def read_posthoc(checkpoint: str) -> PosthocResult:
     uri = join(checkpoint, POSTHOC)
     try:
         return PosthocResult.load(io.BytesIO(read_bytes(uri)))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
         raise UserError(f"{uri}: unreadable post-hoc results ({first_line(exc)})") from None
