@@ -98,7 +98,7 @@ def _cache_root(args: argparse.Namespace) -> Path:
 def _data_inspect(args: argparse.Namespace) -> dict:
     from hiertune.data.inspect import inspect_data
 
-    summary, warnings = inspect_data(args.dir, args.outliers, args.image_size, _cache_root(args))
+    summary, warnings = inspect_data(args.dir, args.outliers, _image_size(args), _cache_root(args))
     for line in warnings:
         print(line, file=sys.stderr)
     return summary
@@ -113,7 +113,7 @@ def _render_inspect(summary: dict) -> str:
 def _data_push(args: argparse.Namespace) -> dict:
     from hiertune.data.push import push_data
 
-    return push_data(args.dir, args.dest, args.outliers, args.image_size, _cache_root(args))
+    return push_data(args.dir, args.dest, args.outliers, _image_size(args), _cache_root(args))
 
 
 def _render_push(summary: dict) -> str:
@@ -418,18 +418,13 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 
 
-def _image_size(text: str) -> int:
-    """--image-size within the bounds a trial's data_size has (config.SIZE_LIMITS)."""
+def _image_size(args: argparse.Namespace) -> int:
+    """--image-size within the bounds a trial's data_size has: a larger one needs terabytes."""
     from hiertune.config import SIZE_LIMITS
 
-    limit = SIZE_LIMITS["data_size"]
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= limit:
-        raise argparse.ArgumentTypeError(f"must be in 1-{limit:,}, got {value:,}")
-    return value
+    if not 1 <= args.image_size <= SIZE_LIMITS["data_size"]:
+        raise UserError(f"--image-size must be in 1-{SIZE_LIMITS['data_size']:,}, got {args.image_size:,}")
+    return args.image_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "embedded default")
     inspect.add_argument("--outliers", help="class-per-folder outlier directory, 'cifar100', or 'none' "
                                             "(default: the data directory's own outliers/, if any)")
-    inspect.add_argument("--image-size", type=_image_size, default=64, help="decoded side length (default: %(default)s)")
+    inspect.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     inspect.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
     push = _command(data_sub, "push", "validate a competition-format directory and upload it to S3 without its "
                     "image files (CSVs and decoded pixels), for an s3:// data root", _data_push, _render_push)
@@ -516,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("dest", help="s3://bucket/prefix")
     push.add_argument("--outliers", help="class-per-folder outlier directory or 'none', pushed into DEST/outliers "
                                          "(default: the data directory's own outliers/, if any)")
-    push.add_argument("--image-size", type=_image_size, default=64, help="decoded side length (default: %(default)s)")
+    push.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     push.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
     synth = _command(data_sub, "synth", "write the synthetic hierarchical dataset in competition format",
                      _data_synth, _render_synth)
