@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # every log line of every library, through one filter
         handler.setFormatter(_Redacting(handler.formatter._fmt if handler.formatter else "%(message)s"))
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
-        for name in ("botocore", "boto3", "s3transfer"):
+        for name in ("botocore", "boto3", "s3transfer", "timm"):  # timm: "Loaded  from checkpoint …"
             logging.getLogger(name).setLevel(logging.WARNING)
         # MLflow's "Creating initial MLflow database tables...", and Ray's notice that its local,
         # private cluster uses token authentication: nothing a user acts on.

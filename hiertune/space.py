@@ -32,7 +32,7 @@ import yaml
 
 from hiertune.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
-from hiertune.models.backbone import check_backbone
+from hiertune.models.backbone import check_backbone, check_weights_file
 from hiertune.secrets import remember_uri
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
@@ -351,6 +351,8 @@ def _check_trial(space: SearchSpace) -> None:
             check_backbone(base.backbone)
         except UserError as exc:
             raise UserError(f"{space.path}: {exc}") from None
+        if isinstance(base.pretrained, str):  # a local file: now, not in every trial after the data loads
+            check_weights_file(base.backbone, Path(base.pretrained))
 
 
 def _param(name: str, spec: Any, where: str) -> Param:

@@ -83,19 +83,9 @@ def _from_file(name: str, path: Path) -> nn.Module:
     # timm.models.load_state_dict (safetensors by extension, else torch.load(weights_only=True)),
     # then applies any checkpoint filter the model defines and drops the classifier keys.
     # Dropping them makes timm load with strict=False, so a file with foreign key names would
-    # silently leave the backbone random, or half of it another model's: _misfit turns that into an error.
-    if path.is_dir():
-        raise UserError(f"pretrained weights file {path} is a folder, not a weights file")
-    if path.exists() and not path.is_file():
-        raise UserError(f"pretrained weights file {path} is not a regular file")
-    if not path.is_file():
-        raise UserError(f"pretrained weights file not found: {path}")
+    # silently leave the backbone random, or half of it another model's: check_weights_file first.
+    check_weights_file(name, path)
     try:
-        # Checked before timm loads it: timm would log each key left over, then carry on.
-        problem = _misfit(timm.create_model(name, pretrained=False, num_classes=0),
-                          timm.models.load_state_dict(str(path)))
-        if problem:
-            raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: {problem}")
         backbone = timm.create_model(name, pretrained=True, num_classes=0,
                                      pretrained_cfg_overlay=dict(file=str(path)))
     except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
@@ -103,6 +93,25 @@ def _from_file(name: str, path: Path) -> nn.Module:
                         f"{type(exc).__name__}: {_one_line(exc)}") from exc
     log.info("backbone %s: weights from %s", name, path)
     return backbone
+
+
+def check_weights_file(name: str, path: Path) -> None:
+    """`path` holds exactly backbone `name`'s weights, or a one-line UserError: a search space
+    checks its `pretrained:` file when it is read, before any data loads or trial starts."""
+    if path.is_dir():
+        raise UserError(f"pretrained weights file {path} is a folder, not a weights file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"pretrained weights file {path} is not a regular file")
+    if not path.is_file():
+        raise UserError(f"pretrained weights file not found: {path}")
+    try:
+        problem = _misfit(timm.create_model(name, pretrained=False, num_classes=0),
+                          timm.models.load_state_dict(str(path)))
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
+                        f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    if problem:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: {problem}")
 
 
 def _misfit(backbone: nn.Module, found: dict) -> str | None:
