@@ -385,10 +385,11 @@ def _pct(value) -> str:
 def _predict(args: argparse.Namespace) -> dict:
     from hiertune.export.predictor import ExportedModel
     from hiertune.fsutil import check_writable
+    from hiertune.training.features import FeatureStore
 
     check_writable(args.output, "-o", folder=False)  # before the work, not after it
     cache_root = _cache_root(args)
-    model = ExportedModel.load(args.model_dir, device=args.device)
+    model = ExportedModel.load(args.model_dir, device=args.device, features=FeatureStore(cache_root))
     predictions = model.predict_folder(args.images, cache_root, progress=not args.json)
     if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
         print(w, file=sys.stderr)

@@ -68,10 +68,11 @@ class TrialConfig:
     # seeded augmentation, one drawn per image each epoch; 0: every step through the backbone.
     # Mixup then mixes features, not images.
     feature_views: int = 1
-    # share of training images given one camera/pipeline corruption (data.corrupt); on images only,
-    # so with a frozen backbone it turns the feature cache off (cached_views)
+    # share of training images given one camera/pipeline corruption (data.corrupt) each epoch. With
+    # cached features it draws among `corrupt_views` corrupted views per image, made once, seeded.
     corrupt_p: float = 0.0
     corrupt_severity: float = 0.5
+    corrupt_views: int = 1
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
@@ -129,6 +130,8 @@ class TrialConfig:
             raise UserError("set outlier_count or outlier_fraction, not both")
         if self.outlier_fraction is not None and not 0 <= self.outlier_fraction <= 1:
             raise UserError(f"outlier_fraction must be in [0, 1], got {self.outlier_fraction}")
+        if self.corrupt_views < 1:
+            raise UserError(f"corrupt_views must be >= 1, got {self.corrupt_views}")
         if self.feature_views > 1 and not self.augment:
             raise UserError(f"feature_views {self.feature_views} needs augment: true (augmented views of a "
                             f"non-augmented trial would all be the clean one)")
@@ -177,10 +180,12 @@ class TrialConfig:
 
     def cached_views(self) -> int:
         """Views of a frozen backbone's features to compute once and cache; 0: every step through
-        the backbone. Training corruptions (corrupt_p) are drawn per step on pixels, which fixed
-        cached views cannot carry: rather than drop them silently (a searched corrupt_p would then
-        change nothing), such a trial runs its frozen backbone every step."""
-        return 0 if self.corrupt_p > 0 else self.feature_views
+        the backbone."""
+        return self.feature_views
+
+    def cached_corruptions(self) -> int:
+        """Corrupted views per training image to cache beside them (0 without corrupt_p)."""
+        return self.corrupt_views if self.corrupt_p > 0 and self.feature_views > 0 else 0
 
     def shift_config(self) -> ShiftConfig:
         return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,

@@ -92,6 +92,18 @@ class SchedulerSettings:
     def label(self) -> str:
         return SCHEDULERS[self.type]
 
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs at which the scheduler reads a trial's results (grace_period·η^k below
+        max_t, as Ray's ASHA and MO-ASHA place them, and max_t); FIFO reads only the last."""
+        if self.type == "fifo":
+            return ()
+        rungs, t = [], self.grace_period
+        while t < self.max_t:
+            rungs.append(t)
+            t *= self.reduction_factor
+        return (*rungs, self.max_t)
+
 
 @dataclass(frozen=True)
 class ResourceSettings:

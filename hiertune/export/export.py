@@ -54,6 +54,7 @@ from hiertune.sweep.front import Pick, sweep_front
 from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
+from hiertune.training.features import FeatureStore
 
 log = logging.getLogger("hiertune")
 
@@ -89,7 +90,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
-    jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction))
+    jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction), cache_root)
             for k, p in enumerate(pick.choose(front, top), start=1)]
     if len(jobs) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
@@ -110,7 +111,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     exports = []
     for job in jobs:
         if job.k in outputs:
-            exports.append(_write_export(place, job, pick, outputs[job.k], test_set))
+            exports.append(_write_export(place, job, pick, outputs[job.k], test_set, cache_root))
     if failures:
         done = ", ".join(str(e["k"]) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
@@ -175,7 +176,7 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
 
 
 def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: RetrainOutput,
-                  test_set: TestImages | None) -> dict:
+                  test_set: TestImages | None, cache_root: Path) -> dict:
     target = place.dir / "export" / str(job.k)
     with atomic_dir(target, overwrite=True) as stage:
         for name, data in output.files.items():
@@ -188,7 +189,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: Retrai
                    "retrain_seconds": output.seconds, "calibration": output.calibration,
                    "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
         if test_set is not None:
-            model = ExportedModel.load(stage)
+            model = ExportedModel.load(stage, features=FeatureStore(cache_root))  # test features cached
             predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
             if (warning := predictions.fixes.warning(test_set.source, model.cfg.data_size)):
                 log.warning(warning)

@@ -41,8 +41,9 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
 from hiertune.novelty.scores import SCORE_RANGES, SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
 from hiertune.training import checkpoint
-from hiertune.training.device import autocast, pick_device
-from hiertune.training.inputs import ImageInputs
+from hiertune.training.device import autocast, pick_device, precision
+from hiertune.training.features import FeatureStore, image_features
+from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -91,14 +92,19 @@ class ExportedModel:
 
     def __init__(self, root: Path, cfg: TrialConfig, heads: Heads, thresholds: Thresholds,
                  model: torch.nn.Module, scorers: dict[str, FeatureScorer] | None, superclasses: list[str],
-                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig):
+                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig,
+                 features: FeatureStore | None = None):
         self.root, self.cfg, self.heads, self.thresholds = root, cfg, heads, thresholds
         self.model, self.scorers, self.device = model, scorers, device
         self.superclasses, self.subclasses = superclasses, subclasses
         self.augment = BatchAugment(pipeline, device)
+        self.features = features
 
     @classmethod
-    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
+    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None,
+             features: FeatureStore | None = None) -> "ExportedModel":
+        """`features`: where a model with a frozen backbone reads and caches its backbone's
+        features of the images it predicts (the sweep's cache: a test set is computed once)."""
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise UserError(f"{root}: not a folder (an exported model is a directory)")
@@ -139,18 +145,26 @@ class ExportedModel:
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
                             f"which is missing or incomplete")
         loaded = cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses,
-                     run_on, pipeline)
+                     run_on, pipeline, features)
         if scorers is not None:  # statistics of another model fail only when they meet its features
             try:
-                loaded._outputs(np.zeros((1, cfg.data_size, cfg.data_size, 3), dtype=np.uint8))
+                loaded._outputs(np.zeros((1, cfg.data_size, cfg.data_size, 3), dtype=np.uint8), cached=False)
             except (RuntimeError, IndexError, ValueError) as exc:
                 raise UserError(f"{root / SCORERS}: these statistics do not fit the model in {MODEL} "
                                 f"({first_line(' '.join(str(exc).split()), 200)})") from None
         return loaded
 
-    def _outputs(self, images: np.ndarray, progress: str | None = None):
-        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
-                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
+    def _outputs(self, images: np.ndarray, progress: str | None = None, cached: bool = True):
+        """Both heads' outputs and the novelty scores; a frozen backbone's features are read from (and
+        kept in) the feature cache when `cached`, so a test set runs through the backbone once."""
+        amp = autocast(self.device, self.cfg.amp)
+        if cached and self.features is not None and getattr(self.model, "backbone_frozen", False):
+            feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
+                                   str(precision(self.device, self.cfg.amp)), self.features, "images to predict")
+            inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
+        else:
+            inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
+        out = forward_all(self.model, inputs, self.device, amp, progress=progress)
         return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None

@@ -16,6 +16,7 @@ import time
 
 from ray import tune
 
+from hiertune.progress import duration
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
@@ -79,14 +80,14 @@ class ConsoleReporter(tune.Callback):
         left = self.total - len(self._done)
         if self._done and left:
             eta = (time.monotonic() - self._start) / len(self._done) * left
-            parts.append(f"ETA ~{_duration(eta)}")
+            parts.append(f"ETA ~{duration(eta)}")
         return " · ".join(parts)
 
     def _epochs(self, trial) -> int:
         return min(int(trial.config.get("epochs", self.max_t)), self.max_t)
 
     def _say(self, text: str) -> None:
-        log.info("[%s] %s", _duration(time.monotonic() - self._start, clock=True), text)
+        log.info("[%s] %s", duration(time.monotonic() - self._start, clock=True), text)
 
 
 def _name(trial) -> str:
@@ -101,8 +102,3 @@ def _measures(result: dict) -> str:
 
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _duration(seconds: float, clock: bool = False) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}" if clock else (f"{m}m{s:02d}s" if m else f"{s}s")
