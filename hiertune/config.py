@@ -25,6 +25,11 @@ from hiertune.training.faults import parse_plan
 from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
+# cache needs more memory than any machine has, which the allocator would report as a traceback
+# (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
+SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "cnn_width": 1024, "layover_hidden": 65536,
+               "batch_size": 65536, "feature_views": 64}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,9 @@ class TrialConfig:
         for name in ("epochs", "batch_size", "data_size", "image_size", "gradual_every", "cnn_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, limit in SIZE_LIMITS.items():
+            if getattr(self, name) > limit:
+                raise UserError(f"{name} must be <= {limit:,}, got {getattr(self, name):,}")
         for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
                      "trial_number", "feature_views", "scorer_images"):
             if getattr(self, name) < 0:

@@ -84,7 +84,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    trials = {t.trial_id: t for t in load_trials(place.dir)}
+    trials = {t.trial_id: t for t in load_trials(place.dir, within=place.uri)}
     meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
     pick = pick or Pick.parse(meta.pick)  # by default the sweep's recommended point
     _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)

@@ -21,6 +21,10 @@ from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, allowed_logits, 
 
 SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
+# The values a score can take where they are bounded: a threshold outside them (-inf aside, which
+# accepts everything) was calibrated on another score. knn is minus a distance of unit vectors.
+SCORE_RANGES = {"msp": (0.0, 1.0), "gen": (-np.inf, 0.0), "mahalanobis": (-np.inf, 0.0), "knn": (-2.0, 0.0),
+                "fdbd": (0.0, np.inf)}
 # vim's principal subspace is an eigendecomposition of the feature width per level and epoch, a
 # cost of its own: a trial fits it on the epochs the sweep's scheduler reads (hiertune.training.loop)
 VIM_SKIPPED = "fitted on the epochs the scheduler reads (its rungs) and the last one only"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pickletools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,15 +108,31 @@ def find_meta(sweep_dir: Path) -> SweepMeta | None:
     return read_meta(sweep_dir) if (sweep_dir / SWEEP_JSON).exists() else None
 
 
-def load_trials(sweep_dir: Path) -> list[TrialRecord]:
+def load_trials(sweep_dir: Path, within: str | None = None) -> list[TrialRecord]:
+    """The sweep's trial records. With `within` (the sweep's folder or S3 URI), every checkpoint
+    must lie inside it: a record pointing elsewhere is refused, never followed."""
     path = sweep_dir / TRIALS_JSON
     if not path.is_file():
         raise UserError(f"{sweep_dir}: no sweep results ({TRIALS_JSON}) here; run `hiertune sweep` first")
     records = read_json(path)
     try:
-        return [TrialRecord.from_dict(d) for d in records]
+        trials = [TrialRecord.from_dict(d) for d in records]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
+    for t in trials if within is not None else ():
+        if t.checkpoint is not None and not _inside(t.checkpoint, within):
+            raise UserError(f"{path}: {t.name}'s checkpoint {t.checkpoint!r} is outside the sweep's folder {within} "
+                            "(moved, or edited?)")
+    return trials
+
+
+def _inside(location, root: str) -> bool:
+    if not isinstance(location, str):
+        return False
+    if root.startswith("s3://") or location.startswith("s3://"):
+        return location.startswith(root.rstrip("/") + "/") and ".." not in location.split("/")
+    real = os.path.realpath(root)
+    return os.path.commonpath([real, os.path.realpath(location)]) == real
 
 
 def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
@@ -126,7 +143,7 @@ def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
 def read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting
         raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
 
 

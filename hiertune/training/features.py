@@ -39,6 +39,7 @@ from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.splits import take_rows
 from hiertune.fsutil import atomic_file
 from hiertune.progress import Progress
+from hiertune.training.feature_check import DIGEST_KEY, content_digest, problem
 from hiertune.training.inputs import FeatureInputs
 
 log = logging.getLogger("hiertune")
@@ -198,7 +199,8 @@ class FeatureStore:
             self.computed += 1
             if path is not None:
                 with atomic_file(path) as tmp:
-                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp, metadata={"key": key})
+                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp,
+                              metadata={"key": key, DIGEST_KEY: content_digest(found)})
         self.sets[key] = found
         return found
 
@@ -211,8 +213,11 @@ def _read(path: Path, key: str, n: int) -> dict[str, np.ndarray] | None:
             if (f.metadata() or {}).get("key") != key:
                 raise ValueError("written for another key")
             arrays = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata()
         if not arrays or any(a.ndim < 2 or a.shape[0] != n or a.dtype != np.float32 for a in arrays.values()):
             raise ValueError(f"not [{n}, views, ...] float32 arrays")
+        if reason := problem(arrays, metadata):
+            raise ValueError(reason)
         return arrays
     except (OSError, ValueError, SafetensorError) as exc:
         log.warning("feature cache %s unusable (%s); computing it again", path, " ".join(str(exc).split())[:160])

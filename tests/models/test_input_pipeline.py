@@ -91,9 +91,13 @@ def test_predict_applies_what_evaluation_applied(tmp_path, family, backbone):
     assert np.allclose(p_super, evaluated.super_logits.softmax(1).numpy(), atol=1e-6)
     assert np.allclose(p_sub, evaluated.sub_logits.softmax(1).numpy(), atol=1e-6)
     # The predictor reads the pipeline from the directory, not from this timm: a model trained
-    # at another size predicts at that size.
+    # at another size predicts at that size (the trial's size says the same, or it is refused).
     raw = json.loads((tmp_path / "m" / CONFIG).read_text())
     raw["input"]["size"] = 64
+    (tmp_path / "m" / CONFIG).write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="input.size 64 does not match trial.image_size 96"):
+        ExportedModel.load(tmp_path / "m", device="cpu")
+    raw["trial"]["image_size"] = 64
     (tmp_path / "m" / CONFIG).write_text(json.dumps(raw))
     _, p_super_64, _ = ExportedModel.load(tmp_path / "m", device="cpu").level_scores(images)
     assert not np.allclose(p_super_64, p_super, atol=1e-6)
