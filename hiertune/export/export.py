@@ -51,7 +51,8 @@ from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
-from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
+from hiertune.sweep import resources
+from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
 
@@ -133,7 +134,8 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
     outputs: dict[int, RetrainOutput] = {}
     failures: list[str] = []
     with ray_session(address, cpus):
-        gpus = usable_gpus(gpus, cpus, address)
+        fitted = resources.fit_connected(cpus, gpus, address)
+        cpus, gpus = fitted.cpus, fitted.gpus
         task = ray.remote(retrain).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         ref = ray.put(bundle)
         pending = {task.remote(job, ref, cpus): job for job in jobs}

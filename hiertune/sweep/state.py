@@ -74,11 +74,18 @@ class SweepMeta:
     gpus_per_trial: float = 0.0
     pick: str = "knee"  # the space's `pick:`, the recommended point's rule (hiertune.sweep.front.Pick)
     objectives: tuple[str, ...] = ()  # the Optuna study's values, in order: what importance is reported under
+    # What `--resume` starts it again with (absent in sweeps from before it was recorded): the
+    # command line's settings over the space file (--set, --data, --outliers, --shifted-data,
+    # --budget, --num-samples; local paths absolute), the image cache root, and what the data was.
+    overrides: dict | None = None
+    cache_dir: str | None = None
+    inputs: dict | None = None  # DataInputs.to_dict(): the data's sources, sizes and digests
 
     def to_dict(self) -> dict:
         return {"space": self.space, "family": self.family, "sampled_thresholds": self.sampled_thresholds,
                 "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
-                "pick": self.pick, "objectives": list(self.objectives)}
+                "pick": self.pick, "objectives": list(self.objectives), "overrides": self.overrides,
+                "cache_dir": self.cache_dir, "inputs": self.inputs}
 
 
 def write_meta(sweep_dir: Path, meta: SweepMeta) -> None:
@@ -97,9 +104,17 @@ def read_meta(sweep_dir: Path) -> SweepMeta:
         # `pick` and `objectives` came later: an older sweep.json reads with the knee and no names.
         return SweepMeta(str(info["space"]), str(info["family"]), bool(info["sampled_thresholds"]),
                          float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)),
-                         str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())))
+                         str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())),
+                         _mapping(info.get("overrides"), path, "overrides"), info.get("cache_dir"),
+                         _mapping(info.get("inputs"), path, "inputs"))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path}: not a hiertune sweep record ({first_line(exc)})") from None
+
+
+def _mapping(value, path: Path, key: str) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{path}: not a hiertune sweep record ({key} is not a mapping)")
+    return value
 
 
 def find_meta(sweep_dir: Path) -> SweepMeta | None:

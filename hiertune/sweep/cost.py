@@ -1,0 +1,253 @@
+"""What a search space costs on the machine it runs on, said before the first trial, and what a
+budgeted sweep leaves out because it cannot afford it.
+
+A trial's epoch cost is decided by a few settings: the backbone, the fine-tuning strategy, the
+image size, and whether a frozen backbone's features come from the cache (a training corruption,
+`corrupt_p > 0`, is drawn on pixels each step, so such a trial runs its frozen backbone every
+step). Each combination the space can sample is one *kind*; one epoch of each is measured on a
+few batches (hiertune.training.probe), in a Ray task with a trial's resources, and the whole
+sweep is estimated from them at the parallelism the resources allow.
+
+With a budget, a kind is unaffordable when one of its trials cannot reach the scheduler's first
+rung (ASHA's grace_period epochs; every epoch without early stopping) in half the budget: a
+budget should see at least two trials through that rung on each slot. A choice whose kinds are
+all unaffordable is left out of the sweep, in one line, and the cheap route is named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from dataclasses import dataclass
+
+from hiertune.config import TrialConfig
+from hiertune.space import SearchSpace
+from hiertune.sweep.budget import duration
+from hiertune.training.probe import EpochCost
+
+log = logging.getLogger("hiertune")
+
+AXES = ("backbone", "finetune", "image_size")  # the categorical settings an epoch's cost follows
+CORRUPT = "corrupt_p"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One combination of the cost-deciding settings, and how likely the sampler draws it."""
+
+    values: dict  # AXES values (and corrupt_p when it is searched) as a trial is given them
+    cfg: TrialConfig
+    weight: float
+
+    @property
+    def cached(self) -> bool:
+        return _frozen(self.cfg) and self.cfg.cached_views() > 0
+
+    @property
+    def identity(self) -> tuple:
+        """What the cost depends on: kinds that share it are measured once."""
+        return (self.cfg.backbone if self.cfg.family != "cnn" else None, self.cfg.finetune if self.cfg.family != "cnn"
+                else None, self.cfg.image_size, self.cached)
+
+    def label(self) -> str:
+        cfg = self.cfg
+        parts = [] if cfg.family == "cnn" else [cfg.backbone]
+        parts.append(f"{cfg.image_size}px")
+        if cfg.family != "cnn":
+            parts.append(f"finetune={cfg.finetune}")
+        if _frozen(cfg):
+            parts.append("cached features" if self.cached else "corrupt_p > 0: frozen backbone every step")
+        return " ".join(parts)
+
+
+def _frozen(cfg: TrialConfig) -> bool:
+    return cfg.family == "layover" or (cfg.family != "cnn" and cfg.finetune == "linear")
+
+
+def space_kinds(space: SearchSpace) -> list[Kind]:
+    """Every kind the space can sample, weighted as a uniform sampler would draw it. A searched
+    corrupt_p is a continuous range: it is 0 with probability 0, so a cached kind it allows is
+    reachable only with `--set corrupt_p=0`, and weighs nothing here."""
+    searched = {p.name: p for p in space.sampled}
+    axes = []
+    for name in AXES:
+        p = searched.get(name)
+        axes.append((name, list(p.choices) if p is not None and p.type == "categorical" else [None]))
+    corrupt = searched.get(CORRUPT)
+    levels = [None] if corrupt is None else [c for c in (0.0, corrupt.high) if corrupt.low <= c <= corrupt.high]
+    kinds = []
+    for combo in itertools.product(*(values for _, values in axes), levels):
+        values = {name: v for (name, _), v in zip(axes, combo) if v is not None}
+        if corrupt is not None:
+            values[CORRUPT] = combo[-1]
+        weight = 1.0
+        for name, choices in axes:
+            weight /= len(choices)
+        if corrupt is not None:
+            weight *= 1.0 if combo[-1] > 0 else 0.0
+        kinds.append(Kind(values, space.trial_config(values), weight))
+    return kinds
+
+
+def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float
+            ) -> dict[tuple, EpochCost]:
+    """One epoch of each distinct kind, measured in one Ray task with a trial's resources. Cached
+    kinds are measured only where the shared features are (`frozen`: their backbone and size);
+    the others would extract features just to be timed."""
+    import ray
+
+    todo = {}
+    for k in sorted(kinds, key=lambda k: not k.cached):  # cached first: they time the post-hoc part
+        if k.identity in todo:
+            continue
+        if k.cached and (frozen is None or (k.cfg.backbone, k.cfg.image_size) != (frozen.backbone, frozen.image_size)):
+            continue
+        todo[k.identity] = k.cfg
+    task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(task.remote(todo, bundle, store, cpus))
+
+
+def _measure_all(todo: dict, bundle, store, cpus: float) -> dict[tuple, EpochCost]:
+    from hiertune.training.probe import measure_epoch
+
+    costs, posthoc = {}, None
+    for identity, cfg in todo.items():
+        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc)
+        posthoc = costs[identity].posthoc_seconds
+    return costs
+
+
+def expected_epochs(space: SearchSpace, epochs: int) -> float:
+    """Epochs an average trial runs: ASHA (and MO-ASHA) keep 1/reduction_factor at each rung."""
+    s = space.scheduler
+    last = min(epochs, s.max_t)
+    if s.type == "fifo" or s.grace_period >= last:
+        return float(last)
+    total, rung, share = float(s.grace_period), s.grace_period, 1.0
+    while rung < last:
+        share /= s.reduction_factor
+        nxt = min(rung * s.reduction_factor, last)
+        total += share * (nxt - rung)
+        rung = nxt
+    return total
+
+
+def first_rung(space: SearchSpace, epochs: int) -> int:
+    """Epochs before the scheduler can judge a trial."""
+    s = space.scheduler
+    return min(epochs, s.max_t) if s.type == "fifo" else min(s.grace_period, epochs, s.max_t)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The cost report, and the space a budget leaves."""
+
+    lines: list[str]
+    space: SearchSpace
+    left_out: str | None  # the one line saying what the budget left out
+    refusal: str | None = None  # why no sweep fits the budget at all
+
+
+def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int) -> Plan:
+    lines = [f"cost here, one epoch measured on a few batches ({parallel} trial(s) at a time, "
+             f"{space.resources.cpus_per_trial:g} CPU(s) each):"]
+    shown = set()
+    for k in kinds:
+        if k.identity in shown:
+            continue
+        shown.add(k.identity)
+        cost = costs.get(k.identity)
+        lines.append(f"  {k.label():<64} " + (f"~{duration(cost.seconds)}/epoch" if cost else "not measured"))
+    budget = space.budget
+    epochs = space.trial_config().epochs
+    mean = _mean_epoch(kinds, costs)
+    if mean is not None:
+        per_trial = expected_epochs(space, epochs)
+        total = space.tune.num_samples * per_trial * mean / parallel
+        lines.append(f"whole sweep: ~{duration(total)} ({space.tune.num_samples} trials x ~{per_trial:.1f} epochs"
+                     f"{' under ' + space.scheduler.label if space.scheduler.type != 'fifo' else ''}, {parallel} at a "
+                     f"time)" + (f"; budget {duration(budget)}" if budget else ""))
+    cheap = min((k for k in kinds if k.cached and k.identity in costs), key=lambda k: costs[k.identity].seconds,
+                default=None)
+    # Worth naming when the sampler would not find it (weight 0) or it is far cheaper than the average.
+    if cheap is not None and (cheap.weight == 0 or (mean and costs[cheap.identity].seconds < mean / 3)):
+        lines.append(f"cheap route: {_cheap_flags(space, cheap)} (frozen features, computed once) "
+                     f"~{duration(costs[cheap.identity].seconds)}/epoch")
+    if not budget:
+        return Plan(lines, space, None)
+    rung = first_rung(space, epochs)
+    affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / 2 for k in kinds}
+    kept, dropped = _prune(space, kinds, affordable)
+    if not any(affordable[k.identity] for k in kinds if k.weight > 0 or k.cached):
+        return Plan(lines, space, None, f"budget {duration(budget)}: no kind of trial this space samples reaches its "
+                    f"first {space.scheduler.label} rung ({rung} epoch(s)) in half the budget here; raise --budget"
+                    + (f", or take the cheap route: {_cheap_flags(space, cheap)}" if cheap is not None else ""))
+    if not dropped:
+        return Plan(lines, space, None)
+    line = (f"budget {duration(budget)}: left out {'; '.join(dropped)} (one trial would not reach the first "
+            f"{space.scheduler.label} rung, {rung} epoch(s), in half the budget here)")
+    return Plan(lines, kept, line)
+
+
+def _mean_epoch(kinds: list[Kind], costs: dict[tuple, EpochCost]) -> float | None:
+    weighed = [(k.weight, costs[k.identity].seconds) for k in kinds if k.weight > 0 and k.identity in costs]
+    total = sum(w for w, _ in weighed)
+    return sum(w * s for w, s in weighed) / total if total else None
+
+
+def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
+    flags = [] if kind.cfg.family == "layover" else ["--set finetune=linear"]
+    base = space.trial_config()
+    if any(p.name == CORRUPT for p in space.sampled) or base.corrupt_p > 0:
+        flags.append(f"--set {CORRUPT}=0")
+    return " ".join(flags)
+
+
+def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> tuple[SearchSpace, list[str]]:
+    """The space without every searched value whose kinds are all unaffordable."""
+    searched = {p.name: p for p in space.sampled}
+    drop: dict[str, list] = {}
+    for name in (*AXES, CORRUPT):
+        p = searched.get(name)
+        if p is None:
+            continue
+        values = list(p.choices) if p.type == "categorical" else ([p.high] if name == CORRUPT and p.high > 0 else [])
+        for v in values:
+            having = [k for k in kinds if k.values.get(name) == v]
+            if having and not any(affordable[k.identity] for k in having):
+                drop.setdefault(name, []).append(v)
+    dropped, fixed = [], {}
+    params = list(space.params)
+    for name, values in drop.items():
+        p = searched[name]
+        if name == CORRUPT:
+            if p.low > 0:
+                continue  # corrupt_p cannot be 0 here: nothing to leave out
+            fixed[name] = 0.0
+            dropped.append(f"{name} > 0 (with a frozen backbone it runs every step)")
+            continue
+        keep = [c for c in p.choices if c not in values]
+        if not keep:
+            continue  # every value unaffordable: plan() refuses
+        dropped.append(f"{name}={', '.join(str(v) for v in values)}")
+        if len(keep) == 1:
+            fixed[name] = keep[0]
+            continue
+        params = [_without(q, name, values) for q in params]
+        params = [q for q in params if q is not None]
+    pruned = dataclasses.replace(space, params=tuple(params))
+    return (pruned.with_overrides(fixed) if fixed else pruned), dropped
+
+
+def _without(q, name: str, values: list):
+    """Param `q` once `name` no longer takes `values`: its choices, or its `when` condition."""
+    if q.name == name:
+        choices = tuple(c for c in q.choices if c not in values)
+        return dataclasses.replace(q, choices=choices, default=q.default if q.default in choices else None)
+    if q.when and name in q.when:
+        allowed = tuple(v for v in q.when[name] if v not in values)
+        if not allowed:
+            return None  # its condition can never hold now
+        return dataclasses.replace(q, when={**q.when, name: allowed})
+    return q

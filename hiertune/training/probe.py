@@ -1,0 +1,87 @@
+"""What one epoch of a trial costs here, measured on a few batches (`hiertune sweep` says it up front).
+
+The trial is built as run_trial builds it (model, optimizer, its data: images, or the frozen
+backbone's cached features when it has them), then a few training steps and one validation batch
+are timed, after one untimed step (first calls allocate and pick kernels). An epoch is those
+rates times the trial's own image counts; evaluation's post-hoc grid and scorer fit, which do
+not depend on the backbone, are timed once, in the whole evaluation of the first kind measured
+(one on cached features where the space has it: seconds), and added to every other kind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import DataBundle
+from hiertune.training.checkpoint import TrainState
+from hiertune.training.device import autocast as amp_autocast
+from hiertune.training.device import pick_device, precision
+from hiertune.training.features import FeatureStore
+from hiertune.training.inputs import FeatureInputs, ImageInputs
+from hiertune.training.loop import (build, evaluate_epoch, forward_all, heads_for, lr_factor, make_optimizer,
+                                    train_epoch, trial_data)
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    """Seconds one epoch of a trial takes here, and its parts."""
+
+    train_seconds: float  # the training pass over every training image (or its features)
+    eval_seconds: float  # the validation forward pass and the scorers' training rows
+    posthoc_seconds: float  # scorer fit and post-hoc grid
+    cached: bool  # trained on cached frozen-backbone features
+
+    @property
+    def seconds(self) -> float:
+        return self.train_seconds + self.eval_seconds + self.posthoc_seconds
+
+
+def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None,
+                  steps: int = 2, posthoc_seconds: float | None = None) -> EpochCost:
+    """`cfg`'s epoch, from `steps` timed training batches and one validation batch plus
+    `posthoc_seconds`, the part of evaluation that does not depend on the model; without it (the
+    first kind measured: cached features where the space has them, `store` holding them) the
+    whole evaluation runs and is timed."""
+    torch.set_num_threads(cfg.torch_threads(cpus))
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    autocast = amp_autocast(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
+    heads = heads_for(bundle, cfg)
+    model, augment = build(cfg, heads, device)
+    optimizer = make_optimizer(cfg, model)
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    data = trial_data(cfg, bundle, split, heads, model, augment, store)
+    cached = isinstance(data.train, FeatureInputs)
+    steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
+    state = TrainState(model, optimizer,
+                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
+                       order_gen=torch.Generator().manual_seed(cfg.seed),
+                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    timed = []
+    for n in (1, steps):  # the first, untimed, allocates
+        part = replace(data, train=_head(data.train, n * cfg.batch_size),
+                       train_y=tuple(y[:n * cfg.batch_size] for y in data.train_y))
+        timed.append(train_epoch(state, 0, cfg, heads, part, device, autocast, scaler, False, False))
+    train_seconds = timed[-1].seconds / max(1, timed[-1].images) * len(data.train)
+    if posthoc_seconds is None:
+        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast)
+        return EpochCost(train_seconds, evaluation.forward_seconds, evaluation.fit_seconds + evaluation.posthoc_seconds,
+                         cached)
+    rows = min(len(data.val), cfg.batch_size)
+    start = time.perf_counter()
+    forward_all(model, _head(data.val, rows), device, autocast, batch_size=rows)
+    per_image = (time.perf_counter() - start) / rows
+    return EpochCost(train_seconds, per_image * (len(data.val) + len(data.fit_rows)), posthoc_seconds, cached)
+
+
+def _head(inputs: ImageInputs | FeatureInputs, n: int) -> ImageInputs | FeatureInputs:
+    """The first `n` rows, as training reads them (augmentation, corruptions, views)."""
+    if isinstance(inputs, FeatureInputs):
+        device = next(iter(inputs.features.values())).device
+        return FeatureInputs({name: t[:n] for name, t in inputs.features.items()}, device)
+    return ImageInputs(inputs.images[:n], inputs.augment, inputs.corrupt_p, inputs.corrupt_severity)
