@@ -281,7 +281,7 @@ def _interrupt_line(place):
         yield
     except SweepInterrupted as exc:
         t = exc.summary["trials"]
-        cut = f", {t['interrupted']} cut at their last checkpoint" if t.get("interrupted") else ""
+        cut = f", {t['interrupted']} cut (the resume continues them)" if t.get("interrupted") else ""
         raise Interrupted(f"sweep {place.name} interrupted: {t['completed'] + t['stopped']} trial(s) finished"
                           f"{cut}, {exc.summary['not_started']} not started; resume with: "
                           f"{_resume_command(place)}") from None
@@ -304,7 +304,7 @@ def _render_sweep(result: dict) -> str:
 
     t = result["trials"]
     if result.get("ended") == "budget":
-        interrupted = (f", {t['interrupted']} cut at their last checkpoint" if t.get("interrupted") else "") + \
+        interrupted = (f", {t['interrupted']} cut by it" if t.get("interrupted") else "") + \
             f", {result['not_started']} not started: the {duration(result['budget'])} budget ended the sweep"
     else:
         interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     sweep.add_argument("--budget", metavar="DURATION",
                        help="the trials' wall clock, e.g. 30m, 2h, 1h30m (default: the space's budget:, else none); "
-                            "choices that cannot reach the scheduler's first rung in half of it are left out")
+                            "choices that cannot reach the scheduler's first rung in a quarter of it are left out")
     sweep.add_argument("--resume", action="store_true",
                        help="continue the sweep --name as it was started (its space, data and flags are recorded)")
 

@@ -9,9 +9,10 @@ few batches (hiertune.training.probe), in a Ray task with a trial's resources, a
 sweep is estimated from them at the parallelism the resources allow.
 
 With a budget, a kind is unaffordable when one of its trials cannot reach the scheduler's first
-rung (ASHA's grace_period epochs; every epoch without early stopping) in half the budget: a
-budget should see at least two trials through that rung on each slot. A choice whose kinds are
-all unaffordable is left out of the sweep, in one line, and the cheap route is named.
+rung (ASHA's grace_period epochs; every epoch without early stopping) in a quarter of the budget:
+a budget should see at least four trials through that rung on each slot, or the sampler and the
+scheduler have nothing to compare. A choice whose kinds are all unaffordable is left out of the
+sweep, in one line, and the cheap route is named.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger("hiertune")
 
 AXES = ("backbone", "finetune", "image_size")  # the categorical settings an epoch's cost follows
 CORRUPT = "corrupt_p"
+TRIALS_PER_SLOT = 4  # trials a budget should see through the first rung on each slot
 
 
 @dataclass(frozen=True)
@@ -177,16 +179,17 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
     if not budget:
         return Plan(lines, space, None)
     rung = first_rung(space, epochs)
-    affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / 2 for k in kinds}
+    affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / TRIALS_PER_SLOT
+                  for k in kinds}
     kept, dropped = _prune(space, kinds, affordable)
     if not any(affordable[k.identity] for k in kinds if k.weight > 0 or k.cached):
         return Plan(lines, space, None, f"budget {duration(budget)}: no kind of trial this space samples reaches its "
-                    f"first {space.scheduler.label} rung ({rung} epoch(s)) in half the budget here; raise --budget"
+                    f"first {space.scheduler.label} rung ({rung} epoch(s)) in a quarter of the budget here; raise --budget"
                     + (f", or take the cheap route: {_cheap_flags(space, cheap)}" if cheap is not None else ""))
     if not dropped:
         return Plan(lines, space, None)
     line = (f"budget {duration(budget)}: left out {'; '.join(dropped)} (one trial would not reach the first "
-            f"{space.scheduler.label} rung, {rung} epoch(s), in half the budget here)")
+            f"{space.scheduler.label} rung, {rung} epoch(s), in a quarter of the budget here)")
     return Plan(lines, kept, line)
 
 

@@ -36,6 +36,11 @@ def absolute_paths(overrides: dict) -> dict:
     return out
 
 
+def _spelt(key: str, value) -> str:
+    """A setting as the command line gives it: `--data DIR`, `--set lr=0.1`."""
+    return f"{FLAGS[key]} {value}" if key in FLAGS else f"--set {key}={value}"
+
+
 def data_inputs(bundle: DataBundle) -> dict:
     """What the sweep's trials train and validate on: sources, sizes, and the pixels' digests."""
     digests = {"labeled": _digest(bundle.data.train.images)}
@@ -75,10 +80,9 @@ def resumed_space(meta: SweepMeta, name: str, space_arg: str | None, given: dict
                         "as started (leave the space out, or start a new --name)")
     for key, value in absolute_paths(given).items():
         if key not in recorded or recorded[key] != value:
-            flag = FLAGS.get(key, f"--set {key}")
-            was = f"{flag} {recorded[key]}" if key in recorded else f"no {flag}"
-            raise UserError(f"{flag} {value}: sweep {name!r} was started with {was}; --resume continues it as "
-                            "started (leave the flag out, or start a new --name)")
+            was = _spelt(key, recorded[key]) if key in recorded else f"no {FLAGS.get(key, f'--set {key}')}"
+            raise UserError(f"{_spelt(key, value)}: sweep {name!r} was started with {was}; --resume continues it "
+                            "as started (leave the flag out, or start a new --name)")
     if cache_dir is not None and meta.cache_dir is not None and Path(cache_dir).resolve() != Path(meta.cache_dir):
         raise UserError(f"--cache-dir {cache_dir}: sweep {name!r} was started with --cache-dir {meta.cache_dir}; "
                         "leave the flag out")

@@ -408,9 +408,11 @@ def _record(result, space: SearchSpace, before: TrialRecord | None = None) -> Tr
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
     planned = int((result.config or (before.config if before else {})).get("epochs", space.scheduler.max_t))
-    # Without `done` the sweep stopped (Ctrl+C) before this trial finished.
+    # Without `done` the sweep stopped (Ctrl+C, its budget) before this trial finished. A trial that
+    # had finished before a resume stays finished: Ray's saved state may predate its last result's `done`.
+    ended_before = before is not None and before.status != "interrupted"
     status = trial_status(epochs, planned, space.scheduler.max_t, failed=error is not None,
-                          finished=bool(metrics.get("done")))
+                          finished=bool(metrics.get("done")) or ended_before)
     config = dict(result.config or {}) or (dict(before.config) if before else {})
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in config.items() if k in sampled} or (dict(before.params) if before else {})
