@@ -382,7 +382,7 @@ def _pareto(args: argparse.Namespace) -> dict:
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    summary = front_files(place, load_trials(place.dir))
+    summary = front_files(place, load_trials(place.dir, live=True))  # a running sweep: what has reported
     result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
               "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
     if args.groups and summary["front"]:
@@ -442,8 +442,9 @@ def _render_export(result: dict) -> str:
              f"{result['retrain_wall_seconds']:.0f}s wall"]
     for e in result["exports"]:
         c = e["calibration"]
+        retrained = "(already exported: reused)" if e.get("reused") else f"retrain {e['retrain_seconds']:.0f}s"
         lines.append(f"  {e['k']}: {e['dir']}  {e['trial']} score={e['score']}  validation seen/unseen "
-                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  retrain {e['retrain_seconds']:.0f}s")
+                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  {retrained}")
         lines.append(f"     calibration: seen acceptance super {_pct(c['accept_super'])} (target "
                      f"{_pct(c['target_accept_super'])}), sub {_pct(c['accept_sub'])} (target "
                      f"{_pct(c['target_accept_sub'])}) on {c['images']} images")

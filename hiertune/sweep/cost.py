@@ -200,9 +200,13 @@ def _mean_epoch(kinds: list[Kind], costs: dict[tuple, EpochCost]) -> float | Non
 
 
 def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
-    flags = [] if kind.cfg.family == "layover" else ["--set finetune=linear"]
+    """The --set flags that make every trial of the space the cheap kind (those it lacks)."""
+    searched = {p.name for p in space.sampled}
     base = space.trial_config()
-    if any(p.name == CORRUPT for p in space.sampled) or base.corrupt_p > 0:
+    flags = []
+    if kind.cfg.family != "layover" and ("finetune" in searched or base.finetune != "linear"):
+        flags.append("--set finetune=linear")
+    if CORRUPT in searched or base.corrupt_p > 0:
         flags.append(f"--set {CORRUPT}=0")
     return " ".join(flags)
 

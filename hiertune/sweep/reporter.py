@@ -16,6 +16,7 @@ import time
 
 from ray import tune
 
+from hiertune.sweep.budget import duration
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
@@ -24,8 +25,10 @@ log = logging.getLogger("hiertune")
 
 
 class ConsoleReporter(tune.Callback):
-    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str):
+    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str,
+                 budget: float | None = None):
         self.total, self.max_t, self.pick, self.sampled, self.stopped_by = total, max_t, pick, sampled, stopped_by
+        self.budget = budget
         self._start = time.monotonic()
         self._done: set[str] = set()
         self._running: set[str] = set()
@@ -84,14 +87,16 @@ class ConsoleReporter(tune.Callback):
                          + (f" ({best['score']})" if best["score"] else ""))
         if self._done and left:  # at the pace of the trials this run of the sweep finished
             eta = (time.monotonic() - self._start) / len(self._done) * left
-            parts.append(f"ETA ~{_duration(eta)}")
+            budget = getattr(self, "budget", None)  # a reporter pickled before budgets existed has none
+            beyond = f", beyond the {duration(budget)} budget" if budget and eta > budget else ""
+            parts.append(f"ETA ~{duration(eta)}{beyond}")
         return " · ".join(parts)
 
     def _epochs(self, trial) -> int:
         return min(int(trial.config.get("epochs", self.max_t)), self.max_t)
 
     def _say(self, text: str) -> None:
-        log.info("[%s] %s", _duration(time.monotonic() - self._start, clock=True), text)
+        log.info("[%s] %s", _clock(time.monotonic() - self._start), text)
 
 
 def _name(trial) -> str:
@@ -108,6 +113,6 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _duration(seconds: float, clock: bool = False) -> str:
+def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}" if clock else (f"{m}m{s:02d}s" if m else f"{s}s")
+    return f"{m}:{s:02d}"

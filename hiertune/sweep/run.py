@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
@@ -251,9 +251,10 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[EndWatch(), FinalFailures(), callback, *scheduler_callbacks, ConsoleReporter(
+                callbacks=[EndWatch(), FinalFailures(), callback, *scheduler_callbacks, LiveTrials(place, space),
+                           ConsoleReporter(
                     space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
-                    [p.name for p in space.sampled], space.scheduler.label)],
+                    [p.name for p in space.sampled], space.scheduler.label, space.budget)],
                 verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -386,6 +387,32 @@ def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
             # A failed trial's damaged checkpoint may be what failed it; it costs only its curve.
             log.warning("no learning curves for failed trial %s: %s", t.name, exc)
     return histories
+
+
+class LiveTrials(tune.Callback):
+    """trials.live.json while the sweep runs, so `hiertune pareto NAME` shows what has reported."""
+
+    def __init__(self, place: SweepPlace, space: SearchSpace):
+        self.place, self.space = place, space
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):  # each epoch, once it is stored
+        self._save(trials)
+
+    def _save(self, trials) -> None:
+        results = [_TrialResult(t.last_result or {}, t.config, t.checkpoint, None, t.path) for t in trials]
+        save_trials(self.place.dir, [_record(r, self.space) for r in results if "training_iteration" in r.metrics],
+                    live=True)
+
+
+@dataclass
+class _TrialResult:
+    """A running trial as Tune's Result shows a finished one, for _record."""
+
+    metrics: dict
+    config: dict
+    checkpoint: object
+    error: object
+    path: str
 
 
 def _trial_id(result) -> str:

@@ -23,6 +23,9 @@ from hiertune.fsutil import atomic_file
 SWEEP_JSON = "sweep.json"
 SWEEP_KEYS = ("space", "family", "sampled_thresholds")
 TRIALS_JSON = "trials.json"
+# While a sweep runs: a record per trial Tune has started, rewritten as they report (what
+# `hiertune pareto` reads then); trials.json replaces it when the sweep ends.
+LIVE_JSON = "trials.live.json"
 RAY_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")
 RAY_EXPERIMENT_STATE = "experiment_state-*.json"
 
@@ -122,8 +125,12 @@ def find_meta(sweep_dir: Path) -> SweepMeta | None:
     return read_meta(sweep_dir) if (sweep_dir / SWEEP_JSON).exists() else None
 
 
-def load_trials(sweep_dir: Path) -> list[TrialRecord]:
+def load_trials(sweep_dir: Path, live: bool = False) -> list[TrialRecord]:
+    """`live`: a running sweep's records when they are newer than its last trials.json."""
     path = sweep_dir / TRIALS_JSON
+    live_path = sweep_dir / LIVE_JSON
+    if live and live_path.is_file() and (not path.is_file() or live_path.stat().st_mtime >= path.stat().st_mtime):
+        path = live_path
     if not path.is_file():
         raise UserError(f"{sweep_dir}: no sweep results ({TRIALS_JSON}) here; run `hiertune sweep` first")
     records = read_json(path)
@@ -133,9 +140,11 @@ def load_trials(sweep_dir: Path) -> list[TrialRecord]:
         raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
 
 
-def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
-    with atomic_file(sweep_dir / TRIALS_JSON) as tmp:
+def save_trials(sweep_dir: Path, trials: list[TrialRecord], live: bool = False) -> None:
+    with atomic_file(sweep_dir / (LIVE_JSON if live else TRIALS_JSON)) as tmp:
         tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
+    if not live:
+        (sweep_dir / LIVE_JSON).unlink(missing_ok=True)
 
 
 def read_json(path: Path):

@@ -115,10 +115,14 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     return metrics
 
 
-def build(cfg: TrialConfig, heads: Heads, device: torch.device) -> tuple[torch.nn.Module, BatchAugment]:
+def build(cfg: TrialConfig, heads: Heads, device: torch.device, trains: bool = True
+          ) -> tuple[torch.nn.Module, BatchAugment]:
     """The model on its device and the batch augmentation, as every trial (and the feature
-    precomputation a sweep shares with its trials) builds them: channels-last on CUDA."""
+    precomputation a sweep shares with its trials) builds them: channels-last on CUDA. `trains`:
+    whether this model is about to be trained (else it only extracts features, or is timed)."""
     cuda = device.type == "cuda"
+    if trains and cfg.family != "cnn" and cfg.pretrained is False:
+        log.info("backbone %s: random initialisation, trains from scratch", cfg.backbone)
     model = create_model(cfg.model_config(), heads).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -301,7 +305,7 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     checks it: a trial that would differ just misses the shared set."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
-    model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device))
+    model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device), trains=False)
     cached_inputs(cfg, bundle, model, augment, store)
     return store
 

@@ -52,7 +52,7 @@ def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpu
     autocast = amp_autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
     heads = heads_for(bundle, cfg)
-    model, augment = build(cfg, heads, device)
+    model, augment = build(cfg, heads, device, trains=False)
     optimizer = make_optimizer(cfg, model)
     split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
     data = trial_data(cfg, bundle, split, heads, model, augment, store)
