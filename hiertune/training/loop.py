@@ -80,26 +80,15 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
     `feature_seconds` say what the cache saved."""
-    torch.set_num_threads(cfg.torch_threads(cpus))
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    autocast = amp_autocast(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
-    heads = heads_for(bundle, cfg)
-    model, augment = build(cfg, heads, device)
-    optimizer = make_optimizer(cfg, model)
-    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    steps_per_epoch = max(1, len(split.train_subclass) // cfg.batch_size)
-    state = TrainState(model, optimizer,
-                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
-                       order_gen=torch.Generator().manual_seed(cfg.seed),
-                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    setup = setup_trial(cfg, bundle, cpus)
+    device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
+                                                     setup.model, setup.state)
     if resume is not None:
         state.restore(resume)
         log.info("resuming from epoch %d (attempt %d)", state.epoch, state.attempt)
     fault = fault_for(cfg.faults, cfg.trial_number)
     # After a resume, so cached features come from the weights the trial trains with.
-    data = trial_data(cfg, bundle, split, heads, model, augment, features or FeatureStore())
+    data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
     metrics: dict = {}
     for epoch in range(state.epoch, cfg.epochs):
@@ -113,6 +102,37 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             state.save(Path(tmp), evaluation.result, evaluation.scorers)
             report(metrics, Path(tmp))
     return metrics
+
+
+@dataclass
+class TrialSetup:
+    """A trial as built before its first epoch: model, optimizer state, its data split."""
+
+    device: torch.device
+    autocast: Callable
+    scaler: torch.amp.GradScaler
+    heads: Heads
+    model: torch.nn.Module
+    augment: BatchAugment
+    state: TrainState
+    split: SplitData
+
+
+def setup_trial(cfg: TrialConfig, bundle: DataBundle, cpus: float | None = None, trains: bool = True) -> TrialSetup:
+    torch.set_num_threads(cfg.torch_threads(cpus))
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
+    heads = heads_for(bundle, cfg)
+    model, augment = build(cfg, heads, device, trains)
+    optimizer = make_optimizer(cfg, model)
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    steps_per_epoch = max(1, len(split.train_subclass) // cfg.batch_size)
+    state = TrainState(model, optimizer,
+                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
+                       order_gen=torch.Generator().manual_seed(cfg.seed),
+                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    return TrialSetup(device, amp_autocast(device, cfg.amp), scaler, heads, model, augment, state, split)
 
 
 def build(cfg: TrialConfig, heads: Heads, device: torch.device, trains: bool = True

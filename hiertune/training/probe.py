@@ -13,17 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-import torch
-
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
-from hiertune.training.checkpoint import TrainState
-from hiertune.training.device import autocast as amp_autocast
-from hiertune.training.device import pick_device, precision
 from hiertune.training.features import FeatureStore
 from hiertune.training.inputs import FeatureInputs, ImageInputs
-from hiertune.training.loop import (build, evaluate_epoch, forward_all, heads_for, lr_factor, make_optimizer,
-                                    train_epoch, trial_data)
+from hiertune.training.loop import evaluate_epoch, forward_all, setup_trial, train_epoch, trial_data
 
 
 @dataclass(frozen=True)
@@ -39,34 +33,21 @@ class EpochCost:
     def seconds(self) -> float:
         return self.train_seconds + self.eval_seconds + self.posthoc_seconds
 
-
 def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None,
                   steps: int = 2, posthoc_seconds: float | None = None) -> EpochCost:
     """`cfg`'s epoch, from `steps` timed training batches and one validation batch plus
     `posthoc_seconds`, the part of evaluation that does not depend on the model; without it (the
     first kind measured: cached features where the space has them, `store` holding them) the
     whole evaluation runs and is timed."""
-    torch.set_num_threads(cfg.torch_threads(cpus))
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    autocast = amp_autocast(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
-    heads = heads_for(bundle, cfg)
-    model, augment = build(cfg, heads, device, trains=False)
-    optimizer = make_optimizer(cfg, model)
-    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    data = trial_data(cfg, bundle, split, heads, model, augment, store)
+    setup = setup_trial(cfg, bundle, cpus, trains=False)
+    device, autocast, heads, model, state = setup.device, setup.autocast, setup.heads, setup.model, setup.state
+    data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, store)
     cached = isinstance(data.train, FeatureInputs)
-    steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
-    state = TrainState(model, optimizer,
-                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
-                       order_gen=torch.Generator().manual_seed(cfg.seed),
-                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
     timed = []
     for n in (1, steps):  # the first, untimed, allocates
         part = replace(data, train=_head(data.train, n * cfg.batch_size),
                        train_y=tuple(y[:n * cfg.batch_size] for y in data.train_y))
-        timed.append(train_epoch(state, 0, cfg, heads, part, device, autocast, scaler, False, False))
+        timed.append(train_epoch(state, 0, cfg, heads, part, device, autocast, setup.scaler, False, False))
     train_seconds = timed[-1].seconds / max(1, timed[-1].images) * len(data.train)
     if posthoc_seconds is None:
         evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast)
@@ -77,7 +58,6 @@ def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpu
     forward_all(model, _head(data.val, rows), device, autocast, batch_size=rows)
     per_image = (time.perf_counter() - start) / rows
     return EpochCost(train_seconds, per_image * (len(data.val) + len(data.fit_rows)), posthoc_seconds, cached)
-
 
 def _head(inputs: ImageInputs | FeatureInputs, n: int) -> ImageInputs | FeatureInputs:
     """The first `n` rows, as training reads them (augmentation, corruptions, views)."""

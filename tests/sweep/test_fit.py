@@ -150,3 +150,17 @@ def test_a_resume_refuses_data_whose_pixels_changed(small_data, tmp_path):
         check_same_data(recorded, bundle, "s")
     with pytest.raises(UserError, match="was started on val 999"):
         check_same_data({**recorded, "val": 999}, bundle, "s")
+
+
+def test_an_epoch_is_measured_on_a_few_batches(small_data, tmp_path, one_thread):
+    from hiertune.config import TrialConfig
+    from hiertune.data.bundle import load_bundle
+    from hiertune.training.features import FeatureStore
+    from hiertune.training.probe import measure_epoch
+
+    cfg = TrialConfig(family="cnn", data=str(small_data), batch_size=32, cnn_width=8, threads=1)
+    bundle = load_bundle(cfg.data, None, 64, cfg.split_config(), tmp_path / "cache")
+    first = measure_epoch(cfg, bundle, FeatureStore(), 1)  # the first kind: its whole evaluation, timed
+    assert not first.cached and first.train_seconds > 0 and first.eval_seconds > 0 and first.posthoc_seconds > 0
+    other = measure_epoch(cfg, bundle, FeatureStore(), 1, posthoc_seconds=7.0)  # the others take it as given
+    assert other.posthoc_seconds == 7.0 and other.seconds == other.train_seconds + other.eval_seconds + 7.0
