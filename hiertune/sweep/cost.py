@@ -92,12 +92,15 @@ def space_kinds(space: SearchSpace) -> list[Kind]:
     return kinds
 
 
-def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float
-            ) -> dict[tuple, EpochCost]:
-    """One epoch of each distinct kind, measured in one Ray task with a trial's resources. Cached
-    kinds are measured only where the shared features are (`frozen`: their backbone and size);
-    the others would extract features just to be timed."""
+def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
+            here: bool) -> dict[tuple, EpochCost]:
+    """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
+    `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
+    with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
+    shared features are (`frozen`: their backbone and size); the others would extract features
+    just to be timed."""
     import ray
+    import torch
 
     todo = {}
     for k in sorted(kinds, key=lambda k: not k.cached):  # cached first: they time the post-hoc part
@@ -106,6 +109,12 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
         if k.cached and (frozen is None or (k.cfg.backbone, k.cfg.image_size) != (frozen.backbone, frozen.image_size)):
             continue
         todo[k.identity] = k.cfg
+    if here:
+        threads = torch.get_num_threads()
+        try:
+            return _measure_all(todo, bundle, store, cpus)
+        finally:
+            torch.set_num_threads(threads)
     task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     return ray.get(task.remote(todo, bundle, store, cpus))
 

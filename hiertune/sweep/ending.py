@@ -8,6 +8,7 @@ from it on `--resume`, so the note is the module's, not the instance's.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -33,9 +34,12 @@ class EndWatch(tune.Callback):
         signal.signal(signal.SIGINT, note)
 
 
-def ignore_sigint() -> None:
-    """A local Ray worker's start (runtime_env worker_process_setup_hook): Ctrl+C is the driver's."""
+def worker_setup() -> None:
+    """A local Ray worker's start (runtime_env worker_process_setup_hook): Ctrl+C is the driver's,
+    and Ray's note on each trial restored from a checkpoint stays out of the console (the
+    sweep's own lines say which trials continue)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("ray.tune.trainable").setLevel(logging.WARNING)
 
 
 def how_it_ended(unfinished: int, budget: float | None) -> str:

@@ -37,7 +37,7 @@ from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.reporter import ConsoleReporter
 from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectives, study_url
-from hiertune.sweep import cost, resources
+from hiertune.sweep import budget, cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.state import (
@@ -77,6 +77,8 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
     meta = read_meta(place.dir) if resume else None
+    if resume and space.budget:
+        _budget_left(space.budget, place)  # a spent budget is refused before anything starts
     if resume and not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
         check_ray_state(Path(place.tune_uri))
     fitted = None
@@ -122,7 +124,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
             place.publish(place.dir / SWEEP_JSON)
         features = shared_features(space, bundle, cache_root)
         if not resume:
-            space = _cost_plan(space, bundle, features, fitted)
+            space = _cost_plan(space, bundle, features, fitted, here=address is None and not fitted.gpus)
         return _run(space, place, bundle, features, recorder, resume, verbose)
 
 
@@ -139,13 +141,13 @@ def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
     return space.with_overrides({"resources.cpus_per_trial": fitted.cpus, "resources.gpus_per_trial": fitted.gpus})
 
 
-def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit) -> SearchSpace:
+def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool) -> SearchSpace:
     """What the space costs here, said before the first trial; with a budget, the space without
     what it cannot afford."""
     start = time.perf_counter()
     kinds = cost.space_kinds(space)
     costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
-                         space.resources.gpus_per_trial)
+                         space.resources.gpus_per_trial, here)
     result = cost.plan(space, kinds, costs, fitted.parallel)
     for line in result.lines:
         log.info(line)
@@ -174,7 +176,7 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
         # leave it to the driver, which stops the trials (their tracebacks would flood the console).
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]},
-                              **({} if address else {"worker_process_setup_hook": "hiertune.sweep.ending.ignore_sigint"})})
+                              **({} if address else {"worker_process_setup_hook": "hiertune.sweep.ending.worker_setup"})})
     try:
         yield
     finally:
@@ -234,6 +236,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         # Finished trials stay finished and failed ones failed: a failure that Ray's retries
         # (tune.max_failures) did not mend, or a final one, would only fail again.
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
+        if space.budget:
+            _restore_budget(tuner, space.budget, place)
     else:
         posthoc = [p.name for p in space.posthoc]
         callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t, posthoc)
@@ -247,7 +251,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
-                time_budget_s=space.budget,  # Ray's TimeoutStopper: kept in the sweep's state for --resume
+                time_budget_s=space.budget,  # Ray's TimeoutStopper; a resume gives it what is left
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
@@ -263,6 +267,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     with _ray_console(verbose), _pending_trials(space):
         grid = tuner.fit()
     wall = time.perf_counter() - start
+    if space.budget:
+        budget.add_spent(place.dir, wall)
 
     previous = {t.trial_id: t for t in load_trials(place.dir)} if resume and (place.dir / TRIALS_JSON).exists() else {}
     # A trial Tune never started (pending when the sweep stopped) is no record: --resume starts it.
@@ -282,6 +288,22 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     if ended == INTERRUPTED:
         raise SweepInterrupted(result)
     return result
+
+
+def _budget_left(total: float, place: SweepPlace) -> float:
+    left = total - budget.spent(place.dir)
+    if left <= 0:
+        raise UserError(f"sweep {place.name!r}: its {budget.duration(total)} budget is spent; its front, pareto and "
+                        "export-best work on what finished (a new --name with --budget starts again)")
+    return left
+
+
+def _restore_budget(tuner, total: float, place: SweepPlace) -> None:
+    """What is left of the budget, for Ray's TimeoutStopper: Tuner.restore has no tune_config and
+    would give the whole budget again, so the restored tuner's own config is changed."""
+    left = _budget_left(total, place)
+    log.info("budget: %s of %s left", budget.duration(left), budget.duration(total))
+    tuner._local_tuner._tune_config.time_budget_s = left  # no public setter (Ray 2.x)
 
 
 def make_scheduler(space: SearchSpace) -> tuple:
@@ -435,11 +457,13 @@ def _record(result, space: SearchSpace, before: TrialRecord | None = None) -> Tr
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
     planned = int((result.config or (before.config if before else {})).get("epochs", space.scheduler.max_t))
-    # Without `done` the sweep stopped (Ctrl+C, its budget) before this trial finished. A trial that
-    # had finished before a resume stays finished: Ray's saved state may predate its last result's `done`.
+    # Without `done` the sweep stopped (Ctrl+C, its budget) before this trial finished, unless it
+    # reported its last epoch, or had finished before a resume: Ray's state, saved as the sweep
+    # stopped, may predate the `done` of a trial's last result.
     ended_before = before is not None and before.status != "interrupted"
+    ran_all = epochs >= min(planned, space.scheduler.max_t)
     status = trial_status(epochs, planned, space.scheduler.max_t, failed=error is not None,
-                          finished=bool(metrics.get("done")) or ended_before)
+                          finished=bool(metrics.get("done")) or ended_before or ran_all)
     config = dict(result.config or {}) or (dict(before.config) if before else {})
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in config.items() if k in sampled} or (dict(before.params) if before else {})
