@@ -3,21 +3,16 @@
 The budget is the trials' wall clock, spent through Ray Tune's own `TuneConfig(time_budget_s=...)`:
 when it runs out Tune stops every running trial at its last checkpoint and starts no more, and the
 front, the recommended point and export-best work on what reported. It starts with the first
-trial; the one-time feature extraction and the cost probe come before it. Ray restores a sweep
-with its whole `time_budget_s` again, so the time each run of the sweep spent is kept in
-`budget.json` beside it, and `--resume` gives Ray what is left.
+trial; the one-time feature extraction and the cost probe come before it. Ray keeps what is left
+of it in the sweep's state (its TimeoutStopper is part of the controller state `Tuner.restore`
+brings back), so `--resume` continues with the rest, and a sweep its budget ended stops again at once.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from hiertune.errors import UserError
-from hiertune.fsutil import atomic_file
-
-BUDGET_JSON = "budget.json"
 
 _UNITS = {"h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -49,17 +44,3 @@ def duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     return f"{h}h{rest // 60:02d}m"
 
-
-def spent(sweep_dir: Path) -> float:
-    """Seconds of its budget the sweep's earlier runs spent."""
-    path = sweep_dir / BUDGET_JSON
-    try:
-        return float(json.loads(path.read_text())["spent"]) if path.is_file() else 0.0
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path}: unreadable or truncated (the time this sweep's budget has spent)") from None
-
-
-def add_spent(sweep_dir: Path, seconds: float) -> None:
-    total = spent(sweep_dir) + seconds
-    with atomic_file(sweep_dir / BUDGET_JSON) as tmp:
-        tmp.write_text(json.dumps({"spent": total}))

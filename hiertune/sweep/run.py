@@ -37,7 +37,7 @@ from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.reporter import ConsoleReporter
 from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectives, study_url
-from hiertune.sweep import budget, cost, resources
+from hiertune.sweep import cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.state import (
@@ -77,8 +77,6 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
     meta = read_meta(place.dir) if resume else None
-    if resume and space.budget:
-        _budget_left(space.budget, place)  # a spent budget is refused before anything starts
     if resume and not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
         check_ray_state(Path(place.tune_uri))
     fitted = None
@@ -236,8 +234,6 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         # Finished trials stay finished and failed ones failed: a failure that Ray's retries
         # (tune.max_failures) did not mend, or a final one, would only fail again.
         tuner = tune.Tuner.restore(f"{storage_path}/tune", trainable=trainable, storage_filesystem=filesystem)
-        if space.budget:
-            _restore_budget(tuner, space.budget, place)
     else:
         posthoc = [p.name for p in space.posthoc]
         callback = MlflowSweepCallback(place, space.family, space.scheduler.max_t, posthoc)
@@ -251,7 +247,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
-                time_budget_s=space.budget,  # Ray's TimeoutStopper; a resume gives it what is left
+                time_budget_s=space.budget,  # Ray's TimeoutStopper: its state keeps what is left for --resume
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
@@ -267,8 +263,6 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     with _ray_console(verbose), _pending_trials(space):
         grid = tuner.fit()
     wall = time.perf_counter() - start
-    if space.budget:
-        budget.add_spent(place.dir, wall)
 
     previous = {t.trial_id: t for t in load_trials(place.dir)} if resume and (place.dir / TRIALS_JSON).exists() else {}
     # A trial Tune never started (pending when the sweep stopped) is no record: --resume starts it.
@@ -288,22 +282,6 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     if ended == INTERRUPTED:
         raise SweepInterrupted(result)
     return result
-
-
-def _budget_left(total: float, place: SweepPlace) -> float:
-    left = total - budget.spent(place.dir)
-    if left <= 0:
-        raise UserError(f"sweep {place.name!r}: its {budget.duration(total)} budget is spent; its front, pareto and "
-                        "export-best work on what finished (a new --name with --budget starts again)")
-    return left
-
-
-def _restore_budget(tuner, total: float, place: SweepPlace) -> None:
-    """What is left of the budget, for Ray's TimeoutStopper: Tuner.restore has no tune_config and
-    would give the whole budget again, so the restored tuner's own config is changed."""
-    left = _budget_left(total, place)
-    log.info("budget: %s of %s left", budget.duration(left), budget.duration(total))
-    tuner._local_tuner._tune_config.time_budget_s = left  # no public setter (Ray 2.x)
 
 
 def make_scheduler(space: SearchSpace) -> tuple:

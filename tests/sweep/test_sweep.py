@@ -139,8 +139,6 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(cli, sma
     # Ray's hint (Tuner.restore), its warnings and the workers' tracebacks stay in the sweep's log.
     assert "Tuner.restore" not in err and "Traceback" not in err and "WARNING" not in err
     assert "Tuner.restore" in (storage / "r" / "sweep.log").read_text()
-    spent = json.loads((storage / "r" / "budget.json").read_text())["spent"]
-    assert 0 < spent < 600
     before = json.loads(runs_file.read_text())["trials"]
     assert len(before) >= 1
     # Ctrl+C ends cleanly: what had not finished is 'interrupted' (MLflow: KILLED), not left RUNNING.
@@ -159,7 +157,6 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(cli, sma
     assert resumed.code == 0, resumed.err[-3000:]
     summary = last_json(resumed.out)
     assert sum(summary["trials"].values()) == 4 and summary["ended"] == "finished" and summary["budget"] == 600
-    assert json.loads((storage / "r" / "budget.json").read_text())["spent"] > spent  # the resume spent the rest
     after = json.loads(runs_file.read_text())["trials"]
     assert len(after) == 4 and all(after[k] == v for k, v in before.items())
     records = load_trials(storage / "r")
