@@ -42,6 +42,7 @@ from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.state import (
     STATUSES,
+    ENDED_JSON,
     SWEEP_JSON,
     TRIALS_JSON,
     SweepMeta,
@@ -52,6 +53,7 @@ from hiertune.sweep.state import (
     read_meta,
     save_trials,
     trial_status,
+    write_ended,
     write_meta,
 )
 from hiertune.sweep.sweeplog import sweep_log
@@ -275,6 +277,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     ended = how_it_ended(space.tune.num_samples - counts["completed"] - counts["stopped"] - counts["failed"],
                          space.budget)
     summary = finish(place, trials, recorder, space.scheduler.label)
+    write_ended(place.dir, ended)
+    place.publish(place.dir / ENDED_JSON)
     result = {"name": place.name, "storage": place.root, "dir": place.uri,
               "mlflow_uri": secrets.redact_uri(place.mlflow_uri), "ended": ended, "budget": space.budget,
               "trials": counts, "not_started": space.tune.num_samples - len(trials),

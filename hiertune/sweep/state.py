@@ -26,6 +26,8 @@ TRIALS_JSON = "trials.json"
 # While a sweep runs: a record per trial Tune has started, rewritten as they report (what
 # `hiertune pareto` reads then); trials.json replaces it when the sweep ends.
 LIVE_JSON = "trials.live.json"
+# How the sweep's last run ended: "finished", "budget" (its time budget) or "interrupted" (Ctrl+C).
+ENDED_JSON = "ended.json"
 RAY_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")
 RAY_EXPERIMENT_STATE = "experiment_state-*.json"
 
@@ -145,6 +147,18 @@ def save_trials(sweep_dir: Path, trials: list[TrialRecord], live: bool = False) 
         tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
     if not live:
         (sweep_dir / LIVE_JSON).unlink(missing_ok=True)
+
+
+def write_ended(sweep_dir: Path, how: str) -> None:
+    with atomic_file(sweep_dir / ENDED_JSON) as tmp:
+        tmp.write_text(json.dumps({"ended": how}))
+
+
+def read_ended(sweep_dir: Path) -> str | None:
+    """How the sweep's last run ended; None for a sweep from before it was recorded, or running."""
+    path = sweep_dir / ENDED_JSON
+    info = read_json(path) if path.is_file() else None
+    return info.get("ended") if isinstance(info, dict) else None
 
 
 def read_json(path: Path):
