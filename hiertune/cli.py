@@ -373,8 +373,6 @@ def _pareto(args: argparse.Namespace) -> dict:
     storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
-    from hiertune.sweep.run import front_files
-    from hiertune.sweep.state import load_trials
 
     # Reads the sweep (pulling an S3 sweep's files into the local working copy) and draws its
     # front there; the sweep's MLflow runs and its files on S3 are the sweep's to write.
@@ -382,13 +380,29 @@ def _pareto(args: argparse.Namespace) -> dict:
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    summary = front_files(place, load_trials(place.dir, live=True))  # a running sweep: what has reported
+    summary = _front_now(place)
     result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
               "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
     if args.groups and summary["front"]:
         result["picked"] = Pick.parse(args.pick or result["pick"]).rank(summary["front"])[0]
         result["picked_by"] = args.pick or result["pick"]
     return result
+
+
+def _front_now(place) -> dict:
+    """The front of what the sweep's trials have reported, while it runs too: a running sweep
+    replaces a trial's checkpoint each epoch, so a record read just before may name one just
+    dropped; the records are read again then."""
+    from hiertune.sweep.run import front_files
+    from hiertune.sweep.state import LIVE_JSON, load_trials
+
+    for attempt in range(3):
+        try:
+            return front_files(place, load_trials(place.dir, live=True))
+        except UserError:
+            if attempt == 2 or not (place.dir / LIVE_JSON).is_file():
+                raise
+            time.sleep(1)
 
 
 def _render_pareto(result: dict) -> str:

@@ -400,10 +400,12 @@ class LiveTrials(tune.Callback):
         self.place, self.space = place, space
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):  # each epoch, once it is stored
-        self._save(trials)
+        self._save(trials, trial, checkpoint)
 
-    def _save(self, trials) -> None:
-        results = [_TrialResult(t.last_result or {}, t.config, t.checkpoint, None, t.path) for t in trials]
+    def _save(self, trials, new, checkpoint) -> None:
+        # Tune may not have made this epoch's checkpoint the trial's latest yet (and drops the older one).
+        results = [_TrialResult(t.last_result or {}, t.config, checkpoint if t is new else t.checkpoint, None, t.path)
+                   for t in trials]
         save_trials(self.place.dir, [_record(r, self.space) for r in results if "training_iteration" in r.metrics],
                     live=True)
 

@@ -137,9 +137,12 @@ def load_trials(sweep_dir: Path, live: bool = False) -> list[TrialRecord]:
         raise UserError(f"{sweep_dir}: no sweep results ({TRIALS_JSON}) here; run `hiertune sweep` first")
     records = read_json(path)
     try:
-        return [TrialRecord.from_dict(d) for d in records]
+        trials = [TrialRecord.from_dict(d) for d in records]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
+    if path.name == LIVE_JSON:  # a running sweep replaces a trial's checkpoint each epoch: skip one just dropped
+        trials = [t for t in trials if t.checkpoint is None or "://" in t.checkpoint or Path(t.checkpoint).exists()]
+    return trials
 
 
 def save_trials(sweep_dir: Path, trials: list[TrialRecord], live: bool = False) -> None:

@@ -121,14 +121,20 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(cli, sma
     runs_file = storage / "r" / "mlflow_runs.json"
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     deadline = time.time() + 240
+    live = None
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
+        if live is None and (storage / "r" / "trials.live.json").exists():
+            # While it runs, `pareto` draws the front of what has reported so far.
+            live = cli("pareto", "r", "--storage", str(storage), "--json")
+            assert not (storage / "r" / "trials.json").exists()
         if runs_file.exists():
             experiment = client.get_experiment_by_name("r")
             done = client.search_runs([experiment.experiment_id], "tags.`hiertune.status` = 'completed'")
             if done:
                 break
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    assert live is not None and live.code == 0 and last_json(live.out)["front"], live and live.err[-2000:]
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err[-3000:]
