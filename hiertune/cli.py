@@ -23,7 +23,7 @@ from typing import Callable
 
 from hiertune import __version__
 from hiertune.errors import UserError
-from hiertune.secrets import redact, remember_env
+from hiertune.secrets import redact, remember_env, remember_uri
 from hiertune.sweep.catalog import find_sweep
 from hiertune.sweep.sweeplog import RedactingFormatter
 
@@ -84,15 +84,23 @@ def _command(sub: argparse._SubParsersAction, name: str, help: str, handler: Cal
 
 
 def _cache_root(args: argparse.Namespace) -> Path:
+    """The cache root, checked before any work: decoded images and features are written there."""
     from hiertune.data.cache import default_cache_root
+    from hiertune.fsutil import check_writable
 
-    return Path(args.cache_dir) if args.cache_dir else default_cache_root()
+    if args.cache_dir:
+        root, what = Path(args.cache_dir), "--cache-dir"
+    else:
+        root = default_cache_root()
+        what = "HIERTUNE_CACHE_DIR" if os.environ.get("HIERTUNE_CACHE_DIR") else "the cache folder"
+    check_writable(root, what, folder=True)
+    return root
 
 
 def _data_inspect(args: argparse.Namespace) -> dict:
     from hiertune.data.inspect import inspect_data
 
-    summary, warnings = inspect_data(args.dir, args.outliers, args.image_size, _cache_root(args))
+    summary, warnings = inspect_data(args.dir, args.outliers, _image_size(args), _cache_root(args))
     for line in warnings:
         print(line, file=sys.stderr)
     return summary
@@ -107,7 +115,7 @@ def _render_inspect(summary: dict) -> str:
 def _data_push(args: argparse.Namespace) -> dict:
     from hiertune.data.push import push_data
 
-    return push_data(args.dir, args.dest, args.outliers, args.image_size, _cache_root(args))
+    return push_data(args.dir, args.dest, args.outliers, _image_size(args), _cache_root(args))
 
 
 def _render_push(summary: dict) -> str:
@@ -300,7 +308,7 @@ def _render_sweep(result: dict) -> str:
     from hiertune.sweep.front import render
     from hiertune.sweep.importance import render as render_importance
 
-    from hiertune.sweep.budget import duration
+    from hiertune.progress import duration
 
     t = result["trials"]
     if result.get("ended") == "budget":
@@ -398,7 +406,7 @@ def _front_now(place) -> dict:
 
     for attempt in range(3):
         try:
-            return front_files(place, load_trials(place.dir, live=True))
+            return front_files(place, load_trials(place.dir, within=place.uri, live=True))
         except UserError:
             if attempt == 2 or not (place.dir / LIVE_JSON).is_file():
                 raise
@@ -479,10 +487,12 @@ def _pct(value) -> str:
 def _predict(args: argparse.Namespace) -> dict:
     from hiertune.export.predictor import ExportedModel
     from hiertune.fsutil import check_writable
+    from hiertune.training.features import FeatureStore
 
-    check_writable(args.output, "-o", folder=False)
-    model = ExportedModel.load(args.model_dir, device=args.device)
-    predictions = model.predict_folder(args.images, _cache_root(args), progress=not args.json)
+    check_writable(args.output, "-o", folder=False)  # before the work, not after it
+    cache_root = _cache_root(args)
+    model = ExportedModel.load(args.model_dir, device=args.device, features=FeatureStore(cache_root))
+    predictions = model.predict_folder(args.images, cache_root, progress=not args.json)
     if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
         print(w, file=sys.stderr)
     predictions.write_csv(args.output, with_scores=args.scores)
@@ -512,6 +522,15 @@ def _add_space_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting: a trial parameter (epochs=3) or a section key (tune.num_samples=4)")
     p.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+
+
+def _image_size(args: argparse.Namespace) -> int:
+    """--image-size within the bounds a trial's data_size has: a larger one needs terabytes."""
+    from hiertune.config import SIZE_LIMITS
+
+    if not 1 <= args.image_size <= SIZE_LIMITS["data_size"]:
+        raise UserError(f"--image-size must be in 1-{SIZE_LIMITS['data_size']:,}, got {args.image_size:,}")
+    return args.image_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -615,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     remember_env()
+    for value in vars(args).values():  # a URI's password in any argument: masked before anything prints
+        for item in value if isinstance(value, list) else [value]:
+            remember_uri(item)
+            if isinstance(item, str) and "=" in item:  # --set key=URI
+                remember_uri(item.partition("=")[2])
     # A traceback (a bug, not bad input) may quote a URI or an environment value too.
     sys.excepthook = lambda kind, value, tb: sys.stderr.write(
         redact("".join(traceback.format_exception(kind, value, tb))))
@@ -623,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # every log line of every library, through one filter
         handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else "%(message)s"))
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
-        for name in ("botocore", "boto3", "s3transfer"):
+        for name in ("botocore", "boto3", "s3transfer", "timm"):  # timm: "Loaded  from checkpoint …"
             logging.getLogger(name).setLevel(logging.WARNING)
         # MLflow's "Creating initial MLflow database tables...", and Ray's notice that its local,
         # private cluster uses token authentication: nothing a user acts on.

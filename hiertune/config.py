@@ -29,6 +29,11 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 _ONLY = {"cnn_width": ("cnn",), "cosine_scale": ("cosine",), "layover_stage": ("layover",),
          "layover_hidden": ("layover",), "kl_alpha": ("dualhead",), "kl_temperature": ("dualhead",)}
 _TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views")
+# Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
+# cache needs more memory than any machine has, which the allocator would report as a traceback
+# (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
+SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "cnn_width": 1024, "layover_hidden": 65536,
+               "batch_size": 65536, "feature_views": 64}
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,11 @@ class TrialConfig:
     # seeded augmentation, one drawn per image each epoch; 0: every step through the backbone.
     # Mixup then mixes features, not images.
     feature_views: int = 1
-    # share of training images given one camera/pipeline corruption (data.corrupt); on images only,
-    # so with a frozen backbone it turns the feature cache off (cached_views)
+    # share of training images given one camera/pipeline corruption (data.corrupt) each epoch. With
+    # cached features it draws among `corrupt_views` corrupted views per image, made once, seeded.
     corrupt_p: float = 0.0
     corrupt_severity: float = 0.5
+    corrupt_views: int = 1
     # data: None means the embedded synthetic default
     data: str | None = None
     outliers: str | None = None
@@ -114,6 +120,9 @@ class TrialConfig:
         for name in ("epochs", "batch_size", "data_size", "image_size", "gradual_every", "cnn_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, limit in SIZE_LIMITS.items():
+            if getattr(self, name) > limit:
+                raise UserError(f"{name} must be <= {limit:,}, got {getattr(self, name):,}")
         for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
                      "trial_number", "feature_views", "scorer_images"):
             if getattr(self, name) < 0:
@@ -125,6 +134,8 @@ class TrialConfig:
             raise UserError("set outlier_count or outlier_fraction, not both")
         if self.outlier_fraction is not None and not 0 <= self.outlier_fraction <= 1:
             raise UserError(f"outlier_fraction must be in [0, 1], got {self.outlier_fraction}")
+        if self.corrupt_views < 1:
+            raise UserError(f"corrupt_views must be >= 1, got {self.corrupt_views}")
         if self.feature_views > 1 and not self.augment:
             raise UserError(f"feature_views {self.feature_views} needs augment: true (augmented views of a "
                             f"non-augmented trial would all be the clean one)")
@@ -178,10 +189,12 @@ class TrialConfig:
 
     def cached_views(self) -> int:
         """Views of a frozen backbone's features to compute once and cache; 0: every step through
-        the backbone. Training corruptions (corrupt_p) are drawn per step on pixels, which fixed
-        cached views cannot carry: rather than drop them silently (a searched corrupt_p would then
-        change nothing), such a trial runs its frozen backbone every step."""
-        return 0 if self.corrupt_p > 0 else self.feature_views
+        the backbone."""
+        return self.feature_views
+
+    def cached_corruptions(self) -> int:
+        """Corrupted views per training image to cache beside them (0 without corrupt_p)."""
+        return self.corrupt_views if self.corrupt_p > 0 and self.feature_views > 0 else 0
 
     def shift_config(self) -> ShiftConfig:
         return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,

@@ -33,7 +33,8 @@ import yaml
 
 from hiertune.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
-from hiertune.models.backbone import check_backbone
+from hiertune.models.backbone import check_backbone, check_weights_file
+from hiertune.secrets import remember_uri
 from hiertune.sweep.budget import parse_duration
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
@@ -92,6 +93,18 @@ class SchedulerSettings:
     @property
     def label(self) -> str:
         return SCHEDULERS[self.type]
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs at which the scheduler reads a trial's results (grace_period·η^k below
+        max_t, as Ray's ASHA and MO-ASHA place them, and max_t); FIFO reads only the last."""
+        if self.type == "fifo":
+            return ()
+        rungs, t = [], self.grace_period
+        while t < self.max_t:
+            rungs.append(t)
+            t *= self.reduction_factor
+        return (*rungs, self.max_t)
 
 
 @dataclass(frozen=True)
@@ -168,17 +181,42 @@ TOP_KEYS = ("family", "fixed", "search", "storage", "pick", "budget", *SECTIONS)
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "default", "when", "posthoc")
 
 
+MAX_DEPTH = 32  # a search space nests 4 levels; thousands would exhaust Python's recursion
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without aliases. A few hundred bytes of nested aliases ("billion laughs") build
-    a small shared structure that explodes when walked, printed or copied; a search space never
-    needs them, so the first one is refused before anything expands."""
+    """SafeLoader without aliases, deep nesting or repeated keys. A few hundred bytes of nested
+    aliases ("billion laughs") build a small shared structure that explodes when walked, printed
+    or copied; a search space never needs them, so the first one is refused before anything
+    expands. Thousands of nested brackets would end in a RecursionError; a key written twice
+    would silently keep the last value."""
+
+    _depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not supported; "
                                               "write the value out", event.start_mark)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice (first at line {first[key] + 1})", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 # PyYAML reads YAML 1.1, where a float needs a dot and a signed exponent: `3e-3` and `1.5e3`
@@ -219,7 +257,19 @@ def load_space(path: str | Path) -> SearchSpace:
         raise UserError(f"{path}: malformed YAML{at}: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
+    _remember_uris(raw)
     return parse_space(raw, path)
+
+
+def _remember_uris(raw: Any) -> None:
+    """A password in any URI the file holds (data, storage, tracking_uri) is masked from here on."""
+    if isinstance(raw, dict):
+        raw = list(raw.values())
+    for value in raw if isinstance(raw, list) else [raw]:
+        if isinstance(value, (dict, list)):
+            _remember_uris(value)
+        else:
+            remember_uri(value)
 
 
 def parse_space(raw: Any, path: Path) -> SearchSpace:
@@ -318,6 +368,8 @@ def _check_trial(space: SearchSpace) -> None:
             check_backbone(base.backbone)
         except UserError as exc:
             raise UserError(f"{space.path}: {exc}") from None
+        if isinstance(base.pretrained, str):  # a local file: now, not in every trial after the data loads
+            check_weights_file(base.backbone, Path(base.pretrained))
 
 
 def _param(name: str, spec: Any, where: str) -> Param:
@@ -340,6 +392,8 @@ def _param(name: str, spec: Any, where: str) -> Param:
             raise UserError(f"{where}.choices must be a non-empty list")
         for c in choices:
             coerce(hint, c, f"{where}.choices")
+        if spec.get("default") is not None and spec["default"] not in choices:
+            raise UserError(f"{where}.default {spec['default']!r} is not one of its choices {choices}")
         extra = [k for k in ("low", "high", "log", "step") if k in spec]
         if extra:
             raise UserError(f"{where}: {extra[0]!r} does not apply to a categorical parameter")
@@ -365,6 +419,8 @@ def _param(name: str, spec: Any, where: str) -> Param:
         coerce(hint, default, f"{where}.default")
         if not low <= default <= high:
             raise UserError(f"{where}.default {default} is outside [{low}, {high}]")
+        if step is not None and not math.isclose((default - low) / step, round((default - low) / step)):
+            raise UserError(f"{where}.default {default} is not on the grid low + k·step ({low}, step {step})")
     return Param(name, kind, low=low, high=high, log=log, step=step, default=default, when=when, posthoc=posthoc)
 
 

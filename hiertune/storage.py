@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -51,6 +52,9 @@ def split(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len(SCHEME):].partition("/")
     if not bucket:
         raise UserError(f"{uri}: an S3 URI needs a bucket (s3://bucket/prefix)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", bucket):  # a user:password@ or a port, which S3 URIs never hold
+        raise UserError(f"{uri}: the part before the first '/' is not a bucket name (an S3 URI holds no "
+                        "user:password@: credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
     if ".." in key.split("/"):  # its local copy would land outside the folder meant for it
         raise UserError(f"{uri}: an S3 URI may not contain '..'")
     return bucket, key.strip("/")

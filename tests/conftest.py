@@ -87,7 +87,10 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """A valid competition-format directory: 2 superclasses × 3 subclasses × 5 images, 4 test images."""
-    root = tmp_path / "data"
+    return write_tiny_data(tmp_path / "data")
+
+
+def write_tiny_data(root: Path) -> Path:
     root.mkdir()
     write_csv(root / "superclass_mapping.csv", ["index", "class"], [[0, "bird"], [1, "dog"], [2, "novel"]])
     write_csv(root / "subclass_mapping.csv", ["index", "class"],
@@ -101,6 +104,32 @@ def tiny_data(tmp_path: Path) -> Path:
     for n in range(4):
         write_image(root / "test_images" / f"{n}.jpg", 100 + n)
     return root
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    """One small exported model directory (a cnn trained one epoch on tiny data, 32 px input,
+    msp thresholds), as export-best writes it, for the tests that hand predict a model: built in
+    a few seconds, without Ray. Tests copy it before changing anything in it."""
+    from hiertune.config import TrialConfig
+    from hiertune.export.predictor import Thresholds, write_model_dir, write_thresholds
+    from hiertune.models.registry import Heads
+
+    root = tmp_path_factory.mktemp("exported")
+    data = write_tiny_data(root / "data")
+    space = root / "space.yaml"
+    space.write_text(f"family: cnn\nfixed: {{epochs: 1, cnn_width: 8, batch_size: 32, image_size: 32, threads: 1, "
+                     f"data: {data}, outliers: none}}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HIERTUNE_CACHE_DIR", str(root / "cache"))
+        result = run_cli("train", str(space), "--out", str(root / "run"), "--json")
+    assert result.code == 0, result.err[-3000:]
+    cfg = TrialConfig.from_dict(json.loads((root / "run" / "config.json").read_text()))
+    model = root / "model"
+    write_model_dir(model, root / "run" / "checkpoint", cfg, Heads(2, 6, (0, 0, 0, 1, 1, 1), cfg.outlier_mode == "class"),
+                    ["bird", "dog"], [f"sub{i}" for i in range(6)], "msp")
+    write_thresholds(model, Thresholds("msp", 0.3, 0.2))
+    return model
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
-"""Every hostile case of tests/hostile_cases.py that needs no trained model, through the CLI:
-exit 2, one stderr line naming the problem, nothing written, no secret anywhere; and the
-README's rejected-input table holds each case's row."""
+"""Every hostile case of tests/hostile_cases.py through the CLI: exit 2, one stderr line naming
+the problem, nothing written, no secret anywhere; and the README's rejected-input table holds
+each case's row. Cases that hand predict a model get a copy of one small exported model."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
+import resource
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,10 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture
-def ctx(tmp_path, tiny_data, tiny_outliers, monkeypatch):
-    # An unreachable server is refused at once rather than after MLflow's minutes of retries.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+def ctx(tmp_path, tiny_data, tiny_outliers, exported_model, monkeypatch):
+    # MLflow's own retry settings as a user has them: hiertune must not wait minutes on them.
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
     space = tmp_path / "space.yaml"
     space.write_text(f"family: cnn\nfixed: {{epochs: 1, cnn_width: 8, data: {tiny_data}, outliers: none}}\n"
                      "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
@@ -36,7 +38,8 @@ def ctx(tmp_path, tiny_data, tiny_outliers, monkeypatch):
         fcntl.flock(fd, fcntl.LOCK_EX)
         fds.append(fd)
 
-    yield Ctx(tmp_path, tiny_data, tiny_outliers, space, outside, hold=hold)
+    yield Ctx(tmp_path, tiny_data, tiny_outliers, space, outside, model=exported_model, hold=hold,
+              setenv=monkeypatch.setenv)
     for fd in fds:
         os.close(fd)
     for name in MLFLOW_ENV:  # set by the CLI from a URI's credentials, in this process
@@ -49,26 +52,59 @@ def message_pattern(example: str) -> str:
     return "".join(".*" if p in ("…", "PATH", "DIR") else re.escape(p) for p in parts)
 
 
+def entries(root: Path) -> set[Path]:
+    """Every file and folder under `root`, but the shared image cache (`cache/`), which a
+    command may fill before it finds the problem."""
+    return {p for p in root.rglob("*") if "cache" not in p.relative_to(root).parts}
+
+
 def check_refused(ctx: Ctx, cli, case) -> None:
     argv = case.build(ctx)
-    before = {p for p in files_under(ctx.tmp) if "cache" not in p.relative_to(ctx.tmp).parts}
-    result = cli(*argv)
+    before = entries(ctx.tmp)
+    stats = {p: _stamp(p) for p in before if p.is_file()}
+    with file_size_limit(case.file_limit):
+        result = cli(*argv)
     assert result.code == 2, (case.id, result.err[-3000:])
     assert len(result.err_lines) == 1, (case.id, result.err[-3000:])
     assert case.expect in result.err_lines[0], (case.id, result.err_lines[0])
     if case.message:  # the README's example is what the CLI says, up to its placeholders
         assert re.search(message_pattern(case.message), result.err_lines[0]), (case.id, result.err_lines[0])
-    after = {p for p in files_under(ctx.tmp) if "cache" not in p.relative_to(ctx.tmp).parts}
-    assert after == before, (case.id, sorted(map(str, after - before)))
+    after = entries(ctx.tmp)
+    assert after == before, (case.id, sorted(map(str, after ^ before)))
     leaked = [s for s in SECRETS if s in result.out + result.err]
-    leaked += [str(p) for p in files_under(ctx.tmp) if p.is_file() and not p.is_symlink()
-               and any(s.encode() in p.read_bytes() for s in SECRETS)]
+    # Every file the command wrote or changed (those a case planted a secret in are its input).
+    written = [p for p in files_under(ctx.tmp) if not p.is_symlink() and stats.get(p) != _stamp(p)]
+    leaked += [str(p) for p in written if any(s.encode() in p.read_bytes() for s in SECRETS)]
     assert not leaked, (case.id, leaked)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not c.needs_model], ids=lambda c: c.id)
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int | None):
+    """`ulimit -f` for this process while the block runs: writes past `limit` bytes fail with
+    EFBIG, as on a full disk (Python ignores the SIGXFSZ that would otherwise kill it)."""
+    if limit is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_hostile_input_is_refused_in_one_line(ctx, cli, case):
     check_refused(ctx, cli, case)
+
+
+def test_the_registry_holds_100_distinct_cases():
+    assert len({c.id for c in CASES}) == len(CASES) >= 100
 
 
 def test_nested_aliases_are_refused_before_they_expand(ctx, cli):

@@ -31,6 +31,11 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
+# Pixels lie in [0, 1]: a smaller std blows them up past half precision (an exported model with
+# std 1e-300 scored every image NaN, so predict called every image novel).
+MIN_STD = 1e-3
+
+
 def _number(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UserError(f"augment.{field} must be a finite number, got {value!r}")
@@ -89,8 +94,8 @@ class AugmentConfig:
         set_(self, "scale", (low, high))
         set_(self, "mean", _triple("mean", self.mean))
         std = _triple("std", self.std)
-        if min(std) <= 0:
-            raise UserError(f"augment.std must be > 0 for every channel, got {list(std)}")
+        if min(std) < MIN_STD:
+            raise UserError(f"augment.std must be >= {MIN_STD:g} for every channel, got {list(std)}")
         set_(self, "std", std)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise UserError(f"augment.size must be an integer >= 0, got {self.size!r}")

@@ -100,7 +100,13 @@ def _shifted_folder(folder: str, dataset: CompetitionData, splits: Splits, image
                     cache_root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A competition-format folder's labeled images, relabelled by class name into the main data's
     hierarchy; images of pseudo-novel subclasses are dropped (they are not seen in training)."""
-    other = load_competition(resolve_data_dir(folder, cache_root), image_size, cache_root, with_test=False)
+    try:
+        other = load_competition(resolve_data_dir(folder, cache_root), image_size, cache_root, with_test=False)
+    except UserError as exc:  # its messages name train_data.csv or train_images/: say which folder's
+        message = str(exc)
+        raise UserError(message if message.startswith(str(folder)) else f"--shifted-data {folder}: {message}") from None
+    if (warning := other.fixes().warning(f"--shifted-data {folder}", image_size)):
+        log.warning(warning)
     h, o = dataset.hierarchy, other.hierarchy
     sub_index = {name: i for i, name in enumerate(h.subclasses)}
     unknown = sorted({o.subclasses[s] for s in other.train.subclass} - set(sub_index))

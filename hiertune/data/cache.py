@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -30,6 +31,11 @@ from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 
 CACHE_VERSION = "3"  # 3: 16-bit, alpha and EXIF orientation decoded as shown
+# A cache up to this size is always written; a larger one only while it is at most CACHE_MAX_RATIO
+# times the size of its image files (64 px JPEGs: about 6x; 1-pixel PNGs: 180x).
+CACHE_ALWAYS_BYTES = 256 * 2**20
+CACHE_MAX_RATIO = 100
+log = logging.getLogger("hiertune")
 
 
 def default_cache_root() -> Path:
@@ -47,7 +53,7 @@ def cache_path(cache_root: Path, image_dir: Path, size: int) -> Path:
 @dataclass
 class CacheReport:
     path: Path
-    status: str  # "warm": nothing decoded, "built": no usable cache, "updated": some rows redone
+    status: str  # "warm": nothing decoded, "built": no usable cache, "updated": some rows redone, "not cached"
     images: int
     decoded: int
     seconds: float
@@ -143,17 +149,30 @@ def load_images(image_dir: Path, names: list[str], size: int, cache_root: Path,
 
     unchanged = (cached is not None and not len(todo) and not stale_stat
                  and len(cached["name"]) == len(names))
-    if not unchanged:
+    oversized = not unchanged and _oversized(path, image_dir, pixels.nbytes, sum(s.size for s in stats))
+    if not unchanged and not oversized:
         write = functools.partial(_write_cache, path, size, names, stats, digests, converted, resized, pixels)
         if pending is None:
             write()
         else:
             pending.add(write)
-    status = "warm" if unchanged else ("built" if cached is None else "updated")
+    status = "warm" if unchanged else "not cached" if oversized else ("built" if cached is None else "updated")
     report = CacheReport(path, status, len(names), int(len(todo)), time.perf_counter() - start,
                          FixCounts(int(converted.sum()), int(resized.sum()), _first(labels, converted),
                                    _first(labels, resized)))
     return pixels, report
+
+
+def _oversized(path: Path, image_dir: Path, decoded: int, files: int) -> bool:
+    """Whether the cache of these images would dwarf the images themselves (a folder of
+    thumbnails upscaled to `size`): such images decode again faster than their cache is read,
+    so none is written, and any stale one is removed."""
+    if decoded <= CACHE_ALWAYS_BYTES or decoded <= CACHE_MAX_RATIO * files:
+        return False
+    log.warning("warning: %s: decoded images not cached: %.0f MB of pixels from %.1f MB of files (%.0fx); they "
+                "are decoded again next time", image_dir, decoded / 1e6, files / 1e6, decoded / max(files, 1))
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _first(labels: list[str], flags: np.ndarray) -> str:

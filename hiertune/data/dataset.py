@@ -7,6 +7,7 @@ naming the file and line, so a sweep never starts on data it would choke on hour
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +15,15 @@ import numpy as np
 
 from hiertune.data.cache import CacheReport, PendingWrites, load_images
 from hiertune.data.images import (FixCounts, check_distinct_files, check_image_name, check_links_inside,
-                                  list_image_files, name_key, numeric_sort_key)
+                                  check_submission_names, list_image_files, name_key, numeric_sort_key,
+                                  skipped_files)
 from hiertune.data.packed import is_packed, packed_names, read_packed
 from hiertune.errors import UserError
 
 NOVEL = "novel"
 TRAIN_COLUMNS = ("image", "superclass_index", "subclass_index")
 CSV_FILES = ("superclass_mapping.csv", "subclass_mapping.csv", "train_data.csv")
+log = logging.getLogger("hiertune")
 
 
 @dataclass(frozen=True)
@@ -223,4 +226,7 @@ def _test_names(test_dir: Path) -> list[str]:
     names = list_image_files(test_dir)
     if not names:
         raise UserError(f"{test_dir.name}/: folder has no images")
+    check_submission_names(test_dir, names)
+    if (warning := skipped_files(test_dir)):
+        log.warning(warning)
     return names

@@ -23,7 +23,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hiertune.errors import UserError, first_line
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Every single-image format Pillow decodes that a dataset plausibly holds; an animated GIF or a
+# multi-page TIFF is refused by decode_image, not skipped. Other files in an image folder are
+# named in a warning (skipped_files), never dropped silently.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def numeric_sort_key(name: str) -> tuple:
@@ -45,11 +50,39 @@ def list_image_files(directory: Path, within: Path | None = None) -> list[str]:
         and entry.name.lower().endswith(IMAGE_EXTENSIONS)
     ]
     names = sorted(names, key=numeric_sort_key)
+    for name in names:  # a name becomes a row of a CSV and a line of a message
+        if _has_control(name):
+            raise UserError(f"{directory}: image file name {name!r} contains a control character (newline, "
+                            "right-to-left override, …); rename it")
     root = Path(within or directory)
     prefix = os.path.relpath(directory, root)
     rel = [n if prefix == "." else os.path.join(prefix, n) for n in names]
     check_links_inside(root, rel, [str(directory)] * len(rel), always=prefix != ".")
     return names
+
+
+def skipped_files(directory: Path) -> str | None:
+    """A warning naming the files directly in `directory` that list_image_files leaves out for
+    their extension (hidden files aside), or None when there are none."""
+    other = sorted(e.name for e in os.scandir(directory) if e.is_file() and not e.name.startswith(".")
+                   and not e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not other:
+        return None
+    return (f"warning: {directory}: skipped {len(other)} file(s) that are not images by their extension "
+            f"({', '.join(IMAGE_EXTENSIONS)}) (first: {other[0]!r})")
+
+
+def check_submission_names(directory: Path, names: list[str]) -> None:
+    """Names that become the image column of a submission: a leading '=', '+', '-' or '@' is a
+    formula when the CSV is opened in a spreadsheet, so such a file is refused, not written."""
+    for name in names:
+        if name.startswith(FORMULA_STARTS):
+            raise UserError(f"{directory}: image file name {name!r} starts with {name[0]!r}, which a spreadsheet "
+                            "reads as a formula; rename it")
+
+
+def _has_control(name: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in name)
 
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -63,7 +96,7 @@ def check_image_name(name: str, folder: str, where: str) -> None:
     """
     if not name or name.strip() != name:
         raise UserError(f"{where}: image name {name!r} is empty or has surrounding spaces")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):  # NUL, newline; BOM, zero-width space
+    if _has_control(name):  # NUL, newline; BOM, zero-width space, right-to-left override
         raise UserError(f"{where}: image name {name!r} contains a control character (NUL, newline, …)")
     pure = PurePosixPath(name)
     if pure.is_absolute() or _WINDOWS_DRIVE.match(name) or ".." in pure.parts or "\\" in name:

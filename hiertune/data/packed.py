@@ -70,7 +70,7 @@ def fetch(uri: str, cache_root: Path) -> Path:
     except FileNotFoundError:
         raise UserError(f"{uri}: no pushed dataset here ({MANIFEST} not found); push one with "
                         f"`hiertune data push DIR {uri}`") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise UserError(f"{storage.join(uri, MANIFEST)}: unreadable; push the data again") from None
     dest = storage.mirror_path(uri, cache_root)
     present = set(storage.sync_down(uri, dest, keep=files.__contains__))

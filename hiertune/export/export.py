@@ -57,6 +57,7 @@ from hiertune.sweep import resources
 from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
+from hiertune.training.features import FeatureStore
 
 log = logging.getLogger("hiertune")
 
@@ -86,7 +87,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    trials = {t.trial_id: t for t in load_trials(place.dir)}
+    trials = {t.trial_id: t for t in load_trials(place.dir, within=place.uri)}
     meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
     pick = pick or Pick.parse(meta.pick)  # by default the sweep's recommended point
     _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
@@ -104,7 +105,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
             log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
                      slot.point["trial"], slot.point["score"], slot.reused["dir"])
     jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
-                                                               calibration_fraction))
+                                                               calibration_fraction), cache_root)
             for slot in slots if not slot.reused]
     if not jobs:
         return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
@@ -130,7 +131,8 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         elif slot.number in outputs:
             job = next(j for j in jobs if j.k == slot.number)
             exports.append(_write_export(place, job, slot.rank, pick, outputs[job.k], test_set,
-                                         versions.settings(slot.point, calibration_fraction, test_images)))
+                                         versions.settings(slot.point, calibration_fraction, test_images),
+                                         cache_root))
     if failures:
         done = ", ".join(str(e["k"]) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
@@ -196,7 +198,7 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
 
 
 def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, output: RetrainOutput,
-                  test_set: TestImages | None, same_when: dict) -> dict:
+                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> dict:
     """export/<job.k>, a folder no export had (hiertune.export.versions)."""
     target = place.dir / "export" / str(job.k)
     with atomic_dir(target) as stage:
@@ -209,7 +211,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, out
                    "retrain_seconds": output.seconds, "calibration": output.calibration,
                    "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
         if test_set is not None:
-            model = ExportedModel.load(stage)
+            model = ExportedModel.load(stage, features=FeatureStore(cache_root))  # test features cached
             predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
             if (warning := predictions.fixes.warning(test_set.source, model.cfg.data_size)):
                 log.warning(warning)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass, replace
@@ -33,15 +34,16 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping
-from hiertune.data.images import FixCounts, list_image_files
+from hiertune.data.images import FixCounts, check_submission_names, list_image_files, skipped_files
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
-from hiertune.novelty.scores import SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
+from hiertune.novelty.scores import SCORE_RANGES, SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
 from hiertune.training import checkpoint
-from hiertune.training.device import autocast, pick_device
-from hiertune.training.inputs import ImageInputs
+from hiertune.training.device import autocast, pick_device, precision
+from hiertune.training.features import FeatureStore, image_features
+from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -49,6 +51,7 @@ SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
 METRICS, SOURCE, HISTORY, SUBMISSION = "metrics.json", "source.json", "history.json", "submission.csv"
 REQUIRED = (MODEL, CONFIG, THRESHOLDS, SUPER_MAP, SUB_MAP)
 HEADER = ("image", "superclass_index", "subclass_index")
+log = logging.getLogger("hiertune")
 
 
 @dataclass(frozen=True)
@@ -89,17 +92,27 @@ class ExportedModel:
 
     def __init__(self, root: Path, cfg: TrialConfig, heads: Heads, thresholds: Thresholds,
                  model: torch.nn.Module, scorers: dict[str, FeatureScorer] | None, superclasses: list[str],
-                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig):
+                 subclasses: list[str], device: torch.device, pipeline: AugmentConfig,
+                 features: FeatureStore | None = None):
         self.root, self.cfg, self.heads, self.thresholds = root, cfg, heads, thresholds
         self.model, self.scorers, self.device = model, scorers, device
         self.superclasses, self.subclasses = superclasses, subclasses
         self.augment = BatchAugment(pipeline, device)
+        self.features = features
 
     @classmethod
-    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None) -> "ExportedModel":
+    def load(cls, root: str | Path, device: str = "auto", threads: int | None = None,
+             features: FeatureStore | None = None) -> "ExportedModel":
+        """`features`: where a model with a frozen backbone reads and caches its backbone's
+        features of the images it predicts (the sweep's cache: a test set is computed once)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root}: not a folder (an exported model is a directory)")
         if not root.is_dir():
             raise UserError(f"{root}: no such model directory")
+        for name in REQUIRED:
+            if (root / name).exists() and not (root / name).is_file():
+                raise UserError(f"{root / name}: not a file")
         missing = [name for name in REQUIRED if not (root / name).is_file()]
         if missing:
             raise UserError(f"{root}: not an exported model (missing {', '.join(missing)})")
@@ -107,6 +120,8 @@ class ExportedModel:
             torch.set_num_threads(threads)
         cfg, heads, pipeline = _config(root / CONFIG, _read(root / CONFIG, lambda path: json.loads(path.read_text())))
         thresholds = _thresholds(root / THRESHOLDS, _read(root / THRESHOLDS, lambda path: json.loads(path.read_text())))
+        if (root / SOURCE).is_file():
+            _check_source(root / SOURCE, _read(root / SOURCE, lambda path: json.loads(path.read_text())), thresholds)
         superclasses, subclasses = read_mapping(root / SUPER_MAP), read_mapping(root / SUB_MAP)
         if (len(superclasses), len(subclasses)) != (heads.n_super, heads.n_sub):
             raise UserError(f"{root}: the label maps have {len(superclasses)}/{len(subclasses)} seen classes but "
@@ -115,30 +130,60 @@ class ExportedModel:
         # Weights come from the directory: never from the hub or the file the trial started from.
         model = create_model(replace(cfg.model_config(), pretrained=False), heads)
         weights = _read(root / MODEL, lambda path: load_file(str(path)))
+        _check_finite(root / MODEL, weights)
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:  # the file is whole; it holds another model than config.json names
             raise UserError(f"{root / MODEL}: these weights are not a {cfg.family} model with backbone "
                             f"{cfg.backbone} and {heads.n_super}/{heads.n_sub} classes, which {CONFIG} describes "
                             f"({first_line(' '.join(str(exc).split()), 200)})") from None
-        scorers = _read(root / SCORERS, load_scorers) if (root / SCORERS).is_file() else None
+        scorers = None
+        if (root / SCORERS).is_file():
+            _check_finite(root / SCORERS, _read(root / SCORERS, lambda path: load_file(str(path))))
+            scorers = _read(root / SCORERS, load_scorers)
         if unavailable(thresholds.score, scorers):
             raise UserError(f"{root}: score {thresholds.score!r} needs {SCORERS} with its statistics, "
                             f"which is missing or incomplete")
-        return cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses, run_on,
-                   pipeline)
+        loaded = cls(root, cfg, heads, thresholds, model.to(run_on).eval(), scorers, superclasses, subclasses,
+                     run_on, pipeline, features)
+        if scorers is not None:  # statistics of another model fail only when they meet its features
+            try:
+                loaded._outputs(np.zeros((1, cfg.data_size, cfg.data_size, 3), dtype=np.uint8), cached=False)
+            except (RuntimeError, IndexError, ValueError) as exc:
+                raise UserError(f"{root / SCORERS}: these statistics do not fit the model in {MODEL} "
+                                f"({first_line(' '.join(str(exc).split()), 200)})") from None
+        return loaded
 
-    def level_scores(self, images: np.ndarray, progress: str | None = None) -> tuple[LevelScores, np.ndarray,
-                                                                                      np.ndarray]:
-        """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax."""
-        out = forward_all(self.model, ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment),
-                          self.device, autocast(self.device, self.cfg.amp), progress=progress)
-        scores = score_levels(out, self.heads, self.thresholds.score, self.scorers)
+    def _outputs(self, images: np.ndarray, progress: str | None = None, cached: bool = True):
+        """Both heads' outputs and the novelty scores; a frozen backbone's features are read from (and
+        kept in) the feature cache when `cached`, so a test set runs through the backbone once."""
+        amp = autocast(self.device, self.cfg.amp)
+        if cached and self.features is not None and getattr(self.model, "backbone_frozen", False):
+            feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
+                                   str(precision(self.device, self.cfg.amp)), self.features, "images to predict")
+            inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
+        else:
+            inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
+        out = forward_all(self.model, inputs, self.device, amp, progress=progress)
+        return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
+
+    def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None
+                     ) -> tuple[LevelScores, np.ndarray, np.ndarray]:
+        """Hierarchical argmaxes and novelty scores of uint8 NHWC images, and both heads' softmax.
+        Outputs that are not numbers (damaged weights or statistics) are refused, not predicted."""
+        out, scores = self._outputs(images, progress)
+        finite = torch.isfinite(out.super_logits).all(1) & torch.isfinite(out.sub_logits).all(1)
+        bad = np.flatnonzero(~finite.numpy()
+                             | np.isnan(scores.super_score.numpy()) | np.isnan(scores.sub_score.numpy()))
+        if len(bad):
+            first = names[bad[0]] if names is not None else f"image {bad[0] + 1}"
+            raise UserError(f"{self.root}: the model's outputs are not finite for {len(bad)} of {len(images)} "
+                            f"images (first: {first}); its weights or input pipeline are damaged")
         return scores, out.super_logits.softmax(1).numpy(), out.sub_logits.softmax(1).numpy()
 
     def predict_images(self, names: list[str], images: np.ndarray, fixes: FixCounts | None = None,
                        progress: str | None = None) -> Predictions:
-        scores, p_super, p_sub = self.level_scores(images, progress)
+        scores, p_super, p_sub = self.level_scores(images, progress, names)
         sup, sub = decide(scores, self.heads, self.thresholds.thr_super, self.thresholds.thr_sub)
         return Predictions(names, sup.numpy(), sub.numpy(), scores, p_super, p_sub, fixes or FixCounts())
 
@@ -181,6 +226,9 @@ def _config(path: Path, raw) -> tuple[TrialConfig, Heads, AugmentConfig]:
         pipeline = AugmentConfig.none(**raw["input"])
     except (KeyError, TypeError, UserError) as exc:
         raise UserError(f"{path}: no usable input pipeline ({type(exc).__name__}: {exc})") from None
+    if pipeline.size != cfg.image_size:
+        raise UserError(f"{path}: input.size {pipeline.size} does not match trial.image_size {cfg.image_size}, "
+                        "the size the model was trained at")
     return cfg, Heads(h["n_super"], h["n_sub"], tuple(links), h["novel_logit"]), pipeline
 
 
@@ -199,8 +247,28 @@ def _thresholds(path: Path, raw) -> Thresholds:
             value = math.nan
         if math.isnan(value) or value == math.inf:
             raise UserError(f"{path}: {key} must be a number or -inf, got {raw[key]!r}")
+        low, high = SCORE_RANGES.get(raw["score"], (-math.inf, math.inf))
+        if value != -math.inf and not low <= value <= high:
+            raise UserError(f"{path}: {key} {value:g} is outside what score {raw['score']!r} can take "
+                            f"([{low:g}, {high:g}]): thresholds of another score?")
         values.append(value)
     return Thresholds(raw["score"], *values)
+
+
+def _check_source(path: Path, raw, thresholds: Thresholds) -> None:
+    """source.json names the front point the thresholds were calibrated for: its score must be theirs."""
+    point = raw.get("point") if isinstance(raw, dict) else None
+    score = point.get("score") if isinstance(point, dict) else None
+    if score is not None and score != thresholds.score:
+        raise UserError(f"{path}: the exported point's score is {score!r} but {THRESHOLDS} holds thresholds "
+                        f"for {thresholds.score!r}")
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A NaN or infinite weight makes every output NaN, and every image "novel": refused here."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: tensor {name!r} holds NaN or infinite values")
 
 
 def _read(path: Path, load):
@@ -212,11 +280,16 @@ def _read(path: Path, load):
 
 
 def read_folder(folder: Path, image_size: int, cache_root: Path) -> tuple[list[str], np.ndarray, FixCounts]:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: not a folder of images")
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found")
     names = list_image_files(folder)
     if not names:
         raise UserError(f"{folder}: folder has no images")
+    check_submission_names(folder, names)
+    if (warning := skipped_files(folder)):
+        log.warning(warning)
     images, report = load_images(folder, names, image_size, cache_root, desc=f"decoding {folder.name}")
     return names, images, report.fixes
 

@@ -22,6 +22,7 @@ from hiertune.export.predictor import (METRICS, ExportedModel, Thresholds, calib
                                        write_model_dir, write_thresholds)
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
+from hiertune.training.features import FeatureStore
 from hiertune.training.loop import heads_for, run_trial
 
 
@@ -30,6 +31,7 @@ class RetrainJob:
     k: int
     point: dict  # the front point: trial, score, thresholds, seen acceptance, accuracies
     cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
+    cache_root: Path | None = None  # the sweep's cache: frozen features are read from it, not computed again
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,14 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
             shutil.copytree(directory, last)
 
         start = time.perf_counter()
-        final = run_trial(cfg, bundle, keep_latest, cpus=cpus)
+        store = FeatureStore(job.cache_root)
+        final = run_trial(cfg, bundle, keep_latest, cpus=cpus, features=store, rungs=())  # the last epoch is exported
         seconds = time.perf_counter() - start
 
         h = bundle.data.hierarchy
         write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point["score"])
 
-        model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus))
+        model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus), features=store)
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
         scores, _, _ = model.level_scores(calib.val_images)
         s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()

@@ -84,23 +84,57 @@ def _from_file(name: str, path: Path) -> nn.Module:
     # timm.models.load_state_dict (safetensors by extension, else torch.load(weights_only=True)),
     # then applies any checkpoint filter the model defines and drops the classifier keys.
     # Dropping them makes timm load with strict=False, so a file with foreign key names would
-    # silently leave the backbone random: the key check below turns that into an error.
-    if not path.is_file():
-        raise UserError(f"pretrained weights file not found: {path}")
+    # silently leave the backbone random, or half of it another model's: check_weights_file first.
+    check_weights_file(name, path)
     try:
         backbone = timm.create_model(name, pretrained=True, num_classes=0,
                                      pretrained_cfg_overlay=dict(file=str(path)))
-        found = timm.models.load_state_dict(str(path)).keys()
     except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
         raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
                         f"{type(exc).__name__}: {_one_line(exc)}") from exc
-    # A checkpoint may legitimately omit BatchNorm's step counters; only momentum=None reads them.
-    missing = [k for k in backbone.state_dict() if k not in found and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
-                        f"{len(missing)} of its tensors are missing from the file (first: {missing[0]})")
     log.info("backbone %s: weights from %s", name, path)
     return backbone
+
+
+def check_weights_file(name: str, path: Path) -> None:
+    """`path` holds exactly backbone `name`'s weights, or a one-line UserError: a search space
+    checks its `pretrained:` file when it is read, before any data loads or trial starts."""
+    if path.is_dir():
+        raise UserError(f"pretrained weights file {path} is a folder, not a weights file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"pretrained weights file {path} is not a regular file")
+    if not path.is_file():
+        raise UserError(f"pretrained weights file not found: {path}")
+    try:
+        problem = _misfit(timm.create_model(name, pretrained=False, num_classes=0),
+                          timm.models.load_state_dict(str(path)))
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
+                        f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    if problem:
+        raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: {problem}")
+
+
+def _misfit(backbone: nn.Module, found: dict) -> str | None:
+    """What keeps `found` (the file's tensors) from being exactly this backbone's weights: every
+    tensor present (BatchNorm's step counters aside: only momentum=None reads them), none left
+    over but the classifier timm drops, the same shapes, and only numbers. Another model's weights
+    (resnet34's for resnet18) share many names: the tensors left over give them away."""
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+    if missing:
+        return f"{len(missing)} of its tensors are missing from the file (first: {missing[0]})"
+    classifier = backbone.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+    extra = [k for k in found if k not in expected and not k.startswith(heads)]
+    if extra:
+        return f"{len(extra)} tensors of the file have no place in it (first: {extra[0]}); another model's weights?"
+    for key, tensor in found.items():
+        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
+            return f"{key} has shape {list(tensor.shape)}, the backbone needs {list(expected[key].shape)}"
+        if key in expected and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"tensor {key!r} holds NaN or infinite values"
+    return None
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

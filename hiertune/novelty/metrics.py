@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 # The one list of the leaderboard's four group accuracies; everything that names them reads it.
 ACCURACIES = ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc")
@@ -96,60 +95,73 @@ def hypervolume_2d(points, ref=(0.0, 0.0)) -> float:
 
 # Threshold-free measures. Scores are "higher = more familiar"; known images are the positives.
 
-# The post-hoc grid calls these for every score, level and group each epoch; sklearn's
-# roc_auc_score / roc_curve spend ~30 ms per call validating their input, which alone was more
-# than 5% of a CPU epoch. The Mann-Whitney form (scipy's average ranks) and one sort are the same
-# numbers at a fraction of the cost.
+# The post-hoc grid needs these for every score, level and group each epoch: one sort of a
+# level's scores (RankedScores) serves all of them, each measure then a tally over tie groups.
+
+class RankedScores:
+    """One level's scores, sorted once into tie groups, for threshold-free measures between any
+    two subsets of its images (boolean masks). Only the order matters, so a NaN (a broken score,
+    least familiar) ties with -inf at the bottom."""
+
+    def __init__(self, scores):
+        scores = np.asarray(scores, dtype=float).ravel()
+        _, self.group = np.unique(np.where(np.isnan(scores), -np.inf, scores), return_inverse=True)
+        self.groups = int(self.group.max()) + 1 if len(scores) else 0
+
+    def _counts(self, mask) -> np.ndarray:
+        return np.bincount(self.group[np.asarray(mask, dtype=bool)], minlength=self.groups).astype(float)
+
+    def auroc(self, known, novel) -> float:
+        """Probability that a known image scores above a novel one (ties count half)."""
+        k, n = self._counts(known), self._counts(novel)
+        if not k.sum() or not n.sum():
+            return float("nan")
+        below = np.cumsum(n) - n  # novel images in lower groups
+        return float(((k * below).sum() + 0.5 * (k * n).sum()) / (k.sum() * n.sum()))
+
+    def fpr_at_95(self, known, novel) -> float:
+        """Fraction of novel images accepted at the highest threshold that accepts >= 95% of known ones."""
+        k, n = self._counts(known), self._counts(novel)
+        if not k.sum() or not n.sum():
+            return float("nan")
+        # The k-th highest known score accepts at least k of them, and no higher threshold accepts k:
+        # k = ceil(0.95 n), in integers so that 0.95 n is not rounded below a whole number.
+        need = -(-19 * int(k.sum()) // 20)
+        threshold = self.groups - 1 - int(np.searchsorted(np.cumsum(k[::-1]), need))
+        return float(n[threshold:].sum() / n.sum())
+
+    def oscr(self, known, novel, correct) -> float:
+        """Area under correct-and-accepted known rate against accepted novel rate, over all
+        thresholds: the known images that are misclassified never raise that curve, so it is the
+        ROC curve of correct-known against novel scaled by the closed-set accuracy, its area that
+        AUROC times the accuracy. `correct` marks the correctly classified images."""
+        known, correct = np.asarray(known, dtype=bool), np.asarray(correct, dtype=bool)
+        if not known.any() or not np.asarray(novel, dtype=bool).any():
+            return float("nan")
+        if not (known & correct).any():
+            return 0.0
+        return self.auroc(known & correct, novel) * float(correct[known].mean())
+
 
 def auroc(scores_known, scores_novel) -> float:
     """Probability that a known image scores above a novel one (ties count half)."""
-    labels, scores = _labelled(scores_known, scores_novel)
-    if labels is None:
-        return float("nan")
-    n_known = int(labels.sum())
-    n_novel = len(labels) - n_known
-    ranks = rankdata(scores)  # average ranks: a tie counts half
-    return float((ranks[labels == 1].sum() - n_known * (n_known + 1) / 2) / (n_known * n_novel))
+    return _pair(scores_known, scores_novel, RankedScores.auroc)
 
 
 def fpr_at_95(scores_known, scores_novel) -> float:
     """Fraction of novel images accepted at the highest threshold that accepts >= 95% of known ones."""
-    labels, scores = _labelled(scores_known, scores_novel)
-    if labels is None:
-        return float("nan")
-    known = np.sort(scores[labels == 1])[::-1]
-    # The k-th highest known score accepts at least k of them, and no higher threshold accepts k:
-    # k = ceil(0.95 n), in integers so that 0.95 n is not rounded below a whole number.
-    threshold = known[-(-19 * len(known) // 20) - 1]
-    return float((scores[labels == 0] >= threshold).mean())
+    return _pair(scores_known, scores_novel, RankedScores.fpr_at_95)
 
 
 def oscr(correct_known, scores_known, scores_novel) -> float:
-    """Area under correct-and-accepted known rate against accepted novel rate, over all thresholds.
-
-    The known images that are misclassified never raise that curve, so it is the ROC curve of
-    correct-known against novel scaled by the closed-set accuracy; its area is that AUROC times
-    the accuracy.
-    """
-    correct = np.asarray(correct_known, dtype=bool)
-    scores_known = np.asarray(scores_known, dtype=float)
-    if len(correct) == 0 or len(np.asarray(scores_novel)) == 0:
-        return float("nan")
-    if not correct.any():
-        return 0.0
-    return auroc(scores_known[correct], scores_novel) * float(correct.mean())
+    """RankedScores.oscr of known images with their correctness `correct_known`."""
+    correct = np.concatenate([np.asarray(correct_known, dtype=bool).ravel(),
+                              np.zeros(np.asarray(scores_novel).size, dtype=bool)])
+    return _pair(scores_known, scores_novel, lambda r, k, n: r.oscr(k, n, correct))
 
 
-def _labelled(scores_known, scores_novel):
+def _pair(scores_known, scores_novel, measure) -> float:
     known = np.asarray(scores_known, dtype=float).ravel()
     novel = np.asarray(scores_novel, dtype=float).ravel()
-    if len(known) == 0 or len(novel) == 0:
-        return None, None
-    labels = np.concatenate([np.ones(len(known)), np.zeros(len(novel))])
-    scores = np.concatenate([known, novel])
-    # Only the order matters, so a NaN (a broken score, least familiar) and -inf go just below
-    # the finite range and +inf just above it.
-    finite = scores[np.isfinite(scores)]
-    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    return labels, np.clip(scores, lo - 1, hi + 1)
+    is_known = np.concatenate([np.ones(len(known), dtype=bool), np.zeros(len(novel), dtype=bool)])
+    return measure(RankedScores(np.concatenate([known, novel])), is_known, ~is_known)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,6 +92,23 @@ def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
     return allowed_logits(logits, mask).logsumexp(1)
 
 
+def background(cov: Tensor, shrinkage: float) -> Tensor:
+    """The whitening of the Gaussian of the features with covariance `cov` [D, D] float64, shrunk
+    as the class-conditional fit's is (FeatureBank.fit), so the two distances that rmds
+    subtracts are on the same footing."""
+    dim = len(cov)
+    eye = torch.eye(dim, dtype=torch.float64)
+    cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
+    return torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
+
+
+def _covariance(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(biased covariance, mean) of the rows of `z`."""
+    mean = z.mean(0)
+    centred = z - mean
+    return centred.T @ centred / len(z), mean
+
+
 @dataclass
 class HeadStats:
     """What the head-based scores fit on clean training features of one level."""
@@ -99,45 +117,57 @@ class HeadStats:
     mean: Tensor  # [D] mean training feature (raw), the background Gaussian's mean
     whiten: Tensor  # [D, D] whitening of the background Gaussian (shrunk covariance of all features)
     head_mean: Tensor  # [D] mean head input (normalised for cosine heads): fdbd's centre
-    vim_origin: Tensor  # [D] u = -pinv(W) b, in head-input space
-    vim_residual: Tensor  # [D, D - d] basis of the complement of the principal subspace
-    vim_alpha: Tensor  # [] scalar
+    vim_origin: Tensor | None  # [D] u = -pinv(W) b, in head-input space; None: vim not fitted
+    vim_residual: Tensor | None  # [D, D - d] basis of the complement of the principal subspace
+    vim_alpha: Tensor | None  # [] scalar
 
     @classmethod
     def fit(cls, features: Tensor, head: LinearHead, shrinkage: float = 0.1,
-            vim_fraction: float = VIM_FRACTION) -> HeadStats:
-        x = features.detach().to("cpu", torch.float64)
+            vim_fraction: float = VIM_FRACTION, vim: bool = True, memo=None) -> HeadStats:
+        """`vim` False leaves vim's principal subspace (an eigendecomposition of the feature
+        width) unfitted; `memo` (hiertune.novelty.scores.Memo) keeps what depends on the features
+        alone across epochs and levels."""
+        from hiertune.novelty.scores import canonical, memo_get  # scores imports this module
+
+        x = canonical(memo, "fit_features64", features.detach().to("cpu", torch.float64))
+        cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
+        whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))
+        # A linear head reads the features as they are; a cosine head normalises them.
+        z, cov_z, mean_z = x, cov, mean
+        if head.normalize:
+            z = memo_get(memo, "normalized", (x,), lambda: head.inputs(x))
+            cov_z, mean_z = memo_get(memo, "normalized_covariance", (z,), lambda: _covariance(z))
+        if not vim:
+            return cls(head, mean, whiten, mean_z, None, None, None)
         n, dim = x.shape
-        mean = x.mean(0)
-        centred = x - mean
-        cov = centred.T @ centred / n
-        # The same shrinkage as the class-conditional fit (FeatureBank.fit), so the two distances
-        # that rmds subtracts are on the same footing.
-        eye = torch.eye(dim, dtype=torch.float64)
-        cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / dim).clamp(min=1e-12) * eye
-        whiten = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye, upper=False).T
-        z = head.inputs(x)
         origin = -torch.linalg.pinv(head.weight) @ head.bias
         shifted = z - origin
-        _, vectors = torch.linalg.eigh(shifted.T @ shifted / n)  # eigenvalues ascending
+        # The second moment about the origin is the covariance (the head inputs' own, fitted once
+        # while they stay the same) plus the outer product of mean minus origin: the per-epoch
+        # [N, D] x [D, N] product reduces to a rank-one update. Only the residual subspace (the
+        # smallest eigenvalues) is needed, which LAPACK's syevr computes alone, about twice as
+        # fast as the whole eigendecomposition.
         keep = min(dim - 1, max(1, round(vim_fraction * dim)))
-        residual = vectors[:, : dim - keep]
+        moment = (cov_z + torch.outer(mean_z - origin, mean_z - origin)).numpy()
+        residual = torch.from_numpy(scipy.linalg.eigh(moment, subset_by_index=[0, dim - keep - 1], driver="evr")[1])
         virtual = (shifted @ residual).norm(dim=1)
         alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
-        return cls(head, mean, whiten, z.mean(0), origin, residual, alpha)
+        return cls(head, mean, whiten, mean_z, origin, residual, alpha)
 
     def background_distance(self, features: Tensor) -> Tensor:
         """Squared Mahalanobis distance under the background Gaussian (rmds's MD_0)."""
         d = (features.detach().to("cpu", torch.float64) - self.mean) @ self.whiten
         return (d * d).sum(1)
 
-    def fdbd(self, features: Tensor, predicted: Tensor) -> Tensor:
-        z = self.head.inputs(features)
+    def fdbd(self, features: Tensor, predicted: Tensor, z: Tensor | None = None, logits: Tensor | None = None
+             ) -> Tensor:
+        """`z` and `logits`, when given, are the head's inputs and logits of `features`."""
+        z = self.head.inputs(features) if z is None else z
         w = self.head.weight
         y = predicted.cpu().long()
         # (w_ŷ - w_c)·z + b_ŷ - b_c is the logit margin, and ||w_ŷ - w_c|| depends on the class
         # pair only: O(N·C) instead of materialising w_ŷ - w_c per image ([N, C, D]).
-        logits = self.head.logits(z)
+        logits = self.head.logits(z) if logits is None else logits
         margin = logits.gather(1, y[:, None]) - logits
         gram = w @ w.T
         pair = (gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram).clamp(min=0).sqrt()
@@ -149,24 +179,32 @@ class HeadStats:
 
     def scale(self, features: Tensor, mask: Tensor | None = None,
               percentile: float = SCALE_PERCENTILE) -> Tensor:
+        return energy(self.head.logits(self.scaled_inputs(features, percentile)), mask)
+
+    def scaled_inputs(self, features: Tensor, percentile: float = SCALE_PERCENTILE) -> Tensor:
+        """scale's head inputs, each rescaled by exp of its sum over its top-(100 - percentile)%."""
         z = self.head.inputs(features)
         dim = z.shape[1]
         k = max(1, dim - round(dim * percentile / 100.0))
         r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
-        return energy(self.head.logits(z * r.exp()[:, None]), mask)
+        return z * r.exp()[:, None]
 
-    def vim(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        z = self.head.inputs(features)
+    def vim(self, features: Tensor, mask: Tensor | None = None, z: Tensor | None = None,
+            logits: Tensor | None = None) -> Tensor:
+        z = self.head.inputs(features) if z is None else z
+        logits = self.head.logits(z) if logits is None else logits
         virtual = ((z - self.vim_origin) @ self.vim_residual).norm(dim=1)
-        return energy(self.head.logits(z), mask) - self.vim_alpha * virtual
+        return energy(logits, mask) - self.vim_alpha * virtual
 
     def state_dict(self) -> dict[str, Tensor]:
+        vim = {k: v for k, v in (("vim_origin", self.vim_origin), ("vim_residual", self.vim_residual),
+                                 ("vim_alpha", self.vim_alpha)) if v is not None}
         return {"head_weight": self.head.weight, "head_bias": self.head.bias,
                 "head_normalize": torch.tensor(self.head.normalize), "mean": self.mean, "whiten": self.whiten,
-                "head_mean": self.head_mean, "vim_origin": self.vim_origin, "vim_residual": self.vim_residual,
-                "vim_alpha": self.vim_alpha}
+                "head_mean": self.head_mean, **vim}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Tensor]) -> HeadStats:
         head = LinearHead(d["head_weight"], d["head_bias"], bool(d["head_normalize"]))
-        return cls(head, d["mean"], d["whiten"], d["head_mean"], d["vim_origin"], d["vim_residual"], d["vim_alpha"])
+        return cls(head, d["mean"], d["whiten"], d["head_mean"], d.get("vim_origin"), d.get("vim_residual"),
+                   d.get("vim_alpha"))

@@ -24,9 +24,9 @@ from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
-from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, auroc, fpr_at_95, hypervolume_2d, knee_distance,
-                                      objective, oscr, pareto_front, rank_points)
-from hiertune.novelty.scores import (LEVELS, SCORES, FeatureScorer, LevelScores, score_levels, unavailable)
+from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
+                                      objective, pareto_front, rank_points)
+from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, Memo, all_level_scores, unavailable
 
 MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
@@ -95,13 +95,13 @@ def decide(s: LevelScores, heads: Heads, thr_super: float, thr_sub: float) -> tu
 
 def point_metrics(batch: EvalBatch, heads: Heads, score: str, tau_super: float, tau_sub: float,
                   scorers: dict[str, FeatureScorer] | None = None, knn_k: int = 10,
-                  shifted_weight: float = 0.5) -> dict:
+                  shifted_weight: float = 0.5, memo: Memo | None = None) -> dict:
     """Leaderboard accuracies at one (score, τ_super, τ_sub), τ meaning what it means on the grid
     (also off the grid: a τ that Optuna sampled, say), with the raw thresholds it resolved to:
     the grid of that single point, so both agree by construction."""
     config = PosthocConfig(scores=(score,), tau_super=(tau_super,), tau_sub=(tau_sub,), knn_k=knn_k,
                            shifted_weight=shifted_weight)
-    return posthoc_grid(batch, heads, config, scorers).point(0, 0, 0)
+    return posthoc_grid(batch, heads, config, scorers, memo).point(0, 0, 0)
 
 
 def seen_acceptance(scores, seen, thr: float) -> float:
@@ -126,13 +126,19 @@ def raw_thresholds(score: str, tau, scores, seen) -> np.ndarray:
 
 
 def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = PosthocConfig(),
-                 scorers: dict[str, FeatureScorer] | None = None) -> PosthocResult:
+                 scorers: dict[str, FeatureScorer] | None = None, memo: Memo | None = None) -> PosthocResult:
     """Leaderboard and per-group accuracies at every (score, τ_super, τ_sub); a score these
-    `scorers` cannot compute is skipped, with its reason in `skipped`.
+    `scorers` cannot compute is skipped, with its reason in `skipped`. `memo` keeps the
+    feature-only parts of the scores across a trial's epochs (hiertune.novelty.scores.Memo).
 
     Thresholds (τ as a quantile) and the threshold-free measures use the in-source images only,
     so τ means what it did before a shifted group existed; the `seen` objective's accuracies are
-    (1 - w)·in-source + w·seen_shifted with w = config.shifted_weight when that group has images."""
+    (1 - w)·in-source + w·seen_shifted with w = config.shifted_weight when that group has images.
+
+    Every count on the grid is a sum over the images a pair of thresholds accepts. Each level's
+    score is placed once among that level's sorted thresholds (`_levels_reached`), so one
+    histogram per weighted set of images, over the pair of places, and its suffix sums give the
+    count at every grid point: O(N log N) per score rather than a re-thresholding per point."""
     S, K = heads.n_super, heads.n_sub
     true_super = np.minimum(batch.super_target.cpu().numpy(), S)
     true_sub = np.minimum(batch.sub_target.cpu().numpy(), K)
@@ -154,6 +160,7 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
             skipped[name] = reason
         else:
             names.append(name)
+    levels = all_level_scores(batch, heads, names, scorers, config.knn_k, memo)
     tau_super, tau_sub = np.asarray(config.tau_super, float), np.asarray(config.tau_sub, float)
     T_s, T_u, G = len(tau_super), len(tau_sub), len(GROUPS)
     grid = np.empty((len(names), T_s, T_u, len(ACCURACIES)))
@@ -164,28 +171,33 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
     accept_shifted = np.empty((len(names), T_s, T_u))
     free = np.empty((len(names), len(LEVELS), len(MEASURES)))
     group_auroc = np.empty((len(names), 2))
+    novel_sub_in_group = (member & novel_sub).sum(1)
     for i, name in enumerate(names):
-        s = score_levels(batch, heads, name, scorers, config.knn_k)
+        s = levels[name]
         score_super, score_sub = s.super_score.numpy(), s.sub_score.numpy()
         hit_super = (true_super < S) & (s.super_argmax.numpy() == true_super)
         hit_sub = (true_sub < K) & (s.sub_argmax.numpy() == true_sub)
         thr_super[i] = raw_thresholds(name, tau_super, score_super, seen_super)
         thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
-        accept_super = (score_super[None, :] >= thr_super[i][:, None]).astype(float)  # [T_super, N]
-        accept_sub = (score_sub[None, :] >= thr_sub[i][:, None]).astype(float)  # [T_sub, N]
-        accept["super"][i] = _rate(accept_super @ seen_super, counts["seen_super"])
-        accept["sub"][i] = _rate(accept_sub @ seen_sub, counts["seen_sub"])
-        accept["shifted_super"][i] = _rate(accept_super @ shifted, n_group[SHIFTED])
-        accept["shifted_sub"][i] = _rate(accept_sub @ shifted, n_group[SHIFTED])
-        accept_shifted[i] = _rate((accept_super * shifted) @ accept_sub.T, n_group[SHIFTED])
+        reach_super, place_super = _levels_reached(score_super, thr_super[i])
+        reach_sub, place_sub = _levels_reached(score_sub, thr_sub[i])
+        # One level: images accepted at each threshold, per weighted set.
+        one = _accepted(reach_super, place_super, np.stack([seen_super, shifted, *(member & hit_super),
+                                                            *(member & novel_super)]))
+        sub_one = _accepted(reach_sub, place_sub, np.stack([seen_sub, shifted]))
+        accept["super"][i] = _rate(one[0], counts["seen_super"])
+        accept["sub"][i] = _rate(sub_one[0], counts["seen_sub"])
+        accept["shifted_super"][i] = _rate(one[1], n_group[SHIFTED])
+        accept["shifted_sub"][i] = _rate(sub_one[1], n_group[SHIFTED])
         # Correct per image: superclass, accepted with the right argmax if seen, rejected if not;
         # subclass, accepted at both levels with the right argmax if seen, rejected at either if
-        # not. Summed over a group those are matrix products; the subclass one folds "rejected"
-        # into n - accepted, so hits and novel rows enter one product with weights +1 / -1.
-        super_hits = accept_super @ (member & hit_super).T + (1 - accept_super) @ (member & novel_super).T
-        weight = (member & hit_sub).astype(float) - (member & novel_sub)  # [G, N]
-        sub_hits = ((accept_super[:, None, :] * weight[None]).reshape(T_s * G, -1) @ accept_sub.T)
-        sub_hits = sub_hits.reshape(T_s, G, T_u).transpose(0, 2, 1) + (member & novel_sub).sum(1)  # [T_s, T_u, G]
+        # not. The subclass one folds "rejected" into n - accepted, so hits and novel rows enter
+        # one pair count with weights +1 / -1.
+        super_hits = (one[2:2 + G] + (member & novel_super).sum(1)[:, None] - one[2 + G:]).T  # [T_s, G]
+        weight = (member & hit_sub).astype(np.int64) - (member & novel_sub)  # [G, N]
+        both = _accepted_pairs(reach_super, place_super, reach_sub, place_sub, np.concatenate([weight, shifted[None]]))
+        sub_hits = both[:G].transpose(1, 2, 0) + novel_sub_in_group  # [T_s, T_u, G]
+        accept_shifted[i] = _rate(both[G], n_group[SHIFTED])
         group_acc[i, ..., 0] = _rate(super_hits, n_group)[:, None, :]
         group_acc[i, ..., 1] = _rate(sub_hits, n_group)
         # The leaderboard's four accuracies, in-source, from the same tallies.
@@ -198,14 +210,48 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
         grid[i, ..., 1] = _rate(super_hits[:, NOVEL_SUPER], counts["novel_super"])[:, None]
         grid[i, ..., 2] = seen_sub_in
         grid[i, ..., 3] = _rate(sub_hits[..., NOVEL_SUB] + sub_hits[..., NOVEL_SUPER], counts["novel_sub"])
-        free[i, 0] = _threshold_free(score_super[insource], seen_super[insource], hit_super[insource])
-        free[i, 1] = _threshold_free(score_sub[insource], seen_sub[insource], hit_sub[insource])
-        group_auroc[i] = (auroc(score_sub[member[SEEN]], score_sub[member[NOVEL_SUB]]),
-                          auroc(score_super[member[SEEN]], score_super[member[NOVEL_SUPER]]))
+        # One sort per level for its six threshold-free measures.
+        ranked_super, ranked_sub = RankedScores(score_super), RankedScores(score_sub)
+        free[i, 0] = _threshold_free(ranked_super, seen_super, insource & ~seen_super, hit_super)
+        free[i, 1] = _threshold_free(ranked_sub, seen_sub, insource & ~seen_sub, hit_sub)
+        group_auroc[i] = (ranked_sub.auroc(member[SEEN], member[NOVEL_SUB]),
+                          ranked_super.auroc(member[SEEN], member[NOVEL_SUPER]))
     return PosthocResult(tuple(names), tau_super, tau_sub, thr_super, thr_sub, grid, free, counts, accept["super"],
                          accept["sub"], group_acc=group_acc, group_auroc=group_auroc, accept_shifted=accept_shifted,
                          accept_shifted_super=accept["shifted_super"], accept_shifted_sub=accept["shifted_sub"],
                          skipped=skipped, shifted_weight=float(w))
+
+
+def _levels_reached(score: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reach [N], place [T]) with `score >= thr[t]` exactly when reach > place[t]: reach counts
+    the thresholds at or below an image's score (0 for a NaN score, which is novel), place the
+    thresholds strictly below thr[t] (all of them for a NaN threshold, which accepts nothing)."""
+    ordered = np.sort(thr[~np.isnan(thr)])
+    reach = np.searchsorted(ordered, score, side="right")
+    reach[np.isnan(score)] = 0
+    place = np.searchsorted(ordered, thr, side="left")
+    place[np.isnan(thr)] = len(ordered)
+    return reach, place
+
+
+def _accepted(reach: np.ndarray, place: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[W, T]: for each row of `weights` [W, N], the sum over the images threshold t accepts."""
+    bins = len(place) + 1
+    hist = np.stack([np.bincount(reach, w, minlength=bins) for w in weights.astype(float)])  # [W, bins]
+    above = np.cumsum(hist[:, ::-1], 1)[:, ::-1]  # above[:, r] = weight of images with reach >= r
+    return np.concatenate([above, np.zeros((len(weights), 1))], 1)[:, place + 1]
+
+
+def _accepted_pairs(reach_a: np.ndarray, place_a: np.ndarray, reach_b: np.ndarray, place_b: np.ndarray,
+                    weights: np.ndarray) -> np.ndarray:
+    """[W, T_a, T_b]: for each row of `weights` [W, N], the sum over the images both threshold a
+    (of the first score) and threshold b (of the second) accept."""
+    ba, bb = len(place_a) + 1, len(place_b) + 1
+    cell = reach_a * bb + reach_b
+    hist = np.stack([np.bincount(cell, w, minlength=ba * bb) for w in weights.astype(float)]).reshape(-1, ba, bb)
+    above = np.cumsum(np.cumsum(hist[:, ::-1, ::-1], 1), 2)[:, ::-1, ::-1]  # reach_a >= r and reach_b >= q
+    above = np.pad(above, ((0, 0), (0, 1), (0, 1)))
+    return above[:, place_a + 1][:, :, place_b + 1]
 
 
 def _rate(count, n) -> np.ndarray:
@@ -215,9 +261,9 @@ def _rate(count, n) -> np.ndarray:
     return np.divide(count, n, out=np.full(shape, np.nan), where=np.broadcast_to(n > 0, shape))
 
 
-def _threshold_free(score: np.ndarray, seen: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
-    known, novel = score[seen], score[~seen]
-    return auroc(known, novel), fpr_at_95(known, novel), oscr(hit[seen], known, novel)
+def _threshold_free(ranked: RankedScores, known: np.ndarray, novel: np.ndarray, hit: np.ndarray
+                    ) -> tuple[float, float, float]:
+    return ranked.auroc(known, novel), ranked.fpr_at_95(known, novel), ranked.oscr(known, novel, hit)
 
 
 @dataclass
@@ -247,6 +293,13 @@ class PosthocResult:
     @property
     def unseen(self) -> np.ndarray:
         return objective(self.grid[..., 1], self.grid[..., 3])
+
+    def find(self, score: str, tau_super: float, tau_sub: float) -> dict | None:
+        """point() of (score, τ_super, τ_sub) when the grid has it, else None."""
+        if score not in self.scores or tau_super not in self.tau_super or tau_sub not in self.tau_sub:
+            return None
+        return self.point(self.scores.index(score), int(np.flatnonzero(self.tau_super == tau_super)[0]),
+                          int(np.flatnonzero(self.tau_sub == tau_sub)[0]))
 
     def point(self, score: int, i: int, j: int) -> dict:
         """Everything about one grid point; accuracy keys match leaderboard_metrics."""

@@ -17,11 +17,69 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hiertune.models.registry import Heads
-from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, allowed_logits, gen
+from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, allowed_logits, energy, gen
 
 SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
 LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
+# The values a score can take where they are bounded: a threshold outside them (-inf aside, which
+# accepts everything) was calibrated on another score. knn is minus a distance of unit vectors.
+SCORE_RANGES = {"msp": (0.0, 1.0), "gen": (-np.inf, 0.0), "mahalanobis": (-np.inf, 0.0), "knn": (-2.0, 0.0),
+                "fdbd": (0.0, np.inf)}
+# vim's principal subspace is an eigendecomposition of the feature width per level and epoch, a
+# cost of its own: a trial fits it on the epochs the sweep's scheduler reads (hiertune.training.loop)
+VIM_SKIPPED = "fitted on the epochs the scheduler reads (its rungs) and the last one only"
 LEVELS = ("super", "sub")
+
+
+class Memo:
+    """Results that depend only on their input tensors, kept across a trial's epochs and shared
+    between the levels: with a frozen backbone the training and validation features are the same
+    every epoch, so the feature statistics and the feature-only scores are computed once, and
+    two levels reading one feature (dualhead) share what does not depend on labels or heads.
+
+    Entries match their inputs by identity. Inputs that arrive as new tensors each epoch (a
+    forward pass's features) go through `canonical` first, which hands back the tensor seen
+    before when the new one equals it element for element: one comparison per tensor and epoch,
+    and a changed input (a backbone that trains) is a new tensor, so what depends on it is
+    computed again."""
+
+    KEEP = 2  # entries per name and role: one per level, so a trainable backbone keeps no stale epochs
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[tuple[tuple[Tensor, ...], object]]] = {}
+        self._canonical: dict[str, list[Tensor]] = {}
+
+    def canonical(self, role: str, t: Tensor) -> Tensor:
+        """`t`, or the tensor of this `role` (validation features, say) seen before that equals it."""
+        seen_before = self._canonical.setdefault(role, [])
+        for i, seen in enumerate(seen_before):
+            if seen is t or (seen.shape == t.shape and seen.dtype == t.dtype and seen.device == t.device
+                             and torch.equal(seen, t)):
+                seen_before.insert(0, seen_before.pop(i))
+                return seen
+        seen_before.insert(0, t)
+        del seen_before[self.KEEP:]
+        return t
+
+    def get(self, name: str, inputs: tuple[Tensor, ...], compute):
+        entries = self._entries.setdefault(name, [])
+        for i, (seen, value) in enumerate(entries):
+            if len(seen) == len(inputs) and all(a is b for a, b in zip(seen, inputs)):
+                entries.insert(0, entries.pop(i))
+                return value
+        value = compute()
+        entries.insert(0, (inputs, value))
+        del entries[self.KEEP:]
+        return value
+
+
+def memo_get(memo: Memo | None, name: str, inputs: tuple[Tensor, ...], compute):
+    """`compute()`, through `memo` when there is one."""
+    return compute() if memo is None else memo.get(name, inputs, compute)
+
+
+def canonical(memo: Memo | None, role: str, t: Tensor) -> Tensor:
+    return t if memo is None else memo.canonical(role, t)
 
 
 def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
@@ -129,11 +187,17 @@ class FeatureScorer:
         """Minus the smallest squared Mahalanobis distance to a class mean (Lee et al. 2018),
         over classes that were seen in training and, if given, allowed by `mask` [N, C].
         -inf where no class qualifies. Float64, CPU."""
+        return self.nearest(self.distances(features), mask)
+
+    def distances(self, features: Tensor) -> Tensor:
+        """[N, C] squared Mahalanobis distances to every class mean (what mahalanobis minimises)."""
         z = features.detach().to("cpu", torch.float64) @ self.whiten
         m = self.means @ self.whiten
-        d2 = (z * z).sum(1, keepdim=True) - 2 * z @ m.T + (m * m).sum(1)
+        return ((z * z).sum(1, keepdim=True) - 2 * z @ m.T + (m * m).sum(1)).clamp(min=0)
+
+    def nearest(self, d2: Tensor, mask: Tensor | None = None) -> Tensor:
         allowed = self.present.expand_as(d2) if mask is None else mask.cpu() & self.present
-        return -d2.clamp(min=0).masked_fill(~allowed, torch.inf).amin(1)
+        return -d2.masked_fill(~allowed, torch.inf).amin(1)
 
     def knn(self, features: Tensor, k: int, chunk: int = 2048) -> Tensor:
         """Minus the distance between the L2-normalised feature and its k-th nearest normalised
@@ -158,8 +222,14 @@ class FeatureScorer:
 
 
 def save_scorers(scorers: dict[str, FeatureScorer], path: str | os.PathLike) -> None:
-    save_file({f"{level}.{k}": v.contiguous() for level, sc in scorers.items() for k, v in sc.state_dict().items()},
-              str(path))
+    tensors, stored = {}, set()
+    for level, sc in scorers.items():
+        for k, v in sc.state_dict().items():
+            v = v.contiguous()
+            # Levels that read one feature share statistics (Memo); the file keeps a copy each.
+            tensors[f"{level}.{k}"] = v.clone() if v.data_ptr() in stored else v
+            stored.add(v.data_ptr())
+    save_file(tensors, str(path))
 
 
 def load_scorers(path: str | os.PathLike) -> dict[str, FeatureScorer]:
@@ -183,6 +253,16 @@ def subclass_mask(heads: Heads) -> Tensor:
     return owner[None, :] == torch.arange(heads.n_super)[:, None]
 
 
+def hierarchical_argmax(output, heads: Heads) -> tuple[Tensor, Tensor, Tensor]:
+    """(super_argmax, sub_argmax, mask): the seen superclass with the highest logit, the seen
+    subclass of it with the highest logit, and [N, n_sub] which subclasses that superclass owns."""
+    super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
+    super_argmax = super_logits[:, : heads.n_super].argmax(1)
+    mask = subclass_mask(heads)[super_argmax]
+    sub_argmax = sub_logits[:, : heads.n_sub].float().masked_fill(~mask, -torch.inf).argmax(1)
+    return super_argmax, sub_argmax, mask
+
+
 def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureScorer] | None = None,
                  knn_k: int = 10) -> LevelScores:
     """Hierarchical argmaxes and per-level scores of a ModelOutput or EvalBatch, on CPU.
@@ -190,41 +270,62 @@ def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureSco
     `scorers` maps "super" / "sub" to the FeatureScorer of that level's features; it is needed
     for the feature scores (all but LOGIT_SCORES), and rmds / fdbd / scale / vim also need its
     fitted head statistics."""
-    super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
-    super_argmax = super_logits[:, : heads.n_super].argmax(1)
-    mask = subclass_mask(heads)[super_argmax]
-    sub_argmax = sub_logits[:, : heads.n_sub].float().masked_fill(~mask, -torch.inf).argmax(1)
-    if score in LOGIT_SCORES:
-        super_score = logit_score(super_logits, heads.n_super, score)
-        sub_score = logit_score(sub_logits, heads.n_sub, score, mask)
-    elif score in SCORES:
-        reason = unavailable(score, scorers)
-        if reason:
-            raise ValueError(f"score {score!r} unavailable: {reason}")
-        sup, sub = scorers["super"], scorers["sub"]
-        f_super, f_sub = output.super_features, output.sub_features
-        if score == "mahalanobis":
-            super_score = sup.mahalanobis(f_super)
-            sub_score = sub.mahalanobis(f_sub, mask)
-        elif score == "rmds":
-            super_score = sup.mahalanobis(f_super) + sup.head.background_distance(f_super)
-            sub_score = sub.mahalanobis(f_sub, mask) + sub.head.background_distance(f_sub)
-        elif score == "fdbd":
-            super_score = sup.head.fdbd(f_super, super_argmax)
-            sub_score = sub.head.fdbd(f_sub, sub_argmax)
-        elif score == "scale":
-            super_score = sup.head.scale(f_super)
-            sub_score = sub.head.scale(f_sub, mask)
-        elif score == "vim":
-            super_score = sup.head.vim(f_super)
-            sub_score = sub.head.vim(f_sub, mask)
+    return all_level_scores(output, heads, (score,), scorers, knn_k)[score]
+
+
+def all_level_scores(output, heads: Heads, names, scorers: dict[str, FeatureScorer] | None = None,
+                     knn_k: int = 10, memo: Memo | None = None) -> dict[str, LevelScores]:
+    """score_levels of every score in `names` from one pass: the argmaxes once, rmds on
+    mahalanobis's distances, and through `memo` what depends on features alone (class and
+    background distances, knn, scale's rescaled inputs), so a trial whose features do not change
+    computes those once, and levels with the same features share them."""
+    super_argmax, sub_argmax, mask = hierarchical_argmax(output, heads)
+    # float64 once for every logit score (logit_score's conversion is then a no-op)
+    super_logits, sub_logits = output.super_logits.detach().cpu().double(), output.sub_logits.detach().cpu().double()
+    features = {level: canonical(memo, "features", f.detach().cpu())
+                for level, f in (("super", output.super_features), ("sub", output.sub_features))}
+    masks = {"super": None, "sub": mask}
+    argmax = {"super": super_argmax, "sub": sub_argmax}
+    out = {}
+    for score in names:
+        if score in LOGIT_SCORES:
+            levels = (logit_score(super_logits, heads.n_super, score),
+                      logit_score(sub_logits, heads.n_sub, score, mask))
+        elif score in SCORES:
+            reason = unavailable(score, scorers)
+            if reason:
+                raise ValueError(f"score {score!r} unavailable: {reason}")
+            levels = tuple(_feature_score(score, scorers[level], features[level], masks[level], argmax[level], knn_k,
+                                          memo) for level in LEVELS)
         else:
-            super_score = scorers["super"].knn(output.super_features, knn_k)
-            sub_score = scorers["sub"].knn(output.sub_features, knn_k)
-    else:
-        raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
-    # float64 so that predict() and the grid compare the same numbers with the same thresholds.
-    return LevelScores(super_argmax, sub_argmax, super_score.double(), sub_score.double())
+            raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
+        # float64 so that predict() and the grid compare the same numbers with the same thresholds.
+        out[score] = LevelScores(super_argmax, sub_argmax, levels[0].double(), levels[1].double())
+    return out
+
+
+def _feature_score(score: str, scorer: FeatureScorer, f: Tensor, mask: Tensor | None, argmax: Tensor, knn_k: int,
+                   memo: Memo | None) -> Tensor:
+    head = scorer.head
+    if score in ("mahalanobis", "rmds"):
+        d2 = memo_get(memo, "class_distances", (f, scorer.means, scorer.whiten), lambda: scorer.distances(f))
+        md = scorer.nearest(d2, mask)
+        if score == "mahalanobis":
+            return md
+        return md + memo_get(memo, "background_distance", (f, head.mean, head.whiten),
+                             lambda: head.background_distance(f))
+    if score == "knn":
+        return memo_get(memo, f"knn{knn_k}", (f, scorer.bank), lambda: scorer.knn(f, knn_k))
+    # The head's inputs depend on the features alone; its logits on them are shared within an
+    # epoch by fdbd and vim (the head, hence its weight tensor, is new every epoch).
+    z = memo_get(memo, f"head_inputs{head.head.normalize}", (f,), lambda: head.head.inputs(f))
+    logits = memo_get(memo, "head_logits", (z, head.head.weight, head.head.bias), lambda: head.head.logits(z))
+    if score == "fdbd":
+        return head.fdbd(f, argmax, z, logits)
+    if score == "scale":
+        scaled = memo_get(memo, f"scale_inputs{head.head.normalize}", (f,), lambda: head.scaled_inputs(f))
+        return energy(head.head.logits(scaled), mask)
+    return head.vim(f, mask, z, logits)
 
 
 def has_scorers(scorers) -> bool:
@@ -239,4 +340,6 @@ def unavailable(score: str, scorers: dict[str, FeatureScorer] | None) -> str | N
         return "needs feature scorers for both levels ('super', 'sub')"
     if score in HEAD_SCORES and any(scorers[level].head is None for level in LEVELS):
         return "needs a linear or cosine classifier head at both levels"
+    if score == "vim" and any(scorers[level].head.vim_residual is None for level in LEVELS):
+        return VIM_SKIPPED
     return None

@@ -32,15 +32,3 @@ def parse_duration(value, where: str) -> float | None:
         raise UserError(f"{where}: the budget must be more than 0, got {value!r}")
     return seconds
 
-
-def duration(seconds: float) -> str:
-    """Seconds as a person reads them: 45s, 12m, 2h05m."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        m, s = divmod(seconds, 60)
-        return f"{m}m{s:02d}s" if s and m < 10 else f"{m}m"
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h{rest // 60:02d}m"
-

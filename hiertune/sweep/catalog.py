@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiertune.errors import UserError
-from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, load_trials, read_ended
+from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, load_trials, read_ended, read_meta
 
 DEFAULT_ROOT = "sweeps"
 
@@ -68,7 +68,11 @@ def list_sweeps(root: str | Path = DEFAULT_ROOT) -> list[SweepEntry]:
 def _entry(folder: Path) -> SweepEntry:
     trials: dict[str, int] = {}
     status = "unfinished"  # running now, or its driver was killed (--resume continues it)
-    if (folder / TRIALS_JSON).is_file():
+    try:
+        read_meta(folder)
+    except UserError:  # neither pareto, export-best nor --resume can read it
+        status = f"damaged {SWEEP_JSON}"
+    if (folder / TRIALS_JSON).is_file() and status == "unfinished":
         try:
             for r in load_trials(folder):
                 trials[r.status] = trials.get(r.status, 0) + 1

@@ -1,12 +1,11 @@
 """What a search space costs on the machine it runs on, said before the first trial, and what a
 budgeted sweep leaves out because it cannot afford it.
 
-A trial's epoch cost is decided by a few settings: the backbone, the fine-tuning strategy, the
-image size, and whether a frozen backbone's features come from the cache (a training corruption,
-`corrupt_p > 0`, is drawn on pixels each step, so such a trial runs its frozen backbone every
-step). Each combination the space can sample is one *kind*; one epoch of each is measured on a
-few batches (hiertune.training.probe), in a Ray task with a trial's resources, and the whole
-sweep is estimated from them at the parallelism the resources allow.
+A trial's epoch cost is decided by a few settings: the backbone, the fine-tuning strategy (a
+frozen backbone's features, and their corrupted views, come from the cache) and the image size.
+Each combination the space can sample is one *kind*; one epoch of each is measured on a few
+batches (hiertune.training.probe) with a trial's resources, and the whole sweep is estimated
+from them at the parallelism the resources allow.
 
 With a budget, a kind is unaffordable when one of its trials cannot reach the scheduler's first
 rung (ASHA's grace_period epochs; every epoch without early stopping) in a quarter of the budget:
@@ -20,17 +19,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 from hiertune.config import TrialConfig
 from hiertune.space import SearchSpace
-from hiertune.sweep.budget import duration
+from hiertune.progress import duration
 from hiertune.training.probe import EpochCost
 
 log = logging.getLogger("hiertune")
 
 AXES = ("backbone", "finetune", "image_size")  # the categorical settings an epoch's cost follows
-CORRUPT = "corrupt_p"
 TRIALS_PER_SLOT = 4  # trials a budget should see through the first rung on each slot
 
 
@@ -38,7 +37,7 @@ TRIALS_PER_SLOT = 4  # trials a budget should see through the first rung on each
 class Kind:
     """One combination of the cost-deciding settings, and how likely the sampler draws it."""
 
-    values: dict  # AXES values (and corrupt_p when it is searched) as a trial is given them
+    values: dict  # AXES values as a trial is given them
     cfg: TrialConfig
     weight: float
 
@@ -59,7 +58,7 @@ class Kind:
         if cfg.family != "cnn":
             parts.append(f"finetune={cfg.finetune}")
         if _frozen(cfg):
-            parts.append("cached features" if self.cached else "corrupt_p > 0: frozen backbone every step")
+            parts.append("(cached features)" if self.cached else "(frozen backbone every step)")
         return " ".join(parts)
 
 
@@ -68,26 +67,16 @@ def _frozen(cfg: TrialConfig) -> bool:
 
 
 def space_kinds(space: SearchSpace) -> list[Kind]:
-    """Every kind the space can sample, weighted as a uniform sampler would draw it. A searched
-    corrupt_p is a continuous range: it is 0 with probability 0, so a cached kind it allows is
-    reachable only with `--set corrupt_p=0`, and weighs nothing here."""
+    """Every kind the space can sample, weighted as a uniform sampler would draw it."""
     searched = {p.name: p for p in space.sampled}
     axes = []
     for name in AXES:
         p = searched.get(name)
         axes.append((name, list(p.choices) if p is not None and p.type == "categorical" else [None]))
-    corrupt = searched.get(CORRUPT)
-    levels = [None] if corrupt is None else [c for c in (0.0, corrupt.high) if corrupt.low <= c <= corrupt.high]
+    weight = 1.0 / math.prod(len(values) for _, values in axes)
     kinds = []
-    for combo in itertools.product(*(values for _, values in axes), levels):
+    for combo in itertools.product(*(values for _, values in axes)):
         values = {name: v for (name, _), v in zip(axes, combo) if v is not None}
-        if corrupt is not None:
-            values[CORRUPT] = combo[-1]
-        weight = 1.0
-        for name, choices in axes:
-            weight /= len(choices)
-        if corrupt is not None:
-            weight *= 1.0 if combo[-1] > 0 else 0.0
         kinds.append(Kind(values, space.trial_config(values), weight))
     return kinds
 
@@ -181,8 +170,8 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
                      f"time)" + (f"; budget {duration(budget)}" if budget else ""))
     cheap = min((k for k in kinds if k.cached and k.identity in costs), key=lambda k: costs[k.identity].seconds,
                 default=None)
-    # Worth naming when the sampler would not find it (weight 0) or it is far cheaper than the average.
-    if cheap is not None and (cheap.weight == 0 or (mean and costs[cheap.identity].seconds < mean / 3)):
+    # Worth naming when it is far cheaper than the average trial.
+    if cheap is not None and mean and costs[cheap.identity].seconds < mean / 3:
         lines.append(f"cheap route: {_cheap_flags(space, cheap)} (frozen features, computed once) "
                      f"~{duration(costs[cheap.identity].seconds)}/epoch")
     if not budget:
@@ -191,7 +180,7 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
     affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / TRIALS_PER_SLOT
                   for k in kinds}
     kept, dropped = _prune(space, kinds, affordable)
-    if not any(affordable[k.identity] for k in kinds if k.weight > 0 or k.cached):
+    if not any(affordable[k.identity] for k in kinds):
         return Plan(lines, space, None, f"budget {duration(budget)}: no kind of trial this space samples reaches its "
                     f"first {space.scheduler.label} rung ({rung} epoch(s)) in a quarter of the budget here; raise --budget"
                     + (f", or take the cheap route: {_cheap_flags(space, cheap)}" if cheap is not None else ""))
@@ -210,26 +199,21 @@ def _mean_epoch(kinds: list[Kind], costs: dict[tuple, EpochCost]) -> float | Non
 
 def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
     """The --set flags that make every trial of the space the cheap kind (those it lacks)."""
-    searched = {p.name for p in space.sampled}
     base = space.trial_config()
-    flags = []
-    if kind.cfg.family != "layover" and ("finetune" in searched or base.finetune != "linear"):
-        flags.append("--set finetune=linear")
-    if CORRUPT in searched or base.corrupt_p > 0:
-        flags.append(f"--set {CORRUPT}=0")
-    return " ".join(flags)
+    searched = {p.name for p in space.sampled}
+    return " ".join(f"--set {name}={kind.values.get(name, getattr(kind.cfg, name))}" for name in AXES
+                    if name in searched or getattr(base, name) != getattr(kind.cfg, name))
 
 
 def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> tuple[SearchSpace, list[str]]:
     """The space without every searched value whose kinds are all unaffordable."""
     searched = {p.name: p for p in space.sampled}
     drop: dict[str, list] = {}
-    for name in (*AXES, CORRUPT):
+    for name in AXES:
         p = searched.get(name)
-        if p is None:
+        if p is None or p.type != "categorical":
             continue
-        values = list(p.choices) if p.type == "categorical" else ([p.high] if name == CORRUPT and p.high > 0 else [])
-        for v in values:
+        for v in p.choices:
             having = [k for k in kinds if k.values.get(name) == v]
             if having and not any(affordable[k.identity] for k in having):
                 drop.setdefault(name, []).append(v)
@@ -237,12 +221,6 @@ def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool])
     params = list(space.params)
     for name, values in drop.items():
         p = searched[name]
-        if name == CORRUPT:
-            if p.low > 0:
-                continue  # corrupt_p cannot be 0 here: nothing to leave out
-            fixed[name] = 0.0
-            dropped.append(f"{name} > 0 (with a frozen backbone it runs every step)")
-            continue
         keep = [c for c in p.choices if c not in values]
         if not keep:
             continue  # every value unaffordable: plan() refuses

@@ -11,6 +11,7 @@ is retried (a failed transaction was rolled back, so running it again is safe).
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from pathlib import Path
 
@@ -19,12 +20,16 @@ from mlflow.tracking import MlflowClient
 
 RETRIES = 8
 FIRST_WAIT_S = 0.2
+PROBE_TIMEOUT_S = 10
 
 
 def open_client(uri: str) -> MlflowClient:
     db = sqlite_path(uri)
     if db is None:
-        return RetryOnLocked(MlflowClient(uri, registry_uri=uri))  # type: ignore[return-value]  # same methods
+        client = MlflowClient(uri, registry_uri=uri)
+        if uri.startswith(("http://", "https://")):
+            _probe(client)
+        return RetryOnLocked(client)  # type: ignore[return-value]  # same methods
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -32,6 +37,25 @@ def open_client(uri: str) -> MlflowClient:
         # whatever registry URI the process set globally.
         client = MlflowClient(uri, registry_uri=uri)
     return RetryOnLocked(client)  # type: ignore[return-value]
+
+
+def _probe(client: MlflowClient) -> None:
+    """One request, no retries, a short timeout: a server that does not answer is reported now,
+    not after MLflow's default retries with backoff (7 of them, minutes). Later calls, in a
+    running sweep, keep MLflow's retries for a server that blinks."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(min(PROBE_TIMEOUT_S, int(os.environ.get(
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT", PROBE_TIMEOUT_S) or PROBE_TIMEOUT_S)))}
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        client.search_experiments(max_results=1)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def sqlite_path(uri: str) -> Path | None:

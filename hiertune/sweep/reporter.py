@@ -16,7 +16,7 @@ import time
 
 from ray import tune
 
-from hiertune.sweep.budget import duration
+from hiertune.progress import duration
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
@@ -96,7 +96,7 @@ class ConsoleReporter(tune.Callback):
         return min(int(trial.config.get("epochs", self.max_t)), self.max_t)
 
     def _say(self, text: str) -> None:
-        log.info("[%s] %s", _clock(time.monotonic() - self._start), text)
+        log.info("[%s] %s", duration(time.monotonic() - self._start, clock=True), text)
 
 
 def _name(trial) -> str:
@@ -111,8 +111,3 @@ def _measures(result: dict) -> str:
 
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"

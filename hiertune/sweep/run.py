@@ -186,17 +186,20 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
 
 def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStore:
     """The frozen-backbone features every frozen trial of the space can read, computed once by a
-    Ray task with a trial's resources; empty when no trial freezes its backbone. Trials get the
+    Ray task with a trial's device and a node's CPUs; empty when no trial freezes its backbone. Trials get the
     store through Ray's object store with the bundle; the disk cache serves the other keys."""
     store = FeatureStore(cache_root)
     frozen = shared_frozen_config(space)
     if frozen is None:
         return store
-    task = ray.remote(precompute_features).options(num_cpus=space.resources.cpus_per_trial,
-                                                   num_gpus=space.resources.gpus_per_trial, max_retries=0)
+    # Before any trial starts: the largest node's CPUs, which extraction splits its images across.
+    cpus = max([space.resources.cpus_per_trial,
+                *(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))])
+    task = ray.remote(precompute_features).options(num_cpus=cpus, num_gpus=space.resources.gpus_per_trial,
+                                                   max_retries=0)
     start = time.perf_counter()
     try:
-        store = ray.get(task.remote(frozen, bundle, store, space.resources.cpus_per_trial))
+        store = ray.get(task.remote(frozen, bundle, store, cpus))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, UserError):
             raise UserError(str(exc.cause)) from None
@@ -208,14 +211,14 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
 
 def shared_frozen_config(space: SearchSpace) -> TrialConfig | None:
     """The frozen trial whose features the sweep computes before its trials: the space's base
-    config with its backbone frozen; None when no trial can freeze it or cache its features. (A
-    searched corrupt_p, continuous, is almost never 0: its frozen trials run the backbone every
-    step; the base config's, its default, decides.)"""
+    config with its backbone frozen; None when no trial can freeze it or cache its features.
+    With corrupt_p searched, the training pools' corrupted views too: trials share them."""
     base = space.trial_config()
     finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
     if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
         return None
-    return replace(base, finetune="linear")
+    corrupt_p = max([base.corrupt_p, *(p.high for p in space.sampled if p.name == "corrupt_p")])
+    return replace(base, finetune="linear", corrupt_p=corrupt_p)
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool,
@@ -227,7 +230,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
-                             features=features),
+                             features=features, rungs=space.scheduler.rungs),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)

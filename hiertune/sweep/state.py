@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pickletools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,10 @@ def find_meta(sweep_dir: Path) -> SweepMeta | None:
     return read_meta(sweep_dir) if (sweep_dir / SWEEP_JSON).exists() else None
 
 
-def load_trials(sweep_dir: Path, live: bool = False) -> list[TrialRecord]:
-    """`live`: a running sweep's records when they are newer than its last trials.json."""
+def load_trials(sweep_dir: Path, within: str | None = None, live: bool = False) -> list[TrialRecord]:
+    """The sweep's trial records. With `within` (the sweep's folder or S3 URI), every checkpoint
+    must lie inside it: a record pointing elsewhere is refused, never followed. `live`: a running
+    sweep's records when they are newer than its last trials.json."""
     path = sweep_dir / TRIALS_JSON
     live_path = sweep_dir / LIVE_JSON
     if live and live_path.is_file() and (not path.is_file() or live_path.stat().st_mtime >= path.stat().st_mtime):
@@ -140,9 +143,22 @@ def load_trials(sweep_dir: Path, live: bool = False) -> list[TrialRecord]:
         trials = [TrialRecord.from_dict(d) for d in records]
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a list of trial records ({type(exc).__name__}: {exc})") from None
+    for t in trials if within is not None else ():
+        if t.checkpoint is not None and not _inside(t.checkpoint, within):
+            raise UserError(f"{path}: {t.name}'s checkpoint {t.checkpoint!r} is outside the sweep's folder {within} "
+                            "(moved, or edited?)")
     if path.name == LIVE_JSON:  # a running sweep replaces a trial's checkpoint each epoch: skip one just dropped
         trials = [t for t in trials if t.checkpoint is None or "://" in t.checkpoint or Path(t.checkpoint).exists()]
     return trials
+
+
+def _inside(location, root: str) -> bool:
+    if not isinstance(location, str):
+        return False
+    if root.startswith("s3://") or location.startswith("s3://"):
+        return location.startswith(root.rstrip("/") + "/") and ".." not in location.split("/")
+    real = os.path.realpath(root)
+    return os.path.commonpath([real, os.path.realpath(location)]) == real
 
 
 def save_trials(sweep_dir: Path, trials: list[TrialRecord], live: bool = False) -> None:
@@ -167,7 +183,7 @@ def read_ended(sweep_dir: Path) -> str | None:
 def read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting
         raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
 
 

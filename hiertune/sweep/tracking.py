@@ -19,11 +19,11 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from hiertune.errors import UserError
-from hiertune.fsutil import atomic_file
+from hiertune.errors import UserError, first_line
+from hiertune.fsutil import atomic_file, check_writable
 from hiertune.secrets import redact, redact_param, redact_uri
 from hiertune.storage import checkpoint_uri
-from hiertune.sweep.mlstore import open_client
+from hiertune.sweep.mlstore import open_client, sqlite_path
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_learning_curves
 from hiertune.sweep.state import TrialRecord, read_json, trial_status
@@ -62,7 +62,15 @@ class SweepRecorder:
         uri = place.mlflow_uri
         if parent is not None and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             raise self._elsewhere(parent)  # before the client, which would create the file
-        self.client = open_client(uri)
+        if (db := sqlite_path(uri)) is not None:
+            check_writable(db, "MLflow store", folder=False)
+        try:
+            self.client = open_client(uri)
+        except ImportError as exc:  # a database store whose driver is not installed
+            raise UserError(f"MLflow store {redact_uri(uri)}: its database driver is not installed "
+                            f"({redact(first_line(exc))}); install it or use sqlite:///PATH") from None
+        except MlflowException as exc:  # an unreachable server, an unsupported store (file://)
+            raise _refused(uri, exc) from None
         tags = {NOTE_TAG: EXPERIMENT_NOTE.format(sweep=self.sweep),
                 # MLflow 3's UI opens an experiment of this kind on its runs table, not its GenAI traces.
                 "mlflow.experimentKind": "custom_model_development"}
@@ -79,7 +87,7 @@ class SweepRecorder:
                     if key not in experiment.tags:
                         self.client.set_experiment_tag(self.experiment_id, key, value)
         except MlflowException as exc:  # an unreachable or refusing server: its message, never a credential
-            raise UserError(f"MLflow store {redact_uri(uri)}: {redact(' '.join(str(exc).split()))[:300]}") from None
+            raise _refused(uri, exc) from None
 
     def _elsewhere(self, parent: str) -> UserError:
         """The sweep logged to another store (another machine's SQLite, another server)."""
@@ -268,6 +276,11 @@ class MlflowSweepCallback(tune.Callback):
                 path = Path(tmp) / "learning_curves.png"
                 plot_learning_curves(history, path, f"{self.place.name} / {trial}")
                 self.recorder.client.log_artifact(self._run(trial), str(path))
+
+
+def _refused(uri: str, exc: Exception) -> UserError:
+    """A store that failed to answer, as one line: its message, never a credential."""
+    return UserError(f"MLflow store {redact_uri(uri)}: {redact(' '.join(str(exc).split()))[:300]}")
 
 
 def _error_line(trial) -> str:

@@ -25,11 +25,12 @@ from hiertune.training.loop import run_trial
 
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0,
-                   features: FeatureStore | None = None) -> None:
+                   features: FeatureStore | None = None, rungs: tuple[int, ...] | None = None) -> None:
+    """`rungs`: the epochs the scheduler reads, which get the full evaluation (run_trial)."""
     # Ray Train's "Checkpoint successfully created at ..." for every epoch of every trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:
-        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features)
+        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features, rungs)
     except Exception as exc:
         reason = final_reason(exc)
         if reason is not None:
@@ -37,7 +38,8 @@ def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0
         raise
 
 
-def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features: FeatureStore | None) -> None:
+def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features: FeatureStore | None,
+           rungs: tuple[int, ...] | None) -> None:
     # Which Ray node ran the trial: on a cluster whose nodes share an IP (or a host), the only
     # way to tell them apart in the results.
     node = ray.get_runtime_context().get_node_id()
@@ -47,10 +49,10 @@ def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features
 
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features)
+        run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features, rungs=rungs)
         return
     with checkpoint.as_directory() as directory:
-        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features)
+        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features, rungs=rungs)
 
 
 class FinalFailures(ray.tune.Callback):

@@ -119,7 +119,7 @@ def read_history(checkpoint: str | None) -> list[dict]:
         history = json.loads(read_bytes(path))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise UserError(f"{path}: not a list of per-epoch records")
@@ -131,5 +131,5 @@ def read_posthoc(checkpoint: str) -> PosthocResult:
     uri = join(checkpoint, POSTHOC)
     try:
         return PosthocResult.load(io.BytesIO(read_bytes(uri)))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, RecursionError, zipfile.BadZipFile) as exc:
         raise UserError(f"{uri}: unreadable post-hoc results ({first_line(exc)})") from None

@@ -9,11 +9,13 @@ the digest of its weights, the input pipeline (the augmentation config's evaluat
 std, and whatever else the config gains, such as an input size; all of it with augmented
 views), the image size, the number of views and their seed, the pixels' digest and the numeric
 precision. A trial's split then takes rows of these arrays in the order `assemble` lays images
-out, and trains only the heads (hiertune.training.inputs.FeatureInputs).
+out, and trains only the heads (hiertune.training.inputs.FeatureInputs). Training corruptions
+(corrupt_p) read corrupted views of the training pools, cached under keys of their own.
 
 In a sweep the driver computes the base configuration's features before trials start and they
 travel with the data bundle through Ray's object store (`FeatureStore.sets`); a trial whose key
-differs (another backbone, seed or input size) reads or fills the disk cache on its node.
+differs (another backbone, seed or input size) reads or fills the disk cache on its node. Export
+and predict read the same cache for the images they run a frozen backbone on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,10 +34,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hiertune.data.augment import AugmentConfig, BatchAugment
-from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import DataBundle
+from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.splits import take_rows
 from hiertune.fsutil import atomic_file
+from hiertune.progress import Progress
+from hiertune.training.feature_check import DIGEST_KEY, content_digest, problem
 from hiertune.training.inputs import FeatureInputs
 
 log = logging.getLogger("hiertune")
@@ -86,29 +91,80 @@ def feature_key(model: torch.nn.Module, weights: str, augment: AugmentConfig, im
     parts = {"version": FEATURE_VERSION, "model": model.frozen_spec(), "weights": weights,
              "view": view_settings(augment, views), "image_size": image_size, "views": views,
              "view_seed": VIEW_SEED, "images": images, "precision": precision}
+    if views > 1:  # augmented views drawn per DRAW_BLOCK (block_generator), not from one stream
+        parts["draws"] = f"block{DRAW_BLOCK}"
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
+
+
+DRAW_BLOCK = 256  # images per random draw of the views: the unit the workers split and the seeds follow
+
+
+def block_generator(device: torch.device, block: int, corrupted: bool = False) -> torch.Generator:
+    """The generator of one DRAW_BLOCK's view draws: seeded by VIEW_SEED and the block's index
+    (and apart for corrupted views), so the views do not depend on how blocks are split across
+    workers or batched."""
+    seed = int(np.random.SeedSequence([VIEW_SEED, block, *([1] if corrupted else [])]).generate_state(1)[0])
+    return torch.Generator(device).manual_seed(seed)
 
 
 @torch.no_grad()
 def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, views: int, device: torch.device,
-            autocast: Callable, batch_size: int = 256) -> dict[str, np.ndarray]:
+            autocast: Callable, workers: int | None = None, label: str = "images", threads: int = 1,
+            corruption: Corruption | None = None) -> dict[str, np.ndarray]:
     """`model.frozen_features` of every image: name -> [N, views, ...] float32 on the CPU.
 
     View 0 is preprocessed as evaluation does (`augment(..., train=False)`, the call the
     validation pass and predict make), so normalisation and input size follow the trial's
-    `BatchAugment`; views 1.. through its training augmentation, drawn from VIEW_SEED."""
+    `BatchAugment`; views 1.. through its training augmentation, drawn per DRAW_BLOCK of images
+    (block_generator). With a `corruption` every view is a corrupted one, each image given one
+    of the training corruptions (corrupt_batch) before the preprocessing, augmented or not as
+    the corruption says. On the CPU the blocks are split across `workers` threads (default: torch's
+    thread count), each running the backbone on `threads` torch threads (1: data parallelism
+    scales better than torch's own intra-op threads on the small convolutions of mobile backbones). On a GPU one
+    thread sends batches of as many blocks as its free memory holds."""
     model.eval()
-    gen = torch.Generator(device).manual_seed(VIEW_SEED)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for (xb,) in iterate_batches(torch.from_numpy(images), (), batch_size, shuffle=False, generator=None,
-                                 device=device):
+    n = len(images)
+    blocks = [(b, slice(i, min(i + DRAW_BLOCK, n))) for b, i in enumerate(range(0, n, DRAW_BLOCK))]
+    progress = Progress(f"features of {label}", n)
+
+    def run(batch: list[tuple[int, slice]]) -> dict[str, torch.Tensor]:
+        # Each block draws from its own generator, so a batch of several blocks gives what the
+        # blocks one at a time would.
+        gens = [block_generator(device, b, corruption is not None) for b, _ in batch]
+        xbs = [torch.from_numpy(images[s]).to(device) for _, s in batch]
         per_view = []
         for k in range(views):
+            if corruption is None:
+                x = torch.cat([augment(xb, gen, train=k > 0) for xb, gen in zip(xbs, gens)])
+            else:
+                x = torch.cat([augment(corrupt_batch(xb, 1.0, corruption.severity, gen), gen,
+                                       train=corruption.augmented) for xb, gen in zip(xbs, gens)])
             with autocast():
-                per_view.append(model.frozen_features(augment(xb, gen, train=k > 0)))
-        for name in per_view[0]:
-            parts.setdefault(name, []).append(torch.stack([v[name].float() for v in per_view], dim=1).cpu())
-    return {name: torch.cat(p).numpy() for name, p in parts.items()}
+                per_view.append(model.frozen_features(x))
+        out = {name: torch.stack([v[name].float() for v in per_view], dim=1).cpu() for name in per_view[0]}
+        progress.add(sum(map(len, xbs)))
+        return out
+
+    if device.type == "cuda":
+        # As many blocks per batch as the free memory holds, sized by the first block's peak.
+        torch.cuda.reset_peak_memory_stats(device)
+        before, (free, _) = torch.cuda.memory_allocated(device), torch.cuda.mem_get_info(device)
+        parts = [run(blocks[:1])]
+        size = max(1, int(0.6 * free // max(1, torch.cuda.max_memory_allocated(device) - before)))
+        parts += [run(blocks[i:i + size]) for i in range(1, len(blocks), size)]
+    else:
+        workers = max(1, min(workers or torch.get_num_threads(), len(blocks)))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            # torch's thread count is per OS thread under OpenMP: each worker sets its own.
+            with ThreadPoolExecutor(workers, thread_name_prefix="hiertune-extract",
+                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                parts = list(pool.map(lambda block: run([block]), blocks))
+        finally:
+            torch.set_num_threads(before)
+    progress.close()
+    return {name: torch.cat([p[name] for p in parts]).numpy() for name in parts[0]}
 
 
 @dataclass
@@ -142,7 +198,8 @@ class FeatureStore:
             self.computed += 1
             if path is not None:
                 with atomic_file(path) as tmp:
-                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp, metadata={"key": key})
+                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp,
+                              metadata={"key": key, DIGEST_KEY: content_digest(found)})
         self.sets[key] = found
         return found
 
@@ -155,36 +212,79 @@ def _read(path: Path, key: str, n: int) -> dict[str, np.ndarray] | None:
             if (f.metadata() or {}).get("key") != key:
                 raise ValueError("written for another key")
             arrays = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata()
         if not arrays or any(a.ndim < 2 or a.shape[0] != n or a.dtype != np.float32 for a in arrays.values()):
             raise ValueError(f"not [{n}, views, ...] float32 arrays")
+        if reason := problem(arrays, metadata):
+            raise ValueError(reason)
         return arrays
     except (OSError, ValueError, SafetensorError) as exc:
         log.warning("feature cache %s unusable (%s); computing it again", path, " ".join(str(exc).split())[:160])
         return None
 
 
+@dataclass(frozen=True)
+class Corruption:
+    """Corrupted views of the training pools: `views` per image at `severity`, through the
+    training augmentation when the trial's own views are augmented."""
+
+    views: int
+    severity: float
+    augmented: bool
+
+
 def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, image_size: int, views: int,
-                  device: torch.device, autocast: Callable, precision: str, store: FeatureStore
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`."""
+                  device: torch.device, autocast: Callable, precision: str, store: FeatureStore,
+                  corruption: Corruption | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`; with a
+    `corruption`, the training pools' corrupted views follow their own views on axis 1, cached
+    under keys of their own (the clean pools' keys stay as they are)."""
     weights = weights_digest(model)
     out = {}
     for pool, images in pools.items():
         n_views = 1 if pool in EVAL_POOLS else views
-        key = feature_key(model, weights, augment.config, image_size, n_views, store.digest(pool, images), precision)
-        out[pool] = store.get(key, len(images), lambda: extract(model, images, augment, n_views, device, autocast))
+        digest = store.digest(pool, images)
+        out[pool] = image_features(model, images, augment, image_size, n_views, device, autocast, precision, store,
+                                   pool, weights, digest)
+        if corruption is not None and pool not in EVAL_POOLS:
+            bad = corruption_key(feature_key(model, weights, augment.config, image_size, views, digest, precision),
+                                 corruption)
+            extra = store.get(bad, len(images), lambda: extract(
+                model, images, augment, corruption.views, device, autocast, corruption=corruption,
+                label=f"{pool}, corrupted ({len(images)} images)"))
+            out[pool] = {name: np.concatenate([a, extra[name]], axis=1) for name, a in out[pool].items()}
     return out
+
+
+def image_features(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, image_size: int, views: int,
+                   device: torch.device, autocast: Callable, precision: str, store: FeatureStore, label: str,
+                   weights: str | None = None, digest: str | None = None) -> dict[str, np.ndarray]:
+    """The frozen features of `images` (name -> [N, views, ...]) through `store`: a pool of a
+    trial, or the images export and predict run a model with a frozen backbone on."""
+    key = feature_key(model, weights or weights_digest(model), augment.config, image_size, views,
+                      digest or images_digest(images), precision)
+    return store.get(key, len(images), lambda: extract(model, images, augment, views, device, autocast,
+                                                       label=f"{label} ({len(images)} images)"))
+
+
+def corruption_key(views_key: str, corruption: Corruption) -> str:
+    """The key of corrupted views: those of the pool's own views (model, weights, pipeline,
+    augmentation, data, precision) and what the corruption adds."""
+    parts = {"views": views_key, "corruption": asdict(corruption), "draws": f"block{DRAW_BLOCK}"}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None, fraction: float | None,
                   augment: BatchAugment, image_size: int, views: int, device: torch.device, autocast: Callable,
-                  precision: str, store: FeatureStore) -> tuple[FeatureInputs, FeatureInputs] | None:
+                  precision: str, store: FeatureStore, corruption: Corruption | None = None,
+                  corrupt_p: float = 0.0) -> tuple[FeatureInputs, FeatureInputs] | None:
     """A trial's training and validation inputs as cached features, or None when it has to go
-    through the backbone: the backbone trains (some epoch), or views is 0."""
+    through the backbone: the backbone trains (some epoch), or views is 0. With a `corruption`,
+    training draws a corrupted view for a share `corrupt_p` of images each epoch."""
     if views == 0 or not getattr(model, "backbone_frozen", False):
         return None
     feats = pool_features(model, bundle_pools(bundle), augment, image_size, views, device, autocast, precision,
-                          store)
+                          store, corruption)
     splits = bundle.trial_splits(count, fraction)
     train, val = {}, {}
     for name in feats["labeled"]:
@@ -195,4 +295,5 @@ def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None,
         # Validation reads the clean view only (the shifted pool has no other).
         va = take_rows(labeled[:, :1], None if outliers is None else outliers[:, :1], splits, shifted)[1]
         val[name] = torch.from_numpy(np.ascontiguousarray(va))
-    return FeatureInputs(train, device), FeatureInputs(val, device)
+    corrupted = corruption.views if corruption is not None else 0
+    return FeatureInputs(train, device, corrupted, corrupt_p), FeatureInputs(val, device)

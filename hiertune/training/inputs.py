@@ -24,6 +24,8 @@ class ImageInputs:
     camera/pipeline corruption (hiertune.data.corrupt) before the augmentation, on the device;
     the eval view otherwise."""
 
+    EVAL_BATCH = 256  # images per evaluation batch
+
     def __init__(self, images: torch.Tensor, augment: BatchAugment, corrupt_p: float = 0.0,
                  corrupt_severity: float = 0.5):
         self.images, self.augment = images, augment
@@ -51,15 +53,21 @@ class ImageInputs:
 
 
 class FeatureInputs:
-    """A frozen backbone's outputs per image: name -> [N, K views, ...] float32, view 0 the clean
-    (evaluation) one. Training draws one view per image each epoch from `aug_gen`, the generator
-    that would otherwise draw the augmentation; evaluation reads view 0."""
+    """A frozen backbone's outputs per image: name -> [N, K + C views, ...] float32, view 0 the
+    clean (evaluation) one, the last `corrupted` views corrupted ones. Training draws one of the K
+    views per image each epoch from `aug_gen`, the generator that would otherwise draw the
+    augmentation, and for a share `corrupt_p` of images one of the corrupted views instead, as
+    ImageInputs corrupts that share of each batch; evaluation reads view 0."""
 
-    def __init__(self, features: dict[str, torch.Tensor], device: torch.device):
+    EVAL_BATCH = 4096  # a head's pass over features is cheap: few, large evaluation batches
+
+    def __init__(self, features: dict[str, torch.Tensor], device: torch.device, corrupted: int = 0,
+                 corrupt_p: float = 0.0):
         # On the device once: a batch is then a gather there, with no host copy per step.
         self.features = {name: t.to(device) for name, t in features.items()}
         first = next(iter(self.features.values()))
-        self.n, self.views = first.shape[0], first.shape[1]
+        self.n, self.views = first.shape[0], first.shape[1] - corrupted
+        self.corrupted, self.corrupt_p = corrupted, corrupt_p
 
     def __len__(self) -> int:
         return self.n
@@ -72,13 +80,23 @@ class FeatureInputs:
     def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
                 order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
                 ) -> Iterator[tuple[Inputs, ...]]:
+        if not train:  # the clean view in order: slices, no gather
+            for start in range(0, self.n, batch_size):
+                stop = min(start + batch_size, self.n)
+                yield ({name: t[start:stop, 0] for name, t in self.features.items()},
+                       *(y[start:stop].to(device) for y in labels))
+            return
         rows = torch.arange(self.n)  # on the CPU, where order_gen draws the permutation
-        if train and self.views > 1:
+        if self.views > 1:
             view = torch.randint(self.views, (self.n,), generator=aug_gen, device=aug_gen.device).to(device)
         else:
             view = torch.zeros(self.n, dtype=torch.long, device=device)
-        for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=train, generator=order_gen,
-                                        device=device, drop_last=train):
+        if self.corrupted and self.corrupt_p > 0:
+            u = torch.rand(self.n, 2, generator=aug_gen, device=aug_gen.device).to(device)
+            pick = self.views + (u[:, 1] * self.corrupted).long().clamp_(max=self.corrupted - 1)
+            view = torch.where(u[:, 0] < self.corrupt_p, pick, view)
+        for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=True, generator=order_gen, device=device,
+                                        drop_last=True):
             yield ({name: t[idx, view[idx]] for name, t in self.features.items()}, *ys)
 
     @staticmethod

@@ -12,7 +12,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,15 +25,18 @@ from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
+from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
-from hiertune.novelty.posthoc import GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, point_metrics, posthoc_grid
-from hiertune.novelty.scores import FeatureBank, FeatureScorer, unavailable
+from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
+                                      posthoc_grid)
+from hiertune.novelty.scores import (FeatureBank, FeatureScorer, Memo, canonical, memo_get, score_levels,
+                                     unavailable)
+from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
-from hiertune.training.features import FeatureStore, frozen_inputs
+from hiertune.training.features import Corruption, FeatureStore, frozen_inputs
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
@@ -76,10 +79,13 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
-              cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None) -> dict:
+              cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
+              rungs: tuple[int, ...] | None = None) -> dict:
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
-    `feature_seconds` say what the cache saved."""
+    `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
+    scheduler reads; they and the last epoch get the full evaluation, the others every score but
+    vim (metric `full_evaluation`; None: every epoch is full)."""
     setup = setup_trial(cfg, bundle, cpus)
     device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
                                                      setup.model, setup.state)
@@ -91,15 +97,19 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
     metrics: dict = {}
+    memo = Memo()  # feature statistics and feature-only scores, computed again only when features change
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
-        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast)
+        full = rungs is None or epoch + 1 in rungs or epoch + 1 == cfg.epochs
+        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
         state.epoch = epoch + 1
         state.history.append(metrics)
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
-            state.save(Path(tmp), evaluation.result, evaluation.scorers)
+            # The feature scorers (a hundred MB with a 1280-wide feature) only with the last epoch,
+            # the one an export writes out: every epoch's would cost about as much as training it.
+            state.save(Path(tmp), evaluation.result, evaluation.scorers if epoch + 1 == cfg.epochs else None)
             report(metrics, Path(tmp))
     return metrics
 
@@ -154,9 +164,11 @@ def cached_inputs(cfg: TrialConfig, bundle: DataBundle, model: torch.nn.Module, 
     """`cfg`'s frozen-backbone features (training, validation), from `store` or computed into it;
     None when the trial has to go through the backbone."""
     device = augment.device
+    corrupted = cfg.cached_corruptions()
+    corruption = Corruption(corrupted, cfg.corrupt_severity, cfg.cached_views() > 1) if corrupted else None
     return frozen_inputs(model, bundle, cfg.outlier_count, cfg.outlier_fraction, augment, cfg.image_size,
                          cfg.cached_views(), device, amp_autocast(device, cfg.amp), str(precision(device, cfg.amp)),
-                         store)
+                         store, corruption, cfg.corrupt_p)
 
 
 @dataclass
@@ -169,6 +181,7 @@ class TrialData:
     val: ImageInputs | FeatureInputs
     split: SplitData  # validation labels and groups
     fit_rows: torch.Tensor
+    fit_inputs: ImageInputs | FeatureInputs  # train's fit_rows, clean, as evaluation reads them
     outlier_images: int
     features_computed: int  # image pools this trial ran through its frozen backbone; 0: shared or read from disk
     feature_seconds: float
@@ -178,9 +191,6 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
                augment: BatchAugment, features: FeatureStore) -> TrialData:
     # A frozen backbone's outputs are the same every epoch: then the epochs read them, computed once.
     computed_before, t0 = features.computed, time.perf_counter()
-    if cfg.corrupt_p > 0 and cfg.feature_views > 0 and getattr(model, "backbone_frozen", False):
-        log.info("corrupt_p %g: the frozen backbone runs every step (cached features cannot be corrupted)",
-                 cfg.corrupt_p)
     cached = cached_inputs(cfg, bundle, model, augment, features)
     feature_seconds = time.perf_counter() - t0
     train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
@@ -188,7 +198,7 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
                             ImageInputs(torch.from_numpy(split.val_images), augment))
     train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
     fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
-    return TrialData(train, train_y, val, split, fit_rows,
+    return TrialData(train, train_y, val, split, fit_rows, train.rows(fit_rows),
                      outlier_images=int((split.train_superclass == heads.n_super).sum()),
                      features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
@@ -262,27 +272,34 @@ class Evaluation:
     forward_seconds: float
     fit_seconds: float
     posthoc_seconds: float
+    full: bool  # every score fitted (vim included)
 
 
 def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data: TrialData, device: torch.device,
-                   autocast) -> Evaluation:
+                   autocast, memo: Memo | None = None, full: bool = True) -> Evaluation:
     """One forward pass over the validation inputs, the feature scorers fitted, then the whole
-    post-hoc grid on the outputs."""
+    post-hoc grid on the outputs. `memo` carries what depends on features alone from the
+    trial's earlier epochs; `full` False leaves vim out (its fit is an eigendecomposition)."""
     t0 = time.perf_counter()
     batch, val_loss = evaluate(model, data.val, data.split.val_superclass, data.split.val_subclass, heads, cfg,
                                device, autocast, data.split.val_group)
     t1 = time.perf_counter()
     # Feature scorers see clean training images in eval mode, as validation images are seen:
     # not the epoch's augmented (or mixed) train-mode features.
-    fit_out = forward_all(model, data.train.rows(data.fit_rows), device, autocast)
-    scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model)
+    fit_out = forward_all(model, data.fit_inputs, device, autocast)
+    scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model,
+                          memo, vim=full)
     t2 = time.perf_counter()
-    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers)
-    point = (point_metrics(batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers,
-                           shifted_weight=cfg.shifted_weight)
-             if unavailable(cfg.novelty_score, scorers) is None else dict.fromkeys(POINT_KEYS, math.nan))
+    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers, memo)
+    if unavailable(cfg.novelty_score, scorers) is not None:
+        point = dict.fromkeys(POINT_KEYS, math.nan)
+    else:  # on the grid unless Optuna sampled the thresholds
+        point = result.find(cfg.novelty_score, cfg.tau_super, cfg.tau_sub) or point_metrics(
+            batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers, shifted_weight=cfg.shifted_weight,
+            memo=memo)
     t3 = time.perf_counter()
-    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2)
+    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2,
+                      full)
 
 
 def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Evaluation, data: TrialData) -> dict:
@@ -311,6 +328,9 @@ def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Ev
         "epoch_seconds": train.seconds,
         "eval_forward_seconds": evaluation.forward_seconds,
         "scorer_fit_seconds": evaluation.fit_seconds,
+        # Which scores this epoch's front and hypervolume cover: all of them on full epochs.
+        "full_evaluation": float(evaluation.full),
+        "evaluated_scores": ",".join(result.scores),
         "posthoc_seconds": evaluation.posthoc_seconds,
         "features_computed": data.features_computed,
         "feature_seconds": data.feature_seconds,
@@ -320,9 +340,11 @@ def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Ev
 def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
                         ) -> FeatureStore:
     """The frozen features of `cfg`'s backbone for every image pool, into `store`, returned. A
-    sweep runs this once before its trials (as a Ray task with a trial's resources, so device and
-    precision match); model and preprocessing are built as run_trial builds them, and the key
-    checks it: a trial that would differ just misses the shared set."""
+    sweep runs this once before its trials (as a Ray task with a trial's device and the CPUs of a
+    node, which extraction splits its images across); model and preprocessing are built as
+    run_trial builds them, and the key checks it: a trial that would differ just misses the
+    shared set."""
+    log_to_stderr()  # the progress lines, from a Ray worker too
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device), trains=False)
@@ -332,10 +354,11 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
 
 @torch.no_grad()
 def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device, autocast,
-                batch_size: int = 256, progress: str | None = None) -> ModelOutput:
+                batch_size: int | None = None, progress: str | None = None) -> ModelOutput:
     """Logits and features of every input (images, or cached features), on the CPU in float32,
-    in eval mode."""
+    in eval mode; in batches of `batch_size` (default: what the inputs hold comfortably)."""
     model.eval()
+    batch_size = batch_size or inputs.EVAL_BATCH
     parts: dict[str, list[torch.Tensor]] = {"sl": [], "ul": [], "sf": [], "uf": []}
     batches = inputs.batches((), batch_size, device, train=False)
     for (x,) in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc=progress, unit="batch",
@@ -368,8 +391,12 @@ def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: n
 
 
 def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
-    # tau 0: nothing is called novel; weight 0: in-source images, as the seed measured them.
-    point = point_metrics(batch, heads, "msp", 0.0, 0.0, shifted_weight=0.0)
+    # msp at threshold 0: nothing is called novel; in-source images, as the seed measured them.
+    pred_super, pred_sub = decide(score_levels(batch, heads, "msp"), heads, 0.0, 0.0)
+    insource = batch.groups(heads) != SHIFTED
+    point = leaderboard_metrics(pred_super.numpy()[insource], pred_sub.numpy()[insource],
+                                batch.super_target.numpy()[insource], batch.sub_target.numpy()[insource],
+                                heads.n_super, heads.n_sub)
     return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
 
 
@@ -382,18 +409,27 @@ def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: 
     return torch.from_numpy(rows)
 
 
-def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads,
-                model: torch.nn.Module) -> dict[str, FeatureScorer]:
+def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads, model: torch.nn.Module,
+                memo: Memo | None = None, vim: bool = True) -> dict[str, FeatureScorer]:
     """Feature-space novelty scorers of both levels from eval-mode training features; the
-    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`)."""
+    head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`).
+    Through `memo` only what depends on the head is fitted again while the features stay the
+    same; `vim` False leaves vim's principal subspace unfitted."""
     scorers = {}
     for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
                                     ("sub", out.sub_features, sub, heads.n_sub)):
-        feats, labels = feats.float().cpu(), labels.cpu()
-        bank = FeatureBank(n, feats.shape[1])
-        bank.update(feats, labels)
+        feats = canonical(memo, "fit_features", feats.float().cpu())
+        labels = canonical(memo, "fit_labels", labels.cpu())
+
+        def fit_bank() -> FeatureScorer:  # memo_get calls it at once, with this level's feats and labels
+            bank = FeatureBank(n, feats.shape[1])
+            bank.update(feats, labels)
+            return bank.fit()
+
+        bank = memo_get(memo, f"bank{n}", (feats, labels), fit_bank)  # noqa: B023
         module = getattr(model, f"{level}_head", None)
         head = head_of(module, n) if module is not None else None
-        stats = HeadStats.fit(feats[labels < n], head) if head is not None else None
-        scorers[level] = bank.fit(head=stats)
+        seen = memo_get(memo, f"seen_rows{n}", (feats, labels), lambda: feats[labels < n])  # noqa: B023
+        stats = HeadStats.fit(seen, head, vim=vim, memo=memo) if head is not None else None
+        scorers[level] = replace(bank, head=stats)
     return scorers

@@ -16,6 +16,7 @@ from hiertune.data.dataset import write_mapping
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads, create_model
 from hiertune.export.predictor import CONFIG, MODEL, SUB_MAP, SUPER_MAP, THRESHOLDS, ExportedModel, write_config
+from hiertune.training.features import FeatureStore
 from hiertune.training.loop import forward_all
 from hiertune.training.inputs import ImageInputs
 
@@ -90,9 +91,13 @@ def test_predict_applies_what_evaluation_applied(tmp_path, family, backbone):
     assert np.allclose(p_super, evaluated.super_logits.softmax(1).numpy(), atol=1e-6)
     assert np.allclose(p_sub, evaluated.sub_logits.softmax(1).numpy(), atol=1e-6)
     # The predictor reads the pipeline from the directory, not from this timm: a model trained
-    # at another size predicts at that size.
+    # at another size predicts at that size (the trial's size says the same, or it is refused).
     raw = json.loads((tmp_path / "m" / CONFIG).read_text())
     raw["input"]["size"] = 64
+    (tmp_path / "m" / CONFIG).write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="input.size 64 does not match trial.image_size 96"):
+        ExportedModel.load(tmp_path / "m", device="cpu")
+    raw["trial"]["image_size"] = 64
     (tmp_path / "m" / CONFIG).write_text(json.dumps(raw))
     _, p_super_64, _ = ExportedModel.load(tmp_path / "m", device="cpu").level_scores(images)
     assert not np.allclose(p_super_64, p_super, atol=1e-6)
@@ -107,3 +112,21 @@ def test_exported_config_without_a_pipeline_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"config.json: no usable input pipeline .*lanczos") as err:
         ExportedModel.load(tmp_path / "m", device="cpu")
     assert "\n" not in str(err.value)
+
+
+def test_a_frozen_backbone_predicts_through_the_feature_cache(tmp_path):
+    """export and predict read (and fill) the disk cache of the frozen backbone's features: the
+    same predictions as through the images, and a second run does not compute them again."""
+    cfg = TrialConfig(family="dualhead", backbone="resnet10t", finetune="linear", image_size=48, device="cpu")
+    export_dir(tmp_path / "m", cfg)
+    images = np.random.default_rng(2).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
+    through_images = ExportedModel.load(tmp_path / "m", device="cpu").level_scores(images)
+    first = FeatureStore(tmp_path / "cache")
+    cached = ExportedModel.load(tmp_path / "m", device="cpu", features=first).level_scores(images)
+    again = FeatureStore(tmp_path / "cache")
+    reread = ExportedModel.load(tmp_path / "m", device="cpu", features=again).level_scores(images)
+    assert first.computed == 1 and again.computed == 0
+    for got in (cached, reread):
+        np.testing.assert_allclose(got[1], through_images[1], atol=1e-6)
+        np.testing.assert_allclose(got[2], through_images[2], atol=1e-6)
+        torch.testing.assert_close(got[0].sub_score, through_images[0].sub_score, atol=1e-6, rtol=1e-5)

@@ -14,7 +14,8 @@ from conftest import space_file
 from hiertune.errors import UserError
 from hiertune.space import load_space
 from hiertune.sweep import cost, resources
-from hiertune.sweep.budget import duration, parse_duration
+from hiertune.progress import duration
+from hiertune.sweep.budget import parse_duration
 from hiertune.sweep.resume import check_same_data, data_inputs, resumed_space
 from hiertune.sweep.state import SweepMeta
 from hiertune.training.probe import EpochCost
@@ -59,7 +60,7 @@ def test_budget_durations_read_with_a_unit_and_reach_the_space(tmp_path):
     for bad in ("30", "15 minutes", "0m", "", "m"):
         with pytest.raises(UserError, match="x: "):
             parse_duration(bad, "x")
-    assert [duration(s) for s in (45, 125, 900, 7500)] == ["45s", "2m05s", "15m", "2h05m"]
+    assert [duration(s) for s in (45, 125, 900, 7500)] == ["45s", "2m05s", "15m00s", "2h05m"]
     space = load_space(SPACES / "dualhead.yaml")
     assert space.budget is None and space.with_overrides({"budget": "15m"}).budget == 900
     path = tmp_path / "s.yaml"
@@ -78,45 +79,38 @@ def test_asha_keeps_a_third_at_each_rung():
     assert cost.expected_epochs(fifo, 15) == 15 and cost.first_rung(fifo, 15) == 15
 
 
-def _costs(kinds, seconds: dict[str, float], cached: float) -> dict:
-    out = {}
-    for k in kinds:
-        s = cached if k.cached else seconds[k.cfg.finetune]
-        out[k.identity] = EpochCost(s, 0.0, 0.0, k.cached)
-    return out
+def _costs(kinds, seconds: dict[str, float]) -> dict:
+    return {k.identity: EpochCost(seconds[k.cfg.finetune], 0.0, 0.0, k.cached) for k in kinds}
 
 
 def test_a_budget_leaves_out_the_choices_it_cannot_afford_and_names_the_cheap_route():
     space = load_space(SPACES / "dualhead.yaml").with_overrides({"budget": "15m"})
     kinds = cost.space_kinds(space)
-    # 5 fine-tuning strategies x corrupt_p 0 or > 0; a linear probe is cheap only on cached features
-    assert len(kinds) == 10 and len({k.identity for k in kinds}) == 6
-    assert sum(k.weight for k in kinds) == pytest.approx(1.0) and all(k.weight == 0 for k in kinds if k.cached)
-    per_step = {"full": 600, "partial": 400, "gradual": 200, "bn": 300, "linear": 150}
-    result = cost.plan(space, kinds, _costs(kinds, per_step, cached=15), parallel=1)
+    assert len(kinds) == 5 and sum(k.weight for k in kinds) == pytest.approx(1.0)  # the 5 fine-tuning strategies
+    assert [k.cached for k in kinds] == [k.cfg.finetune == "linear" for k in kinds]  # frozen: cached features
+    per_epoch = {"full": 600, "partial": 400, "gradual": 200, "bn": 300, "linear": 15}
+    result = cost.plan(space, kinds, _costs(kinds, per_epoch), parallel=1)
     text = "\n".join(result.lines)
-    assert "finetune=full" in text and "~10m/epoch" in text and "cached features" in text and "~15s/epoch" in text
-    assert "cheap route: --set finetune=linear --set corrupt_p=0" in text
-    assert result.left_out == ("budget 15m: left out finetune=full, partial, gradual, bn; corrupt_p > 0 (with a frozen "
-                               "backbone it runs every step) (one trial would not reach the first ASHA rung, 3 "
-                               "epoch(s), in a quarter of the budget here)")
+    assert "finetune=full" in text and "~10m00s/epoch" in text and "(cached features)" in text and "~15s/epoch" in text
+    assert "whole sweep: ~15h15m (32 trials x ~5.7 epochs under ASHA, 1 at a time); budget 15m00s" in text
+    assert "cheap route: --set finetune=linear (frozen features, computed once) ~15s/epoch" in text
+    assert result.left_out == ("budget 15m00s: left out finetune=full, partial, gradual, bn (one trial would not "
+                               "reach the first ASHA rung, 3 epoch(s), in a quarter of the budget here)")
     left = result.space
-    assert left.fixed["finetune"] == "linear" and left.fixed["corrupt_p"] == 0.0
-    assert {p.name for p in left.sampled} >= {"lr", "kl_alpha"} and "finetune" not in {p.name for p in left.sampled}
-    assert left.trial_config().cached_views() > 0
+    assert left.fixed["finetune"] == "linear" and "finetune" not in {p.name for p in left.sampled}
+    assert {p.name for p in left.sampled} >= {"lr", "kl_alpha", "corrupt_p"} and left.budget == 900
 
     # A budget that affords two strategies keeps them as choices, and the condition on the others goes
-    roomy = space.with_overrides({"budget": "50m", "corrupt_p": 0.0})
-    kinds = cost.space_kinds(roomy)
-    kept = cost.plan(roomy, kinds, _costs(kinds, {**per_step, "partial": 1200, "gradual": 1200, "bn": 200}, cached=15), 1)
+    roomy = space.with_overrides({"budget": "50m"})
+    kept = cost.plan(roomy, kinds, _costs(kinds, {**per_epoch, "partial": 1200, "gradual": 1200, "bn": 200}), 1)
     finetune = next(p for p in kept.space.sampled if p.name == "finetune")
     assert finetune.choices == ("linear", "bn") and "unfreeze_depth" not in {p.name for p in kept.space.params}
 
     # Nothing affordable: refused in one line naming the cheap route
     tight = space.with_overrides({"budget": "1m"})
-    refused = cost.plan(tight, cost.space_kinds(tight), _costs(cost.space_kinds(tight), per_step, cached=15), 1)
-    assert refused.refusal.startswith("budget 1m: no kind of trial this space samples reaches its first ASHA rung")
-    assert refused.refusal.endswith("take the cheap route: --set finetune=linear --set corrupt_p=0")
+    refused = cost.plan(tight, kinds, _costs(kinds, per_epoch), 1)
+    assert refused.refusal.startswith("budget 1m00s: no kind of trial this space samples reaches its first ASHA rung")
+    assert refused.refusal.endswith("take the cheap route: --set finetune=linear")
 
 
 def test_a_resume_takes_the_recorded_settings_and_refuses_others(tmp_path, small_data):

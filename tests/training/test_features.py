@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
+from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SHIFTED
 from hiertune.data.synth import SynthConfig, write_synthetic
@@ -27,7 +28,7 @@ from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.loop import forward_all, heads_for, run_trial
-from hiertune.training.features import (FeatureStore, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
+from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
@@ -185,7 +186,7 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
             torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path):
+def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path, caplog):
     cfg = TrialConfig(**{**FAST, "augment": True, "feature_views": 3})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
@@ -198,8 +199,17 @@ def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle,
     np.testing.assert_allclose(feats["pooled"][:, 0], clean.numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(feats["pooled"][:, 1], feats["pooled"][:, 0])
     assert not np.allclose(feats["pooled"][:, 2], feats["pooled"][:, 1])
-    again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext)
+    # Seeded per block of images: the same whether one thread or two split the blocks.
+    with caplog.at_level(logging.INFO, logger="hiertune"):
+        again = extract(model, images, augment, 3, torch.device("cpu"), nullcontext, workers=2, label="twenty")
     np.testing.assert_array_equal(again["pooled"], feats["pooled"])
+    assert any("features of twenty: 20 images in" in r.getMessage() and "images/s" in r.getMessage()
+               for r in caplog.records)
+    many = np.concatenate([bundle.data.train.images] * (1 + 2 * DRAW_BLOCK // len(bundle.data.train.images)))
+    many = many[: 2 * DRAW_BLOCK + 7]
+    one = extract(model, many, augment, 2, torch.device("cpu"), nullcontext, workers=1)
+    two = extract(model, many, augment, 2, torch.device("cpu"), nullcontext, workers=2)
+    np.testing.assert_array_equal(one["pooled"], two["pooled"])
     # A trial on them draws a view per image each epoch and trains.
     (metrics, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="dualhead", augment=True,
                           feature_views=3, epochs=1, mixup_alpha=0.2)
@@ -251,14 +261,58 @@ def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_
     assert len(list((tmp_path / "features").glob("*.safetensors"))) == len(bundle_pools(bundle)) + 1
 
 
-def test_training_corruptions_turn_the_feature_cache_off(bundle, data_dir, tmp_path, count_backbone):
-    """Cached views are fixed; corrupt_p draws a corruption per step on pixels: such a trial runs its
-    frozen backbone every step rather than silently train without the corruptions."""
-    assert TrialConfig(corrupt_p=0.3).cached_views() == 0 and TrialConfig(corrupt_p=0.0).cached_views() == 1
+def test_training_corruptions_keep_a_trial_on_cached_features(bundle, data_dir, tmp_path, count_backbone):
+    """corrupt_p draws among corrupted views computed once per training pool (seeded, keyed apart
+    from the clean pools, whose keys stay as they were): the backbone runs only to compute them,
+    and a trial with another corrupt_p reads them from the disk."""
     store = FeatureStore(tmp_path)
-    (metrics, _), = trial(bundle, data_dir, store, family="layover", epochs=1, corrupt_p=0.5)
-    assert store.computed == 0 and metrics["features_computed"] == 0 and math.isfinite(metrics["train_loss"])
-    assert count_backbone  # the backbone ran on the training batches
+    (clean, _), = trial(bundle, data_dir, store, family="layover", epochs=1)
+    clean_files = set((tmp_path / "features").glob("*.safetensors"))
+    assert store.computed == len(bundle_pools(bundle))
+    count_backbone.clear()
+    (first, _), = trial(bundle, data_dir, store, family="layover", epochs=1, corrupt_p=0.5)
+    pools = bundle_pools(bundle)
+    training_pools = [p for p in pools if p != "shifted"]
+    # Only the corrupted views of the training pools were computed; the clean ones were reused.
+    assert first["features_computed"] == len(training_pools)
+    assert sum(count_backbone) == sum(len(pools[p]) for p in training_pools)
+    assert clean_files < set((tmp_path / "features").glob("*.safetensors"))
+    assert math.isfinite(first["train_loss"]) and first["train_loss"] != clean["train_loss"]
+    count_backbone.clear()
+    (again, _), = trial(bundle, data_dir, FeatureStore(tmp_path), family="layover", epochs=1, corrupt_p=0.2)
+    assert again["features_computed"] == 0 and not count_backbone and math.isfinite(again["train_loss"])
+
+
+def test_corrupted_views_are_the_corrupted_images_through_the_backbone(bundle):
+    cfg = TrialConfig(**{**FAST, "family": "dualhead"})
+    torch.manual_seed(0)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg)).eval()
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    images = bundle.data.train.images[:12]
+    corruption = Corruption(views=2, severity=0.7, augmented=False)
+    got = extract(model, images, augment, 2, torch.device("cpu"), nullcontext, corruption=corruption)["pooled"]
+    gen = block_generator(torch.device("cpu"), 0, corrupted=True)
+    with torch.no_grad():
+        for k in range(2):
+            x = augment(corrupt_batch(torch.from_numpy(images), 1.0, 0.7, gen), gen, train=False)
+            np.testing.assert_allclose(got[:, k], model.frozen_features(x)["pooled"].numpy(), rtol=1e-5, atol=1e-6)
+    clean = extract(model, images, augment, 1, torch.device("cpu"), nullcontext)["pooled"][:, 0]
+    assert not np.allclose(got[:, 0], clean) and not np.allclose(got[:, 1], got[:, 0])
+
+
+def test_training_draws_a_corrupted_view_for_a_share_corrupt_p_of_images():
+    n = 4000
+    feats = {"x": torch.stack([torch.zeros(n), torch.ones(n), 2 * torch.ones(n)], 1)[:, :, None]}  # 1 clean, 2 corrupted
+    inputs = FeatureInputs(feats, torch.device("cpu"), corrupted=2, corrupt_p=0.3)
+    assert inputs.views == 1
+    labels = (torch.zeros(n, dtype=torch.long),)
+    drawn = torch.cat([x["x"] for x, _ in inputs.batches(labels, 500, torch.device("cpu"), train=True,
+                                                         order_gen=torch.Generator().manual_seed(0),
+                                                         aug_gen=torch.Generator().manual_seed(1))]).flatten()
+    assert abs((drawn > 0).float().mean().item() - 0.3) < 0.03
+    assert abs((drawn == 1).float().mean().item() - (drawn == 2).float().mean().item()) < 0.03
+    evaluation = torch.cat([x["x"] for x, in inputs.batches((), 500, torch.device("cpu"), train=False)])
+    assert (evaluation == 0).all()
 
 
 def test_feature_views_is_validated():
@@ -277,13 +331,15 @@ fixed: {{backbone: resnet10t, epochs: 2, batch_size: 16, threads: 1, image_size:
         data: {data_dir}}}
 search:
   lr: {{type: float, low: 1.0e-3, high: 3.0e-2, log: true}}
+  corrupt_p: {{type: float, low: 0.0, high: 0.5}}
 tune: {{num_samples: 3, sampler: tpe, seed: 0}}
 scheduler: {{max_t: 2, grace_period: 2, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 3  # labeled, outliers, seen_shifted, by the driver
+    # By the driver: labeled, outliers, seen_shifted, and the corrupted views of the two training pools.
+    assert len(list((cache_root / "features").glob("*.safetensors"))) == 5
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
@@ -301,3 +357,16 @@ def test_only_a_backbone_that_no_epoch_trains_counts_as_frozen(family, finetune,
     if frozen:  # and then it runs in eval mode while the rest trains
         model.train()
         assert not any(m.training for backbone in model.backbones for m in backbone.modules())
+
+
+def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_path):
+    """A scheduler reads rung epochs only: they and the last get every score, the others all
+    but vim, and each epoch's metrics say which scores its front covers."""
+    reports: list[dict] = []
+    cfg = TrialConfig(data=str(data_dir), **{**FAST, "family": "dualhead", "epochs": 3})
+    run_trial(cfg, bundle, lambda m, _: reports.append(m), features=FeatureStore(tmp_path), rungs=(2,))
+    assert [m["full_evaluation"] for m in reports] == [0.0, 1.0, 1.0]
+    assert "vim" not in reports[0]["evaluated_scores"].split(",") and "hypervolume_vim" not in reports[0]
+    assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]
+    assert reports[0]["evaluated_scores"].split(",") == [s for s in reports[2]["evaluated_scores"].split(",")
+                                                        if s != "vim"]
