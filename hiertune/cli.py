@@ -42,7 +42,7 @@ FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
 EXAMPLES = {
     None: """examples:
   hiertune demo                                  # a small sweep on synthetic data, its front, an export
-  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name first
+  hiertune sweep search_spaces/dualhead.yaml --data DATA_DIR --outliers OUT_DIR --budget 30m --name first
   hiertune ls                                    # every sweep, its status and storage
   hiertune pareto first                          # the front again; * marks the recommended point
   hiertune export-best first --top 3             # retrain the 3 best points, write submissions""",
@@ -53,7 +53,8 @@ EXAMPLES = {
   hiertune sweep search_spaces/smoke.yaml                       # synthetic data, a few minutes
   hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name cnn1 --num-samples 24
   hiertune sweep search_spaces/cnn.yaml --set epochs=3 --set tune.sampler=nsga2
-  hiertune sweep search_spaces/cnn.yaml --name cnn1 --resume    # continue after Ctrl+C
+  hiertune sweep search_spaces/dualhead.yaml --data DATA_DIR --outliers OUT_DIR --budget 30m
+  hiertune sweep --name cnn1 --resume                           # continue after Ctrl+C, as it was started
   hiertune -v sweep ...                                         # with Ray Tune's own tables""",
     "pareto": """examples:
   hiertune pareto cnn1
