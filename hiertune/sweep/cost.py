@@ -81,8 +81,14 @@ def space_kinds(space: SearchSpace) -> list[Kind]:
     return kinds
 
 
+def full_share(space: SearchSpace, epochs: int) -> float:
+    """The share of a trial's epochs evaluated in full: the scheduler's rungs and the last."""
+    last = min(epochs, space.scheduler.max_t)
+    return len({r for r in space.scheduler.rungs if r <= last} | {last}) / last
+
+
 def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
-            here: bool) -> dict[tuple, EpochCost]:
+            here: bool, share: float = 1.0) -> dict[tuple, EpochCost]:
     """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
     `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
     with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
@@ -101,19 +107,19 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
     if here:
         threads = torch.get_num_threads()
         try:
-            return _measure_all(todo, bundle, store, cpus)
+            return _measure_all(todo, bundle, store, cpus, share)
         finally:
             torch.set_num_threads(threads)
     task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    return ray.get(task.remote(todo, bundle, store, cpus))
+    return ray.get(task.remote(todo, bundle, store, cpus, share))
 
 
-def _measure_all(todo: dict, bundle, store, cpus: float) -> dict[tuple, EpochCost]:
+def _measure_all(todo: dict, bundle, store, cpus: float, share: float) -> dict[tuple, EpochCost]:
     from hiertune.training.probe import measure_epoch
 
     costs, posthoc = {}, None
     for identity, cfg in todo.items():
-        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc)
+        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share)
         posthoc = costs[identity].posthoc_seconds
     return costs
 

@@ -147,7 +147,8 @@ def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resou
     start = time.perf_counter()
     kinds = cost.space_kinds(space)
     costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
-                         space.resources.gpus_per_trial, here)
+                         space.resources.gpus_per_trial, here,
+                         cost.full_share(space, space.trial_config().epochs))
     result = cost.plan(space, kinds, costs, fitted.parallel)
     for line in result.lines:
         log.info(line)

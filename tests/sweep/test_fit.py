@@ -77,6 +77,7 @@ def test_asha_keeps_a_third_at_each_rung():
     assert cost.first_rung(space, 15) == 3
     fifo = space.with_overrides({"scheduler.type": "fifo"})
     assert cost.expected_epochs(fifo, 15) == 15 and cost.first_rung(fifo, 15) == 15
+    assert cost.full_share(space, 15) == 3 / 15 and cost.full_share(fifo, 15) == 1 / 15  # rungs 3, 9, 15
 
 
 def _costs(kinds, seconds: dict[str, float]) -> dict:
@@ -154,7 +155,7 @@ def test_an_epoch_is_measured_on_a_few_batches(small_data, tmp_path, one_thread)
 
     cfg = TrialConfig(family="cnn", data=str(small_data), batch_size=32, cnn_width=8, threads=1)
     bundle = load_bundle(cfg.data, None, 64, cfg.split_config(), tmp_path / "cache")
-    first = measure_epoch(cfg, bundle, FeatureStore(), 1)  # the first kind: its whole evaluation, timed
+    first = measure_epoch(cfg, bundle, FeatureStore(), 1, full_share=0.2)  # the first kind: its evaluation timed
     assert not first.cached and first.train_seconds > 0 and first.eval_seconds > 0 and first.posthoc_seconds > 0
     other = measure_epoch(cfg, bundle, FeatureStore(), 1, posthoc_seconds=7.0)  # the others take it as given
     assert other.posthoc_seconds == 7.0 and other.seconds == other.train_seconds + other.eval_seconds + 7.0
