@@ -256,7 +256,11 @@ def _resume(args: argparse.Namespace) -> dict:
     from hiertune.sweep.run import run_sweep
     from hiertune.sweep.state import read_meta
 
-    storage, name = find_sweep(args.name, args.storage)
+    from hiertune.space import load_space
+
+    # Where the sweep lives: --storage, else the space file's storage: (when given), else found by name.
+    given = args.storage or (load_space(args.space).storage if args.space else None)
+    storage, name = find_sweep(args.name, given)
     place = SweepPlace.resolve(name, storage, args.mlflow_uri)
     place.prepare()
     if not place.started():
