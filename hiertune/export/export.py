@@ -100,6 +100,9 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         storage.sync_down(storage.join(place.uri, "export"), place.dir / "export",
                           keep=lambda name: name.count("/") == 1 and name.endswith((f"/{SOURCE}", f"/{versions.SUMMARY}")))
     slots = versions.assign(place.dir / "export", chosen, calibration_fraction, test_images)
+    # The MLflow store named for this export must answer before anything is said or retrained, also
+    # when every point is reused: an unreachable store is a mistake in the command either way.
+    SweepRecorder(place)
     for slot in slots:
         if slot.reused:
             log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
@@ -110,7 +113,6 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     if not jobs:
         return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
                 "exports": [slot.reused for slot in slots]}
-    SweepRecorder(place)  # the MLflow store must answer before the retraining, not after it
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
