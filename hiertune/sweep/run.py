@@ -83,7 +83,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
              place.uri, secrets.redact_uri(place.mlflow_uri))
     if bundle.shifted:  # after the store answers, so that a refusal stays one line
-        log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.images), bundle.shifted.source)
+        log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.val_rows), bundle.shifted.source)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_meta(place.dir, SweepMeta(str(space.path), space.family, space.samples_thresholds,
