@@ -55,6 +55,7 @@ from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import FRONT_KEY, precompute_features
+from hiertune.training.source_probe import source_separability
 
 log = logging.getLogger("hiertune")
 
@@ -175,6 +176,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     _log_shifted(place, bundle, recorder)
+    _log_source(space, bundle, features, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
@@ -314,6 +316,21 @@ def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
         plot_shifted_examples(shifted.originals, shifted.images[:len(shifted.kinds)], shifted.kinds, path)
         place.publish(path)
         recorder.client.log_artifact(parent, str(path))
+
+
+def _log_source(space: SearchSpace, bundle, features: FeatureStore, recorder) -> None:
+    """How separable the outliers (and --shifted-data photos) are from the labeled images by
+    source alone on the sweep's frozen features, as parent-run metrics: read from the features
+    the sweep already shares (one clean view), so it costs a probe fit, not an extraction."""
+    base = space.trial_config()
+    if not features.sets or base.cached_views() != 1:
+        return
+    aurocs = source_separability(replace(base, finetune="linear", device="cpu"), bundle, features)
+    for key, value in aurocs.items():  # not log_metrics: its step bookkeeping is the sweep's end's
+        recorder.client.log_metric(recorder.state["parent"], f"source_auroc_{key}", value)
+    if aurocs:
+        log.info("source separability (probe AUROC on frozen features): %s",
+                 ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:

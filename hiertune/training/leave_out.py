@@ -58,7 +58,7 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                              fold.shift_config())
         log.info("leave-species-out: held out %s (%d photos train)", held or "every species",
                  len(bundle.shifted.train_rows))
-        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, rungs=())
+        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True)
         for name in ([held] if held else species):
             key = metric_name(name)
             out[name] = {**{k: metrics.get(f"{k}.{key}", math.nan) for k in PHOTO_KEYS},

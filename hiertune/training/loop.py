@@ -81,12 +81,13 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
-              rungs: tuple[int, ...] | None = None) -> dict:
+              rungs: tuple[int, ...] | None = None, last_only: bool = False) -> dict:
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
     `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
-    vim (metric `full_evaluation`; None: every epoch is full)."""
+    vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
+    last epoch only, for a caller that reads nothing between (a leave-species-out fold)."""
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -113,6 +114,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
+        if last_only and epoch + 1 < cfg.epochs:
+            state.epoch = epoch + 1
+            continue
         full = rungs is None or epoch + 1 in rungs or epoch + 1 == cfg.epochs
         evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)

@@ -5,6 +5,7 @@ generated training images against outliers and against real photos of known spec
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
@@ -21,6 +22,7 @@ def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     """AUROC of a source probe for each pair of PAIRS whose pools the bundle has (the photos:
     only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features."""
     device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # as a trial builds its model: randomly initialised weights match its features' key
     model, augment = build(cfg, heads_for(bundle, cfg), device)
     feats = pool_features(model, bundle_pools(bundle), augment, cfg.image_size, 1, device, autocast(device, cfg.amp),
                           str(precision(device, cfg.amp)), store)

@@ -73,3 +73,24 @@ def test_photos_split_by_image_between_training_and_seen_shifted(tiny_data, tmp_
     with pytest.raises(UserError, match="shifted_holdout names unknown subclass"):
         load_bundle(str(tiny_data), None, 32, split, tmp_path,
                     ShiftConfig(source="data", data=str(tiny_data), holdout=("zebra",)))
+
+
+def test_a_trial_trains_on_photos_and_reports_each_species(tiny_data, tmp_path):
+    from hiertune.training.features import FeatureStore
+    from hiertune.training.loop import run_trial
+
+    # A frozen backbone: the photos that train come from the cached shifted pool's features.
+    cfg = TrialConfig(family="dualhead", backbone="resnet10t", finetune="linear", feature_views=2, data=str(tiny_data),
+                      data_size=32, image_size=32, epochs=2, batch_size=8, threads=1, shifted="data",
+                      shifted_data=str(tiny_data), shifted_train_fraction=0.5, shifted_holdout="sub0",
+                      pseudo_novel_fraction=0.0, val_fraction=0.2)
+    bundle = load_bundle(cfg.data, None, 32, cfg.split_config(), tmp_path, cfg.shift_config())
+    reports = []
+    final = run_trial(cfg, bundle, lambda m, d: reports.append(m), features=FeatureStore(tmp_path), last_only=True)
+    assert len(reports) == 1 and reports[0]["epoch"] == 2 and final is reports[0]
+    assert final["train_images"] == len(bundle.splits.train) + len(bundle.shifted.train_rows) == 24 + 5 * 2  # round(2.5): 2 of 5
+    validating = {f"sub{s}" for s in np.unique(bundle.shifted.subclass[bundle.shifted.val_rows])}
+    assert validating == {f"sub{i}" for i in range(6)}  # sub0 wholly, the others' other half
+    for name in validating:
+        assert 0.0 <= final[f"photos_super_acc.{name}"] <= 1.0 and f"photos_called_novel.{name}" in final
+    assert 0.0 <= final["photos_sub_acc"] <= 1.0 and 0.0 <= final["photos_called_novel"] <= 1.0
