@@ -211,6 +211,19 @@ def _train(args: argparse.Namespace) -> dict:
                         progress=not args.json)
 
 
+def _leave_out(args: argparse.Namespace) -> dict:
+    from hiertune.training.leave_out import leave_species_out
+
+    result = leave_species_out(_space_from_args(args).trial_config(), _cache_root(args))
+    return {"species": result.species, "mean": result.mean}
+
+
+def _render_leave_out(result: dict) -> str:
+    from hiertune.training.leave_out import render
+
+    return render(result)
+
+
 def _render_train(result: dict) -> str:
     from hiertune.training.single import render
 
@@ -450,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
                      _train, _render_train)
     _add_space_args(train)
     train.add_argument("--out", help="run directory (default: sweeps/train/SPACE-TIMESTAMP)")
+
+    leave_out = _command(sub, "leave-out", "leave-species-out: how the space's configuration (midpoints unless --set) "
+                         "treats real photos (--shifted-data) of known species whose photos training never saw",
+                         _leave_out, _render_leave_out)
+    _add_space_args(leave_out)
 
     sweep = _command(sub, "sweep", "run a search space as a Ray Tune sweep (Optuna + ASHA + MLflow) and print its "
                      "Pareto front", _sweep, _render_sweep)

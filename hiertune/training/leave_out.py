@@ -72,3 +72,13 @@ def _species(cfg: TrialConfig, cache_root: Path) -> list[str]:
     names = bundle.data.hierarchy.subclasses
     photos = bundle.shifted.subclass[bundle.shifted.photo]
     return [names[s] for s in np.unique(photos)]
+
+
+def render(result: dict) -> str:
+    """The `hiertune leave-out` table: per held-out species, then the mean."""
+    header = (f"{'held-out species':<28} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
+              f"{'novel_sub':>9} {'novel_super':>11}")
+    rows = [*result["species"].items(), ("mean", result["mean"])]
+    return "\n".join([header, *(f"{name:<28} {m['photos_super_acc']:>11.3f} {m['photos_sub_acc']:>9.3f} "
+                                 f"{m['photos_called_novel']:>12.3f} {m['seen_acc']:>6.3f} {m['novel_sub_acc']:>9.3f} "
+                                 f"{m['novel_super_acc']:>11.3f}" for name, m in rows)])
