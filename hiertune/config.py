@@ -91,7 +91,7 @@ class TrialConfig:
     shifted_data: str | None = None
     # Real photos as a training source: this share of each subclass's --shifted-data images (a
     # seeded split by image) trains beside the labeled ones, the rest stay in seen_shifted. The
-    # subclasses named in shifted_holdout (comma-separated) never train: a leave-species-out run.
+    # subclasses named in shifted_holdout (';'-separated: names hold commas) never train: a leave-species-out run.
     shifted_train_fraction: float = 0.0
     shifted_holdout: str = ""
     shift_severity: float = 0.5
@@ -201,7 +201,7 @@ class TrialConfig:
     def shift_config(self) -> ShiftConfig:
         return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,
                            seed=self.split_seed, train_fraction=self.shifted_train_fraction,
-                           holdout=tuple(n.strip() for n in self.shifted_holdout.split(",") if n.strip()))
+                           holdout=tuple(n.strip() for n in self.shifted_holdout.split(";") if n.strip()))
 
     def augment_config(self) -> AugmentConfig:
         # A timm backbone gets the statistics and resampling it was trained with, pretrained or

@@ -43,8 +43,8 @@ def test_shifted_photo_settings_are_validated():
         TrialConfig(outlier_mode="oe", outlier_weight=0.5)
     with pytest.raises(UserError, match="outlier_levels must be one of"):
         TrialConfig(outlier_levels="neither")
-    cfg = TrialConfig(shifted="both", shifted_data="x", shifted_train_fraction=0.5, shifted_holdout="a, b")
-    assert cfg.shift_config().holdout == ("a", "b") and cfg.shift_config().train_fraction == 0.5
+    cfg = TrialConfig(shifted="both", shifted_data="x", shifted_train_fraction=0.5, shifted_holdout="a, x; b")
+    assert cfg.shift_config().holdout == ("a, x", "b") and cfg.shift_config().train_fraction == 0.5
 
 
 def test_photos_split_by_image_between_training_and_seen_shifted(tiny_data, tmp_path):
