@@ -7,6 +7,7 @@ the command's renderer prints it for a person. A UserError is one stderr line an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from hiertune import __version__
 from hiertune.errors import UserError
 from hiertune.secrets import redact, remember_env, remember_uri
 from hiertune.sweep.catalog import find_sweep
+from hiertune.sweep.sweeplog import RedactingFormatter
 
 log = logging.getLogger("hiertune")
 
@@ -40,7 +42,7 @@ FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
 EXAMPLES = {
     None: """examples:
   hiertune demo                                  # a small sweep on synthetic data, its front, an export
-  hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name first
+  hiertune sweep search_spaces/dualhead.yaml --data DATA_DIR --outliers OUT_DIR --budget 30m --name first
   hiertune ls                                    # every sweep, its status and storage
   hiertune pareto first                          # the front again; * marks the recommended point
   hiertune export-best first --top 3             # retrain the 3 best points, write submissions""",
@@ -51,7 +53,8 @@ EXAMPLES = {
   hiertune sweep search_spaces/smoke.yaml                       # synthetic data, a few minutes
   hiertune sweep search_spaces/cnn.yaml --data DATA_DIR --name cnn1 --num-samples 24
   hiertune sweep search_spaces/cnn.yaml --set epochs=3 --set tune.sampler=nsga2
-  hiertune sweep search_spaces/cnn.yaml --name cnn1 --resume    # continue after Ctrl+C
+  hiertune sweep search_spaces/dualhead.yaml --data DATA_DIR --outliers OUT_DIR --budget 30m
+  hiertune sweep --name cnn1 --resume                           # continue after Ctrl+C, as it was started
   hiertune -v sweep ...                                         # with Ray Tune's own tables""",
     "pareto": """examples:
   hiertune pareto cnn1
@@ -191,8 +194,9 @@ def _bundled_space(name: str) -> Path:
     raise UserError(f"search_spaces/{name} not found beside the package or in the current directory")
 
 
-def _space_from_args(args: argparse.Namespace):
-    from hiertune.space import load_space, parse_assignments
+def _overrides(args: argparse.Namespace) -> dict:
+    """The command line's settings over the space file: --set, then the flags that name one."""
+    from hiertune.space import parse_assignments
 
     overrides = parse_assignments(args.set or [])
     for key in ("data", "outliers", "shifted_data"):
@@ -200,6 +204,17 @@ def _space_from_args(args: argparse.Namespace):
             overrides[key] = getattr(args, key)
     if args.shifted_data is not None:  # beside the corruptions unless --set shifted=data says instead
         overrides.setdefault("shifted", "both")
+    if getattr(args, "budget", None) is not None:
+        overrides["budget"] = args.budget
+    if getattr(args, "num_samples", None) is not None:
+        overrides["tune.num_samples"] = args.num_samples
+    return overrides
+
+
+def _space_from_args(args: argparse.Namespace, overrides: dict | None = None):
+    from hiertune.space import load_space
+
+    overrides = _overrides(args) if overrides is None else overrides
     space = load_space(args.space)
     return space.with_overrides(overrides) if overrides else space
 
@@ -232,27 +247,99 @@ def _render_train(result: dict) -> str:
 
 def _sweep(args: argparse.Namespace) -> dict:
     from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.resume import absolute_paths
     from hiertune.sweep.run import run_sweep
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
-    if args.num_samples is not None:
-        args.set = (args.set or []) + [f"tune.num_samples={args.num_samples}"]
-    space = _space_from_args(args)
+    if args.resume:
+        return _resume(args)
+    if args.space is None:
+        raise UserError("sweep needs a search-space file (search_spaces/*.yaml), or --name NAME --resume")
+    overrides = absolute_paths(_overrides(args))
+    space = _space_from_args(args, overrides)
     name = args.name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = args.storage or space.storage
     place = SweepPlace.resolve(name, storage, args.mlflow_uri or space.mlflow.tracking_uri)
     # The place carries the tracking URI; the space, which Ray pickles into its searcher's state, need not.
     space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
-    return run_sweep(space, place, _cache_root(args), address=args.address, resume=args.resume, verbose=args.verbose)
+    with _interrupt_line(place):
+        return run_sweep(space, place, _cache_root(args), address=args.address, verbose=args.verbose,
+                         overrides=overrides)
+
+
+def _resume(args: argparse.Namespace) -> dict:
+    """The sweep --name, continued as it was started (hiertune.sweep.resume)."""
+    from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.resume import resumed_space
+    from hiertune.sweep.run import run_sweep
+    from hiertune.sweep.state import read_meta
+
+    from hiertune.space import load_space
+
+    # Where the sweep lives: --storage, else the space file's storage: (when given), else found by name.
+    given = args.storage or (load_space(args.space).storage if args.space else None)
+    storage, name = find_sweep(args.name, given)
+    place = SweepPlace.resolve(name, storage, args.mlflow_uri)
+    place.prepare()
+    if not place.started():
+        raise UserError(f"{place.uri}: no sweep to resume here")
+    meta = read_meta(place.dir)
+    if meta.overrides is None:  # a sweep from before its settings were recorded: as the command line says
+        if args.space is None:
+            raise UserError(f"sweep {name!r} did not record how it was started; give its space file and flags again")
+        space, overrides = _space_from_args(args), _overrides(args)
+    else:
+        space, overrides = resumed_space(meta, name, args.space, _overrides(args), args.cache_dir)
+    if args.mlflow_uri is None and space.mlflow.tracking_uri:
+        place = SweepPlace.resolve(name, storage, space.mlflow.tracking_uri)
+    space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
+    cache_root = Path(args.cache_dir or meta.cache_dir) if (args.cache_dir or meta.cache_dir) else _cache_root(args)
+    with _interrupt_line(place):
+        return run_sweep(space, place, cache_root, address=args.address, resume=True, verbose=args.verbose,
+                         overrides=overrides)
+
+
+class Interrupted(Exception):
+    """Ctrl+C: main prints the line and exits 130."""
+
+
+@contextlib.contextmanager
+def _interrupt_line(place):
+    """Ctrl+C during a sweep as one line: what finished, and the command that resumes it."""
+    from hiertune.errors import SweepInterrupted
+
+    try:
+        yield
+    except SweepInterrupted as exc:
+        t = exc.summary["trials"]
+        cut = f", {t['interrupted']} cut (the resume continues them)" if t.get("interrupted") else ""
+        raise Interrupted(f"sweep {place.name} interrupted: {t['completed'] + t['stopped']} trial(s) finished"
+                          f"{cut}, {exc.summary['not_started']} not started; resume with: "
+                          f"{_resume_command(place)}") from None
+    except KeyboardInterrupt:
+        if place.started():
+            raise Interrupted(f"sweep {place.name} interrupted; resume with: {_resume_command(place)}") from None
+        raise Interrupted(f"sweep {place.name} interrupted before its first trial; nothing to resume "
+                          "(run the same command again)") from None
+
+
+def _resume_command(place) -> str:
+    return f"{_hiertune_command()} sweep --name {shlex.quote(place.name)}{_where(place.name, place.root)} --resume"
 
 
 def _render_sweep(result: dict) -> str:
     from hiertune.sweep.front import render
     from hiertune.sweep.importance import render as render_importance
 
+    from hiertune.progress import duration
+
     t = result["trials"]
-    interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
+    if result.get("ended") == "budget":
+        interrupted = (f", {t['interrupted']} cut by it" if t.get("interrupted") else "") + \
+            f", {result['not_started']} not started: the {duration(result['budget'])} budget ended the sweep"
+    else:
+        interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
     return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by {result['scheduler']}, "
             f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
             f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
@@ -266,10 +353,7 @@ def _next_steps(result: dict, export_dir: str | None = None, test_images: str | 
     """What to run next, as commands that work when pasted into the same shell and folder."""
     me = _hiertune_command()
     name = result["name"]
-    try:  # the plain name when it finds this sweep, else its storage spelt out
-        where = "" if find_sweep(name, None) == (result["storage"], name) else f" --storage {shlex.quote(result['storage'])}"
-    except UserError:
-        where = f" --storage {shlex.quote(result['storage'])}"
+    where = _where(name, result["storage"])
     bin_dir = Path(sys.executable).parent
     lines = ["next:",
              f"  {me} pareto {name}{where}   # the front again: table, pareto.png, pareto.html (hover for details)",
@@ -295,6 +379,14 @@ def _next_steps(result: dict, export_dir: str | None = None, test_images: str | 
     return "\n".join(lines)
 
 
+def _where(name: str, storage: str) -> str:
+    """` --storage S` unless the plain name finds the sweep from here."""
+    try:
+        return "" if find_sweep(name, None) == (storage, name) else f" --storage {shlex.quote(storage)}"
+    except UserError:
+        return f" --storage {shlex.quote(storage)}"
+
+
 def _hiertune_command() -> str:
     """How the user ran hiertune: the console script as typed (`.venv/bin/hiertune`), else python -m."""
     if Path(sys.argv[0]).name == "hiertune":
@@ -313,8 +405,6 @@ def _pareto(args: argparse.Namespace) -> dict:
     storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
-    from hiertune.sweep.run import front_files
-    from hiertune.sweep.state import load_trials
 
     # Reads the sweep (pulling an S3 sweep's files into the local working copy) and draws its
     # front there; the sweep's MLflow runs and its files on S3 are the sweep's to write.
@@ -322,13 +412,29 @@ def _pareto(args: argparse.Namespace) -> dict:
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    summary = front_files(place, load_trials(place.dir, within=place.uri))
+    summary = _front_now(place)
     result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
               "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
     if args.groups and summary["front"]:
         result["picked"] = Pick.parse(args.pick or result["pick"]).rank(summary["front"])[0]
         result["picked_by"] = args.pick or result["pick"]
     return result
+
+
+def _front_now(place) -> dict:
+    """The front of what the sweep's trials have reported, while it runs too: a running sweep
+    replaces a trial's checkpoint each epoch, so a record read just before may name one just
+    dropped; the records are read again then."""
+    from hiertune.sweep.run import front_files
+    from hiertune.sweep.state import LIVE_JSON, load_trials
+
+    for attempt in range(3):
+        try:
+            return front_files(place, load_trials(place.dir, within=place.uri, live=True))
+        except UserError:
+            if attempt == 2 or not (place.dir / LIVE_JSON).is_file():
+                raise
+            time.sleep(1)
 
 
 def _render_pareto(result: dict) -> str:
@@ -382,8 +488,9 @@ def _render_export(result: dict) -> str:
              f"{result['retrain_wall_seconds']:.0f}s wall"]
     for e in result["exports"]:
         c = e["calibration"]
+        retrained = "(already exported: reused)" if e.get("reused") else f"retrain {e['retrain_seconds']:.0f}s"
         lines.append(f"  {e['k']}: {e['dir']}  {e['trial']} score={e['score']}  validation seen/unseen "
-                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  retrain {e['retrain_seconds']:.0f}s")
+                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  {retrained}")
         lines.append(f"     calibration: seen acceptance super {_pct(c['accept_super'])} (target "
                      f"{_pct(c['target_accept_super'])}), sub {_pct(c['accept_sub'])} (target "
                      f"{_pct(c['target_accept_sub'])}) on {c['images']} images")
@@ -424,8 +531,11 @@ def _render_predict(result: dict) -> str:
             f"{result['novel_subclass']:,} novel subclass)")
 
 
-def _add_space_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
+def _add_space_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:  # sweep --name NAME --resume reads it from the sweep's record
+        p.add_argument("space", nargs="?", help="search-space YAML (search_spaces/*.yaml); not needed with --resume")
+    else:
+        p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--data", help="competition-format directory or a pushed s3:// one (default: the space's, "
                                   "else synthetic)")
     p.add_argument("--outliers", help="outlier directory, pushed s3:// outliers, 'cifar100' or 'none' (default: "
@@ -471,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = _command(sub, "sweep", "run a search space as a Ray Tune sweep (Optuna + ASHA + MLflow) and print its "
                      "Pareto front", _sweep, _render_sweep)
-    _add_space_args(sweep)
+    _add_space_args(sweep, optional=True)
     sweep.add_argument("--name", help="sweep name (default: SPACE-TIMESTAMP); its folder is STORAGE/NAME")
     sweep.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
     sweep.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: the space's "
@@ -479,7 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db; for S3 "
                                             "storage ./sweeps/mlflow.db with artifacts on S3)")
     sweep.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    sweep.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    sweep.add_argument("--budget", metavar="DURATION",
+                       help="the trials' wall clock, e.g. 30m, 2h, 1h30m (default: the space's budget:, else none); "
+                            "choices that cannot reach the scheduler's first rung in a quarter of it are left out")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the sweep --name as it was started (its space, data and flags are recorded)")
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
                       _pareto, _render_pareto)
@@ -553,11 +667,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Redacting(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     remember_env()
@@ -572,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # every log line of every library, through one filter
-        handler.setFormatter(_Redacting(handler.formatter._fmt if handler.formatter else "%(message)s"))
+        handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else "%(message)s"))
     if not args.verbose:  # boto's INFO lines ("Found credentials in environment variables.") are noise
         for name in ("botocore", "boto3", "s3transfer", "timm"):  # timm: "Loaded  from checkpoint …"
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -587,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(redact(f"hiertune: error: {exc}"), file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(redact(f"hiertune: {exc}"), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("hiertune: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,10 @@ from hiertune.training.faults import parse_plan
 from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Settings only some families read (the others read every setting but _TIMM's, which cnn ignores).
+_ONLY = {"cnn_width": ("cnn",), "cosine_scale": ("cosine",), "layover_stage": ("layover",),
+         "layover_hidden": ("layover",), "kl_alpha": ("dualhead",), "kl_temperature": ("dualhead",)}
+_TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views")
 # Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
 # cache needs more memory than any machine has, which the allocator would report as a traceback
 # (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
@@ -173,6 +177,11 @@ class TrialConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def used_settings(self) -> dict:
+        """The settings this trial's family reads: a cnn has no backbone, only dualhead has a KL term."""
+        return {k: v for k, v in asdict(self).items()
+                if self.family in _ONLY.get(k, (self.family,)) and not (self.family == "cnn" and k in _TIMM)}
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in fields(ModelConfig)}

@@ -11,6 +11,15 @@ class UserError(Exception):
     """Bad input: the message names the file (and row) and what is wrong with it."""
 
 
+class SweepInterrupted(Exception):
+    """Ctrl+C ended a sweep after its state was saved: `summary` is what it had done (the sweep's
+    result dict); the CLI says it in one line with the command that resumes, and exits 130."""
+
+    def __init__(self, summary: dict):
+        super().__init__(summary.get("name"))
+        self.summary = summary
+
+
 def first_line(exc: BaseException | str, limit: int = 160) -> str:
     """An exception (or a message) as one short line for a one-line error: its first line, or the
     exception's type when it has no text."""

@@ -12,7 +12,11 @@ log = logging.getLogger("hiertune")
 
 def duration(seconds: float, clock: bool = False) -> str:
     m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}" if clock else (f"{m}m{s:02d}s" if m else f"{s}s")
+    if clock:
+        return f"{m}:{s:02d}"
+    if m >= 60:
+        return f"{m // 60}h{m % 60:02d}m"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Progress:

@@ -9,6 +9,7 @@
     mlflow:      {tracking_uri: null}
     storage:     null
     pick:        knee   # the recommended front point: knee, max-seen, max-unseen or weight=W
+    budget:      30m    # the trials' wall clock (hiertune.sweep.budget); null: no limit
 
 `search` entries use Optuna's own shape ({type, low, high, log, step, choices}), may carry a
 `default` (what `hiertune train` uses; otherwise the midpoint), a `when: {param: [values]}`
@@ -34,6 +35,7 @@ from hiertune.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone, check_weights_file
 from hiertune.secrets import remember_uri
+from hiertune.sweep.budget import parse_duration
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -129,6 +131,7 @@ class SearchSpace:
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     storage: str | None = None
     pick: str = "knee"  # the recommended front point (hiertune.sweep.front.Pick); export-best's default
+    budget: float | None = None  # seconds of the trials' wall clock (hiertune.sweep.budget)
 
     @property
     def sampled(self) -> tuple[Param, ...]:
@@ -157,13 +160,14 @@ class SearchSpace:
         """`--set key=value`: a section key (`tune.num_samples`) or a trial parameter, which
         becomes fixed (and leaves the search if it was searched)."""
         raw = {"family": self.family, "fixed": dict(self.fixed), "storage": self.storage, "pick": self.pick,
+               "budget": f"{self.budget:g}s" if self.budget else None,
                "search": {p.name: _param_to_raw(p) for p in self.params},
                **{s: _section_to_raw(getattr(self, s)) for s in SECTIONS}}
         for key, value in overrides.items():
             section, _, sub = key.partition(".")
             if sub and section in SECTIONS:
                 raw[section][sub] = value
-            elif key in ("family", "storage", "pick"):
+            elif key in ("family", "storage", "pick", "budget"):
                 raw[key] = value
             else:
                 raw["fixed"][key] = value
@@ -173,7 +177,7 @@ class SearchSpace:
 
 SECTIONS = {"tune": TuneSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings,
             "mlflow": MlflowSettings}
-TOP_KEYS = ("family", "fixed", "search", "storage", "pick", *SECTIONS)
+TOP_KEYS = ("family", "fixed", "search", "storage", "pick", "budget", *SECTIONS)
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "default", "when", "posthoc")
 
 
@@ -313,8 +317,9 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         raise UserError(f"{path}: resources need cpus_per_trial > 0 and gpus_per_trial >= 0")
     storage = coerce(str | None, raw.get("storage"), f"{path}: storage")
     pick = coerce(str, raw.get("pick") or "knee", f"{path}: pick")
+    budget = parse_duration(raw.get("budget"), f"{path}: budget")
     space = SearchSpace(path, coerce(str, raw["family"], f"{path}: family"), fixed, params, storage=storage,
-                        pick=pick, **sections)
+                        pick=pick, budget=budget, **sections)
     _check_trial(space)
     return space
 

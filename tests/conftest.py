@@ -342,8 +342,9 @@ def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
 
 
 def _fail_an_export(storage: Path, name: str) -> FailedExport:
-    """export-best over existing exports, failing after its staging directory holds the retrained
-    model and the submission (as it logs them to MLflow), with a killed export's staging beside."""
+    """export-best of the recommended point again, with another calibration split (so a new export,
+    not a reuse of export 1), failing after its staging directory holds the retrained model and the
+    submission (as it logs them to MLflow), with a killed export's staging beside."""
     from hiertune.export import export as export_module
 
     exports = storage / name / "export"
@@ -357,7 +358,7 @@ def _fail_an_export(storage: Path, name: str) -> FailedExport:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export_module, "_log_to_mlflow", broken)
         try:
-            run_cli("export-best", name, "--storage", str(storage))
+            run_cli("export-best", name, "--storage", str(storage), "--calibration-fraction", "0.2")
         except OSError as exc:
             error = exc
     return FailedExport(error, before, {p.name: p.read_bytes() for p in files_under(exports / "1")},

@@ -45,13 +45,16 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.export.predictor import METRICS, SOURCE, SUBMISSION, ExportedModel, read_folder, write_json
+from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel, read_folder,
+                                      write_json)
+from hiertune.export import versions
 from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
-from hiertune.sweep.run import SweepPlace, ray_session, usable_gpus
+from hiertune.sweep import resources
+from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
 from hiertune.training.features import FeatureStore
@@ -90,10 +93,23 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
-    jobs = [RetrainJob(k, p, retrain_config(trials[p["trial_id"]], p, calibration_fraction), cache_root)
-            for k, p in enumerate(pick.choose(front, top), start=1)]
-    if len(jobs) < top:
-        log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(jobs), len(jobs), top)
+    chosen = pick.choose(front, top)
+    if len(chosen) < top:
+        log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(chosen), len(chosen), top)
+    if place.remote:  # the exports already on S3: their records, so that none is overwritten
+        storage.sync_down(storage.join(place.uri, "export"), place.dir / "export",
+                          keep=lambda name: name.count("/") == 1 and name.endswith((f"/{SOURCE}", f"/{versions.SUMMARY}")))
+    slots = versions.assign(place.dir / "export", chosen, calibration_fraction, test_images)
+    for slot in slots:
+        if slot.reused:
+            log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
+                     slot.point["trial"], slot.point["score"], slot.reused["dir"])
+    jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
+                                                               calibration_fraction), cache_root)
+            for slot in slots if not slot.reused]
+    if not jobs:
+        return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
+                "exports": [slot.reused for slot in slots]}
     SweepRecorder(place)  # the MLflow store must answer before the retraining, not after it
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
@@ -109,9 +125,14 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
 
     _clear_leftovers(place.dir / "export")
     exports = []
-    for job in jobs:
-        if job.k in outputs:
-            exports.append(_write_export(place, job, pick, outputs[job.k], test_set, cache_root))
+    for slot in slots:
+        if slot.reused:
+            exports.append(slot.reused)
+        elif slot.number in outputs:
+            job = next(j for j in jobs if j.k == slot.number)
+            exports.append(_write_export(place, job, slot.rank, pick, outputs[job.k], test_set,
+                                         versions.settings(slot.point, calibration_fraction, test_images),
+                                         cache_root))
     if failures:
         done = ", ".join(str(e["k"]) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
@@ -134,7 +155,8 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
     outputs: dict[int, RetrainOutput] = {}
     failures: list[str] = []
     with ray_session(address, cpus):
-        gpus = usable_gpus(gpus, cpus, address)
+        fitted = resources.fit_connected(cpus, gpus, address)
+        cpus, gpus = fitted.cpus, fitted.gpus
         task = ray.remote(retrain).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         ref = ray.put(bundle)
         pending = {task.remote(job, ref, cpus): job for job in jobs}
@@ -175,16 +197,16 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
                    report.fixes if report else FixCounts(), _hidden_labels(data.root / "test_labels.csv"))
 
 
-def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: RetrainOutput,
-                  test_set: TestImages | None, cache_root: Path) -> dict:
+def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, output: RetrainOutput,
+                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> dict:
+    """export/<job.k>, a folder no export had (hiertune.export.versions)."""
     target = place.dir / "export" / str(job.k)
-    with atomic_dir(target, overwrite=True) as stage:
+    with atomic_dir(target) as stage:
         for name, data in output.files.items():
             (stage / name).write_bytes(data)
         write_json(stage / SOURCE, {
             "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
-            "trial_id": job.point["trial_id"], "pick": str(pick), "rank": job.k,
-            "point": job.point})
+            "trial_id": job.point["trial_id"], "pick": str(pick), "rank": rank, **same_when})
         summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
                    "retrain_seconds": output.seconds, "calibration": output.calibration,
                    "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
@@ -202,6 +224,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, pick: Pick, output: Retrai
                 metrics["test"] = summary["test"]
                 write_json(stage / METRICS, metrics)
         summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
+        write_json(stage / versions.SUMMARY, summary)
         write_json(stage / "mlflow.json", summary["mlflow"])
     if place.remote:
         # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
@@ -242,7 +265,12 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
         tags[PARENT_TAG] = recorder.state["parent"]
     run = recorder.client.create_run(recorder.experiment_id, run_name=f"export-{job.k}", tags=tags)
     run_id = run.info.run_id
-    recorder.log_params(run_id, {**job.cfg.to_dict(), "pick": str(pick)})
+    # What the exported model uses: its family's settings, the front point's score and thresholds
+    # (not the config's defaults), and the raw thresholds calibrated for this model.
+    used = json.loads((stage / THRESHOLDS).read_text())
+    recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used["score"],
+                                 "tau_super": job.point["tau_super"], "tau_sub": job.point["tau_sub"],
+                                 "thr_super": used["thr_super"], "thr_sub": used["thr_sub"]})
     flat = {"retrain_seconds": summary["retrain_seconds"],
             **{f"validation_{k}": v for k, v in summary["validation"].items()},
             **{f"calibration_{k}": v for k, v in summary["calibration"].items()},

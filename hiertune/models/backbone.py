@@ -60,7 +60,8 @@ def create_backbone(config: ModelConfig) -> nn.Module:
     name = config.backbone
     check_backbone(name)
     if config.pretrained is False:
-        log.info("backbone %s: random initialisation, trains from scratch", name)
+        # Training says "trains from scratch" (hiertune.training.loop.build); an exported model
+        # built this way is about to load its own weights.
         return timm.create_model(name, pretrained=False, num_classes=0)
     if config.pretrained is True:
         # An installed weights package works offline; timm's hub is the fallback.

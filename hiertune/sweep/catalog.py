@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiertune.errors import UserError
-from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, load_trials, read_meta
+from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, load_trials, read_ended, read_meta
 
 DEFAULT_ROOT = "sweeps"
 
@@ -25,7 +25,7 @@ DEFAULT_ROOT = "sweeps"
 class SweepEntry:
     name: str
     storage: str  # the folder holding the sweep's folder (SweepPlace.root)
-    status: str  # finished | interrupted | unfinished
+    status: str  # finished | interrupted | budget spent | unfinished
     trials: dict[str, int]  # status → count, from trials.json
     modified: float
 
@@ -77,6 +77,8 @@ def _entry(folder: Path) -> SweepEntry:
             for r in load_trials(folder):
                 trials[r.status] = trials.get(r.status, 0) + 1
             status = "interrupted" if trials.get("interrupted") else "finished"
+            if read_ended(folder) == "budget":  # its cut trials are the budget's, not a Ctrl+C's
+                status = "budget spent"
         except UserError:
             status = f"damaged {TRIALS_JSON}"
     modified = max(p.stat().st_mtime for p in folder.iterdir()) if any(folder.iterdir()) else folder.stat().st_mtime

@@ -67,7 +67,8 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
     groups.set_ylabel("accuracy per validation group (acceptance for accept_shifted)")
     groups.set_ylim(0, 1.02)
     groups.grid(alpha=0.3)
-    groups.legend(loc="lower left", fontsize=8)
+    if groups.get_legend_handles_labels()[0]:  # an empty front (nothing reported yet) has nothing to name
+        groups.legend(loc="lower left", fontsize=8)
     groups.set_title("the front, group by group", fontsize=10)
     _save(fig, path)
 

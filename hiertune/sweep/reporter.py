@@ -25,8 +25,10 @@ log = logging.getLogger("hiertune")
 
 
 class ConsoleReporter(tune.Callback):
-    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str):
+    def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str,
+                 budget: float | None = None):
         self.total, self.max_t, self.pick, self.sampled, self.stopped_by = total, max_t, pick, sampled, stopped_by
+        self.budget = budget
         self._start = time.monotonic()
         self._done: set[str] = set()
         self._running: set[str] = set()
@@ -59,28 +61,35 @@ class ConsoleReporter(tune.Callback):
             what = f"stopped by {self.stopped_by} after {done} of {self._epochs(trial)} epochs"
         else:
             what = f"finished {done} epochs"
-        self._end(trial, f"{what}  ({_measures(last)})")
+        self._end(trial, trials, f"{what}  ({_measures(last)})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = (trial.last_result or {}).get(FAILURE_KEY) or "see its error file in the sweep's tune/ folder"
-        self._end(trial, f"failed: {reason}")
+        self._end(trial, trials, f"failed: {reason}")
 
-    def _end(self, trial, text: str) -> None:
+    def _end(self, trial, trials, text: str) -> None:
         self._running.discard(trial.trial_id)
         self._done.add(trial.trial_id)
         self._say(f"{_name(trial)} {text}")
-        log.info("       %s", self.status())
+        # Counted from Tune's own trial list: a resumed sweep's earlier trials count too.
+        ended = 1 + sum(t.status in (t.TERMINATED, t.ERROR) for t in trials or () if t is not trial)
+        log.info("       %s", self.status(max(ended, len(self._done))))
 
-    def status(self) -> str:
-        parts = [f"{len(self._done)}/{self.total} done, {len(self._running)} running"]
-        if self._points:
+    def status(self, ended: int | None = None) -> str:
+        ended = len(self._done) if ended is None else ended
+        parts = [f"{ended}/{self.total} done, {len(self._running)} running"]
+        left = self.total - ended
+        # The last line leaves the best to the recommended point printed next, picked from every
+        # epoch's whole post-hoc front, which a trial's latest point need not be.
+        if self._points and left:
             best = self.pick.rank(list(self._points.values()))[0]
             parts.append(f"best so far {best['trial']}: seen {best['seen']:.3f}, unseen {best['unseen']:.3f}"
                          + (f" ({best['score']})" if best["score"] else ""))
-        left = self.total - len(self._done)
-        if self._done and left:
+        if self._done and left:  # at the pace of the trials this run of the sweep finished
             eta = (time.monotonic() - self._start) / len(self._done) * left
-            parts.append(f"ETA ~{duration(eta)}")
+            budget = getattr(self, "budget", None)  # a reporter pickled before budgets existed has none
+            beyond = f", beyond the {duration(budget)} budget" if budget and eta > budget else ""
+            parts.append(f"ETA ~{duration(eta)}{beyond}")
         return " · ".join(parts)
 
     def _epochs(self, trial) -> int:

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
@@ -26,7 +26,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
-from hiertune.errors import UserError
+from hiertune.config import TrialConfig
+from hiertune.errors import SweepInterrupted, UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.space import SearchSpace
 from hiertune.sweep.front import Pick, recommended, sweep_front, write_front
@@ -36,19 +37,26 @@ from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.reporter import ConsoleReporter
 from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectives, study_url
+from hiertune.sweep import cost, resources
+from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
+from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.state import (
     STATUSES,
+    ENDED_JSON,
     SWEEP_JSON,
     TRIALS_JSON,
     SweepMeta,
     TrialRecord,
     check_ray_state,
     find_meta,
+    load_trials,
     read_meta,
     save_trials,
     trial_status,
+    write_ended,
     write_meta,
 )
+from hiertune.sweep.sweeplog import sweep_log
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
@@ -61,7 +69,8 @@ log = logging.getLogger("hiertune")
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
-              resume: bool = False, verbose: bool = False) -> dict:
+              resume: bool = False, verbose: bool = False, overrides: dict | None = None) -> dict:
+    """`overrides`: the command line's settings over the space file, recorded for `--resume`."""
     Pick.parse(space.pick)  # a misspelt pick fails now, not after the sweep
     place.prepare()
     started = place.started()
@@ -70,27 +79,31 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     if started and not resume:
         raise UserError(f"sweep {place.name!r} already exists in {place.root}; pass --resume to continue it "
                         "or --name for a new one")
-    if resume:
-        read_meta(place.dir)
-        if not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
-            check_ray_state(Path(place.tune_uri))
+    meta = read_meta(place.dir) if resume else None
+    if resume and not place.remote:  # on S3 Ray reads its state where it is, and a damaged file fails there
+        check_ray_state(Path(place.tune_uri))
+    fitted = None
+    if address is None and not ray.is_initialized():  # this machine: fitted before Ray or the data start
+        space, fitted = _fit_resources(space, resources.local_node())
     base = space.trial_config()
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
+    if meta is not None:
+        check_same_data(meta.inputs, bundle, place.name)
     _check_outlier_ranges(space, bundle.splits)
     # Before anything is written or Ray starts: the trial → run map must be readable, and the
     # MLflow store reachable.
     recorder = SweepRecorder(place)
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
              place.uri, secrets.redact_uri(place.mlflow_uri))
+    summary = bundle.summary()
+    log.info("data %s: %d train / %d validation images, %d outlier validation images, %d pseudo-novel subclasses",
+             summary["data"], summary["train"], summary["val"], summary["outlier_val"],
+             len(summary["pseudo_novel_subclasses"]))
     if bundle.shifted:  # after the store answers, so that a refusal stays one line
         log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.val_rows), bundle.shifted.source)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        write_meta(place.dir, SweepMeta(str(space.path), space.family, space.samples_thresholds,
-                                        space.resources.cpus_per_trial, space.resources.gpus_per_trial,
-                                        pick=space.pick, objectives=tuple(_study_objectives(space))))
-        place.publish(place.dir / SWEEP_JSON)
         (place.dir / OPTUNA_DB).unlink(missing_ok=True)  # left by an attempt that died before Ray saved state
 
     # Every trial checkpoints every epoch by design; Ray's warning about frequent state
@@ -99,12 +112,53 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # A trial's final failure is reported as a result without metrics (hiertune.sweep.trainable);
     # Ray's check that every result carries the scheduler's metric would reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    with ray_session(address, space.resources.cpus_per_trial):
-        gpus = usable_gpus(space.resources.gpus_per_trial, space.resources.cpus_per_trial, address)
-        if gpus != space.resources.gpus_per_trial:
-            space = space.with_overrides({"resources.gpus_per_trial": gpus})
+    with ray_session(address, space.resources.cpus_per_trial), sweep_log(place.dir, verbose):
+        if fitted is None:
+            fitted = resources.fit_connected(space.resources.cpus_per_trial, space.resources.gpus_per_trial, address)
+            space = _fitted_space(space, fitted)
+        if not resume:
+            write_meta(place.dir, SweepMeta(str(space.path.resolve()), space.family, space.samples_thresholds,
+                                            space.resources.cpus_per_trial, space.resources.gpus_per_trial,
+                                            pick=space.pick, objectives=tuple(_study_objectives(space)),
+                                            overrides=overrides, cache_dir=str(Path(cache_root).resolve()),
+                                            inputs=data_inputs(bundle)))
+            place.publish(place.dir / SWEEP_JSON)
         features = shared_features(space, bundle, cache_root)
+        if not resume:
+            space = _cost_plan(space, bundle, features, fitted, here=address is None and not fitted.gpus)
         return _run(space, place, bundle, features, recorder, resume, verbose)
+
+
+def _fit_resources(space: SearchSpace, node: resources.Node) -> tuple[SearchSpace, resources.Fit]:
+    fitted = resources.fit(space.resources.cpus_per_trial, space.resources.gpus_per_trial, node)
+    if fitted.changed:
+        log.info(fitted.line())
+    return _fitted_space(space, fitted), fitted
+
+
+def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
+    if not fitted.changed:
+        return space
+    return space.with_overrides({"resources.cpus_per_trial": fitted.cpus, "resources.gpus_per_trial": fitted.gpus})
+
+
+def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool) -> SearchSpace:
+    """What the space costs here, said before the first trial; with a budget, the space without
+    what it cannot afford."""
+    start = time.perf_counter()
+    kinds = cost.space_kinds(space)
+    costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
+                         space.resources.gpus_per_trial, here,
+                         cost.full_share(space, space.trial_config().epochs))
+    result = cost.plan(space, kinds, costs, fitted.parallel)
+    for line in result.lines:
+        log.info(line)
+    if result.refusal:
+        raise UserError(result.refusal)
+    if result.left_out:
+        log.info(result.left_out)
+    log.debug("cost probe took %.1fs", time.perf_counter() - start)
+    return result.space
 
 
 @contextlib.contextmanager
@@ -120,8 +174,11 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
     if own_ray:
         # "local" starts a private Ray even when a `ray start` cluster runs on this machine,
         # which ray.init(address=None) would silently join.
+        # Ctrl+C reaches every process of the terminal's group, a local Ray's workers included: they
+        # leave it to the driver, which stops the trials (their tracebacks would flood the console).
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}})
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]},
+                              **({} if address else {"worker_process_setup_hook": "hiertune.sweep.ending.worker_setup"})})
     try:
         yield
     finally:
@@ -129,30 +186,14 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
             ray.shutdown()
 
 
-def usable_gpus(gpus: float, cpus: float, address: str | None) -> float:
-    """GPUs to request per trial from the connected Ray. A local machine without a GPU would
-    leave GPU-requesting trials pending forever; a cluster (address given) may still add GPU
-    nodes through its autoscaler."""
-    import ray
-
-    if address is None and gpus and not ray.cluster_resources().get("GPU"):
-        log.warning("no GPU on this machine: %s CPU(s) per trial instead of gpus_per_trial %s", cpus, gpus)
-        return 0
-    return gpus
-
-
 def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStore:
     """The frozen-backbone features every frozen trial of the space can read, computed once by a
     Ray task with a trial's device and a node's CPUs; empty when no trial freezes its backbone. Trials get the
     store through Ray's object store with the bundle; the disk cache serves the other keys."""
     store = FeatureStore(cache_root)
-    base = space.trial_config()
-    finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
-    if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
+    frozen = shared_frozen_config(space)
+    if frozen is None:
         return store
-    # With corrupt_p searched, the training pools' corrupted views too: trials share them.
-    corrupt_p = max([base.corrupt_p, *(p.high for p in space.sampled if p.name == "corrupt_p")])
-    frozen = replace(base, finetune="linear", corrupt_p=corrupt_p)
     # Before any trial starts: the largest node's CPUs, which extraction splits its images across.
     cpus = max([space.resources.cpus_per_trial,
                 *(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))])
@@ -168,6 +209,18 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
     log.info("frozen %s features of %d image pool(s) ready in %.1fs", frozen.backbone, len(store.sets),
              time.perf_counter() - start)
     return store
+
+
+def shared_frozen_config(space: SearchSpace) -> TrialConfig | None:
+    """The frozen trial whose features the sweep computes before its trials: the space's base
+    config with its backbone frozen; None when no trial can freeze it or cache its features.
+    With corrupt_p searched, the training pools' corrupted views too: trials share them."""
+    base = space.trial_config()
+    finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
+    if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
+        return None
+    corrupt_p = max([base.corrupt_p, *(p.high for p in space.sampled if p.name == "corrupt_p")])
+    return replace(base, finetune="linear", corrupt_p=corrupt_p)
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool,
@@ -202,12 +255,14 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
                 max_concurrent_trials=space.tune.max_concurrent or None,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                 reuse_actors=True,  # a new trial skips the worker start-up (importing torch, timm)
+                time_budget_s=space.budget,  # Ray's TimeoutStopper: its state keeps what is left for --resume
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[FinalFailures(), callback, *scheduler_callbacks, ConsoleReporter(
+                callbacks=[EndWatch(), FinalFailures(), callback, *scheduler_callbacks, LiveTrials(place, space),
+                           ConsoleReporter(
                     space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
-                    [p.name for p in space.sampled], space.scheduler.label)],
+                    [p.name for p in space.sampled], space.scheduler.label, space.budget)],
                 verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -217,15 +272,26 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         grid = tuner.fit()
     wall = time.perf_counter() - start
 
-    trials = [_record(r, space) for r in grid]
+    previous = {t.trial_id: t for t in load_trials(place.dir)} if resume and (place.dir / TRIALS_JSON).exists() else {}
+    # A trial Tune never started (pending when the sweep stopped) is no record: --resume starts it.
+    started = recorder.started_trials()
+    trials = [_record(r, space, previous.get(_trial_id(r))) for r in grid if _started(r, started)]
     save_trials(place.dir, trials)
     place.publish(place.dir / TRIALS_JSON)
     recorder.reconcile(trials)
-    summary = finish(place, trials, recorder, space.scheduler.label)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    return {"name": place.name, "storage": place.root, "dir": place.uri,
-            "mlflow_uri": secrets.redact_uri(place.mlflow_uri),
-            "trials": counts, "scheduler": space.scheduler.label, "wall_seconds": wall, **summary}
+    ended = how_it_ended(space.tune.num_samples - counts["completed"] - counts["stopped"] - counts["failed"],
+                         space.budget)
+    summary = finish(place, trials, recorder, space.scheduler.label)
+    write_ended(place.dir, ended)
+    place.publish(place.dir / ENDED_JSON)
+    result = {"name": place.name, "storage": place.root, "dir": place.uri,
+              "mlflow_uri": secrets.redact_uri(place.mlflow_uri), "ended": ended, "budget": space.budget,
+              "trials": counts, "not_started": space.tune.num_samples - len(trials),
+              "scheduler": space.scheduler.label, "wall_seconds": wall, **summary}
+    if ended == INTERRUPTED:
+        raise SweepInterrupted(result)
+    return result
 
 
 def make_scheduler(space: SearchSpace) -> tuple:
@@ -348,25 +414,71 @@ def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
     return histories
 
 
-def _record(result, space: SearchSpace) -> TrialRecord:
+class LiveTrials(tune.Callback):
+    """trials.live.json while the sweep runs, so `hiertune pareto NAME` shows what has reported."""
+
+    def __init__(self, place: SweepPlace, space: SearchSpace):
+        self.place, self.space = place, space
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):  # each epoch, once it is stored
+        self._save(trials, trial, checkpoint)
+
+    def _save(self, trials, new, checkpoint) -> None:
+        # Tune may not have made this epoch's checkpoint the trial's latest yet (and drops the older one).
+        results = [_TrialResult(t.last_result or {}, t.config, checkpoint if t is new else t.checkpoint, None, t.path)
+                   for t in trials]
+        save_trials(self.place.dir, [_record(r, self.space) for r in results if "training_iteration" in r.metrics],
+                    live=True)
+
+
+@dataclass
+class _TrialResult:
+    """A running trial as Tune's Result shows a finished one, for _record."""
+
+    metrics: dict
+    config: dict
+    checkpoint: object
+    error: object
+    path: str
+
+
+def _trial_id(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+
+
+def _started(result, started: set[str]) -> bool:
+    """Whether Tune ever ran the trial: it has an MLflow run, reported, kept a checkpoint, or failed."""
+    reported = "training_iteration" in (result.metrics or {})
+    return _trial_id(result) in started or reported or result.checkpoint is not None or result.error is not None
+
+
+def _record(result, space: SearchSpace, before: TrialRecord | None = None) -> TrialRecord:
+    """`before`: the trial's record from an earlier run of the sweep, whose name and config stand
+    when Ray hands this one back without them."""
     metrics = result.metrics or {}
-    trial_id = metrics.get("trial_id") or Path(result.path).name
+    trial_id = _trial_id(result)
     failure = metrics.get(FAILURE_KEY)
     # A final failure's report is one result past the trial's last epoch.
     epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
     error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
-    planned = int((result.config or {}).get("epochs", space.scheduler.max_t))
-    # Without `done` the sweep stopped (Ctrl+C) before this trial finished.
+    planned = int((result.config or (before.config if before else {})).get("epochs", space.scheduler.max_t))
+    # Without `done` the sweep stopped (Ctrl+C, its budget) before this trial finished, unless it
+    # reported its last epoch, or had finished before a resume: Ray's state, saved as the sweep
+    # stopped, may predate the `done` of a trial's last result.
+    ended_before = before is not None and before.status != "interrupted"
+    ran_all = epochs >= min(planned, space.scheduler.max_t)
     status = trial_status(epochs, planned, space.scheduler.max_t, failed=error is not None,
-                          finished=bool(metrics.get("done")))
+                          finished=bool(metrics.get("done")) or ended_before or ran_all)
+    config = dict(result.config or {}) or (dict(before.config) if before else {})
     sampled = {p.name for p in space.sampled}
-    params = {k: v for k, v in (result.config or {}).items() if k in sampled}
+    params = {k: v for k, v in config.items() if k in sampled} or (dict(before.params) if before else {})
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     # Named as its MLflow run and the console call it: Optuna's trial number.
-    name = f"trial-{int((result.config or {}).get('trial_number', 0)):02d}"
+    name = f"trial-{int(config['trial_number']):02d}" if "trial_number" in config else (
+        before.name if before else f"trial-{trial_id}")
     return TrialRecord(trial_id, name, status, epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
-                       error, dict(result.config or {}))
+                       error, config)
 
 
 @contextlib.contextmanager

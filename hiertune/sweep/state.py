@@ -24,6 +24,11 @@ from hiertune.fsutil import atomic_file
 SWEEP_JSON = "sweep.json"
 SWEEP_KEYS = ("space", "family", "sampled_thresholds")
 TRIALS_JSON = "trials.json"
+# While a sweep runs: a record per trial Tune has started, rewritten as they report (what
+# `hiertune pareto` reads then); trials.json replaces it when the sweep ends.
+LIVE_JSON = "trials.live.json"
+# How the sweep's last run ended: "finished", "budget" (its time budget) or "interrupted" (Ctrl+C).
+ENDED_JSON = "ended.json"
 RAY_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")
 RAY_EXPERIMENT_STATE = "experiment_state-*.json"
 
@@ -75,11 +80,18 @@ class SweepMeta:
     gpus_per_trial: float = 0.0
     pick: str = "knee"  # the space's `pick:`, the recommended point's rule (hiertune.sweep.front.Pick)
     objectives: tuple[str, ...] = ()  # the Optuna study's values, in order: what importance is reported under
+    # What `--resume` starts it again with (absent in sweeps from before it was recorded): the
+    # command line's settings over the space file (--set, --data, --outliers, --shifted-data,
+    # --budget, --num-samples; local paths absolute), the image cache root, and what the data was.
+    overrides: dict | None = None
+    cache_dir: str | None = None
+    inputs: dict | None = None  # DataInputs.to_dict(): the data's sources, sizes and digests
 
     def to_dict(self) -> dict:
         return {"space": self.space, "family": self.family, "sampled_thresholds": self.sampled_thresholds,
                 "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
-                "pick": self.pick, "objectives": list(self.objectives)}
+                "pick": self.pick, "objectives": list(self.objectives), "overrides": self.overrides,
+                "cache_dir": self.cache_dir, "inputs": self.inputs}
 
 
 def write_meta(sweep_dir: Path, meta: SweepMeta) -> None:
@@ -98,9 +110,17 @@ def read_meta(sweep_dir: Path) -> SweepMeta:
         # `pick` and `objectives` came later: an older sweep.json reads with the knee and no names.
         return SweepMeta(str(info["space"]), str(info["family"]), bool(info["sampled_thresholds"]),
                          float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)),
-                         str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())))
+                         str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())),
+                         _mapping(info.get("overrides"), path, "overrides"), info.get("cache_dir"),
+                         _mapping(info.get("inputs"), path, "inputs"))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path}: not a hiertune sweep record ({first_line(exc)})") from None
+
+
+def _mapping(value, path: Path, key: str) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{path}: not a hiertune sweep record ({key} is not a mapping)")
+    return value
 
 
 def find_meta(sweep_dir: Path) -> SweepMeta | None:
@@ -108,10 +128,14 @@ def find_meta(sweep_dir: Path) -> SweepMeta | None:
     return read_meta(sweep_dir) if (sweep_dir / SWEEP_JSON).exists() else None
 
 
-def load_trials(sweep_dir: Path, within: str | None = None) -> list[TrialRecord]:
+def load_trials(sweep_dir: Path, within: str | None = None, live: bool = False) -> list[TrialRecord]:
     """The sweep's trial records. With `within` (the sweep's folder or S3 URI), every checkpoint
-    must lie inside it: a record pointing elsewhere is refused, never followed."""
+    must lie inside it: a record pointing elsewhere is refused, never followed. `live`: a running
+    sweep's records when they are newer than its last trials.json."""
     path = sweep_dir / TRIALS_JSON
+    live_path = sweep_dir / LIVE_JSON
+    if live and live_path.is_file() and (not path.is_file() or live_path.stat().st_mtime >= path.stat().st_mtime):
+        path = live_path
     if not path.is_file():
         raise UserError(f"{sweep_dir}: no sweep results ({TRIALS_JSON}) here; run `hiertune sweep` first")
     records = read_json(path)
@@ -123,6 +147,8 @@ def load_trials(sweep_dir: Path, within: str | None = None) -> list[TrialRecord]
         if t.checkpoint is not None and not _inside(t.checkpoint, within):
             raise UserError(f"{path}: {t.name}'s checkpoint {t.checkpoint!r} is outside the sweep's folder {within} "
                             "(moved, or edited?)")
+    if path.name == LIVE_JSON:  # a running sweep replaces a trial's checkpoint each epoch: skip one just dropped
+        trials = [t for t in trials if t.checkpoint is None or "://" in t.checkpoint or Path(t.checkpoint).exists()]
     return trials
 
 
@@ -135,9 +161,23 @@ def _inside(location, root: str) -> bool:
     return os.path.commonpath([real, os.path.realpath(location)]) == real
 
 
-def save_trials(sweep_dir: Path, trials: list[TrialRecord]) -> None:
-    with atomic_file(sweep_dir / TRIALS_JSON) as tmp:
+def save_trials(sweep_dir: Path, trials: list[TrialRecord], live: bool = False) -> None:
+    with atomic_file(sweep_dir / (LIVE_JSON if live else TRIALS_JSON)) as tmp:
         tmp.write_text(json.dumps([t.to_dict() for t in trials], indent=1, default=str))
+    if not live:
+        (sweep_dir / LIVE_JSON).unlink(missing_ok=True)
+
+
+def write_ended(sweep_dir: Path, how: str) -> None:
+    with atomic_file(sweep_dir / ENDED_JSON) as tmp:
+        tmp.write_text(json.dumps({"ended": how}))
+
+
+def read_ended(sweep_dir: Path) -> str | None:
+    """How the sweep's last run ended; None for a sweep from before it was recorded, or running."""
+    path = sweep_dir / ENDED_JSON
+    info = read_json(path) if path.is_file() else None
+    return info.get("ended") if isinstance(info, dict) else None
 
 
 def read_json(path: Path):

@@ -94,6 +94,10 @@ class SweepRecorder:
         return UserError(f"MLflow store {redact_uri(self.place.mlflow_uri)} does not hold sweep "
                          f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
+    def started_trials(self) -> set[str]:
+        """Trials that have a run: Tune started them (the callback writes the state as it goes)."""
+        return set(self._load().get("trials", {}))
+
     def start_parent(self, params: dict, tags: dict) -> str:
         run_id = self.state.get("parent") or self._find(f"tags.`{ROLE_TAG}` = 'sweep'")
         if run_id is None:

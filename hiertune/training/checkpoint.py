@@ -32,6 +32,20 @@ POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
 SCORERS = "scorers.safetensors"
 
 
+def _check_fits(saved: dict, model: dict, path: Path) -> None:
+    """A readable checkpoint of another model (another family or backbone, another dataset's
+    class counts) named for what does not fit, not as a damaged file."""
+    shapes = [f"{k} is {list(saved[k].shape)} there, {list(model[k].shape)} in this trial's model"
+              for k in model if k in saved and saved[k].shape != model[k].shape]
+    missing = [k for k in model if k not in saved]
+    extra = [k for k in saved if k not in model]
+    if shapes or missing or extra:
+        what = shapes[:2] + ([f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"] if missing else []) + (
+            [f"{len(extra)} unexpected, e.g. {extra[0]}"] if extra else [])
+        raise CheckpointUnreadable(f"{path}: the checkpoint does not fit this trial's model ({'; '.join(what)}): "
+                                   "written for another model or dataset")
+
+
 @dataclass
 class TrainState:
     """What a checkpoint saves and a resume restores: the model, its optimizer and schedule, the
@@ -64,7 +78,7 @@ class TrainState:
 
     def restore(self, path: Path) -> None:
         """In place, from the checkpoint in `path`; this run is then the attempt after the one that wrote it."""
-        loaders = ((MODEL, lambda p: self.model.load_state_dict(load_file(p))),
+        loaders = ((MODEL, load_file),
                    (STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
                    (HISTORY, lambda p: json.loads(p.read_text())))
         loaded = {}
@@ -75,6 +89,8 @@ class TrainState:
                     SafetensorError) as exc:
                 raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
                                            f"({first_line(exc)})") from None
+        _check_fits(loaded[MODEL], self.model.state_dict(), path / MODEL)
+        self.model.load_state_dict(loaded[MODEL])
         state = loaded[STATE]
         try:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -131,7 +131,8 @@ def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, v
         # Each block draws from its own generator, so a batch of several blocks gives what the
         # blocks one at a time would.
         gens = [block_generator(device, b, corruption is not None) for b, _ in batch]
-        xbs = [torch.from_numpy(images[s]).to(device) for _, s in batch]
+        # A copy: the pool may be a read-only array from Ray's object store.
+        xbs = [torch.tensor(images[s], device=device) for _, s in batch]
         per_view = []
         for k in range(views):
             if corruption is None:

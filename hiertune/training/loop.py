@@ -88,26 +88,15 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
     vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
     last epoch only, for a caller that reads nothing between (a leave-species-out fold)."""
-    torch.set_num_threads(cfg.torch_threads(cpus))
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    autocast = amp_autocast(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
-    heads = heads_for(bundle, cfg)
-    model, augment = build(cfg, heads, device)
-    optimizer = make_optimizer(cfg, model)
-    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    steps_per_epoch = max(1, len(split.train_subclass) // cfg.batch_size)
-    state = TrainState(model, optimizer,
-                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
-                       order_gen=torch.Generator().manual_seed(cfg.seed),
-                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    setup = setup_trial(cfg, bundle, cpus)
+    device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
+                                                     setup.model, setup.state)
     if resume is not None:
         state.restore(resume)
         log.info("resuming from epoch %d (attempt %d)", state.epoch, state.attempt)
     fault = fault_for(cfg.faults, cfg.trial_number)
     # After a resume, so cached features come from the weights the trial trains with.
-    data = trial_data(cfg, bundle, split, heads, model, augment, features or FeatureStore())
+    data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
     metrics: dict = {}
     memo = Memo()  # feature statistics and feature-only scores, computed again only when features change
@@ -130,10 +119,45 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     return metrics
 
 
-def build(cfg: TrialConfig, heads: Heads, device: torch.device) -> tuple[torch.nn.Module, BatchAugment]:
+@dataclass
+class TrialSetup:
+    """A trial as built before its first epoch: model, optimizer state, its data split."""
+
+    device: torch.device
+    autocast: Callable
+    scaler: torch.amp.GradScaler
+    heads: Heads
+    model: torch.nn.Module
+    augment: BatchAugment
+    state: TrainState
+    split: SplitData
+
+
+def setup_trial(cfg: TrialConfig, bundle: DataBundle, cpus: float | None = None, trains: bool = True) -> TrialSetup:
+    torch.set_num_threads(cfg.torch_threads(cpus))
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision(device, cfg.amp) == torch.float16)
+    heads = heads_for(bundle, cfg)
+    model, augment = build(cfg, heads, device, trains)
+    optimizer = make_optimizer(cfg, model)
+    split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
+    steps_per_epoch = max(1, len(split.train_subclass) // cfg.batch_size)
+    state = TrainState(model, optimizer,
+                       torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)),
+                       order_gen=torch.Generator().manual_seed(cfg.seed),
+                       aug_gen=torch.Generator(device).manual_seed(cfg.seed + 1))
+    return TrialSetup(device, amp_autocast(device, cfg.amp), scaler, heads, model, augment, state, split)
+
+
+def build(cfg: TrialConfig, heads: Heads, device: torch.device, trains: bool = True
+          ) -> tuple[torch.nn.Module, BatchAugment]:
     """The model on its device and the batch augmentation, as every trial (and the feature
-    precomputation a sweep shares with its trials) builds them: channels-last on CUDA."""
+    precomputation a sweep shares with its trials) builds them: channels-last on CUDA. `trains`:
+    whether this model is about to be trained (else it only extracts features, or is timed)."""
     cuda = device.type == "cuda"
+    if trains and cfg.family != "cnn" and cfg.pretrained is False:
+        log.info("backbone %s: random initialisation, trains from scratch", cfg.backbone)
     model = create_model(cfg.model_config(), heads).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -339,7 +363,7 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     log_to_stderr()  # the progress lines, from a Ray worker too
     torch.set_num_threads(cfg.torch_threads(cpus))
     torch.manual_seed(cfg.seed)
-    model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device))
+    model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device), trains=False)
     cached_inputs(cfg, bundle, model, augment, store)
     return store
 

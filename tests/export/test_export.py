@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import write_image
+from conftest import last_json, write_image
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import list_image_files
 from hiertune.export.predictor import calibrate, calibrate_both
@@ -147,16 +147,40 @@ def test_exports_are_logged_and_registered_under_the_sweep(exported):
         assert run.data.metrics["retrain_seconds"] > 0
         files = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
         assert {"export/submission.csv", "export/model.safetensors", "export/thresholds.json"} <= files
+        # The thresholds and score the model uses, and only the settings its family reads.
+        folder = exported["sweep"] / "export" / run.data.tags["hiertune.export"]
+        point = json.loads((folder / "source.json").read_text())["point"]
+        used = json.loads((folder / "thresholds.json").read_text())
+        params = run.data.params
+        assert float(params["tau_super"]) == pytest.approx(point["tau_super"]) and params["novelty_score"] == used["score"]
+        assert float(params["thr_sub"]) == pytest.approx(float(used["thr_sub"]))
+        assert "backbone" not in params and "kl_alpha" not in params and params["cnn_width"] == "8"
     versions = client.search_model_versions(f"name='hiertune-{exported['name']}'")
     assert sorted(v.tags["hiertune.export"] for v in versions) == ["1", "2"]
 
 
 @pytest.mark.slow
 def test_a_failed_export_leaves_the_previous_one_intact(finished_sweep):
-    failed = finished_sweep.failed_export  # export-best again, failing as it logs export 1 to MLflow
+    failed = finished_sweep.failed_export  # a new export (3) of point 1, failing as it logs to MLflow
     assert isinstance(failed.error, OSError) and "disk full (test)" in str(failed.error)
     assert failed.before and failed.after == failed.before
     assert failed.listing == ["1", "2"]  # no staging left, old or new
+
+
+@pytest.mark.slow
+def test_exporting_points_already_exported_reuses_them(exported, cli):
+    """export-best --top 2 again: both points are exported with these settings, so nothing is
+    retrained, overwritten or registered again."""
+    export_dir = exported["sweep"] / "export"
+    before = {p: p.read_bytes() for p in sorted(export_dir.rglob("*")) if p.is_file()}
+    again = cli("export-best", exported["name"], "--storage", str(exported["storage"]), "--top", "2", "--json")
+    assert again.code == 0, again.err[-2000:]
+    result = last_json(again.out)
+    assert result["retrain_wall_seconds"] == 0 and [e["reused"] for e in result["exports"]] == [True, True]
+    assert [Path(e["dir"]).name for e in result["exports"]] == ["1", "2"]
+    assert {p: p.read_bytes() for p in sorted(export_dir.rglob("*")) if p.is_file()} == before
+    assert "(already exported: reused)" in cli("export-best", exported["name"], "--storage",
+                                               str(exported["storage"])).out
 
 
 @pytest.mark.slow

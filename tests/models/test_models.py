@@ -211,9 +211,14 @@ def test_cnn_trains_everything_and_ignores_the_schedule():
     assert model.features[0].out_channels == 8
 
 
-def test_random_init_logs_training_from_scratch(caplog):
+def test_random_init_logs_training_from_scratch_and_only_training(caplog):
+    from hiertune.config import TrialConfig
+    from hiertune.training import loop
+
     with caplog.at_level(logging.INFO, logger="hiertune"):
-        build()
+        build()  # as an exported model is built before its weights load: nothing said
+        assert not [r for r in caplog.records if "from scratch" in r.getMessage()]
+        loop.build(TrialConfig(backbone="resnet18", pretrained=False), heads(True), torch.device("cpu"))
     assert [r.getMessage() for r in caplog.records if "from scratch" in r.getMessage()] == [
         "backbone resnet18: random initialisation, trains from scratch"]
 

@@ -14,7 +14,7 @@ import pytest
 from hiertune.cli import _next_steps
 from hiertune.errors import UserError
 from hiertune.sweep.catalog import find_sweep, list_sweeps
-from hiertune.sweep.state import TrialRecord, save_trials
+from hiertune.sweep.state import TrialRecord, save_trials, write_ended
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,7 @@ def test_a_sweep_is_found_by_name_in_sweeps_and_in_the_storage_folders_inside(tm
     make_sweep(tmp_path / "sweeps" / "demo" / "smoke-1", ["completed"], age=200)
     make_sweep(tmp_path / "sweeps" / "demo" / "smoke-2", ["completed", "interrupted"], age=100)
     make_sweep(tmp_path / "sweeps" / "demo" / "smoke-3")  # no trials.json yet: running, or killed
+    write_ended(make_sweep(tmp_path / "sweeps" / "timed", ["completed", "interrupted"], age=400), "budget")
     (tmp_path / "sweeps" / "demo" / "data").mkdir()  # the demo's dataset is no sweep
 
     sweeps = tmp_path.resolve() / "sweeps"
@@ -48,7 +49,8 @@ def test_a_sweep_is_found_by_name_in_sweeps_and_in_the_storage_folders_inside(tm
         find_sweep("nope", None)
 
     entries = {e.name: e for e in list_sweeps()}
-    assert set(entries) == {"plain", "smoke-1", "smoke-2", "smoke-3"}
+    assert set(entries) == {"plain", "smoke-1", "smoke-2", "smoke-3", "timed"}
+    assert entries["timed"].status == "budget spent"  # its cut trial is the budget's doing
     assert (entries["plain"].status, entries["plain"].trials) == ("finished", {"completed": 1, "stopped": 1})
     assert entries["smoke-2"].status == "interrupted" and entries["smoke-3"].status == "unfinished"
 

@@ -95,6 +95,16 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
         b.last_result = {**result, "seen": 0.5}
         reporter.on_trial_complete(0, [], b)  # its own 1 epoch: finished, not stopped
         c.last_result = {"hiertune.failure": "diverged"}
+        reporter.on_trial_error(0, [], c)
+        # A resumed sweep's reporter, pickled when the sweep began, sees earlier trials in Tune's list.
+        resumed = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=["lr"], stopped_by="ASHA")
+        earlier = [SimpleNamespace(trial_id=f"e{i}", status="TERMINATED", TERMINATED="TERMINATED", ERROR="ERROR")
+                   for i in range(2)]
+        d = trial(3)
+        d.status, d.TERMINATED, d.ERROR = "RUNNING", "TERMINATED", "ERROR"
+        resumed.on_trial_start(0, [*earlier, d], d)
+        d.last_result = result
+        resumed.on_trial_complete(0, [*earlier, d], d)
     finally:
         logging.getLogger("hiertune").removeHandler(handler)
     text = "\n".join(handler.lines)
@@ -105,6 +115,9 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
     status = [line for line in handler.lines if "done," in line]
     assert "1/3 done, 2 running" in status[0] and "2/3 done, 1 running" in status[1]
     assert "best so far trial-00: seen 0.610, unseen 0.720 (energy)" in status[1] and "ETA ~" in status[1]
+    # The last line leaves the best to the recommended point printed after it (picked from every epoch).
+    assert "3/3 done, 0 running" in status[2] and "best so far" not in status[2]
+    assert "3/3 done" in status[3]  # 2 trials before the resume, and this one
 
 
 def test_the_console_table_spreads_its_rows_along_the_front_and_keeps_the_recommended_one():

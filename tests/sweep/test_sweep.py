@@ -108,27 +108,43 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(cli, small_data, tmp_path):
-    """SIGINT the driver once a trial has finished, then --resume: every trial ends up run and
-    logged exactly once."""
-    space = space_file(tmp_path, small_data, samples=4, max_t=2, grace=2)
+    """SIGINT the process group (Ctrl+C) once a trial has finished: exit 130 and one line saying what
+    finished and the command that resumes; that command (--name and --storage only: the space,
+    its --set and the data come from sweep.json) runs every trial, each logged exactly once."""
+    space = space_file(tmp_path, small_data, samples=4, max_t=3, grace=2)
     storage = tmp_path / "sweeps"
     env = {**os.environ, "HIERTUNE_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "hiertune", "sweep", str(space), "--name", "r", "--storage", str(storage)]
+    cmd = [sys.executable, "-m", "hiertune", "sweep", str(space), "--name", "r", "--storage", str(storage),
+           "--set", "epochs=2", "--budget", "10m"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     runs_file = storage / "r" / "mlflow_runs.json"
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     deadline = time.time() + 240
+    live = None
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
+        if live is None and (storage / "r" / "trials.live.json").exists():
+            # While it runs, `pareto` draws the front of what has reported so far.
+            live = cli("pareto", "r", "--storage", str(storage), "--json")
+            assert not (storage / "r" / "trials.json").exists()
         if runs_file.exists():
             experiment = client.get_experiment_by_name("r")
             done = client.search_runs([experiment.experiment_id], "tags.`hiertune.status` = 'completed'")
             if done:
                 break
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    assert live is not None and live.code == 0 and last_json(live.out)["front"], live and live.err[-2000:]
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-3000:]
+    *_, line = err.strip().splitlines()
+    assert line.startswith("hiertune: sweep r interrupted: ") and " trial(s) finished" in line
+    resume = line.split("resume with: ")[1].split()
+    assert resume[-6:] == ["sweep", "--name", "r", "--storage", str(storage), "--resume"]
+    # Ray's hint (Tuner.restore), its warnings and the workers' tracebacks stay in the sweep's log.
+    assert "Tuner.restore" not in err and "Traceback" not in err and "WARNING" not in err
+    assert "Tuner.restore" in (storage / "r" / "sweep.log").read_text()
     before = json.loads(runs_file.read_text())["trials"]
     assert len(before) >= 1
     # Ctrl+C ends cleanly: what had not finished is 'interrupted' (MLflow: KILLED), not left RUNNING.
@@ -142,13 +158,16 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(cli, sma
         trial_id = run.data.tags["hiertune.trial_id"]
         assert run.info.status == {"completed": "FINISHED", "interrupted": "KILLED"}[statuses[trial_id]]
 
-    # Resumed by a new driver: in this process (its cache is the one the first driver used).
-    resumed = cli(*cmd[3:], "--resume", "--json")
+    # Resumed by a new driver, in this process, with the printed command (and --json).
+    resumed = cli(*resume[resume.index("sweep"):], "--json")
     assert resumed.code == 0, resumed.err[-3000:]
     summary = last_json(resumed.out)
-    assert sum(summary["trials"].values()) == 4
+    assert sum(summary["trials"].values()) == 4 and summary["ended"] == "finished" and summary["budget"] == 600
     after = json.loads(runs_file.read_text())["trials"]
     assert len(after) == 4 and all(after[k] == v for k, v in before.items())
+    records = load_trials(storage / "r")
+    assert sorted(t.name for t in records) == [f"trial-{i:02d}" for i in range(4)]
+    assert all(t.config["epochs"] == 2 and t.epochs == 2 for t in records)  # --set epochs=2, recorded and kept
     experiment = client.get_experiment_by_name("r")
     children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 4

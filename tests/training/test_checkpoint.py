@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,12 @@ def test_damaged_checkpoint_files_are_one_line(trained, tmp_path):
     with pytest.raises(UserError, match="unreadable post-hoc results"):
         ckpt.read_posthoc(str(damaged))
     assert ckpt.read_history(None) == [] and ckpt.read_history(str(tmp_path / "none")) == []
+
+
+def test_a_checkpoint_of_another_model_says_what_does_not_fit(trained, tmp_path):
+    """A readable checkpoint written for other heads (another dataset's classes), named as such."""
+    cfg, bundle, _, directory = trained
+    wider = fresh_state(replace(cfg, cnn_width=16), bundle)
+    with pytest.raises(CheckpointUnreadable, match=r"the checkpoint does not fit this trial's model \(features\.0\.weight "
+                                                    r"is \[8, 3, 3, 3\] there, \[16, 3, 3, 3\] in this trial's model"):
+        wider.restore(directory)

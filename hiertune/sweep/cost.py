@@ -1,0 +1,253 @@
+"""What a search space costs on the machine it runs on, said before the first trial, and what a
+budgeted sweep leaves out because it cannot afford it.
+
+A trial's epoch cost is decided by a few settings: the backbone, the fine-tuning strategy (a
+frozen backbone's features, and their corrupted views, come from the cache) and the image size.
+Each combination the space can sample is one *kind*; one epoch of each is measured on a few
+batches (hiertune.training.probe) with a trial's resources, and the whole sweep is estimated
+from them at the parallelism the resources allow.
+
+With a budget, a kind is unaffordable when one of its trials cannot reach the scheduler's first
+rung (ASHA's grace_period epochs; every epoch without early stopping) in a quarter of the budget:
+a budget should see at least four trials through that rung on each slot, or the sampler and the
+scheduler have nothing to compare. A choice whose kinds are all unaffordable is left out of the
+sweep, in one line, and the cheap route is named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+
+from hiertune.config import TrialConfig
+from hiertune.space import SearchSpace
+from hiertune.progress import duration
+from hiertune.training.probe import EpochCost
+
+log = logging.getLogger("hiertune")
+
+AXES = ("backbone", "finetune", "image_size")  # the categorical settings an epoch's cost follows
+TRIALS_PER_SLOT = 4  # trials a budget should see through the first rung on each slot
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One combination of the cost-deciding settings, and how likely the sampler draws it."""
+
+    values: dict  # AXES values as a trial is given them
+    cfg: TrialConfig
+    weight: float
+
+    @property
+    def cached(self) -> bool:
+        return _frozen(self.cfg) and self.cfg.cached_views() > 0
+
+    @property
+    def identity(self) -> tuple:
+        """What the cost depends on: kinds that share it are measured once."""
+        return (self.cfg.backbone if self.cfg.family != "cnn" else None, self.cfg.finetune if self.cfg.family != "cnn"
+                else None, self.cfg.image_size, self.cached)
+
+    def label(self) -> str:
+        cfg = self.cfg
+        parts = [] if cfg.family == "cnn" else [cfg.backbone]
+        parts.append(f"{cfg.image_size}px")
+        if cfg.family != "cnn":
+            parts.append(f"finetune={cfg.finetune}")
+        if _frozen(cfg):
+            parts.append("(cached features)" if self.cached else "(frozen backbone every step)")
+        return " ".join(parts)
+
+
+def _frozen(cfg: TrialConfig) -> bool:
+    return cfg.family == "layover" or (cfg.family != "cnn" and cfg.finetune == "linear")
+
+
+def space_kinds(space: SearchSpace) -> list[Kind]:
+    """Every kind the space can sample, weighted as a uniform sampler would draw it."""
+    searched = {p.name: p for p in space.sampled}
+    axes = []
+    for name in AXES:
+        p = searched.get(name)
+        axes.append((name, list(p.choices) if p is not None and p.type == "categorical" else [None]))
+    weight = 1.0 / math.prod(len(values) for _, values in axes)
+    kinds = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        values = {name: v for (name, _), v in zip(axes, combo) if v is not None}
+        kinds.append(Kind(values, space.trial_config(values), weight))
+    return kinds
+
+
+def full_share(space: SearchSpace, epochs: int) -> float:
+    """The share of a trial's epochs evaluated in full: the scheduler's rungs and the last."""
+    last = min(epochs, space.scheduler.max_t)
+    return len({r for r in space.scheduler.rungs if r <= last} | {last}) / last
+
+
+def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
+            here: bool, share: float = 1.0) -> dict[tuple, EpochCost]:
+    """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
+    `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
+    with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
+    shared features are (`frozen`: their backbone and size); the others would extract features
+    just to be timed."""
+    import ray
+    import torch
+
+    todo = {}
+    for k in sorted(kinds, key=lambda k: not k.cached):  # cached first: they time the post-hoc part
+        if k.identity in todo:
+            continue
+        if k.cached and (frozen is None or (k.cfg.backbone, k.cfg.image_size) != (frozen.backbone, frozen.image_size)):
+            continue
+        todo[k.identity] = k.cfg
+    if here:
+        threads = torch.get_num_threads()
+        try:
+            return _measure_all(todo, bundle, store, cpus, share)
+        finally:
+            torch.set_num_threads(threads)
+    task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(task.remote(todo, bundle, store, cpus, share))
+
+
+def _measure_all(todo: dict, bundle, store, cpus: float, share: float) -> dict[tuple, EpochCost]:
+    from hiertune.training.probe import measure_epoch
+
+    costs, posthoc = {}, None
+    for identity, cfg in todo.items():
+        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share)
+        posthoc = costs[identity].posthoc_seconds
+    return costs
+
+
+def expected_epochs(space: SearchSpace, epochs: int) -> float:
+    """Epochs an average trial runs: ASHA (and MO-ASHA) keep 1/reduction_factor at each rung."""
+    s = space.scheduler
+    last = min(epochs, s.max_t)
+    if s.type == "fifo" or s.grace_period >= last:
+        return float(last)
+    total, rung, share = float(s.grace_period), s.grace_period, 1.0
+    while rung < last:
+        share /= s.reduction_factor
+        nxt = min(rung * s.reduction_factor, last)
+        total += share * (nxt - rung)
+        rung = nxt
+    return total
+
+
+def first_rung(space: SearchSpace, epochs: int) -> int:
+    """Epochs before the scheduler can judge a trial."""
+    s = space.scheduler
+    return min(epochs, s.max_t) if s.type == "fifo" else min(s.grace_period, epochs, s.max_t)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The cost report, and the space a budget leaves."""
+
+    lines: list[str]
+    space: SearchSpace
+    left_out: str | None  # the one line saying what the budget left out
+    refusal: str | None = None  # why no sweep fits the budget at all
+
+
+def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int) -> Plan:
+    lines = [f"cost here, one epoch measured on a few batches ({parallel} trial(s) at a time, "
+             f"{space.resources.cpus_per_trial:g} CPU(s) each):"]
+    shown = set()
+    for k in kinds:
+        if k.identity in shown:
+            continue
+        shown.add(k.identity)
+        cost = costs.get(k.identity)
+        lines.append(f"  {k.label():<64} " + (f"~{duration(cost.seconds)}/epoch" if cost else "not measured"))
+    budget = space.budget
+    epochs = space.trial_config().epochs
+    mean = _mean_epoch(kinds, costs)
+    if mean is not None:
+        per_trial = expected_epochs(space, epochs)
+        total = space.tune.num_samples * per_trial * mean / parallel
+        lines.append(f"whole sweep: ~{duration(total)} ({space.tune.num_samples} trials x ~{per_trial:.1f} epochs"
+                     f"{' under ' + space.scheduler.label if space.scheduler.type != 'fifo' else ''}, {parallel} at a "
+                     f"time)" + (f"; budget {duration(budget)}" if budget else ""))
+    cheap = min((k for k in kinds if k.cached and k.identity in costs), key=lambda k: costs[k.identity].seconds,
+                default=None)
+    # Worth naming when it is far cheaper than the average trial.
+    if cheap is not None and mean and costs[cheap.identity].seconds < mean / 3:
+        lines.append(f"cheap route: {_cheap_flags(space, cheap)} (frozen features, computed once) "
+                     f"~{duration(costs[cheap.identity].seconds)}/epoch")
+    if not budget:
+        return Plan(lines, space, None)
+    rung = first_rung(space, epochs)
+    affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / TRIALS_PER_SLOT
+                  for k in kinds}
+    kept, dropped = _prune(space, kinds, affordable)
+    if not any(affordable[k.identity] for k in kinds):
+        return Plan(lines, space, None, f"budget {duration(budget)}: no kind of trial this space samples reaches its "
+                    f"first {space.scheduler.label} rung ({rung} epoch(s)) in a quarter of the budget here; raise --budget"
+                    + (f", or take the cheap route: {_cheap_flags(space, cheap)}" if cheap is not None else ""))
+    if not dropped:
+        return Plan(lines, space, None)
+    line = (f"budget {duration(budget)}: left out {'; '.join(dropped)} (one trial would not reach the first "
+            f"{space.scheduler.label} rung, {rung} epoch(s), in a quarter of the budget here)")
+    return Plan(lines, kept, line)
+
+
+def _mean_epoch(kinds: list[Kind], costs: dict[tuple, EpochCost]) -> float | None:
+    weighed = [(k.weight, costs[k.identity].seconds) for k in kinds if k.weight > 0 and k.identity in costs]
+    total = sum(w for w, _ in weighed)
+    return sum(w * s for w, s in weighed) / total if total else None
+
+
+def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
+    """The --set flags that make every trial of the space the cheap kind (those it lacks)."""
+    base = space.trial_config()
+    searched = {p.name for p in space.sampled}
+    return " ".join(f"--set {name}={kind.values.get(name, getattr(kind.cfg, name))}" for name in AXES
+                    if name in searched or getattr(base, name) != getattr(kind.cfg, name))
+
+
+def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> tuple[SearchSpace, list[str]]:
+    """The space without every searched value whose kinds are all unaffordable."""
+    searched = {p.name: p for p in space.sampled}
+    drop: dict[str, list] = {}
+    for name in AXES:
+        p = searched.get(name)
+        if p is None or p.type != "categorical":
+            continue
+        for v in p.choices:
+            having = [k for k in kinds if k.values.get(name) == v]
+            if having and not any(affordable[k.identity] for k in having):
+                drop.setdefault(name, []).append(v)
+    dropped, fixed = [], {}
+    params = list(space.params)
+    for name, values in drop.items():
+        p = searched[name]
+        keep = [c for c in p.choices if c not in values]
+        if not keep:
+            continue  # every value unaffordable: plan() refuses
+        dropped.append(f"{name}={', '.join(str(v) for v in values)}")
+        if len(keep) == 1:
+            fixed[name] = keep[0]
+            continue
+        params = [_without(q, name, values) for q in params]
+        params = [q for q in params if q is not None]
+    pruned = dataclasses.replace(space, params=tuple(params))
+    return (pruned.with_overrides(fixed) if fixed else pruned), dropped
+
+
+def _without(q, name: str, values: list):
+    """Param `q` once `name` no longer takes `values`: its choices, or its `when` condition."""
+    if q.name == name:
+        choices = tuple(c for c in q.choices if c not in values)
+        return dataclasses.replace(q, choices=choices, default=q.default if q.default in choices else None)
+    if q.when and name in q.when:
+        allowed = tuple(v for v in q.when[name] if v not in values)
+        if not allowed:
+            return None  # its condition can never hold now
+        return dataclasses.replace(q, when={**q.when, name: allowed})
+    return q
