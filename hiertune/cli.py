@@ -101,9 +101,15 @@ def _cache_root(args: argparse.Namespace) -> Path:
 def _data_inspect(args: argparse.Namespace) -> dict:
     from hiertune.data.inspect import inspect_data
 
-    summary, warnings = inspect_data(args.dir, args.outliers, _image_size(args), _cache_root(args))
+    cache_root = _cache_root(args)
+    summary, warnings = inspect_data(args.dir, args.outliers, _image_size(args), cache_root)
     for line in warnings:
         print(line, file=sys.stderr)
+    if args.source_probe:
+        from hiertune.data.source_report import source_report
+
+        summary["source_separability"] = source_report(args.dir, args.outliers, args.shifted_data, _image_size(args),
+                                                       args.probe_image_size, cache_root)
     return summary
 
 
@@ -218,6 +224,19 @@ def _train(args: argparse.Namespace) -> dict:
 
     return train_single(_space_from_args(args), Path(args.out) if args.out else None, _cache_root(args),
                         progress=not args.json)
+
+
+def _leave_out(args: argparse.Namespace) -> dict:
+    from hiertune.training.leave_out import leave_species_out
+
+    result = leave_species_out(_space_from_args(args).trial_config(), _cache_root(args))
+    return {"species": result.species, "mean": result.mean}
+
+
+def _render_leave_out(result: dict) -> str:
+    from hiertune.training.leave_out import render
+
+    return render(result)
 
 
 def _render_train(result: dict) -> str:
@@ -555,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space_args(train)
     train.add_argument("--out", help="run directory (default: sweeps/train/SPACE-TIMESTAMP)")
 
+    leave_out = _command(sub, "leave-out", "leave-species-out: how the space's configuration (midpoints unless --set) "
+                         "treats real photos (--shifted-data) of known species whose photos training never saw",
+                         _leave_out, _render_leave_out)
+    _add_space_args(leave_out)
+
     sweep = _command(sub, "sweep", "run a search space as a Ray Tune sweep (Optuna + ASHA + MLflow) and print its "
                      "Pareto front", _sweep, _render_sweep)
     _add_space_args(sweep, optional=True)
@@ -620,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: the data directory's own outliers/, if any)")
     inspect.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     inspect.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
+    inspect.add_argument("--source-probe", action="store_true",
+                         help="how separable the outliers (and --shifted-data photos) are from the labeled images by "
+                              "source alone: a logistic probe's AUROC on the pretrained lite0's frozen features")
+    inspect.add_argument("--shifted-data", metavar="DIR", help="competition-format folder of real photos of known "
+                                                               "subclasses, for --source-probe")
+    inspect.add_argument("--probe-image-size", type=int, default=160,
+                         help="the backbone's input side for --source-probe (default: %(default)s)")
     push = _command(data_sub, "push", "validate a competition-format directory and upload it to S3 without its "
                     "image files (CSVs and decoded pixels), for an s3:// data root", _data_push, _render_push)
     push.add_argument("dir", help="competition-format directory, or 'synthetic' for the embedded default")

@@ -57,6 +57,8 @@ class TrialConfig:
     kl_temperature: float = LossConfig.kl_temperature
     oe_weight: float = LossConfig.oe_weight
     label_smoothing: float = LossConfig.label_smoothing
+    outlier_levels: str = LossConfig.outlier_levels  # heads that train on outliers: both | super | sub
+    outlier_weight: float = LossConfig.outlier_weight  # outlier_mode class: an outlier row's weight
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -91,6 +93,11 @@ class TrialConfig:
     # validation's seen_shifted group: corruptions of the seen validation images, a labeled folder, both, none
     shifted: str = "corrupt"
     shifted_data: str | None = None
+    # Real photos as a training source: this share of each subclass's --shifted-data images (a
+    # seeded split by image) trains beside the labeled ones, the rest stay in seen_shifted. The
+    # subclasses named in shifted_holdout (';'-separated: names hold commas) never train: a leave-species-out run.
+    shifted_train_fraction: float = 0.0
+    shifted_holdout: str = ""
     shift_severity: float = 0.5
     # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for
     tau_super: float = 0.99
@@ -143,7 +150,10 @@ class TrialConfig:
             raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         self.split_config()  # the sub-configs validate their own settings
         self.shift_config()
-        LossConfig(self.kl_alpha, self.kl_temperature, self.oe_weight, self.label_smoothing)
+        self.loss_config()
+        if self.outlier_weight != LossConfig.outlier_weight and self.outlier_mode != "class":
+            raise UserError(f"outlier_weight weighs outlier rows of outlier_mode class; with {self.outlier_mode!r} "
+                            "set oe_weight")
         parse_plan(self.faults)
 
     @classmethod
@@ -180,7 +190,8 @@ class TrialConfig:
     def loss_config(self) -> LossConfig:
         return LossConfig(kl_alpha=self.kl_alpha if self.family == "dualhead" else 0.0,
                           kl_temperature=self.kl_temperature, oe_weight=self.oe_weight,
-                          label_smoothing=self.label_smoothing)
+                          label_smoothing=self.label_smoothing, outlier_levels=self.outlier_levels,
+                          outlier_weight=self.outlier_weight)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(val_fraction=self.val_fraction, pseudo_novel_fraction=self.pseudo_novel_fraction,
@@ -198,7 +209,8 @@ class TrialConfig:
 
     def shift_config(self) -> ShiftConfig:
         return ShiftConfig(source=self.shifted, data=self.shifted_data, severity=self.shift_severity,
-                           seed=self.split_seed)
+                           seed=self.split_seed, train_fraction=self.shifted_train_fraction,
+                           holdout=tuple(n.strip() for n in self.shifted_holdout.split(";") if n.strip()))
 
     def augment_config(self) -> AugmentConfig:
         # A timm backbone gets the statistics and resampling it was trained with, pretrained or

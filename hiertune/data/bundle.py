@@ -7,7 +7,7 @@ in `outlier_count`, which takes a prefix of the fixed outlier draw (see splits.p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from hiertune.data.cache import PendingWrites
 from hiertune.data.corrupt import ShiftConfig, shifted_copy
 from hiertune.data.dataset import CompetitionData, load_competition
 from hiertune.data.outliers import OutlierSet
+from hiertune.data.photo_split import holdout_subclasses, training_rows
 from hiertune.data.sources import load_outliers, resolve_data_dir
 from hiertune.data.splits import SplitConfig, SplitData, Splits, assemble, make_splits, seen_val
 from hiertune.errors import UserError
@@ -33,6 +34,16 @@ class ShiftedGroup:
     source: str  # what they are, for logs and the report: corruptions, a folder, or both
     originals: np.ndarray | None = None  # the corrupted images' originals (for the example picture)
     kinds: np.ndarray | None = None  # index into corrupt.CORRUPTIONS of each corrupted image
+    # Rows of the folder's photos that train (data.photo_split), not validate; none by default.
+    train_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    photo: np.ndarray | None = None  # [N] bool: a folder photo (not a corruption)
+
+    @property
+    def val_rows(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(len(self.images)), self.train_rows)
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.images[idx], self.superclass[idx], self.subclass[idx]
 
 
 @dataclass
@@ -50,13 +61,16 @@ class DataBundle:
         return self.splits.with_outlier_count(self.outlier_count(count, fraction))
 
     def for_trial(self, count: int | None, fraction: float | None = None) -> SplitData:
-        shifted = self.shifted and (self.shifted.images, self.shifted.superclass, self.shifted.subclass)
-        return assemble(self.data, self.outliers, self.trial_splits(count, fraction), shifted or None)
+        val = train = None
+        if self.shifted is not None:
+            val, train = self.shifted.rows(self.shifted.val_rows), self.shifted.rows(self.shifted.train_rows)
+        return assemble(self.data, self.outliers, self.trial_splits(count, fraction), val, train)
 
     def summary(self) -> dict:
         return {"data": str(self.data.root), "labeled": len(self.data.train.names),
                 "outliers": self.outliers.source if self.outliers else None, **self.splits.summary(),
-                "seen_shifted": len(self.shifted.images) if self.shifted else 0,
+                "seen_shifted": len(self.shifted.val_rows) if self.shifted else 0,
+                "shifted_train": len(self.shifted.train_rows) if self.shifted else 0,
                 "shifted_source": self.shifted.source if self.shifted else None}
 
 
@@ -79,21 +93,31 @@ def load_bundle(data: str | None, outliers: str | None, image_size: int, split: 
 
 def make_shifted(dataset: CompetitionData, splits: Splits, shift: ShiftConfig, image_size: int,
                  cache_root: Path) -> ShiftedGroup | None:
-    parts, sources = [], []
+    parts, sources, photo = [], [], []
     originals = kinds = None
     if shift.corrupts:
         idx = seen_val(dataset, splits)
         originals = dataset.train.images[idx]
         images, kinds = shifted_copy(originals, shift.severity, shift.seed)
         parts.append((images, dataset.train.superclass[idx], dataset.train.subclass[idx]))
+        photo.append(np.zeros(len(images), dtype=bool))
         sources.append(f"corruptions of the seen validation images, severity {shift.severity:g}, seed {shift.seed}")
     if shift.source in ("data", "both"):
         parts.append(_shifted_folder(shift.data, dataset, splits, image_size, cache_root))
+        photo.append(np.ones(len(parts[-1][0]), dtype=bool))
         sources.append(f"labeled images from {shift.data}")
     if not parts:
         return None
     images, sup, sub = (np.concatenate(column) for column in zip(*parts))
-    return ShiftedGroup(images, sup, sub, " + ".join(sources), originals, kinds)
+    is_photo = np.concatenate(photo)
+    train_rows = np.empty(0, dtype=np.int64)
+    if shift.train_fraction or shift.holdout:
+        holdout = holdout_subclasses(shift.holdout, dataset.hierarchy.subclasses, f"--shifted-data {shift.data}")
+        photos = np.flatnonzero(is_photo)
+        train_rows = photos[training_rows(sub[photos], shift.train_fraction, holdout, shift.seed)]
+        sources.append(f"{len(train_rows)} of its images train (shifted_train_fraction {shift.train_fraction:g}"
+                       + (f", held out: {', '.join(shift.holdout)})" if shift.holdout else ")"))
+    return ShiftedGroup(images, sup, sub, " + ".join(sources), originals, kinds, train_rows, is_photo)
 
 
 def _shifted_folder(folder: str, dataset: CompetitionData, splits: Splits, image_size: int,

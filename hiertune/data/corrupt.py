@@ -48,8 +48,16 @@ class ShiftConfig:
     data: str | None = None  # competition-format folder of labeled images of known subclasses
     severity: float = 0.5
     seed: int = 0
+    train_fraction: float = 0.0  # of each subclass's folder images, drawn by image, that train instead
+    holdout: tuple[str, ...] = ()  # subclass names whose folder images never train
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.train_fraction <= 1.0:
+            raise UserError(f"shifted_train_fraction must be in [0, 1], got {self.train_fraction}")
+        if (self.train_fraction or self.holdout) and self.source not in ("data", "both"):
+            what = "shifted_train_fraction" if self.train_fraction else "shifted_holdout"
+            raise UserError(f"{what} splits --shifted-data photos; it needs shifted=data or both "
+                            f"(--shifted-data DIR), got shifted={self.source}")
         if self.source not in SHIFTED_SOURCES:
             raise UserError(f"shifted must be one of {', '.join(SHIFTED_SOURCES)}; got {self.source!r}")
         if not 0.0 <= self.severity <= 1.0:

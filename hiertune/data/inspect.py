@@ -71,6 +71,14 @@ def render(summary: dict) -> str:
     o = summary["outliers"]
     lines.append(f"outliers   {o['source']}: {o['classes']} classes, {o['images']:,} images "
                  f"({o['per_class_min']}-{o['per_class_max']} per class)" if o else "outliers   none")
+    if (probe := summary.get("source_separability")):
+        lines.append(f"source     how well a logistic probe tells the sources apart on {probe['backbone']} at "
+                     f"{probe['image_size']} px (AUROC; 0.5: alike, 1.0: the source alone separates them)")
+        for key, what in (("labeled_vs_outliers", "labeled vs outliers"),
+                          ("labeled_vs_photos", "labeled vs --shifted-data photos"),
+                          ("outliers_vs_photos", "outliers vs --shifted-data photos")):
+            if key in probe:
+                lines.append(f"  {what:<36} {probe[key]:.3f}")
     for name, c in summary["cache"].items():
         detail = f"{c['decoded']:,} of {c['images']:,} decoded" if c["decoded"] else f"{c['images']:,} images"
         lines.append(f"cache      {name:<9} {c['status']:<8} {detail} in {c['seconds']:.2f}s  {c['path']}")

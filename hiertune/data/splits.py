@@ -144,11 +144,15 @@ class SplitData:
 
 
 def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits,
-              shifted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              shifted: np.ndarray | None = None, shifted_train: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a per-image array (images, or features computed from them) for training and
-    validation, in the order `assemble` lays the images out: validation is the labeled
-    validation images, then the seen_shifted ones, then the validation outliers."""
+    validation, in the order `assemble` lays the images out: training is the labeled training
+    images, then the shifted photos that train, then the training outliers; validation is the
+    labeled validation images, then the seen_shifted ones, then the validation outliers."""
     parts: tuple[list[np.ndarray], list[np.ndarray]] = [labeled[splits.train]], [labeled[splits.val]]
+    if shifted_train is not None:
+        parts[0].append(shifted_train)
     if shifted is not None:
         parts[1].append(shifted)
     if outliers is not None:
@@ -158,10 +162,13 @@ def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits,
     return train, val
 
 
+Labeled = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, superclass, subclass
+
+
 def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits,
-             shifted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> SplitData:
-    """Train and validation arrays; `shifted` (images, superclass, subclass) joins validation as
-    the seen_shifted group."""
+             shifted: Labeled | None = None, shifted_train: Labeled | None = None) -> SplitData:
+    """Train and validation arrays; `shifted` joins validation as the seen_shifted group, and
+    `shifted_train` (photos of known subclasses from another source) joins training."""
     h, t = data.hierarchy, data.train
     val_sub = t.subclass[splits.val].copy()
     novel = np.isin(val_sub, splits.pseudo_novel_subclasses)
@@ -169,6 +176,9 @@ def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits,
     parts_sup = [t.superclass[splits.train]], [t.superclass[splits.val]]
     parts_sub = [t.subclass[splits.train]], [val_sub]
     groups = [np.where(novel, NOVEL_SUB, SEEN)]
+    if shifted_train is not None:
+        parts_sup[0].append(shifted_train[1])
+        parts_sub[0].append(shifted_train[2])
     if shifted is not None:
         parts_sup[1].append(shifted[1])
         parts_sub[1].append(shifted[2])
@@ -179,7 +189,8 @@ def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits,
             parts_sub[k].append(np.full(len(idx), h.novel_subclass, dtype=np.int64))
     groups.append(np.full(len(splits.outlier_val) if outliers is not None else 0, NOVEL_SUPER))
     train_x, val_x = take_rows(t.images, outliers.images if outliers is not None else None, splits,
-                               shifted[0] if shifted is not None else None)
+                               shifted[0] if shifted is not None else None,
+                               shifted_train[0] if shifted_train is not None else None)
     train_sup, val_sup = (np.concatenate(p) for p in parts_sup)
     train_sub, val_sub = (np.concatenate(p) for p in parts_sub)
     return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub, np.concatenate(groups).astype(np.int64))

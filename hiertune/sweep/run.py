@@ -63,6 +63,7 @@ from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import FRONT_KEY, precompute_features
+from hiertune.training.source_probe import source_separability
 
 log = logging.getLogger("hiertune")
 
@@ -100,7 +101,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
              summary["data"], summary["train"], summary["val"], summary["outlier_val"],
              len(summary["pseudo_novel_subclasses"]))
     if bundle.shifted:  # after the store answers, so that a refusal stays one line
-        log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.images), bundle.shifted.source)
+        log.info("seen_shifted validation group: %d images (%s)", len(bundle.shifted.val_rows), bundle.shifted.source)
     place.dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (place.dir / OPTUNA_DB).unlink(missing_ok=True)  # left by an attempt that died before Ray saved state
@@ -228,6 +229,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
     _log_shifted(place, bundle, recorder)
+    _log_source(space, bundle, features, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
@@ -380,6 +382,21 @@ def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
         plot_shifted_examples(shifted.originals, shifted.images[:len(shifted.kinds)], shifted.kinds, path)
         place.publish(path)
         recorder.client.log_artifact(parent, str(path))
+
+
+def _log_source(space: SearchSpace, bundle, features: FeatureStore, recorder) -> None:
+    """How separable the outliers (and --shifted-data photos) are from the labeled images by
+    source alone on the sweep's frozen features, as parent-run metrics: read from the features
+    the sweep already shares (one clean view), so it costs a probe fit, not an extraction."""
+    base = space.trial_config()
+    if not features.sets or base.cached_views() != 1:
+        return
+    aurocs = source_separability(replace(base, finetune="linear", device="cpu"), bundle, features)
+    for key, value in aurocs.items():  # not log_metrics: its step bookkeeping is the sweep's end's
+        recorder.client.log_metric(recorder.state["parent"], f"source_auroc_{key}", value)
+    if aurocs:
+        log.info("source separability (probe AUROC on frozen features): %s",
+                 ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
 
 
 def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:

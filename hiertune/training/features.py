@@ -291,8 +291,13 @@ def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None,
     for name in feats["labeled"]:
         labeled = feats["labeled"][name]
         outliers = feats["outliers"][name] if "outliers" in feats else None
-        shifted = feats["shifted"][name] if "shifted" in feats else None
-        train[name] = torch.from_numpy(take_rows(labeled, outliers, splits)[0])
+        shifted = shifted_train = None
+        if "shifted" in feats:
+            shifted = feats["shifted"][name][bundle.shifted.val_rows]
+            # The shifted pool has the clean view only: the photos that train read it as every view.
+            photos = feats["shifted"][name][bundle.shifted.train_rows]
+            shifted_train = np.repeat(photos[:, :1], labeled.shape[1], axis=1)
+        train[name] = torch.from_numpy(take_rows(labeled, outliers, splits, None, shifted_train)[0])
         # Validation reads the clean view only (the shifted pool has no other).
         va = take_rows(labeled[:, :1], None if outliers is None else outliers[:, :1], splits, shifted)[1]
         val[name] = torch.from_numpy(np.ascontiguousarray(va))

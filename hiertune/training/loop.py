@@ -27,6 +27,7 @@ from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
+from hiertune.novelty.photos import photo_results
 from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
                                       posthoc_grid)
 from hiertune.novelty.scores import (FeatureBank, FeatureScorer, Memo, canonical, memo_get, score_levels,
@@ -80,12 +81,13 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
-              rungs: tuple[int, ...] | None = None) -> dict:
+              rungs: tuple[int, ...] | None = None, last_only: bool = False) -> dict:
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
     `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
-    vim (metric `full_evaluation`; None: every epoch is full)."""
+    vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
+    last epoch only, for a caller that reads nothing between (a leave-species-out fold)."""
     setup = setup_trial(cfg, bundle, cpus)
     device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
                                                      setup.model, setup.state)
@@ -101,6 +103,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
+        if last_only and epoch + 1 < cfg.epochs:
+            state.epoch = epoch + 1
+            continue
         full = rungs is None or epoch + 1 in rungs or epoch + 1 == cfg.epochs
         evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
@@ -183,6 +188,8 @@ class TrialData:
     fit_rows: torch.Tensor
     fit_inputs: ImageInputs | FeatureInputs  # train's fit_rows, clean, as evaluation reads them
     outlier_images: int
+    photos: np.ndarray  # [validation rows] bool: the --shifted-data photos (hiertune.novelty.photos)
+    subclass_names: tuple[str, ...]
     features_computed: int  # image pools this trial ran through its frozen backbone; 0: shared or read from disk
     feature_seconds: float
 
@@ -198,8 +205,12 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
                             ImageInputs(torch.from_numpy(split.val_images), augment))
     train_y = (torch.from_numpy(split.train_superclass), torch.from_numpy(split.train_subclass))
     fit_rows = scorer_rows(split.train_superclass, split.train_subclass, heads, cfg.scorer_images, cfg.seed)
+    photos = np.zeros(len(split.val_group), dtype=bool)
+    if bundle.shifted is not None and bundle.shifted.photo is not None:
+        photos[split.val_group == SHIFTED] = bundle.shifted.photo[bundle.shifted.val_rows]
     return TrialData(train, train_y, val, split, fit_rows, train.rows(fit_rows),
                      outlier_images=int((split.train_superclass == heads.n_super).sum()),
+                     photos=photos, subclass_names=bundle.data.hierarchy.subclasses,
                      features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
 
@@ -269,6 +280,7 @@ class Evaluation:
     scorers: dict[str, FeatureScorer]
     point: dict[str, float]
     closed: dict[str, float]
+    photos: dict[str, float]  # the recommended point on the --shifted-data photos, overall and per species
     forward_seconds: float
     fit_seconds: float
     posthoc_seconds: float
@@ -297,8 +309,9 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
         point = result.find(cfg.novelty_score, cfg.tau_super, cfg.tau_sub) or point_metrics(
             batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers, shifted_weight=cfg.shifted_weight,
             memo=memo)
+    photos = photo_results(batch, heads, result.recommended, scorers, data.photos, data.subclass_names)
     t3 = time.perf_counter()
-    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), t1 - t0, t2 - t1, t3 - t2,
+    return Evaluation(val_loss, result, scorers, point, _closed_set(batch, heads), photos, t1 - t0, t2 - t1, t3 - t2,
                       full)
 
 
@@ -318,6 +331,9 @@ def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Ev
         "recommended_score": result.recommended["score"],
         # Closed-set accuracies, what seed 001 reports.
         **evaluation.closed,
+        # Real photos of known species at the recommended point: the share called novel is
+        # the "real photo -> novel" shortcut the generated validation images cannot show.
+        **evaluation.photos,
         # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
         # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
         **{f"point_{k}": point[k] for k in POINT_KEYS},

@@ -24,11 +24,19 @@ class LossConfig:
     kl_temperature: float = 1.0
     oe_weight: float = 0.5  # outlier_mode='oe': weight of the outlier-exposure term
     label_smoothing: float = 0.0
+    # Outliers are real photos and the labeled images generated ones: an outlier row can teach
+    # "real photo -> novel" rather than "unknown species -> novel". These bound what it teaches:
+    # which heads see outlier rows at all (both | super | sub), and with outlier_mode 'class'
+    # the weight of each outlier row in the cross-entropy (a labeled row weighs 1).
+    outlier_levels: str = "both"
+    outlier_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.kl_temperature > 0:
             raise UserError(f"kl_temperature must be > 0, got {self.kl_temperature}")
-        for name in ("kl_alpha", "oe_weight"):
+        if self.outlier_levels not in OUTLIER_LEVELS:
+            raise UserError(f"outlier_levels must be one of {', '.join(OUTLIER_LEVELS)}; got {self.outlier_levels!r}")
+        for name in ("kl_alpha", "oe_weight", "outlier_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing <= 1:
@@ -36,6 +44,7 @@ class LossConfig:
 
 
 LOSS_PARTS = ("loss_super", "loss_sub", "loss_kl", "loss_oe")
+OUTLIER_LEVELS = ("both", "super", "sub")
 
 
 def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: Heads, cfg: LossConfig,
@@ -53,9 +62,15 @@ def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: H
     count, at the uniform softmax. loss_kl covers every row.
     """
     smoothing = cfg.label_smoothing
+    on_super, on_sub = cfg.outlier_levels in ("both", "super"), cfg.outlier_levels in ("both", "sub")
+    # A row is an outlier when its superclass target is novel (labeled rows never are).
+    is_outlier = super_t == heads.n_super
+    if outlier is not None:
+        is_outlier = is_outlier | outlier
     if heads.novel_logit:
-        loss_super = F.cross_entropy(out.super_logits, super_t, label_smoothing=smoothing)
-        loss_sub = F.cross_entropy(out.sub_logits, sub_t, label_smoothing=smoothing)
+        loss_super = _weighted_cross_entropy(out.super_logits, super_t, is_outlier, on_super, cfg.outlier_weight,
+                                             smoothing)
+        loss_sub = _weighted_cross_entropy(out.sub_logits, sub_t, is_outlier, on_sub, cfg.outlier_weight, smoothing)
         loss_oe = out.super_logits.new_zeros((), dtype=torch.float32)
     else:
         super_out = super_t == heads.n_super
@@ -64,13 +79,23 @@ def hierarchical_loss(out: ModelOutput, super_t: Tensor, sub_t: Tensor, heads: H
             super_out, sub_out = super_out | outlier, sub_out | outlier
         loss_super = _seen_cross_entropy(out.super_logits, super_t, ~super_out, smoothing)
         loss_sub = _seen_cross_entropy(out.sub_logits, sub_t, ~sub_out, smoothing)
-        loss_oe = (_uniform_cross_entropy(out.super_logits, super_out)
-                   + _uniform_cross_entropy(out.sub_logits, sub_out))
+        loss_oe = ((_uniform_cross_entropy(out.super_logits, super_out) if on_super else 0.0)
+                   + (_uniform_cross_entropy(out.sub_logits, sub_out) if on_sub else 0.0))
+        loss_oe = torch.as_tensor(loss_oe, dtype=torch.float32, device=out.super_logits.device)
     # Not computed at weight 0: families without the interaction term would pay for it every step.
     loss_kl = (_interaction_kl(out.super_logits, out.sub_logits, heads, cfg.kl_temperature) if cfg.kl_alpha
                else out.super_logits.new_zeros((), dtype=torch.float32))
     total = loss_super + loss_sub + cfg.kl_alpha * loss_kl + cfg.oe_weight * loss_oe
     return total, torch.stack([loss_super, loss_sub, loss_kl, loss_oe]).detach().float()
+
+
+def _weighted_cross_entropy(logits: Tensor, target: Tensor, outlier: Tensor, trains: bool, weight: float,
+                            smoothing: float) -> Tensor:
+    """Cross-entropy where outlier rows weigh `weight` (0 when this head does not train on them),
+    normalised by the total weight; with every weight 1 it is the plain mean."""
+    per_row = F.cross_entropy(logits, target, reduction="none", label_smoothing=smoothing)
+    w = torch.where(outlier, weight if trains else 0.0, 1.0).to(per_row.dtype)
+    return (per_row * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def _seen_cross_entropy(logits: Tensor, target: Tensor, rows: Tensor, smoothing: float) -> Tensor:

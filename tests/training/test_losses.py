@@ -145,3 +145,40 @@ def test_loss_config_rejects_bad_values():
         LossConfig(kl_temperature=0.0)
     with pytest.raises(UserError, match="^oe_weight must be >= 0"):
         LossConfig(oe_weight=-1.0)
+    with pytest.raises(UserError, match="^outlier_levels must be one of both, super, sub"):
+        LossConfig(outlier_levels="none")
+    with pytest.raises(UserError, match="^outlier_weight must be >= 0"):
+        LossConfig(outlier_weight=-0.5)
+
+
+def test_outlier_weight_and_levels_in_class_mode():
+    # Row 0 is labeled (superclass 0, subclass 1); row 1 an outlier (novel at both levels).
+    super_logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0]])
+    sub_logits = torch.tensor([[0.0, 1.0, -1.0, 0.5], [0.0, 0.0, 2.0, 1.0]])
+    super_t, sub_t = torch.tensor([0, 2]), torch.tensor([1, 3])
+    out = ModelOutput(super_logits, sub_logits, super_logits, sub_logits)
+    ce_super = F.cross_entropy(super_logits, super_t, reduction="none")
+    ce_sub = F.cross_entropy(sub_logits, sub_t, reduction="none")
+    _, w = loss_and_parts(out, super_t, sub_t, heads(True), LossConfig(outlier_weight=0.25))
+    assert w["loss_super"] == pytest.approx(((ce_super[0] + 0.25 * ce_super[1]) / 1.25).item(), rel=1e-6)
+    assert w["loss_sub"] == pytest.approx(((ce_sub[0] + 0.25 * ce_sub[1]) / 1.25).item(), rel=1e-6)
+    # One level only: the other head's loss is over the labeled row alone.
+    _, sup = loss_and_parts(out, super_t, sub_t, heads(True), LossConfig(outlier_levels="super"))
+    assert sup["loss_super"] == pytest.approx(ce_super.mean().item(), rel=1e-6)
+    assert sup["loss_sub"] == pytest.approx(ce_sub[0].item(), rel=1e-6)
+    _, sub = loss_and_parts(out, super_t, sub_t, heads(True), LossConfig(outlier_levels="sub"))
+    assert sub["loss_super"] == pytest.approx(ce_super[0].item(), rel=1e-6)
+    assert sub["loss_sub"] == pytest.approx(ce_sub.mean().item(), rel=1e-6)
+
+
+def test_outlier_levels_in_oe_mode():
+    out = output([[0.5, 0.0]], [[0.0, 2.0, 0.0]])
+    outlier = (torch.tensor([2]), torch.tensor([3]))
+    _, both = loss_and_parts(out, *outlier, heads(False), LossConfig())
+    _, sup = loss_and_parts(out, *outlier, heads(False), LossConfig(outlier_levels="super"))
+    _, sub = loss_and_parts(out, *outlier, heads(False), LossConfig(outlier_levels="sub"))
+    uniform_super = -sum(math.log(p) for p in softmax([0.5, 0.0])) / 2
+    uniform_sub = -sum(math.log(p) for p in softmax([0.0, 2.0, 0.0])) / 3
+    assert both["loss_oe"] == pytest.approx(uniform_super + uniform_sub, rel=1e-6)
+    assert sup["loss_oe"] == pytest.approx(uniform_super, rel=1e-6)
+    assert sub["loss_oe"] == pytest.approx(uniform_sub, rel=1e-6)

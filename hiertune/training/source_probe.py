@@ -1,0 +1,34 @@
+"""The source-separability figures of a data bundle on a configuration's frozen backbone:
+generated training images against outliers and against real photos of known species
+(hiertune.novelty.source), from the same cached features the trials read."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import DataBundle
+from hiertune.novelty.source import source_auroc
+from hiertune.training.device import autocast, pick_device, precision
+from hiertune.training.features import FeatureStore, bundle_pools, pool_features
+from hiertune.training.loop import build, heads_for
+
+PAIRS = {"labeled_vs_outliers": ("labeled", "outliers"), "labeled_vs_photos": ("labeled", "shifted"),
+         "outliers_vs_photos": ("outliers", "shifted")}
+
+
+def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore) -> dict[str, float]:
+    """AUROC of a source probe for each pair of PAIRS whose pools the bundle has (the photos:
+    only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # as a trial builds its model: randomly initialised weights match its features' key
+    model, augment = build(cfg, heads_for(bundle, cfg), device)
+    feats = pool_features(model, bundle_pools(bundle), augment, cfg.image_size, 1, device, autocast(device, cfg.amp),
+                          str(precision(device, cfg.amp)), store)
+    flat = {pool: np.concatenate([a[:, 0].reshape(len(a), -1) for a in f.values()], 1) for pool, f in feats.items()}
+    if "shifted" in flat:
+        photo = bundle.shifted.photo
+        flat["shifted"] = flat["shifted"][photo] if photo is not None and photo.any() else None
+    return {name: source_auroc(flat[a], flat[b], seed=cfg.seed) for name, (a, b) in PAIRS.items()
+            if flat.get(a) is not None and flat.get(b) is not None}
