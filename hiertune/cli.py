@@ -106,7 +106,7 @@ def _data_inspect(args: argparse.Namespace) -> dict:
     for line in warnings:
         print(line, file=sys.stderr)
     if args.source_probe:
-        from hiertune.data.source_report import source_report
+        from hiertune.training.source_probe import source_report
 
         summary["source_separability"] = source_report(args.dir, args.outliers, args.shifted_data, _image_size(args),
                                                        args.probe_image_size, cache_root)

@@ -1,19 +1,26 @@
 """The source-separability figures of a data bundle on a configuration's frozen backbone:
 generated training images against outliers and against real photos of known species
-(hiertune.novelty.source), from the same cached features the trials read."""
+(hiertune.novelty.source), from the same cached features the trials read; and the report of
+`hiertune data inspect --source-probe`, on the weights that install with hiertune. Near 1.0 means a
+head can call an image novel for its source rather than its species."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from hiertune.config import TrialConfig
-from hiertune.data.bundle import DataBundle
+from hiertune.config import SIZE_LIMITS, TrialConfig
+from hiertune.data.bundle import DataBundle, load_bundle
+from hiertune.data.corrupt import ShiftConfig
+from hiertune.errors import UserError
 from hiertune.novelty.source import source_auroc
 from hiertune.training.device import autocast, pick_device, precision
 from hiertune.training.features import FeatureStore, bundle_pools, pool_features
 from hiertune.training.loop import build, heads_for
 
+PROBE_BACKBONE = "tf_efficientnet_lite0"  # the weights that install with hiertune: works offline
 PAIRS = {"labeled_vs_outliers": ("labeled", "outliers"), "labeled_vs_photos": ("labeled", "shifted"),
          "outliers_vs_photos": ("outliers", "shifted")}
 
@@ -32,3 +39,17 @@ def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
         flat["shifted"] = flat["shifted"][photo] if photo is not None and photo.any() else None
     return {name: source_auroc(flat[a], flat[b], seed=cfg.seed) for name, (a, b) in PAIRS.items()
             if flat.get(a) is not None and flat.get(b) is not None}
+
+
+def source_report(data: str, outliers: str | None, shifted_data: str | None, data_size: int, image_size: int,
+                  cache_root: Path) -> dict[str, float]:
+    if not 1 <= image_size <= SIZE_LIMITS["image_size"]:
+        raise UserError(f"--probe-image-size must be in 1-{SIZE_LIMITS['image_size']:,}, got {image_size:,}")
+    cfg = TrialConfig(family="dualhead", backbone=PROBE_BACKBONE, pretrained=True, finetune="linear",
+                      image_size=image_size, data_size=data_size, device="cpu")
+    shift = ShiftConfig(source="data", data=shifted_data) if shifted_data else ShiftConfig(source="none")
+    bundle = load_bundle(data, outliers, data_size, cfg.split_config(), cache_root, shift)
+    if bundle.outliers is None and bundle.shifted is None:
+        raise UserError("--source-probe needs outliers or --shifted-data: there is only one source to compare")
+    return {**source_separability(cfg, bundle, FeatureStore(cache_root)), "backbone": PROBE_BACKBONE,
+            "image_size": image_size}
