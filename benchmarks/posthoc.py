@@ -38,7 +38,7 @@ from hiertune.data.cache import default_cache_root  # noqa: E402
 from hiertune.data.splits import GROUPS  # noqa: E402
 from hiertune.models.registry import create_model  # noqa: E402
 from hiertune.novelty.posthoc import PosthocConfig, posthoc_grid  # noqa: E402
-from hiertune.novelty.scores import Memo  # noqa: E402
+from hiertune.novelty.memo import Memo  # noqa: E402
 from hiertune.space import parse_assignments  # noqa: E402
 from hiertune.training import checkpoint as ckpt  # noqa: E402
 from hiertune.training.features import FeatureStore  # noqa: E402

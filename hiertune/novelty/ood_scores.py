@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiertune.models.cosine import CosineClassifier
+from hiertune.novelty.memo import canonical, memo_get
 
 HEAD_SCORES = ("rmds", "fdbd", "scale", "vim")  # need a fitted HeadStats
 GEN_GAMMA = 0.1  # the paper's value for every benchmark
@@ -125,10 +126,8 @@ class HeadStats:
     def fit(cls, features: Tensor, head: LinearHead, shrinkage: float = 0.1,
             vim_fraction: float = VIM_FRACTION, vim: bool = True, memo=None) -> HeadStats:
         """`vim` False leaves vim's principal subspace (an eigendecomposition of the feature
-        width) unfitted; `memo` (hiertune.novelty.scores.Memo) keeps what depends on the features
+        width) unfitted; `memo` (hiertune.novelty.memo.Memo) keeps what depends on the features
         alone across epochs and levels."""
-        from hiertune.novelty.scores import canonical, memo_get  # scores imports this module
-
         x = canonical(memo, "fit_features64", features.detach().to("cpu", torch.float64))
         cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
         whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))

@@ -26,7 +26,8 @@ from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
                                       objective, pareto_front, rank_points)
-from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, Memo, all_level_scores, unavailable
+from hiertune.novelty.memo import Memo
+from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, all_level_scores, unavailable
 
 MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point

@@ -30,8 +30,8 @@ from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.photos import photo_results
 from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
                                       posthoc_grid)
-from hiertune.novelty.scores import (FeatureBank, FeatureScorer, Memo, canonical, memo_get, score_levels,
-                                     unavailable)
+from hiertune.novelty.memo import Memo, canonical, memo_get
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels, unavailable
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
-from hiertune.novelty.scores import Memo
+from hiertune.novelty.memo import Memo
 from hiertune.training.features import FeatureStore
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.loop import evaluate_epoch, forward_all, setup_trial, train_epoch, trial_data

@@ -14,7 +14,8 @@ from hiertune.data.splits import GROUPS, SHIFTED
 from hiertune.models.registry import Heads
 from hiertune.novelty.ood_scores import HeadStats, LinearHead
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, posthoc_grid
-from hiertune.novelty.scores import SCORES, VIM_SKIPPED, FeatureBank, Memo, all_level_scores
+from hiertune.novelty.memo import Memo
+from hiertune.novelty.scores import SCORES, VIM_SKIPPED, FeatureBank, all_level_scores
 from tests.novelty.posthoc_reference import reference_grid, reference_levels
 
 S, K, D = 3, 9, 6
