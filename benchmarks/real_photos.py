@@ -42,7 +42,15 @@ RECIPES = {
     "photos of other species": {"shifted_train_fraction": 1.0},
     "photos + oe": {"shifted_train_fraction": 1.0, "outlier_mode": "oe"},
     "photos + weight 0.3": {"shifted_train_fraction": 1.0, "outlier_weight": 0.3},
+    "oe + 4 source dirs": {"outlier_mode": "oe", "source_directions": 4},
+    "oe + 16 source dirs": {"outlier_mode": "oe", "source_directions": 16},
+    "oe + 64 source dirs": {"outlier_mode": "oe", "source_directions": 64},
+    "photos + oe + 16 dirs": {"shifted_train_fraction": 1.0, "outlier_mode": "oe", "source_directions": 16},
 }
+# What an ensemble selects from beside the recipe's own model (--ensemble): what a sweep of one
+# frozen backbone varies (seed, learning rate, outlier share, KL weight).
+LIBRARY = ({"seed": 1}, {"seed": 2}, {"lr": 3e-4}, {"lr": 3e-3}, {"outlier_fraction": 0.25},
+           {"outlier_fraction": 1.0}, {"kl_alpha": 0.5})
 
 
 def main() -> None:
@@ -53,6 +61,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-probe", action="store_true", help="skip (a), the source probe")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
+    parser.add_argument("--ensemble", type=int, default=0, metavar="N",
+                        help="also an ensemble of N picks (Caruana selection on validation) from the recipe's "
+                             "model and LIBRARY's variations of it, per fold")
     args = parser.parse_args()
     cache_root = default_cache_root()
     cfg = TrialConfig.from_dict({**BASE, "data": args.data, "outliers": args.outliers, "shifted": "data",
@@ -70,17 +81,23 @@ def main() -> None:
               f"{'novel_sub':>9} {'novel_super':>11} {'s':>5}")
     print("leave-species-out over the photos' species (held-out species' real photos; validation groups)")
     print(header)
-    rows = {}
     for name in args.recipes.split(","):
         t = time.perf_counter()
-        result = leave_species_out(TrialConfig.from_dict({**cfg.to_dict(), **RECIPES[name]}), cache_root, store)
-        m = rows[name] = result.mean
-        print(f"{name:<26} {m['photos_super_acc']:>11.3f} {m['photos_sub_acc']:>9.3f} {m['photos_called_novel']:>12.3f} "
-              f"{m['seen_acc']:>6.3f} {m['novel_sub_acc']:>9.3f} {m['novel_super_acc']:>11.3f} "
-              f"{time.perf_counter() - t:>5.0f}", flush=True)
-        for species, s in result.species.items():
-            print(f"    {species:<22} {s['photos_super_acc']:>11.3f} {s['photos_sub_acc']:>9.3f} "
-                  f"{s['photos_called_novel']:>12.3f}")
+        result = leave_species_out(TrialConfig.from_dict({**cfg.to_dict(), **RECIPES[name]}), cache_root, store,
+                                   LIBRARY if args.ensemble else (), args.ensemble)
+        seconds = time.perf_counter() - t
+        for label, mean, species in ((name, result.mean, result.species),
+                                     (f"  ensemble of {args.ensemble}", result.ensemble_mean, result.ensemble)):
+            if not species:
+                continue
+            print(f"{label:<26} {mean['photos_super_acc']:>11.3f} {mean['photos_sub_acc']:>9.3f} "
+                  f"{mean['photos_called_novel']:>12.3f} {mean['seen_acc']:>6.3f} {mean['novel_sub_acc']:>9.3f} "
+                  f"{mean['novel_super_acc']:>11.3f} {seconds:>5.0f}", flush=True)
+            for sp, s in species.items():
+                print(f"    {sp:<22} {s['photos_super_acc']:>11.3f} {s['photos_sub_acc']:>9.3f} "
+                      f"{s['photos_called_novel']:>12.3f}")
+        if result.members:
+            print(f"    ensemble weights per fold (recipe, then {', '.join(map(str, LIBRARY))}): {result.members}")
     print("\ntargets: photo super ≥ 0.70, photo sub ≥ 0.35, seen ≥ 0.93, novel_sub ≥ 0.653, novel_super ≥ 0.992")
 
 

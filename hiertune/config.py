@@ -28,12 +28,12 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # Settings only some families read (the others read every setting but _TIMM's, which cnn ignores).
 _ONLY = {"cnn_width": ("cnn",), "cosine_scale": ("cosine",), "layover_stage": ("layover",),
          "layover_hidden": ("layover",), "kl_alpha": ("dualhead",), "kl_temperature": ("dualhead",)}
-_TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views")
+_TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views", "source_directions")
 # Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
 # cache needs more memory than any machine has, which the allocator would report as a traceback
 # (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
 SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "cnn_width": 1024, "layover_hidden": 65536,
-               "batch_size": 65536, "feature_views": 64}
+               "batch_size": 65536, "feature_views": 64, "source_directions": 1024}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class TrialConfig:
     label_smoothing: float = LossConfig.label_smoothing
     outlier_levels: str = LossConfig.outlier_levels  # heads that train on outliers: both | super | sub
     outlier_weight: float = LossConfig.outlier_weight  # outlier_mode class: an outlier row's weight
+    # Frozen backbones: this many directions that tell generated training images from real ones
+    # (outliers, training photos) are projected out of the features before the heads; 0: none.
+    source_directions: int = ModelConfig.source_directions
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -131,7 +134,7 @@ class TrialConfig:
             if getattr(self, name) > limit:
                 raise UserError(f"{name} must be <= {limit:,}, got {getattr(self, name):,}")
         for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
-                     "trial_number", "feature_views", "scorer_images"):
+                     "trial_number", "feature_views", "scorer_images", "source_directions"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("tau_super", "tau_sub", "dropout", "momentum", "corrupt_p", "corrupt_severity", "shifted_weight"):

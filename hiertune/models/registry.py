@@ -33,6 +33,7 @@ class ModelConfig:
     layover_hidden: int = 256  # layover family: width of the side MLP
     cnn_width: int = 32  # cnn family: channels of the first block (doubles per block)
     outlier_mode: str = "class"  # class: outliers are each head's novel class; oe: uniform target
+    source_directions: int = 0  # frozen-feature directions that tell the image sources apart, projected out
 
 
 @dataclass(frozen=True)
@@ -94,4 +95,10 @@ def list_families() -> list[str]:
 def create_model(config: ModelConfig, heads: Heads) -> nn.Module:
     if config.family not in _FAMILIES:
         raise UserError(f"unknown family {config.family!r}{did_you_mean(config.family, _FAMILIES, list_known=True)}")
-    return _FAMILIES[config.family](config, heads)
+    model = _FAMILIES[config.family](config, heads)
+    if config.source_directions:
+        if not hasattr(model, "add_source_projection"):
+            raise UserError(f"source_directions: the {config.family} family has no frozen backbone features to "
+                            f"project; set it to 0")
+        model.add_source_projection(config.source_directions)
+    return model

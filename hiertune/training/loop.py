@@ -24,6 +24,7 @@ from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED, SplitData
+from hiertune.errors import UserError
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
@@ -41,6 +42,7 @@ from hiertune.training.features import Corruption, FeatureStore, frozen_inputs
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
+from hiertune.training.source_nullspace import fit_source_projection
 
 log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
@@ -200,6 +202,14 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
     computed_before, t0 = features.computed, time.perf_counter()
     cached = cached_inputs(cfg, bundle, model, augment, features)
     feature_seconds = time.perf_counter() - t0
+    photos_train = len(bundle.shifted.train_rows) if bundle.shifted is not None else 0
+    outlier_images = int((split.train_superclass == heads.n_super).sum())
+    if cfg.source_directions:
+        if cached is None:
+            raise UserError(f"source_directions {cfg.source_directions} needs cached frozen features "
+                            f"(feature_views >= 1): the directions are fitted on them once")
+        fit_source_projection(model, cached[0].features, len(split.train_subclass) - photos_train - outlier_images,
+                              cfg.seed)
     train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
                                         cfg.corrupt_severity),
                             ImageInputs(torch.from_numpy(split.val_images), augment))
@@ -209,7 +219,7 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
     if bundle.shifted is not None and bundle.shifted.photo is not None:
         photos[split.val_group == SHIFTED] = bundle.shifted.photo[bundle.shifted.val_rows]
     return TrialData(train, train_y, val, split, fit_rows, train.rows(fit_rows),
-                     outlier_images=int((split.train_superclass == heads.n_super).sum()),
+                     outlier_images=outlier_images,
                      photos=photos, subclass_names=bundle.data.hierarchy.subclasses,
                      features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
