@@ -24,7 +24,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.space import parse_assignments
 from hiertune.training.features import FeatureStore
-from hiertune.training.leave_out import leave_species_out
+from hiertune.training.leave_out import _mean, leave_species_out
 from hiertune.training.source_probe import source_separability
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -43,7 +43,9 @@ RECIPES = {
     "photos + oe": {"shifted_train_fraction": 1.0, "outlier_mode": "oe"},
     "photos + weight 0.3": {"shifted_train_fraction": 1.0, "outlier_weight": 0.3},
     "oe + 4 source dirs": {"outlier_mode": "oe", "source_directions": 4},
+    "oe + 8 source dirs": {"outlier_mode": "oe", "source_directions": 8},
     "oe + 16 source dirs": {"outlier_mode": "oe", "source_directions": 16},
+    "oe + 32 source dirs": {"outlier_mode": "oe", "source_directions": 32},
     "oe + 64 source dirs": {"outlier_mode": "oe", "source_directions": 64},
     "photos + oe + 16 dirs": {"shifted_train_fraction": 1.0, "outlier_mode": "oe", "source_directions": 16},
 }
@@ -86,10 +88,10 @@ def main() -> None:
         result = leave_species_out(TrialConfig.from_dict({**cfg.to_dict(), **RECIPES[name]}), cache_root, store,
                                    LIBRARY if args.ensemble else (), args.ensemble)
         seconds = time.perf_counter() - t
-        for label, mean, species in ((name, result.mean, result.species),
-                                     (f"  ensemble of {args.ensemble}", result.ensemble_mean, result.ensemble)):
+        for label, species in ((name, result.species), (f"  ensemble of {args.ensemble}", result.ensemble)):
             if not species:
                 continue
+            mean = _mean(species)
             print(f"{label:<26} {mean['photos_super_acc']:>11.3f} {mean['photos_sub_acc']:>9.3f} "
                   f"{mean['photos_called_novel']:>12.3f} {mean['seen_acc']:>6.3f} {mean['novel_sub_acc']:>9.3f} "
                   f"{mean['novel_super_acc']:>11.3f} {seconds:>5.0f}", flush=True)

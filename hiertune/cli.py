@@ -66,7 +66,8 @@ EXAMPLES = {
     "export-best": """examples:
   hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
   hiertune export-best cnn1 --pick max-seen
-  hiertune export-best cnn1 --top 3 --pick weight=0.7""",
+  hiertune export-best cnn1 --top 3 --pick weight=0.7
+  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone""",
     "predict": """examples:
   hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
     "train": """examples:
@@ -480,7 +481,7 @@ def _export_best(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(name, storage, args.mlflow_uri)
     pick = Pick.parse(args.pick) if args.pick else None
     return export_best(place, pick, args.top, _cache_root(args), test_images=args.test_images,
-                       address=args.address, calibration_fraction=args.calibration_fraction)
+                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble)
 
 
 def _render_export(result: dict) -> str:
@@ -616,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the sweep's recommended point (its space's pick:, else the knee)")
     export.add_argument("--top", type=int, default=1, help="export the K best points of distinct trials "
                                                            "(default: %(default)s)")
+    export.add_argument("--ensemble", type=int, default=0, metavar="N",
+                        help="export one ensemble instead: N picks with replacement (Caruana's greedy selection on "
+                             "validation) among the trials sharing the pick's frozen backbone features")
     export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
     export.add_argument("--calibration-fraction", type=float, default=0.1,
                         help="labeled images held out to calibrate thresholds (default: %(default)s)")

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -45,9 +46,10 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel, read_folder,
-                                      write_json)
+from hiertune.export.predictor import (ENSEMBLE, METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel,
+                                      read_folder, write_json)
 from hiertune.export import versions
+from hiertune.export.ensemble import EnsemblePlan, assemble, member_point, plan_ensemble
 from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
@@ -57,19 +59,25 @@ from hiertune.sweep import resources
 from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
+from hiertune.sweep.plots import plot_front
 from hiertune.training.features import FeatureStore
+from hiertune.training.loop import heads_for
 
 log = logging.getLogger("hiertune")
 
 CALIBRATION_FRACTION = 0.1
+ENSEMBLE_FRONT = "front.png"  # an ensemble export's picture of where its point lies against the sweep's front
 # Logged as a model from code: MLflow runs this file, with the hiertune package beside it.
 MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
 
 
 def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
-                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
+                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION,
+                ensemble: int = 0) -> dict:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
+    if ensemble and top != 1:
+        raise UserError("--ensemble exports one ensemble for the pick: leave out --top")
     if not 0.0 < calibration_fraction < 0.5:
         raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
     if not place.remote and not place.dir.is_dir():
@@ -79,21 +87,28 @@ def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path
     held = place.dir.parent if place.remote else place.dir
     held.mkdir(parents=True, exist_ok=True)
     with exclusive(held, f"export-best {place.name} is already running (it holds {held}); wait for it to finish"):
-        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction)
+        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction, ensemble)
 
 
 def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
-                 address: str | None, calibration_fraction: float) -> dict:
+                 address: str | None, calibration_fraction: float, ensemble: int) -> dict:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir, within=place.uri)}
     meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
     pick = pick or Pick.parse(meta.pick)  # by default the sweep's recommended point
-    _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
+    points, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
     chosen = pick.choose(front, top)
+    plan = None
+    if ensemble:
+        plan = plan_ensemble(trials, chosen[0], pick, ensemble, cache_root)
+        log.info("ensemble of %d pick(s) from %d trial(s): %s, hypervolume %.3f on validation (best single trial "
+                 "%.3f); its point: seen %.3f, unseen %.3f", ensemble, len(plan.library), plan.point["trial"],
+                 plan.selection.hypervolume, plan.selection.single, plan.point["seen"], plan.point["unseen"])
+        chosen = [plan.point]
     if len(chosen) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(chosen), len(chosen), top)
     if place.remote:  # the exports already on S3: their records, so that none is overwritten
@@ -107,9 +122,14 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         if slot.reused:
             log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
                      slot.point["trial"], slot.point["score"], slot.reused["dir"])
-    jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
-                                                               calibration_fraction), cache_root)
-            for slot in slots if not slot.reused]
+    if plan is not None:  # one job per member; the ensemble is assembled from their outputs
+        jobs = [] if slots[0].reused else [
+            RetrainJob(i, member_point(plan, t), retrain_config(t, member_point(plan, t), calibration_fraction),
+                       cache_root) for i, (t, _) in enumerate(plan.members, 1)]
+    else:
+        jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
+                                                                   calibration_fraction), cache_root)
+                for slot in slots if not slot.reused]
     if not jobs:
         return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
                 "exports": [slot.reused for slot in slots]}
@@ -119,13 +139,23 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     test_set = _test_set(bundle, base.data_size, cache_root, test_images)
     cpus = meta.cpus_per_trial
 
-    log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
-             place.name, len(jobs), pick, 100 * calibration_fraction)
+    log.info("export-best %s: retraining %d %s picked by %s on all labeled data (calibration split %.0f%%)",
+             place.name, len(jobs), "ensemble member(s)" if plan else "point(s)", pick, 100 * calibration_fraction)
     start = time.perf_counter()
     outputs, failures = _retrain_all(jobs, bundle, cpus, meta.gpus_per_trial, address)
     retrain_wall = time.perf_counter() - start
 
     _clear_leftovers(place.dir / "export")
+    if plan is not None:
+        if failures:
+            raise UserError(f"export-best {place.name} --ensemble: " + "; ".join(failures))
+        slot = slots[0]
+        output = assemble(plan, [outputs[job.k] for job in jobs], bundle, heads_for(bundle, base), base, cache_root)
+        output.files[ENSEMBLE_FRONT] = _front_png(points, front, plan, place.name)
+        job = RetrainJob(slot.number, plan.point, base, cache_root)
+        summary = _write_export(place, job, slot.rank, pick, output, test_set,
+                                versions.settings(slot.point, calibration_fraction, test_images), cache_root)
+        return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": retrain_wall, "exports": [summary]}
     exports = []
     for slot in slots:
         if slot.reused:
@@ -205,6 +235,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, out
     target = place.dir / "export" / str(job.k)
     with atomic_dir(target) as stage:
         for name, data in output.files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)  # an ensemble's members/<i>/
             (stage / name).write_bytes(data)
         write_json(stage / SOURCE, {
             "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
@@ -238,6 +269,15 @@ def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, out
     return summary
 
 
+def _front_png(points: list[dict], front: list[dict], plan: EnsemblePlan, name: str) -> bytes:
+    """The sweep's front with the ensemble's point (its own front joined in grey) as the star."""
+    with tempfile.TemporaryDirectory(prefix="hiertune-plot-") as tmp:
+        path = Path(tmp) / ENSEMBLE_FRONT
+        plot_front(points, front, plan.point, path, f"{name}: the sweep's front and the ensemble's point",
+                   extra=[("ensemble's own front", plan.front)])
+        return path.read_bytes()
+
+
 def _clear_leftovers(export_dir: Path) -> None:
     """Staging directories of an export that was killed before its rename (atomic_dir's names)."""
     for path in [*export_dir.glob(".*.tmp"), *export_dir.glob(".*.old")]:
@@ -269,7 +309,7 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     run_id = run.info.run_id
     # What the exported model uses: its family's settings, the front point's score and thresholds
     # (not the config's defaults), and the raw thresholds calibrated for this model.
-    used = json.loads((stage / THRESHOLDS).read_text())
+    used = json.loads((stage / (ENSEMBLE if (stage / ENSEMBLE).is_file() else THRESHOLDS)).read_text())
     recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used["score"],
                                  "tau_super": job.point["tau_super"], "tau_sub": job.point["tau_sub"],
                                  "thr_super": used["thr_super"], "thr_sub": used["thr_sub"]})

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
-from hiertune.data.splits import SHIFTED
+from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.export.predictor import (METRICS, ExportedModel, Thresholds, calibrate, calibrate_both, write_json,
                                        write_model_dir, write_thresholds)
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
+from hiertune.models.registry import Heads
 from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
+from hiertune.novelty.scores import LevelScores
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import heads_for, run_trial
 
@@ -43,6 +45,50 @@ class RetrainOutput:
     calibration: dict
     seconds: float
 
+
+
+def calibrate_point(scores: LevelScores, calib: SplitData, heads: Heads, point: dict, shifted_weight: float
+                    ) -> tuple[float, float, dict]:
+    """Each level's raw threshold for a retrained model (or ensemble) whose scores on the
+    calibration split `calib` are `scores`: the one that accepts the fraction of seen images the
+    sweep's point accepted; and what the calibration reached."""
+    s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
+    # Both seen groups of the calibration split: in-source, and shifted (corruptions of those
+    # images and/or the --shifted-data folder, as the sweep's validation had them).
+    shifted = calib.val_group == SHIFTED
+    seen_super = (calib.val_superclass < heads.n_super) & ~shifted
+    seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
+    weight = shifted_weight if shifted.any() else 0.0
+    thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
+                               point.get("accept_shifted_super", math.nan), weight)
+    thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
+                             point.get("accept_shifted_sub", math.nan), weight)
+    calibration = {
+        "images": int(len(calib.val_images)),
+        "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
+        "accept_super": seen_acceptance(s_super, seen_super, thr_super),
+        "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
+        "shifted_images": int(shifted.sum()),
+        "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
+        "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
+        "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
+        "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
+    }
+    # What matching the in-source rate alone would have accepted of the shifted images: the
+    # trade the two-group calibration made.
+    for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
+        alone = calibrate(level_scores[seen], point[f"accept_{level}"])
+        calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
+        calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
+    if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
+        calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
+        calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
+    pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
+    calibration.update({k: v for k, v in leaderboard_metrics(
+        pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
+        calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
+        if k in ("seen_super_acc", "seen_sub_acc")})
+    return thr_super, thr_sub, calibration
 
 
 def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
@@ -68,42 +114,7 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus), features=store)
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
         scores, _, _ = model.level_scores(calib.val_images)
-        s_super, s_sub = scores.super_score.numpy(), scores.sub_score.numpy()
-        # Both seen groups of the calibration split: in-source, and shifted (corruptions of those
-        # images and/or the --shifted-data folder, as the sweep's validation had them).
-        shifted = calib.val_group == SHIFTED
-        seen_super = (calib.val_superclass < heads.n_super) & ~shifted
-        seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
-        weight = cfg.shifted_weight if shifted.any() else 0.0
-        thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
-                                   point.get("accept_shifted_super", math.nan), weight)
-        thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
-                                 point.get("accept_shifted_sub", math.nan), weight)
-        calibration = {
-            "images": int(len(calib.val_images)),
-            "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
-            "accept_super": seen_acceptance(s_super, seen_super, thr_super),
-            "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
-            "shifted_images": int(shifted.sum()),
-            "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
-            "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
-            "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
-            "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
-        }
-        # What matching the in-source rate alone would have accepted of the shifted images: the
-        # trade the two-group calibration made.
-        for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
-            alone = calibrate(level_scores[seen], point[f"accept_{level}"])
-            calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
-            calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
-        if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
-            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
-            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
-        pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
-        calibration.update({k: v for k, v in leaderboard_metrics(
-            pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
-            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
-            if k in ("seen_super_acc", "seen_sub_acc")})
+        thr_super, thr_sub, calibration = calibrate_point(scores, calib, heads, point, cfg.shifted_weight)
         write_thresholds(out, Thresholds(point["score"], thr_super, thr_sub), {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
                     "threshold accepted of seen validation images at this point; with a seen_shifted group, the "

@@ -26,15 +26,17 @@ from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, po
 from hiertune.novelty.scores import LOGIT_SCORES
 
 
-def combine(batches: list[EvalBatch], weights: list[float]) -> EvalBatch:
-    """The weighted mean of the members' logits per level."""
+def mean_logits(logits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """The members' logits of one level, averaged with their weights."""
     total = float(sum(weights))
+    return sum(w / total * t.double() for w, t in zip(weights, logits)).float()
 
-    def mean(logits: list[torch.Tensor]) -> torch.Tensor:
-        return sum(w / total * t.double() for w, t in zip(weights, logits)).float()
 
+def combine(batches: list[EvalBatch], weights: list[float]) -> EvalBatch:
+    """An ensemble's validation outputs: the weighted mean of the members' logits per level."""
     first = batches[0]
-    return EvalBatch(mean([b.super_logits for b in batches]), mean([b.sub_logits for b in batches]),
+    return EvalBatch(mean_logits([b.super_logits for b in batches], weights),
+                     mean_logits([b.sub_logits for b in batches], weights),
                      first.super_features, first.sub_features, first.super_target, first.sub_target, first.group)
 
 

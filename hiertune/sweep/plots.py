@@ -17,10 +17,12 @@ from hiertune.data.corrupt import CORRUPTIONS  # noqa: E402
 from hiertune.fsutil import atomic_file  # noqa: E402
 
 
-def plot_front(points: list[dict], front: list[dict], best: dict | None, path: Path, title: str) -> None:
+def plot_front(points: list[dict], front: list[dict], best: dict | None, path: Path, title: str,
+               extra: list[tuple[str, list[dict]]] = ()) -> None:
     """Left: every (trial × post-hoc setting) point coloured by its novelty score, the front joined,
-    the recommended point marked and labelled, the axes fitted to where the points are. Right:
-    each validation group's accuracy, and seen_shifted acceptance, along the front."""
+    the recommended point marked and labelled, the axes fitted to where the points are; `extra`
+    fronts (an ensemble's own) joined in grey. Right: each validation group's accuracy, and
+    seen_shifted acceptance, along the front."""
     fig, (ax, groups) = plt.subplots(1, 2, figsize=(13.6, 5.6), gridspec_kw={"width_ratios": [1.15, 1]})
     scores = sorted({p["score"] for p in points})
     colours = dict(zip(scores, plt.get_cmap("tab10").colors))
@@ -32,6 +34,10 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
     ax.plot([p["seen"] for p in ordered], [p["unseen"] for p in ordered], "-", c="black", lw=1.2, zorder=3)
     ax.scatter([p["seen"] for p in ordered], [p["unseen"] for p in ordered], s=22, zorder=4, edgecolors="black",
                color=[colours[p["score"]] for p in ordered], label=f"front ({len(front)} points)")
+    for label, other in extra:
+        line = sorted(other, key=lambda p: p["seen"])
+        ax.plot([p["seen"] for p in line], [p["unseen"] for p in line], "--", c="0.45", lw=1.2, zorder=3,
+                label=f"{label} ({len(line)} points)")
     if best is not None:
         ax.scatter([best["seen"]], [best["unseen"]], marker="*", s=320, c="gold", edgecolors="black", zorder=5,
                    label="recommended")
