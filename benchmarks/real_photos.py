@@ -24,14 +24,15 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.space import parse_assignments
 from hiertune.training.features import FeatureStore
-from hiertune.training.leave_out import _mean, leave_species_out
+from hiertune.training.leave_out import leave_species_out, mean_figures
 from hiertune.training.source_probe import source_separability
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The CPU route of today's knee: pretrained lite0 at 160 px, frozen, linear heads on cached features.
 BASE = dict(family="dualhead", backbone="tf_efficientnet_lite0", pretrained=True, finetune="linear", image_size=160,
             feature_views=1, optimizer="adamw", lr=1e-3, weight_decay=1e-4, epochs=10, batch_size=64,
-            pseudo_novel_fraction=0.15, val_fraction=0.1, outlier_fraction=0.5, kl_alpha=0.1)
+            pseudo_novel_fraction=0.15, val_fraction=0.1, outlier_fraction=0.5, kl_alpha=0.1,
+            shifted_weight=0.0)  # the point chosen without photos, unless a recipe lets the other species' choose
 RECIPES = {
     "base (novel class)": {},
     "oe": {"outlier_mode": "oe"},
@@ -48,6 +49,10 @@ RECIPES = {
     "oe + 32 source dirs": {"outlier_mode": "oe", "source_directions": 32},
     "oe + 64 source dirs": {"outlier_mode": "oe", "source_directions": 64},
     "photos + oe + 16 dirs": {"shifted_train_fraction": 1.0, "outlier_mode": "oe", "source_directions": 16},
+    # The other species' photos weigh in choosing the point (as in a sweep given --shifted-data),
+    # the held-out species' never.
+    "oe photos choose": {"outlier_mode": "oe", "shifted_weight": 0.5},
+    "oe + 16 dirs photos choose": {"outlier_mode": "oe", "source_directions": 16, "shifted_weight": 0.5},
 }
 # What an ensemble selects from beside the recipe's own model (--ensemble): what a sweep of one
 # frozen backbone varies (seed, learning rate, outlier share, KL weight).
@@ -91,7 +96,7 @@ def main() -> None:
         for label, species in ((name, result.species), (f"  ensemble of {args.ensemble}", result.ensemble)):
             if not species:
                 continue
-            mean = _mean(species)
+            mean = mean_figures(species)
             print(f"{label:<26} {mean['photos_super_acc']:>11.3f} {mean['photos_sub_acc']:>9.3f} "
                   f"{mean['photos_called_novel']:>12.3f} {mean['seen_acc']:>6.3f} {mean['novel_sub_acc']:>9.3f} "
                   f"{mean['novel_super_acc']:>11.3f} {seconds:>5.0f}", flush=True)

@@ -2,11 +2,16 @@
 photos training never saw.
 
 A user with real photos of a few known species (`--shifted-data`) wants to know what the model
-will do with real photos of the *other* known species. One fold per species: its photos all
-validate and none trains; the other species' photos train as `shifted_train_fraction` says. A
-recipe that trains on no photos needs one run, where every species is held out at once. The
-recommended point is chosen without the photos (`shifted_weight` 0), so the figure is not tuned
-on the species it reports.
+will do with real photos of the *other* known species. One fold per species: its photos never
+train and never choose anything; the other species' photos train as `shifted_train_fraction`
+says, and those that validate weigh `shifted_weight` in the seen objective that chooses the
+recommended point, as they would in the user's sweep. A recipe whose photos neither train nor
+choose (both settings 0) needs one run, where every species is held out at once.
+
+Each fold's model is replayed on validation from its checkpoint (hiertune.training.replay); the
+point is chosen on validation without the held-out species' photos, and those photos are then
+classified at it. With a library of variations of the recipe, each fold also selects an
+ensemble of its models the same way (hiertune.novelty.ensemble) and reports it beside.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from hiertune.config import TrialConfig
-from hiertune.data.bundle import load_bundle
+from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.errors import UserError
+from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import combine, ensemble_grid, select
 from hiertune.novelty.photos import PHOTO_KEYS, metric_name, photo_results
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, posthoc_grid
+from hiertune.novelty.scores import FeatureScorer
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
-from hiertune.training.replay import replay_validation
+from hiertune.training.replay import Replayed, replay_validation
 
 log = logging.getLogger("hiertune")
 # What a fold reports beside the held-out photos: the validation groups at the same point.
@@ -37,24 +45,23 @@ GROUP_KEYS = ("seen_acc", "novel_sub_acc", "novel_super_acc")
 @dataclass
 class LeaveOut:
     """Per held-out species: PHOTO_KEYS at the fold's recommended point, and that fold's
-    GROUP_KEYS; `mean` averages the species."""
+    GROUP_KEYS; `mean` averages the species. `ensemble`: the same for each fold's selected
+    ensemble, `members` its weights per fold (library order, the recipe's own model first)."""
 
     species: dict[str, dict[str, float]]
-    # The same per held-out species for an ensemble selected from a library of configurations
-    # (hiertune.novelty.ensemble), with its members' weights per fold; empty without a library.
     ensemble: dict[str, dict[str, float]] = field(default_factory=dict)
     members: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def mean(self) -> dict[str, float]:
-        return _mean(self.species)
+        return mean_figures(self.species)
 
     @property
     def ensemble_mean(self) -> dict[str, float]:
-        return _mean(self.ensemble)
+        return mean_figures(self.ensemble)
 
 
-def _mean(species: dict[str, dict[str, float]]) -> dict[str, float]:
+def mean_figures(species: dict[str, dict[str, float]]) -> dict[str, float]:
     keys = [*PHOTO_KEYS, *GROUP_KEYS]
     return {k: float(np.mean([s[k] for s in species.values()])) for k in keys}
 
@@ -63,64 +70,70 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                       library: tuple[dict, ...] = (), ensemble: int = 0) -> LeaveOut:
     """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) and collect them.
     With a `library` (settings that vary `cfg`, one model each beside `cfg`'s own) and `ensemble`
-    picks, each fold also selects an ensemble of those models on its validation images (no
-    photo weighs in) and reports the held-out photos at the ensemble's own recommended point."""
+    picks, each fold also selects an ensemble of those models on its validation images."""
     if not cfg.shifted_data:
         raise UserError("leave-species-out needs real photos of known species: --shifted-data DIR")
     store = store or FeatureStore(cache_root)
-    cfg = replace(cfg, shifted="data", shifted_weight=0.0, shifted_holdout="")
+    cfg = replace(cfg, shifted="data", shifted_holdout="")
     species = _species(cfg, cache_root)
-    folds = [""] if cfg.shifted_train_fraction == 0 else species
-    out: dict[str, dict[str, float]] = {}
-    joint: dict[str, dict[str, float]] = {}
-    members: dict[str, list[int]] = {}
+    folds = species if cfg.shifted_train_fraction or cfg.shifted_weight else [""]
+    out: LeaveOut = LeaveOut({})
     for held in folds:
         fold = replace(cfg, shifted_holdout=held)
         bundle = load_bundle(fold.data, fold.outliers, fold.data_size, fold.split_config(), cache_root,
                              fold.shift_config())
         log.info("leave-species-out: held out %s (%d photos train)", held or "every species",
                  len(bundle.shifted.train_rows))
+        names = [held] if held else species
         with tempfile.TemporaryDirectory(prefix="hiertune-lso-") as tmp:
-            metrics = _train(fold, bundle, store, Path(tmp) / "base")
+            models = [_train(fold, bundle, store, Path(tmp) / "0")]
             if library and ensemble:
-                picked, figures = _fold_ensemble(fold, bundle, store, Path(tmp), library, ensemble)
-        held_names = [held] if held else species
-        for name in held_names:
-            key = metric_name(name)
-            out[name] = {**{k: metrics.get(f"{k}.{key}", math.nan) for k in PHOTO_KEYS},
-                         **{k: metrics[k] for k in GROUP_KEYS}}
+                models += [_train(TrialConfig.from_dict({**fold.to_dict(), **overrides}), bundle, store, Path(tmp) / str(k))
+                           for k, overrides in enumerate(library, 1)]
+        first = models[0]
+        held_rows = first.photos & np.isin(first.batch.sub_target.numpy(),
+                                           [bundle.data.hierarchy.subclasses.index(n) for n in names])
+        out.species.update(_figures(first.batch, first.scorers, first, held_rows, fold.shifted_weight, names))
         if library and ensemble:
-            members[held or "every species"] = picked
-            joint.update({name: {**{k: figures.get(f"{k}.{metric_name(name)}", math.nan) for k in PHOTO_KEYS},
-                                 **{k: figures[k] for k in GROUP_KEYS}} for name in held_names})
-    return LeaveOut(out, joint, members)
+            keep = ~held_rows
+            chosen = select([_rows(m.batch, keep) for m in models], first.heads, ensemble, fold.shifted_weight)
+            out.members[held or "every species"] = list(chosen.counts)
+            log.info("leave-species-out ensemble: weights %s (hypervolume %.3f, best single %.3f)", chosen.counts,
+                     chosen.hypervolume, chosen.single)
+            joint = combine([models[i].batch for i in chosen.members], [chosen.counts[i] for i in chosen.members])
+            out.ensemble.update(_figures(joint, None, first, held_rows, fold.shifted_weight, names))
+    return out
 
 
-def _train(cfg: TrialConfig, bundle, store: FeatureStore, into: Path) -> dict:
-    """One model of a fold, its last checkpoint copied `into`; its last epoch's metrics."""
+def _train(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, into: Path) -> Replayed:
+    """One model of a fold, trained, and its validation outputs replayed from its last checkpoint."""
     def keep(metrics: dict, directory: Path) -> None:
         shutil.copytree(directory, into)
 
-    return run_trial(cfg, bundle, keep, features=store, last_only=True)
+    run_trial(cfg, bundle, keep, features=store, last_only=True)
+    return replay_validation(cfg, bundle, into, store)
 
 
-def _fold_ensemble(fold: TrialConfig, bundle, store: FeatureStore, work: Path, library: tuple[dict, ...],
-                   size: int) -> tuple[list[int], dict[str, float]]:
-    """One fold's library trained (model 0, `fold` itself, is already in work/base), an ensemble
-    selected on validation, and the photos and validation groups at its recommended point."""
-    replayed = [replay_validation(fold, bundle, work / "base", store)]
-    for k, overrides in enumerate(library, 1):
-        member = TrialConfig.from_dict({**fold.to_dict(), **overrides})
-        _train(member, bundle, store, work / str(k))
-        replayed.append(replay_validation(member, bundle, work / str(k), store))
-    heads = replayed[0].heads
-    chosen = select([r.batch for r in replayed], heads, size)
-    batch = combine([replayed[i].batch for i in chosen.members], [chosen.counts[i] for i in chosen.members])
-    point = ensemble_grid(batch, heads, 0.0).recommended
-    log.info("leave-species-out ensemble: members %s (hypervolume %.3f, best single %.3f)",
-             dict(zip(chosen.members, (chosen.counts[i] for i in chosen.members))), chosen.hypervolume, chosen.single)
-    photos = photo_results(batch, heads, point, None, replayed[0].photos, replayed[0].subclass_names)
-    return [chosen.counts[i] for i in range(len(replayed))], {**photos, **{k: point[k] for k in GROUP_KEYS}}
+def _rows(batch: EvalBatch, keep: np.ndarray) -> EvalBatch:
+    k = np.flatnonzero(keep)
+    return EvalBatch(*(t[k] for t in (batch.super_logits, batch.sub_logits, batch.super_features,
+                                      batch.sub_features, batch.super_target, batch.sub_target)),
+                     None if batch.group is None else batch.group[k])
+
+
+def _figures(batch: EvalBatch, scorers: dict[str, FeatureScorer] | None, model: Replayed, held: np.ndarray,
+             weight: float, names: list[str]) -> dict[str, dict[str, float]]:
+    """The point chosen on validation without the held-out photos (the knee, the other photos
+    weighing `weight`; every score with `scorers`, the logit scores without), and per held-out
+    species its photos at that point beside the validation groups."""
+    heads: Heads = model.heads
+    subset = _rows(batch, ~held)
+    grid = (posthoc_grid(subset, heads, PosthocConfig(shifted_weight=weight), scorers) if scorers is not None
+            else ensemble_grid(subset, heads, weight))
+    point = grid.recommended
+    photos = photo_results(batch, heads, point, scorers, held, model.subclass_names)
+    return {name: {**{k: photos.get(f"{k}.{metric_name(name)}", math.nan) for k in PHOTO_KEYS},
+                   **{k: point[k] for k in GROUP_KEYS}} for name in names}
 
 
 def _species(cfg: TrialConfig, cache_root: Path) -> list[str]:

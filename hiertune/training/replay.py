@@ -19,6 +19,7 @@ from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.models.registry import Heads
 from hiertune.novelty.posthoc import EvalBatch
+from hiertune.novelty.scores import FeatureScorer, load_scorers
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device
 from hiertune.training.features import FeatureStore
@@ -28,6 +29,7 @@ from hiertune.training.loop import build, evaluate, heads_for, trial_data
 @dataclass
 class Replayed:
     batch: EvalBatch
+    scorers: dict[str, FeatureScorer] | None  # the feature scorers of the checkpoint's epoch, when it kept them
     heads: Heads
     photos: np.ndarray  # [validation rows] bool: the --shifted-data photos
     subclass_names: tuple[str, ...]
@@ -44,4 +46,5 @@ def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store
     model.load_state_dict(load_file(str(trained / checkpoint.MODEL)))
     batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device,
                         autocast(device, cfg.amp), split.val_group)
-    return Replayed(batch, heads, data.photos, data.subclass_names)
+    scorers = load_scorers(trained / checkpoint.SCORERS) if (trained / checkpoint.SCORERS).is_file() else None
+    return Replayed(batch, scorers, heads, data.photos, data.subclass_names)
