@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--shifted-data", default=str(SHARED / "shifted-real"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-probe", action="store_true", help="skip (a), the source probe")
+    parser.add_argument("--probe-directions", type=lambda t: [int(k) for k in t.split(",")], default=[0, 16],
+                        help="(a) after projecting out this many source directions (comma-separated; default 0,16)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
     parser.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="also an ensemble of N picks (Caruana selection on validation) from the recipe's "
@@ -81,8 +83,10 @@ def main() -> None:
         print("source separability on the frozen backbone (logistic probe, 5-fold AUROC):")
         bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root,
                              cfg.shift_config())
-        for name, value in source_separability(cfg, bundle, store).items():
-            print(f"  {name:<25} {value:.3f}")
+        probes = {k: source_separability(cfg, bundle, store, k) for k in args.probe_directions}
+        print(f"  {'pair':<25} " + " ".join(f"{f'{k} dirs out':>12}" for k in probes))
+        for name in probes[args.probe_directions[0]]:
+            print(f"  {name:<25} " + " ".join(f"{p[name]:>12.3f}" for p in probes.values()))
         print(f"  ({time.perf_counter() - t0:.0f}s, features included)\n")
     header = (f"{'recipe':<26} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
               f"{'novel_sub':>9} {'novel_super':>11} {'s':>5}")

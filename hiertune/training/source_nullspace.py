@@ -57,6 +57,7 @@ def fit_source_projection(model: torch.nn.Module, features: dict[str, torch.Tens
         clean = features[name][:, 0].float().cpu().numpy()
         if len(clean) - generated < 2:
             raise UserError("source_directions needs real images among the training images (outliers, or "
-                            "--shifted-data photos that train): there is no second source to tell apart")
+                            "--shifted-data photos that train): there is no second source to tell apart; set "
+                            "source_directions 0")
         basis = source_basis(clean[:generated], clean[generated:], projection.basis(name).shape[0], seed)
         projection.set_basis(name, torch.from_numpy(basis).float())

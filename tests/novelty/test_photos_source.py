@@ -66,3 +66,6 @@ def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outlier
     assert aurocs["labeled_vs_photos"] < min(aurocs["labeled_vs_outliers"], aurocs["outliers_vs_photos"])
     computed = store.computed
     assert source_separability(cfg, bundle, store) == aurocs and store.computed == computed  # from the cache
+    # The directions that tell the labeled images from the outliers, projected out: the probe is blinder.
+    projected = source_separability(cfg, bundle, store, directions=4)
+    assert projected["labeled_vs_outliers"] < aurocs["labeled_vs_outliers"]
