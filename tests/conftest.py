@@ -111,7 +111,7 @@ def exported_model(tmp_path_factory) -> Path:
     """One small exported model directory (a cnn trained one epoch on tiny data, 32 px input,
     msp thresholds), as export-best writes it, for the tests that hand predict a model: built in
     a few seconds, without Ray. Tests copy it before changing anything in it."""
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.export.predictor import Thresholds, write_model_dir, write_thresholds
     from hiertune.models.registry import Heads
 

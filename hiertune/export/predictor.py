@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping

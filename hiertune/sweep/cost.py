@@ -22,8 +22,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from hiertune.config import TrialConfig
-from hiertune.space import SearchSpace
+from hiertune.training.config import TrialConfig
+from hiertune.sweep.space import SearchSpace
 from hiertune.progress import duration
 from hiertune.training.probe import EpochCost
 

@@ -26,10 +26,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.errors import SweepInterrupted, UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
-from hiertune.space import SearchSpace
+from hiertune.sweep.space import SearchSpace
 from hiertune.sweep.front import Pick, recommended, sweep_front, write_front
 from hiertune.sweep.importance import param_importances, write_importances
 from hiertune.sweep.moasha import MOASHAScheduler, SchedulerState
@@ -227,7 +227,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
          verbose: bool) -> dict:
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
-        tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
+        tags={"hiertune.family": space.family, "hiertune.sweep.space": str(space.path)})
     _log_shifted(place, bundle, recorder)
     _log_source(space, bundle, features, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}

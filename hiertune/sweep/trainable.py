@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.training.faults import FAILURE_KEY, final_reason
 from hiertune.training.features import FeatureStore

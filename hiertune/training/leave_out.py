@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.novelty.photos import PHOTO_KEYS, metric_name

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED, SplitData

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.novelty.memo import Memo
 from hiertune.training.features import FeatureStore

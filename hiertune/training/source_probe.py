@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hiertune.config import SIZE_LIMITS, TrialConfig
+from hiertune.training.config import SIZE_LIMITS, TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.corrupt import ShiftConfig
 from hiertune.errors import UserError

@@ -212,7 +212,7 @@ def test_cnn_trains_everything_and_ignores_the_schedule():
 
 
 def test_random_init_logs_training_from_scratch_and_only_training(caplog):
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.training import loop
 
     with caplog.at_level(logging.INFO, logger="hiertune"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hiertune.errors import UserError
-from hiertune.space import load_space, parse_assignments
+from hiertune.sweep.space import load_space, parse_assignments
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 

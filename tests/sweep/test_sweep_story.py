@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import free_port, last_json, space_file
 
 from hiertune.novelty.scores import SCORES
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep.search import FidelityAwareOptunaSearch
 from hiertune.sweep.state import load_trials
 

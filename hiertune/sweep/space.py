@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from hiertune.config import TrialConfig, coerce
+from hiertune.training.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone, check_weights_file
 from hiertune.secrets import remember_uri
