@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -27,7 +27,8 @@ from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
                                       objective, pareto_front, rank_points)
 from hiertune.novelty.memo import Memo
-from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, all_level_scores, unavailable
+from hiertune.novelty.registry import LEVELS, list_scores, unavailable
+from hiertune.novelty.scores import FeatureScorer, LevelScores, all_level_scores
 
 MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
@@ -41,7 +42,7 @@ TAU_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
 
 @dataclass(frozen=True)
 class PosthocConfig:
-    scores: tuple[str, ...] = SCORES
+    scores: tuple[str, ...] = field(default_factory=list_scores)
     tau_super: tuple[float, ...] = TAU_GRID
     tau_sub: tuple[float, ...] = TAU_GRID
     knn_k: int = 10
@@ -50,9 +51,9 @@ class PosthocConfig:
     def __post_init__(self) -> None:
         for name in ("scores", "tau_super", "tau_sub"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML gives lists
-        unknown = [s for s in self.scores if s not in SCORES]
+        unknown = [s for s in self.scores if s not in list_scores()]
         if unknown or not self.scores:
-            raise UserError(f"posthoc: scores must be a non-empty subset of {', '.join(SCORES)}; "
+            raise UserError(f"posthoc: scores must be a non-empty subset of {', '.join(list_scores())}; "
                             f"got {list(self.scores)}")
         for name in ("tau_super", "tau_sub"):
             taus = getattr(self, name)
@@ -126,7 +127,7 @@ def raw_thresholds(score: str, tau, scores, seen) -> np.ndarray:
     return np.quantile(ref, tau, method="lower")
 
 
-def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = PosthocConfig(),
+def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig | None = None,
                  scorers: dict[str, FeatureScorer] | None = None, memo: Memo | None = None) -> PosthocResult:
     """Leaderboard and per-group accuracies at every (score, τ_super, τ_sub); a score these
     `scorers` cannot compute is skipped, with its reason in `skipped`. `memo` keeps the
@@ -140,6 +141,7 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
     score is placed once among that level's sorted thresholds (`_levels_reached`), so one
     histogram per weighted set of images, over the pair of places, and its suffix sums give the
     count at every grid point: O(N log N) per score rather than a re-thresholding per point."""
+    config = config or PosthocConfig()
     S, K = heads.n_super, heads.n_sub
     true_super = np.minimum(batch.super_target.cpu().numpy(), S)
     true_sub = np.minimum(batch.sub_target.cpu().numpy(), K)

@@ -22,6 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from hiertune.models.registry import family
 from hiertune.training.config import TrialConfig
 from hiertune.sweep.space import SearchSpace
 from hiertune.progress import duration
@@ -48,14 +49,16 @@ class Kind:
     @property
     def identity(self) -> tuple:
         """What the cost depends on: kinds that share it are measured once."""
-        return (self.cfg.backbone if self.cfg.family != "cnn" else None, self.cfg.finetune if self.cfg.family != "cnn"
-                else None, self.cfg.image_size, self.cached)
+        backbone = family(self.cfg.family).uses_backbone
+        return (self.cfg.backbone if backbone else None, self.cfg.finetune if backbone else None, self.cfg.image_size,
+                self.cached)
 
     def label(self) -> str:
         cfg = self.cfg
-        parts = [] if cfg.family == "cnn" else [cfg.backbone]
+        backbone = family(cfg.family).uses_backbone
+        parts = [cfg.backbone] if backbone else []
         parts.append(f"{cfg.image_size}px")
-        if cfg.family != "cnn":
+        if backbone:
             parts.append(f"finetune={cfg.finetune}")
         if _frozen(cfg):
             parts.append("(cached features)" if self.cached else "(frozen backbone every step)")
@@ -63,7 +66,7 @@ class Kind:
 
 
 def _frozen(cfg: TrialConfig) -> bool:
-    return cfg.family == "layover" or (cfg.family != "cnn" and cfg.finetune == "linear")
+    return cfg.model_config().backbone_frozen
 
 
 def space_kinds(space: SearchSpace) -> list[Kind]:
@@ -128,7 +131,7 @@ def expected_epochs(space: SearchSpace, epochs: int) -> float:
     """Epochs an average trial runs: ASHA (and MO-ASHA) keep 1/reduction_factor at each rung."""
     s = space.scheduler
     last = min(epochs, s.max_t)
-    if s.type == "fifo" or s.grace_period >= last:
+    if not s.spec.early_stopping or s.grace_period >= last:
         return float(last)
     total, rung, share = float(s.grace_period), s.grace_period, 1.0
     while rung < last:
@@ -142,7 +145,7 @@ def expected_epochs(space: SearchSpace, epochs: int) -> float:
 def first_rung(space: SearchSpace, epochs: int) -> int:
     """Epochs before the scheduler can judge a trial."""
     s = space.scheduler
-    return min(epochs, s.max_t) if s.type == "fifo" else min(s.grace_period, epochs, s.max_t)
+    return min(s.grace_period, epochs, s.max_t) if s.spec.early_stopping else min(epochs, s.max_t)
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
         per_trial = expected_epochs(space, epochs)
         total = space.tune.num_samples * per_trial * mean / parallel
         lines.append(f"whole sweep: ~{duration(total)} ({space.tune.num_samples} trials x ~{per_trial:.1f} epochs"
-                     f"{' under ' + space.scheduler.label if space.scheduler.type != 'fifo' else ''}, {parallel} at a "
+                     f"{' under ' + space.scheduler.label if space.scheduler.spec.early_stopping else ''}, {parallel} at a "
                      f"time)" + (f"; budget {duration(budget)}" if budget else ""))
     cheap = min((k for k in kinds if k.cached and k.identity in costs), key=lambda k: costs[k.identity].seconds,
                 default=None)

@@ -34,13 +34,13 @@ import yaml
 from hiertune.training.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone, check_weights_file
+from hiertune.models.registry import family
 from hiertune.secrets import remember_uri
 from hiertune.sweep.budget import parse_duration
+from hiertune.sweep.schedulers import SCHEDULERS, SchedulerSettings
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
 SAMPLERS = ("tpe", "nsga2", "random")
-# Each scheduler type and how the console, plots and summary name what it stopped.
-SCHEDULERS = {"asha": "ASHA", "moasha": "MO-ASHA", "fifo": "FIFO"}
 
 
 @dataclass(frozen=True)
@@ -78,33 +78,6 @@ class TuneSettings:
     seed: int = 0
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 1  # retries of a failed trial, from its last checkpoint
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    type: str = "asha"
-    max_t: int = 10
-    grace_period: int = 1
-    reduction_factor: int = 3
-    # MO-ASHA only: objective gaps up to this count as noise (hiertune.sweep.moasha). 0.01 is one
-    # image in a hundred, about the standard error of an accuracy on a thousand validation images.
-    epsilon: float = 0.01
-
-    @property
-    def label(self) -> str:
-        return SCHEDULERS[self.type]
-
-    @property
-    def rungs(self) -> tuple[int, ...]:
-        """The epochs at which the scheduler reads a trial's results (grace_period·η^k below
-        max_t, as Ray's ASHA and MO-ASHA place them, and max_t); FIFO reads only the last."""
-        if self.type == "fifo":
-            return ()
-        rungs, t = [], self.grace_period
-        while t < self.max_t:
-            rungs.append(t)
-            t *= self.reduction_factor
-        return (*rungs, self.max_t)
 
 
 @dataclass(frozen=True)
@@ -308,8 +281,10 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         raise UserError(f"{path}: scheduler needs 1 <= grace_period <= max_t and reduction_factor >= 2 "
                         f"(got grace_period {sched.grace_period}, max_t {sched.max_t}, "
                         f"reduction_factor {sched.reduction_factor})")
-    if sched.type != "moasha" and sched.epsilon != SchedulerSettings.epsilon:
-        raise UserError(f"{path}: scheduler.epsilon is MO-ASHA's; scheduler.type is {sched.type!r}")
+    for name in {n for spec in SCHEDULERS.values() for n in spec.own_settings} - set(sched.spec.own_settings):
+        if getattr(sched, name) != getattr(SchedulerSettings, name):
+            owner = next(spec.label for spec in SCHEDULERS.values() if name in spec.own_settings)
+            raise UserError(f"{path}: scheduler.{name} is {owner}'s; scheduler.type is {sched.type!r}")
     if not 0 <= sched.epsilon < 1:
         raise UserError(f"{path}: scheduler.epsilon must be in [0, 1), got {sched.epsilon}")
     res = sections["resources"]
@@ -363,7 +338,7 @@ def _check_trial(space: SearchSpace) -> None:
         if p.type == "categorical":
             for choice in p.choices:
                 space.trial_config({p.name: choice})
-    if base.family != "cnn":
+    if family(base.family).uses_backbone:
         try:
             check_backbone(base.backbone)
         except UserError as exc:

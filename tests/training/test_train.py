@@ -18,7 +18,8 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
 from hiertune.data.augment import BatchAugment
 from hiertune.models.registry import create_model
-from hiertune.novelty.scores import SCORES, load_scorers
+from hiertune.novelty.registry import list_scores
+from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.inputs import ImageInputs
 from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
@@ -66,7 +67,7 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in SCORES
+    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in list_scores()
     for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / ckpt.MODEL)
