@@ -224,13 +224,14 @@ def _train(args: argparse.Namespace) -> dict:
 
     space = _space_from_args(args)
     return train_single(space.trial_config(), space.path.stem, Path(args.out) if args.out else None,
-                        _cache_root(args), progress=not args.json)
+                        _cache_root(args), progress=not args.json, posthoc=space.posthoc_grid())
 
 
 def _leave_out(args: argparse.Namespace) -> dict:
     from hiertune.training.leave_out import leave_species_out
 
-    result = leave_species_out(_space_from_args(args).trial_config(), _cache_root(args))
+    space = _space_from_args(args)
+    result = leave_species_out(space.trial_config(), _cache_root(args), posthoc=space.posthoc_grid())
     return {"species": result.species, "mean": result.mean}
 
 

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from hiertune.models.registry import family
+from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.training.config import TrialConfig
 from hiertune.sweep.space import SearchSpace
 from hiertune.progress import duration
@@ -91,12 +92,12 @@ def full_share(space: SearchSpace, epochs: int) -> float:
 
 
 def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
-            here: bool, share: float = 1.0) -> dict[tuple, EpochCost]:
+            here: bool, share: float = 1.0, grid: PosthocConfig | None = None) -> dict[tuple, EpochCost]:
     """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
     `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
     with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
     shared features are (`frozen`: their backbone and size); the others would extract features
-    just to be timed."""
+    just to be timed. Evaluation is timed on the space's post-hoc `grid`."""
     import ray
     import torch
 
@@ -110,19 +111,21 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
     if here:
         threads = torch.get_num_threads()
         try:
-            return _measure_all(todo, bundle, store, cpus, share)
+            return _measure_all(todo, bundle, store, cpus, share, grid)
         finally:
             torch.set_num_threads(threads)
     task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    return ray.get(task.remote(todo, bundle, store, cpus, share))
+    return ray.get(task.remote(todo, bundle, store, cpus, share, grid))
 
 
-def _measure_all(todo: dict, bundle, store, cpus: float, share: float) -> dict[tuple, EpochCost]:
+def _measure_all(todo: dict, bundle, store, cpus: float, share: float, grid: PosthocConfig | None
+                 ) -> dict[tuple, EpochCost]:
     from hiertune.training.probe import measure_epoch
 
     costs, posthoc = {}, None
     for identity, cfg in todo.items():
-        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share)
+        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share,
+                                        posthoc=grid)
         posthoc = costs[identity].posthoc_seconds
     return costs
 

@@ -148,7 +148,7 @@ def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resou
     kinds = cost.space_kinds(space)
     costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
                          space.resources.gpus_per_trial, here,
-                         cost.full_share(space, space.trial_config().epochs))
+                         cost.full_share(space, space.trial_config().epochs), space.posthoc_grid())
     result = cost.plan(space, kinds, costs, fitted.parallel)
     for line in result.lines:
         log.info(line)
@@ -241,7 +241,7 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
-                             features=features, rungs=space.scheduler.rungs),
+                             features=features, rungs=space.scheduler.rungs, posthoc=space.posthoc_grid()),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
 from hiertune.fsutil import atomic_dir, check_writable
+from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.training.config import TrialConfig
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
@@ -17,8 +18,10 @@ from hiertune.training.loop import run_trial
 log = logging.getLogger("hiertune")
 
 
-def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: Path, progress: bool = True) -> dict:
-    """`cfg` trained in this process; `name` (the space's) names the default output folder."""
+def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: Path, progress: bool = True,
+                 posthoc: PosthocConfig | None = None) -> dict:
+    """`cfg` trained in this process, evaluated on the `posthoc` grid (its space's); `name` (the
+    space's) names the default output folder."""
     bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root,
                          cfg.shift_config())
     summary = bundle.summary()
@@ -41,7 +44,7 @@ def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: 
                  metrics["hypervolume"], metrics["train_images_per_s"])
 
     start = time.perf_counter()
-    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root))
+    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root), posthoc=posthoc)
     best = max(history, key=lambda m: m["hypervolume"])
     result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
               "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}

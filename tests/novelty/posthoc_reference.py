@@ -69,8 +69,8 @@ def reference_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posth
         score_super, score_sub = s.super_score.numpy(), s.sub_score.numpy()
         hit_super = (true_super < S) & (s.super_argmax.numpy() == true_super)
         hit_sub = (true_sub < K) & (s.sub_argmax.numpy() == true_sub)
-        thr_super[i] = raw_thresholds(name, tau_super, score_super, seen_super)
-        thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
+        thr_super[i] = raw_thresholds(tau_super, score_super, seen_super)
+        thr_sub[i] = raw_thresholds(tau_sub, score_sub, seen_sub)
         accept_super = (score_super[None, :] >= thr_super[i][:, None]).astype(float)  # [T_super, N]
         accept_sub = (score_sub[None, :] >= thr_sub[i][:, None]).astype(float)  # [T_sub, N]
         accept["super"][i] = _rate(accept_super @ seen_super, counts["seen_super"])

@@ -17,8 +17,8 @@ from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
 from hiertune.data.augment import BatchAugment
-from hiertune.models.registry import create_model
-from hiertune.novelty.registry import list_scores
+from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.novelty.registry import list_scores, needs_of, unavailable
 from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.inputs import ImageInputs
@@ -154,6 +154,25 @@ def test_scorers_are_fitted_on_clean_eval_mode_training_features_with_or_without
             assert torch.equal(value, saved[level].state_dict()[key]), (level, key)
 
 
+@pytest.mark.parametrize("scores, bank, head, vim", [
+    (("msp", "energy"), False, False, False), (("mahalanobis", "knn"), True, False, False),
+    (("msp", "fdbd"), True, True, False), (("vim",), True, True, True)])
+def test_only_what_the_grids_scores_need_is_fitted(scores, bank, head, vim):
+    heads = Heads(2, 4, (0, 0, 1, 1), novel_logit=True)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 8, generator=g)
+    out = ModelOutput(torch.randn(64, 3, generator=g), torch.randn(64, 5, generator=g), feats, feats)
+    sub = torch.arange(64) % 4
+    model = torch.nn.Module()
+    model.super_head, model.sub_head = torch.nn.Linear(8, 3), torch.nn.Linear(8, 5)
+    fitted = fit_scorers(out, sub // 2, sub, heads, model, needs=needs_of(scores))
+    assert bool(fitted) == bank
+    for level in fitted.values():
+        assert (level.head is not None) == head
+        assert (head and level.head.vim_residual is not None) == vim
+    assert all(unavailable(name, fitted) is None for name in scores)
+
+
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
     full = bundle.for_trial(None)
     half = bundle.for_trial(None, 0.5)
@@ -172,5 +191,6 @@ def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
     assert out["epochs"] == 2 and out["config"]["family"] == "cnn" and out["config"]["epochs"] == 2
     best = out["best"]
     assert {"seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc"} <= best.keys()
+    assert 0.0 <= best["tau_super"] <= 0.5 and 0.0 <= best["tau_sub"] <= 0.5  # smoke.yaml's declared ranges
     assert (tmp_path / "run" / "checkpoint" / ckpt.MODEL).is_file()
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_epoch"] == out["best_epoch"]
