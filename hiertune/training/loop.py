@@ -31,7 +31,7 @@ from hiertune.novelty.photos import photo_results
 from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
                                       posthoc_grid)
 from hiertune.novelty.memo import Memo, canonical, memo_get
-from hiertune.novelty.registry import NEEDS, needs_of, unavailable
+from hiertune.novelty.registry import NEEDS, needs_of, score, unavailable
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
@@ -298,6 +298,8 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
     depends on features alone from the trial's earlier epochs; `full` False leaves vim out (its
     fit is an eigendecomposition)."""
     grid = replace(posthoc or PosthocConfig(), shifted_weight=cfg.shifted_weight)
+    # An epoch between rungs leaves vim out only where another score is left to evaluate.
+    full = full or all("principal_subspace" in score(name).needs for name in grid.scores)
     t0 = time.perf_counter()
     batch, val_loss = evaluate(model, data.val, data.split.val_superclass, data.split.val_subclass, heads, cfg,
                                device, autocast, data.split.val_group)

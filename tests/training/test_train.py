@@ -18,6 +18,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
 from hiertune.data.augment import BatchAugment
 from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.novelty.registry import list_scores, needs_of, unavailable
 from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
@@ -171,6 +172,17 @@ def test_only_what_the_grids_scores_need_is_fitted(scores, bank, head, vim):
         assert (level.head is not None) == head
         assert (head and level.head.vim_residual is not None) == vim
     assert all(unavailable(name, fitted) is None for name in scores)
+
+
+def test_the_space_grid_is_what_every_epoch_evaluates(bundle, one_thread):
+    """Only the grid's scores and τ, on every epoch: a grid of vim alone is fitted in full on an
+    epoch between rungs too (leaving vim out would leave nothing)."""
+    cfg = TrialConfig(family="cnn", **{**FAST, "epochs": 2})
+    grid = PosthocConfig(scores=("vim",), tau_super=(0.1, 0.2), tau_sub=(0.3,))
+    reports = []
+    run_trial(cfg, bundle, lambda metrics, path: reports.append(metrics), rungs=(2,), posthoc=grid)
+    assert [m["evaluated_scores"] for m in reports] == ["vim", "vim"]
+    assert all(m["tau_super"] in (0.1, 0.2) and m["tau_sub"] == 0.3 for m in reports)
 
 
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
