@@ -20,15 +20,12 @@ them. Adding a score is one module with its function and decorator, and one impo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from torch import Tensor
 
 from hiertune.errors import UserError, did_you_mean
-
-if TYPE_CHECKING:  # annotations only: scores.py registers nothing and imports this module
-    from hiertune.novelty.memo import Memo
-    from hiertune.novelty.scores import FeatureScorer
+from hiertune.novelty.memo import Memo
 
 NEEDS = ("logits", "class_means", "covariance", "train_features", "head", "principal_subspace")
 LEVELS = ("super", "sub")
@@ -44,7 +41,9 @@ class LevelInput:
     mask: Tensor | None  # [N, n_seen] bool: the classes allowed (the subclasses of the predicted superclass); None: all
     argmax: Tensor  # [N] the level's predicted seen class
     features: Tensor  # [N, D] the features feeding the level's head
-    scorer: FeatureScorer | None  # the level's fitted statistics; None where no feature need was fitted
+    # The level's fitted statistics (a hiertune.novelty.scores.FeatureScorer, which imports this
+    # module); None where no feature need was fitted.
+    scorer: Any
     knn_k: int
     memo: Memo | None  # what depends on features alone, shared across a trial's epochs (hiertune.novelty.memo)
 
@@ -100,7 +99,7 @@ def needs_of(names) -> frozenset[str]:
     return frozenset().union(*(score(n).needs for n in names))
 
 
-def unavailable(name: str, scorers: dict[str, FeatureScorer] | None) -> str | None:
+def unavailable(name: str, scorers: dict[str, Any] | None) -> str | None:
     """Why score `name` cannot be computed with these scorers (both levels'), or None when it can."""
     needs = score(name).needs
     if needs <= {"logits"}:
