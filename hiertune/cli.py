@@ -456,7 +456,7 @@ def _render_recommended(result: dict) -> str:
     if b is None:
         return "no recommended point: no trial reported a checkpoint"
     return (f"* recommended ({result['pick']}): {b['trial']} at {b['epochs']} epochs, {b['score']} with τ_super "
-            f"{b['tau_super']:.2f}, τ_sub {b['tau_sub']:.2f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
+            f"{b['tau_super']:.3f}, τ_sub {b['tau_sub']:.3f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
             "on validation")
 
 
