@@ -19,10 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
-from hiertune.space import parse_assignments
+from hiertune.sweep.space import load_space, parse_assignments
 from hiertune.training.features import FeatureStore
 from hiertune.training.leave_out import leave_species_out, mean_figures
 from hiertune.training.source_probe import source_separability
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--shifted-data", default=str(SHARED / "shifted-real"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-probe", action="store_true", help="skip (a), the source probe")
+    parser.add_argument("--grid-space", default=str(Path(__file__).resolve().parents[1] / "search_spaces" / "dualhead.yaml"),
+                        help="the search space whose post-hoc grid chooses the points (default: the shipped dualhead)")
     parser.add_argument("--probe-directions", type=lambda t: [int(k) for k in t.split(",")], default=[0, 16],
                         help="(a) after projecting out this many source directions (comma-separated; default 0,16)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
@@ -78,6 +80,7 @@ def main() -> None:
     cfg = TrialConfig.from_dict({**BASE, "data": args.data, "outliers": args.outliers, "shifted": "data",
                                  "shifted_data": args.shifted_data, **parse_assignments(args.set)})
     store = FeatureStore(cache_root)
+    grid = load_space(args.grid_space).posthoc_grid()
     t0 = time.perf_counter()
     if not args.no_probe:
         print("source separability on the frozen backbone (logistic probe, 5-fold AUROC):")
@@ -95,7 +98,7 @@ def main() -> None:
     for name in args.recipes.split(","):
         t = time.perf_counter()
         result = leave_species_out(TrialConfig.from_dict({**cfg.to_dict(), **RECIPES[name]}), cache_root, store,
-                                   LIBRARY if args.ensemble else (), args.ensemble)
+                                   posthoc=grid, library=LIBRARY if args.ensemble else (), ensemble=args.ensemble)
         seconds = time.perf_counter() - t
         for label, species in ((name, result.species), (f"  ensemble of {args.ensemble}", result.ensemble)):
             if not species:

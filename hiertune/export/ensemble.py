@@ -6,7 +6,7 @@ calibrated on its own scores, and written as one exported model.
    pass of its heads over the cached validation features (hiertune.training.replay).
 2. Ensemble selection on validation (hiertune.novelty.ensemble.select: Caruana's greedy selection
    with replacement, N picks, by the hypervolume of the ensemble's own post-hoc front), then the
-   pick (`--pick`, knee by default) applied to that front: the ensemble's point, with its
+   pick (`--pick`, knee by default) applied to that front (on the grid of the sweep's space): the ensemble's point, with its
    thresholds' seen acceptance rates.
 3. Each member is retrained as a single export would retrain it; the ensemble's thresholds are
    calibrated on the ensemble's own scores of the calibration split, to its point's acceptance
@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.errors import UserError
 from hiertune.export.predictor import (ENSEMBLE, MEMBERS, METRICS, SUB_MAP, SUPER_MAP, ExportedModel, write_json)
@@ -29,10 +29,11 @@ from hiertune.export.retrain import RetrainOutput, calibrate_point
 from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import Selection, combine, ensemble_grid, select
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
-from hiertune.novelty.posthoc import GROUP_KEYS
+from hiertune.novelty.posthoc import GROUP_KEYS, PosthocConfig
 from hiertune.novelty.scores import score_levels
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import TrialRecord
+from hiertune.training.checkpoint import read_posthoc
 from hiertune.training.features import FeatureStore
 from hiertune.training.replay import replay_validation
 
@@ -75,9 +76,13 @@ def plan_ensemble(trials: dict[str, TrialRecord], anchor: dict, pick: Pick, size
              len(library), first.name)
     replayed = [replay_validation(TrialConfig.from_dict(t.config), bundle, Path(t.checkpoint), store) for t in library]
     heads = replayed[0].heads
-    chosen = select([r.batch for r in replayed], heads, size, base.shifted_weight)
+    # The grid the sweep evaluated (its space's), as the picked trial's checkpoint holds it.
+    swept = read_posthoc(first.checkpoint)
+    grid = PosthocConfig(scores=swept.scores, tau_super=tuple(swept.tau_super), tau_sub=tuple(swept.tau_sub),
+                         shifted_weight=base.shifted_weight)
+    chosen = select([r.batch for r in replayed], heads, size, grid)
     batch = combine([replayed[i].batch for i in chosen.members], [chosen.counts[i] for i in chosen.members])
-    front = ensemble_grid(batch, heads, base.shifted_weight).front
+    front = ensemble_grid(batch, heads, grid).front
     members = [(library[i], chosen.counts[i]) for i in chosen.members]
     name = "ensemble(" + ", ".join(f"{t.name}×{w}" if w > 1 else t.name for t, w in members) + ")"
     point = {**pick.rank(front)[0], "trial": name, "trial_id": "+".join(t.trial_id for t, _ in members),

@@ -5,7 +5,7 @@ score reads it as it reads one model's (averaged probabilities would leave energ
 nothing to measure: the log of a probability vector has a log-sum-exp of 0), and an ensemble of
 one model is that model. Members share one frozen backbone, so the penultimate
 features are the first member's; the feature-space scores are not offered for an ensemble (their
-statistics are fitted per model), only LOGIT_SCORES.
+statistics are fitted per model), only the scores that need logits alone (`logit_scores`).
 
 Members are chosen by ensemble selection (Caruana et al., 2004, "Ensemble selection from
 libraries of models", as AutoGluon does): start from the best single model, then greedily add,
@@ -16,14 +16,14 @@ post-hoc front: the threshold-free scalar the sweep ranks trials by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from hiertune.models.registry import Heads
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, posthoc_grid
-from hiertune.novelty.scores import LOGIT_SCORES
+from hiertune.novelty.registry import list_scores, score
 
 
 def mean_logits(logits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -40,9 +40,15 @@ def combine(batches: list[EvalBatch], weights: list[float]) -> EvalBatch:
                      first.super_features, first.sub_features, first.super_target, first.sub_target, first.group)
 
 
-def ensemble_grid(batch: EvalBatch, heads: Heads, shifted_weight: float) -> PosthocResult:
-    """The post-hoc grid of an ensemble's (or one model's) outputs over the logit scores."""
-    return posthoc_grid(batch, heads, PosthocConfig(shifted_weight=shifted_weight, scores=LOGIT_SCORES))
+def logit_scores(names=None) -> tuple[str, ...]:
+    """The scores among `names` (default: every registered one) that read logits alone."""
+    return tuple(n for n in (names or list_scores()) if score(n).logits_only)
+
+
+def ensemble_grid(batch: EvalBatch, heads: Heads, grid: PosthocConfig) -> PosthocResult:
+    """The post-hoc grid of an ensemble's (or one model's) outputs: `grid`'s thresholds and
+    weights over its logit scores (every logit score when it declares none)."""
+    return posthoc_grid(batch, heads, replace(grid, scores=logit_scores(grid.scores) or logit_scores()))
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,9 @@ class Selection:
         return [i for i, c in enumerate(self.counts) if c]
 
 
-def select(library: list[EvalBatch], heads: Heads, size: int, shifted_weight: float = 0.0) -> Selection:
-    """Greedy ensemble selection with replacement of `size` picks from `library` on validation."""
+def select(library: list[EvalBatch], heads: Heads, size: int, grid: PosthocConfig) -> Selection:
+    """Greedy ensemble selection with replacement of `size` picks from `library` on validation,
+    each candidate measured on `grid` (ensemble_grid)."""
     if not library:
         raise ValueError("ensemble selection needs at least one model")
     figure = {}
@@ -67,7 +74,7 @@ def select(library: list[EvalBatch], heads: Heads, size: int, shifted_weight: fl
         if counts not in figure:
             chosen = [i for i, c in enumerate(counts) if c]
             batch = combine([library[i] for i in chosen], [counts[i] for i in chosen])
-            figure[counts] = ensemble_grid(batch, heads, shifted_weight).hypervolume
+            figure[counts] = ensemble_grid(batch, heads, grid).hypervolume
         return figure[counts]
 
     def one(i: int) -> tuple[int, ...]:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads
@@ -33,6 +32,7 @@ from hiertune.novelty.ensemble import combine, ensemble_grid, select
 from hiertune.novelty.photos import PHOTO_KEYS, metric_name, photo_results
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, posthoc_grid
 from hiertune.novelty.scores import FeatureScorer
+from hiertune.training.config import TrialConfig
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 from hiertune.training.replay import Replayed, replay_validation
@@ -67,8 +67,10 @@ def mean_figures(species: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None,
-                      library: tuple[dict, ...] = (), ensemble: int = 0) -> LeaveOut:
-    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) and collect them.
+                      posthoc: PosthocConfig | None = None, library: tuple[dict, ...] = (),
+                      ensemble: int = 0) -> LeaveOut:
+    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) on its space's
+    `posthoc` grid and collect them.
     With a `library` (settings that vary `cfg`, one model each beside `cfg`'s own) and `ensemble`
     picks, each fold also selects an ensemble of those models on its validation images."""
     if not cfg.shifted_data:
@@ -86,31 +88,33 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                  len(bundle.shifted.train_rows))
         names = [held] if held else species
         with tempfile.TemporaryDirectory(prefix="hiertune-lso-") as tmp:
-            models = [_train(fold, bundle, store, Path(tmp) / "0")]
+            models = [_train(fold, bundle, store, posthoc, Path(tmp) / "0")]
             if library and ensemble:
-                models += [_train(TrialConfig.from_dict({**fold.to_dict(), **overrides}), bundle, store, Path(tmp) / str(k))
-                           for k, overrides in enumerate(library, 1)]
+                models += [_train(TrialConfig.from_dict({**fold.to_dict(), **overrides}), bundle, store, posthoc,
+                                  Path(tmp) / str(k)) for k, overrides in enumerate(library, 1)]
         first = models[0]
         held_rows = first.photos & np.isin(first.batch.sub_target.numpy(),
                                            [bundle.data.hierarchy.subclasses.index(n) for n in names])
-        out.species.update(_figures(first.batch, first.scorers, first, held_rows, fold.shifted_weight, names))
+        grid = replace(posthoc or PosthocConfig(), shifted_weight=fold.shifted_weight)
+        out.species.update(_figures(first.batch, first.scorers, first, held_rows, grid, names))
         if library and ensemble:
             keep = ~held_rows
-            chosen = select([_rows(m.batch, keep) for m in models], first.heads, ensemble, fold.shifted_weight)
+            chosen = select([_rows(m.batch, keep) for m in models], first.heads, ensemble, grid)
             out.members[held or "every species"] = list(chosen.counts)
             log.info("leave-species-out ensemble: weights %s (hypervolume %.3f, best single %.3f)", chosen.counts,
                      chosen.hypervolume, chosen.single)
             joint = combine([models[i].batch for i in chosen.members], [chosen.counts[i] for i in chosen.members])
-            out.ensemble.update(_figures(joint, None, first, held_rows, fold.shifted_weight, names))
+            out.ensemble.update(_figures(joint, None, first, held_rows, grid, names))
     return out
 
 
-def _train(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, into: Path) -> Replayed:
+def _train(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, posthoc: PosthocConfig | None,
+           into: Path) -> Replayed:
     """One model of a fold, trained, and its validation outputs replayed from its last checkpoint."""
     def keep(metrics: dict, directory: Path) -> None:
         shutil.copytree(directory, into)
 
-    run_trial(cfg, bundle, keep, features=store, last_only=True)
+    run_trial(cfg, bundle, keep, features=store, last_only=True, posthoc=posthoc)
     return replay_validation(cfg, bundle, into, store)
 
 
@@ -122,15 +126,14 @@ def _rows(batch: EvalBatch, keep: np.ndarray) -> EvalBatch:
 
 
 def _figures(batch: EvalBatch, scorers: dict[str, FeatureScorer] | None, model: Replayed, held: np.ndarray,
-             weight: float, names: list[str]) -> dict[str, dict[str, float]]:
-    """The point chosen on validation without the held-out photos (the knee, the other photos
-    weighing `weight`; every score with `scorers`, the logit scores without), and per held-out
-    species its photos at that point beside the validation groups."""
+             grid: PosthocConfig, names: list[str]) -> dict[str, dict[str, float]]:
+    """The point chosen on `grid` without the held-out photos (the knee, the other photos weighing
+    its shifted_weight; its logit scores only without `scorers`), and per held-out species its
+    photos at that point beside the validation groups."""
     heads: Heads = model.heads
     subset = _rows(batch, ~held)
-    grid = (posthoc_grid(subset, heads, PosthocConfig(shifted_weight=weight), scorers) if scorers is not None
-            else ensemble_grid(subset, heads, weight))
-    point = grid.recommended
+    result = posthoc_grid(subset, heads, grid, scorers) if scorers is not None else ensemble_grid(subset, heads, grid)
+    point = result.recommended
     photos = photo_results(batch, heads, point, scorers, held, model.subclass_names)
     return {name: {**{k: photos.get(f"{k}.{metric_name(name)}", math.nan) for k in PHOTO_KEYS},
                    **{k: point[k] for k in GROUP_KEYS}} for name in names}

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from conftest import write_image, write_tiny_data
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.export.ensemble import assemble, member_point, plan_ensemble
 from hiertune.export.export import retrain_config
 from hiertune.export.predictor import ENSEMBLE, EnsembleModel, ExportedModel
 from hiertune.export.retrain import RetrainJob, calibrate_point, retrain
-from hiertune.novelty.scores import LOGIT_SCORES, score_levels
+from hiertune.novelty.ensemble import logit_scores
+from hiertune.novelty.scores import score_levels
 from hiertune.sweep.front import Pick
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.loop import heads_for, run_trial
@@ -69,7 +70,7 @@ def ensemble_dir(tmp_path_factory):
 def test_an_ensemble_export_averages_its_members_and_calibrates_on_its_own_scores(ensemble_dir, tmp_path):
     root, plan, bundle, cfg = ensemble_dir
     # The cnn trains its backbone: never in the library of heads on one frozen backbone.
-    assert plan.library == ["trial-00", "trial-01"] and plan.point["score"] in LOGIT_SCORES
+    assert plan.library == ["trial-00", "trial-01"] and plan.point["score"] in logit_scores()
     assert 1 <= sum(w for _, w in plan.members) <= 3 and plan.selection.hypervolume >= plan.selection.single
     model = ExportedModel.load(root, features=None)
     assert isinstance(model, EnsembleModel) and len(model.members) == len(plan.members)

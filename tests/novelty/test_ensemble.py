@@ -8,7 +8,7 @@ import torch
 
 from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import combine, ensemble_grid, select
-from hiertune.novelty.posthoc import EvalBatch
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig
 
 HEADS = Heads(2, 4, (0, 0, 1, 1), novel_logit=False)
 
@@ -37,8 +37,9 @@ def test_combine_averages_logits_and_one_member_is_itself():
 
 def test_selection_starts_from_the_best_model_and_never_ends_below_it():
     library = [_batch(0.5, 0), _batch(3.0, 1), _batch(3.0, 2), _batch(0.0, 3)]
-    chosen = select(library, HEADS, size=5)
-    singles = [ensemble_grid(b, HEADS, 0.0).hypervolume for b in library]
+    grid = PosthocConfig(shifted_weight=0.0)
+    chosen = select(library, HEADS, 5, grid)
+    singles = [ensemble_grid(b, HEADS, grid).hypervolume for b in library]
     assert chosen.single == pytest.approx(max(singles))
     assert chosen.steps[0] == pytest.approx(max(singles))  # the path starts from the best single model
     assert chosen.hypervolume == pytest.approx(max(chosen.steps)) and chosen.hypervolume >= chosen.single

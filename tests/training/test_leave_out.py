@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.training.features import FeatureStore
 from hiertune.training.leave_out import leave_species_out
