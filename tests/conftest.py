@@ -16,7 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertune.cli import _render_sweep, main
+from hiertune.cli import main
+from hiertune.novelty.records import GridPoint, ScoreFigures
+from hiertune.sweep.records import FrontPoint
+from hiertune.training.losses import LOSS_PARTS
+from hiertune.training.records import EpochMetrics
+from hiertune.sweep.results import next_steps
 from hiertune.data.synth import SynthConfig, write_synthetic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -330,7 +335,8 @@ def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
                              "--name", "short", "--storage", str(storage), "--json")
             assert result.code == 0, result.err[-3000:]
             summary = last_json(result.out)
-            text = _render_sweep(summary)
+            text = next_steps(summary["name"], summary["storage"], summary["mlflow_uri"],
+                              summary["importance"].get("study"))
             steps = [shlex.split(line.split("#")[0]) for line in text[text.index("next:"):].splitlines()[1:]]
             ran = []
             for argv in steps:
@@ -363,3 +369,28 @@ def _fail_an_export(storage: Path, name: str) -> FailedExport:
             error = exc
     return FailedExport(error, before, {p.name: p.read_bytes() for p in files_under(exports / "1")},
                         sorted(p.name for p in exports.iterdir()))
+
+
+def front_point(trial: str, seen: float, unseen: float, score: str = "msp", params: dict | None = None,
+                by_score: dict | None = None, **figures) -> FrontPoint:
+    """A front point for tests of the table, the plots and the picks: its accuracies are `seen`
+    and `unseen` at both levels unless `figures` says otherwise; `by_score` is {score: {figure: v}}."""
+    point = GridPoint.from_figures(score, {"tau_super": 0.9, "tau_sub": 0.8, "seen_super_acc": seen,
+                                           "unseen_super_acc": unseen, "seen_sub_acc": seen, "unseen_sub_acc": unseen,
+                                           "seen": seen, "unseen": unseen, **figures})
+    return FrontPoint(trial, f"id-{trial}", "completed", 3, params or {}, point,
+                      {s: ScoreFigures.from_figures(f) for s, f in (by_score or {}).items()})
+
+
+def epoch(number: int = 1, seen: float = 0.5, unseen: float = 0.5, hypervolume: float = 0.4, score: str = "msp",
+          front: tuple = ()) -> EpochMetrics:
+    """An epoch's metrics whose recommended point is (`seen`, `unseen`) and whose own front is
+    `front` (default: that point alone), for tests of what reads them (console, scheduler, MLflow)."""
+    point = GridPoint.from_figures(score, {"tau_super": 0.5, "tau_sub": 0.5, "seen": seen, "unseen": unseen})
+    return EpochMetrics(epoch=number, attempt=1, train_loss=1.0, train_parts=dict.fromkeys(LOSS_PARTS, 0.25),
+                        val_loss=1.0, lr_now=1e-3, recommended=point, hypervolume=hypervolume,
+                        front=tuple(front) or ((seen, unseen),), by_score={score: ScoreFigures.from_figures({})},
+                        closed_seen_super_acc=0.5, closed_seen_sub_acc=0.5, photos={}, point=point, train_images=10,
+                        outlier_images=2, train_images_per_s=100.0, epoch_seconds=0.1, eval_forward_seconds=0.1,
+                        scorer_fit_seconds=0.1, full_evaluation=True, posthoc_seconds=0.1, features_computed=0,
+                        feature_seconds=0.0)

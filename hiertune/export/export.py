@@ -48,11 +48,13 @@ from hiertune.errors import UserError
 from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel, read_folder,
                                       write_json)
 from hiertune.export import versions
+from hiertune.export.results import ExportResult, ExportSummary
 from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
+from hiertune.sweep.records import FrontPoint
 from hiertune.sweep import resources
 from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
@@ -67,7 +69,7 @@ MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
 
 
 def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
-                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
+                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> ExportResult:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
     if not 0.0 < calibration_fraction < 0.5:
@@ -83,7 +85,7 @@ def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path
 
 
 def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
-                 address: str | None, calibration_fraction: float) -> dict:
+                 address: str | None, calibration_fraction: float) -> ExportResult:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
@@ -106,13 +108,12 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     for slot in slots:
         if slot.reused:
             log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
-                     slot.point["trial"], slot.point["score"], slot.reused["dir"])
-    jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
+                     slot.point.trial, slot.point.score, slot.reused.dir)
+    jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point.trial_id], slot.point,
                                                                calibration_fraction), cache_root)
             for slot in slots if not slot.reused]
     if not jobs:
-        return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
-                "exports": [slot.reused for slot in slots]}
+        return ExportResult(place.name, str(pick), 0.0, [slot.reused for slot in slots])
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
@@ -136,20 +137,20 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
                                          versions.settings(slot.point, calibration_fraction, test_images),
                                          cache_root))
     if failures:
-        done = ", ".join(str(e["k"]) for e in exports) or "none"
+        done = ", ".join(str(e.k) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
-    return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": retrain_wall, "exports": exports}
+    return ExportResult(place.name, str(pick), retrain_wall, exports)
 
 
-def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float) -> TrialConfig:
+def retrain_config(trial: TrialRecord, point: FrontPoint, calibration_fraction: float) -> TrialConfig:
     if not trial.config:
         raise UserError(f"{trial.name}: trials.json has no configuration for this trial; rerun the sweep")
     cfg = TrialConfig.from_dict(trial.config, where=f"{trial.name} config")
     # The schedule is compressed to the epochs the point was measured at: an ASHA-stopped trial
     # is retrained for what it ran, not for max_t.
-    return replace(cfg, epochs=max(1, int(point["epochs"])), val_fraction=calibration_fraction,
+    return replace(cfg, epochs=max(1, int(point.epochs)), val_fraction=calibration_fraction,
                    pseudo_novel_fraction=0.0, outlier_val_fraction=0.0, faults="",
-                   novelty_score=point["score"])
+                   novelty_score=point.score)
 
 
 def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
@@ -171,7 +172,7 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None) or exc
                     reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                    failures.append(f"export {job.k} ({job.point['trial']}) failed: {reason[:300]}")
+                    failures.append(f"export {job.k} ({job.point.trial}) failed: {reason[:300]}")
                 bar.update()
     return outputs, failures
 
@@ -200,41 +201,43 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
 
 
 def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, output: RetrainOutput,
-                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> dict:
+                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> ExportSummary:
     """export/<job.k>, a folder no export had (hiertune.export.versions)."""
     target = place.dir / "export" / str(job.k)
+    point = job.point
     with atomic_dir(target) as stage:
         for name, data in output.files.items():
             (stage / name).write_bytes(data)
         write_json(stage / SOURCE, {
-            "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
-            "trial_id": job.point["trial_id"], "pick": str(pick), "rank": rank, **same_when})
-        summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
-                   "retrain_seconds": output.seconds, "calibration": output.calibration,
-                   "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
+            "sweep": place.name, "sweep_dir": place.uri, "trial": point.trial,
+            "trial_id": point.trial_id, "pick": str(pick), "rank": rank, **same_when})
+        submission, rows, test = None, None, None
         if test_set is not None:
             model = ExportedModel.load(stage, features=FeatureStore(cache_root))  # test features cached
             predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
             if (warning := predictions.fixes.warning(test_set.source, model.cfg.data_size)):
                 log.warning(warning)
             predictions.write_csv(stage / SUBMISSION)
-            summary.update(submission=storage.join(place.uri, "export", str(job.k), SUBMISSION)
-                           if place.remote else str(target / SUBMISSION), rows=len(predictions.names))
+            submission = storage.join(place.uri, "export", str(job.k), SUBMISSION) if place.remote \
+                else str(target / SUBMISSION)
+            rows = len(predictions.names)
             if test_set.labels is not None:
-                summary["test"] = _score(predictions, test_set.labels, model)
+                test = _score(predictions, test_set.labels, model)
                 metrics = json.loads((stage / METRICS).read_text())
-                metrics["test"] = summary["test"]
+                metrics["test"] = test
                 write_json(stage / METRICS, metrics)
-        summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
-        write_json(stage / versions.SUMMARY, summary)
-        write_json(stage / "mlflow.json", summary["mlflow"])
+        logged = _log_to_mlflow(place, job, pick, stage, output, test)
+        summary = ExportSummary(job.k, str(target), point.trial, point.score, output.seconds, output.calibration,
+                                point.seen, point.unseen, logged, submission, rows, test)
+        write_json(stage / versions.SUMMARY, summary.to_dict())
+        write_json(stage / "mlflow.json", logged)
     if place.remote:
         # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
         remote = storage.join(place.uri, "export", str(job.k))
         for path in sorted(target.iterdir(), key=lambda p: p.name == "mlflow.json"):
             storage.upload(path, storage.join(remote, path.name))
-        summary["dir"] = remote
-    log.info("export %d: %s (%s) -> %s", job.k, job.point["trial"], job.point["score"], target)
+        summary = replace(summary, dir=remote)
+    log.info("export %d: %s (%s) -> %s", job.k, point.trial, point.score, target)
     return summary
 
 
@@ -258,11 +261,12 @@ def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel)
                                model.heads.n_super, model.heads.n_sub)
 
 
-def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, summary: dict) -> dict:
+def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, output: RetrainOutput,
+                   test: dict | None) -> dict:
     """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
     recorder = SweepRecorder(place)
-    tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point["trial"],
-            "hiertune.trial_id": job.point["trial_id"], "hiertune.pick": str(pick)}
+    tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point.trial,
+            "hiertune.trial_id": job.point.trial_id, "hiertune.pick": str(pick)}
     if recorder.state.get("parent"):
         tags[PARENT_TAG] = recorder.state["parent"]
     run = recorder.client.create_run(recorder.experiment_id, run_name=f"export-{job.k}", tags=tags)
@@ -271,12 +275,12 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     # (not the config's defaults), and the raw thresholds calibrated for this model.
     used = json.loads((stage / THRESHOLDS).read_text())
     recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used["score"],
-                                 "tau_super": job.point["tau_super"], "tau_sub": job.point["tau_sub"],
+                                 "tau_super": job.point.point.tau_super, "tau_sub": job.point.point.tau_sub,
                                  "thr_super": used["thr_super"], "thr_sub": used["thr_sub"]})
-    flat = {"retrain_seconds": summary["retrain_seconds"],
-            **{f"validation_{k}": v for k, v in summary["validation"].items()},
-            **{f"calibration_{k}": v for k, v in summary["calibration"].items()},
-            **{f"test_{k}": v for k, v in summary.get("test", {}).items()}}
+    flat = {"retrain_seconds": output.seconds, "validation_seen": job.point.seen,
+            "validation_unseen": job.point.unseen,
+            **{f"calibration_{k}": v for k, v in output.calibration.items()},
+            **{f"test_{k}": v for k, v in (test or {}).items()}}
     recorder.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}, 0)
     recorder.client.log_artifacts(run_id, str(stage), artifact_path="export")
     name = "hiertune-" + re.sub(r"[^A-Za-z0-9_.-]", "-", place.name)

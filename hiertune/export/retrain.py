@@ -22,6 +22,7 @@ from hiertune.export.predictor import (METRICS, ExportedModel, Thresholds, calib
                                        write_model_dir, write_thresholds)
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.posthoc import GROUP_KEYS, decide, seen_acceptance
+from hiertune.sweep.records import FrontPoint
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import heads_for, run_trial
 
@@ -29,7 +30,7 @@ from hiertune.training.loop import heads_for, run_trial
 @dataclass(frozen=True)
 class RetrainJob:
     k: int
-    point: dict  # the front point: trial, score, thresholds, seen acceptance, accuracies
+    point: FrontPoint  # the trial, its score, thresholds, seen acceptance, accuracies
     cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
     cache_root: Path | None = None  # the sweep's cache: frozen features are read from it, not computed again
 
@@ -48,7 +49,7 @@ class RetrainOutput:
 def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
     """Train, calibrate, and return the model directory's files as bytes: the task may run on
     another node, so nothing is written where the driver would have to find it."""
-    cfg, point = job.cfg, job.point
+    cfg, point = job.cfg, job.point.point
     heads = heads_for(bundle, cfg)
     with tempfile.TemporaryDirectory(prefix="hiertune-export-") as tmp:
         last, out = Path(tmp) / "last", Path(tmp) / "model"
@@ -63,7 +64,7 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         seconds = time.perf_counter() - start
 
         h = bundle.data.hierarchy
-        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point["score"])
+        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point.score)
 
         model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus), features=store)
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
@@ -75,46 +76,45 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         seen_super = (calib.val_superclass < heads.n_super) & ~shifted
         seen_sub = (calib.val_subclass < heads.n_sub) & ~shifted
         weight = cfg.shifted_weight if shifted.any() else 0.0
-        thr_super = calibrate_both(s_super[seen_super], point["accept_super"], s_super[shifted],
-                                   point.get("accept_shifted_super", math.nan), weight)
-        thr_sub = calibrate_both(s_sub[seen_sub], point["accept_sub"], s_sub[shifted],
-                                 point.get("accept_shifted_sub", math.nan), weight)
+        thr_super = calibrate_both(s_super[seen_super], point.accept_super, s_super[shifted],
+                                   point.accept_shifted_super, weight)
+        thr_sub = calibrate_both(s_sub[seen_sub], point.accept_sub, s_sub[shifted], point.accept_shifted_sub, weight)
         calibration = {
             "images": int(len(calib.val_images)),
-            "target_accept_super": point["accept_super"], "target_accept_sub": point["accept_sub"],
+            "target_accept_super": point.accept_super, "target_accept_sub": point.accept_sub,
             "accept_super": seen_acceptance(s_super, seen_super, thr_super),
             "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
             "shifted_images": int(shifted.sum()),
-            "target_accept_shifted_super": point.get("accept_shifted_super", math.nan),
-            "target_accept_shifted_sub": point.get("accept_shifted_sub", math.nan),
+            "target_accept_shifted_super": point.accept_shifted_super,
+            "target_accept_shifted_sub": point.accept_shifted_sub,
             "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
             "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
         }
         # What matching the in-source rate alone would have accepted of the shifted images: the
         # trade the two-group calibration made.
         for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
-            alone = calibrate(level_scores[seen], point[f"accept_{level}"])
+            alone = calibrate(level_scores[seen], point.accept_super if level == "super" else point.accept_sub)
             calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
             calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
-        if "thr_super" in point:  # what the sweep's raw thresholds, copied as they are, would accept here
-            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point["thr_super"])
-            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point["thr_sub"])
+        if not math.isnan(point.thr_super):  # what the sweep's raw thresholds, copied as they are, would accept here
+            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point.thr_super)
+            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point.thr_sub)
         pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
         calibration.update({k: v for k, v in leaderboard_metrics(
             pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
             calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
             if k in ("seen_super_acc", "seen_sub_acc")})
-        write_thresholds(out, Thresholds(point["score"], thr_super, thr_sub), {
+        figures = point.figures()
+        write_thresholds(out, Thresholds(point.score, thr_super, thr_sub), {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
                     "threshold accepted of seen validation images at this point; with a seen_shifted group, the "
                     "threshold that misses both groups' rates least, weighted by shifted_weight",
-            "sweep": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
-                                            "accept_sub", "accept_shifted_super", "accept_shifted_sub")
-                      if k in point}})
+            "sweep": {k: figures[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
+                                              "accept_sub", "accept_shifted_super", "accept_shifted_sub")}})
         write_json(out / METRICS, {
-            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS) if k in point},
+            "validation": {k: figures[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS)},
             "calibration": calibration,
-            "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final["train_images"],
-                        "outlier_images": final["outlier_images"], "train_loss": final["train_loss"]},
+            "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final.train_images,
+                        "outlier_images": final.outlier_images, "train_loss": final.train_loss},
         })
         return RetrainOutput({p.name: p.read_bytes() for p in out.iterdir()}, calibration, seconds)

@@ -85,6 +85,20 @@ def _entry(folder: Path) -> SweepEntry:
     return SweepEntry(folder.name, str(folder.parent.resolve()), status, trials, modified)
 
 
+@dataclass(frozen=True)
+class SweepList:
+    """`hiertune ls`: the sweeps of a storage folder and the storage folders inside it."""
+
+    storage: str
+    sweeps: list[SweepEntry]
+
+    def to_dict(self) -> dict:
+        return {"storage": self.storage, "sweeps": [e.to_dict() for e in self.sweeps]}
+
+    def render(self) -> str:
+        return render(self.sweeps, self.storage)
+
+
 def render(entries: list[SweepEntry], root: str) -> str:
     if not entries:
         return f"no sweeps in {root} (run `hiertune demo` or `hiertune sweep SPACE`)"

@@ -12,7 +12,6 @@ on the species it reports.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
-from hiertune.novelty.photos import PHOTO_KEYS, metric_name
+from hiertune.novelty.photos import PHOTO_KEYS, species_results
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 
@@ -42,6 +41,22 @@ class LeaveOut:
         keys = [*PHOTO_KEYS, *GROUP_KEYS]
         return {k: float(np.mean([s[k] for s in self.species.values()])) for k in keys}
 
+    def to_dict(self) -> dict:
+        return {"species": self.species, "mean": self.mean}
+
+    def render(self) -> str:
+        """The `hiertune leave-out` table: per held-out species, then the mean."""
+        header = (f"{'held-out species':<28} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
+                  f"{'novel_sub':>9} {'novel_super':>11}")
+        rows = [*self.species.items(), ("mean", self.mean)]
+        return "\n".join([header, *(f"{name:<28} " + " ".join(f"{m[k]:>{w}.3f}" for k, w in _COLUMNS)
+                                     for name, m in rows)])
+
+
+# The table's columns and widths, in order.
+_COLUMNS = (("photos_super_acc", 11), ("photos_sub_acc", 9), ("photos_called_novel", 12), ("seen_acc", 6),
+            ("novel_sub_acc", 9), ("novel_super_acc", 11))
+
 
 def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None) -> LeaveOut:
     """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) and collect them."""
@@ -60,9 +75,8 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                  len(bundle.shifted.train_rows))
         metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True)
         for name in ([held] if held else species):
-            key = metric_name(name)
-            out[name] = {**{k: metrics.get(f"{k}.{key}", math.nan) for k in PHOTO_KEYS},
-                         **{k: metrics[k] for k in GROUP_KEYS}}
+            out[name] = {**species_results(metrics.photos, name),
+                         **{k: getattr(metrics.recommended, k) for k in GROUP_KEYS}}
     return LeaveOut(out)
 
 
@@ -72,13 +86,3 @@ def _species(cfg: TrialConfig, cache_root: Path) -> list[str]:
     names = bundle.data.hierarchy.subclasses
     photos = bundle.shifted.subclass[bundle.shifted.photo]
     return [names[s] for s in np.unique(photos)]
-
-
-def render(result: dict) -> str:
-    """The `hiertune leave-out` table: per held-out species, then the mean."""
-    header = (f"{'held-out species':<28} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
-              f"{'novel_sub':>9} {'novel_super':>11}")
-    rows = [*result["species"].items(), ("mean", result["mean"])]
-    return "\n".join([header, *(f"{name:<28} {m['photos_super_acc']:>11.3f} {m['photos_sub_acc']:>9.3f} "
-                                 f"{m['photos_called_novel']:>12.3f} {m['seen_acc']:>6.3f} {m['novel_sub_acc']:>9.3f} "
-                                 f"{m['novel_super_acc']:>11.3f}" for name, m in rows)])

@@ -22,7 +22,7 @@ from hiertune.novelty.metrics import pareto_front
 from hiertune.space import load_space
 from hiertune.sweep.front import compute_front, front_points
 from hiertune.sweep.search import FidelityAwareOptunaSearch
-from hiertune.sweep.state import TrialRecord, load_trials
+from hiertune.sweep.state import load_trials
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.checkpoint import read_history
 
@@ -49,7 +49,7 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
         reported = (sweep_dir / "tune" / f"trial_{t.trial_id}" / "result.json").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in reported] == list(range(1, t.epochs + 1))
         checkpoint = Path(t.checkpoint)
-        assert [h["epoch"] for h in read_history(t.checkpoint)] == list(range(1, t.epochs + 1))
+        assert [h.epoch for h in read_history(t.checkpoint)] == list(range(1, t.epochs + 1))
         assert (checkpoint / ckpt.MODEL).is_file()
 
     # MLflow: one experiment, a parent run, a child run per trial with its metrics and status.
@@ -68,6 +68,10 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
         assert child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "hypervolume")
         assert [m.step for m in history] == list(range(1, trial.epochs + 1))
+        # The LR schedule, each epoch, beside the `lr` param it starts from.
+        schedule = client.get_metric_history(child.info.run_id, "lr_now")
+        assert [m.step for m in schedule] == list(range(1, trial.epochs + 1))
+        assert all(0 < m.value <= trial.params["lr"] for m in schedule)
         assert float(child.data.params["lr"]) == pytest.approx(trial.params["lr"])
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "learning_curves.png" in artifacts
@@ -83,12 +87,12 @@ def test_small_sweep_end_to_end(cli, small_data, tmp_path):
     points = front_points(trials)
     front = summary["front"]
     assert front and len(points) > len(front)
-    all_pts = np.array([[p["seen"], p["unseen"]] for p in points])
+    all_pts = np.array([[p.seen, p.unseen] for p in points])
     for p in front:
         dominated = (all_pts[:, 0] >= p["seen"]) & (all_pts[:, 1] >= p["unseen"]) & (
             (all_pts[:, 0] > p["seen"]) | (all_pts[:, 1] > p["unseen"]))
         assert not dominated.any()
-    assert compute_front(points) == front
+    assert json.loads(json.dumps([p.row() for p in compute_front(points)])) == front
     with (sweep_dir / "pareto.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["seen"]), float(r["unseen"])) for r in rows] == [(p["seen"], p["unseen"]) for p in front]
@@ -188,19 +192,3 @@ def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(sm
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert trials[0].value == 0.7
     assert trials[1].intermediate_values == {1: 0.4}
-
-
-def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
-    def record(i, seen, unseen):
-        metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,
-                   "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen,
-                   "point_accept_super": 0.9, "point_accept_sub": 0.5}
-        return TrialRecord(f"id{i}", f"trial_{i}", "completed", 2, {"tau_super": 0.9, "tau_sub": 0.5,
-                                                                     "novelty_score": "energy"},
-                           Path("/nonexistent"), metrics)
-
-    trials = [record(0, 0.8, 0.5), record(1, 0.6, 0.7), record(2, 0.5, 0.4)]
-    points = front_points(trials, sampled_thresholds=True)
-    assert len(points) == 3 and points[0]["score"] == "energy" and points[0]["tau_super"] == 0.9
-    assert points[0]["accept_super"] == 0.9  # what export-best calibrates the retrained model to
-    assert [p["trial"] for p in compute_front(points)] == ["trial_0", "trial_1"]

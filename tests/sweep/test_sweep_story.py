@@ -15,7 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, last_json, space_file
+from conftest import epoch, free_port, last_json, space_file
 
 from hiertune.novelty.scores import SCORES
 from hiertune.space import load_space
@@ -110,7 +110,7 @@ def test_optuna_is_told_a_trial_that_ran_its_own_epochs_completed(small_data, tm
     searcher = FidelityAwareOptunaSearch(space, tmp_path, "s")
     configs = [searcher.suggest(f"t{i}") for i in range(2)]
     assert [c["epochs"] for c in configs] == [1, 1]
-    searcher.on_trial_complete("t0", {"hypervolume": 0.5, "seen": 0.4, "unseen": 0.6, "training_iteration": 1})
+    searcher.on_trial_complete("t0", {**epoch(1, 0.4, 0.6, 0.5).flat(), "training_iteration": 1})
     searcher.on_trial_complete("t1", None, error=True)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # persisted
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]

@@ -30,7 +30,7 @@ def trained(small_data, tmp_path_factory):
     bundle = load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
     kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
 
-    def report(metrics: dict, directory: Path) -> None:
+    def report(metrics, directory: Path) -> None:
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(directory, kept)
 
@@ -47,11 +47,13 @@ def test_checkpoint_holds_what_the_epoch_reported(trained):
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.POSTHOC, ckpt.SCORERS])
     # history: every epoch's metrics, exactly what was reported
-    assert same(ckpt.read_history(str(directory)), [metrics])
+    assert same([h.flat() for h in ckpt.read_history(str(directory))], [metrics.flat()])
     # post-hoc grid: the metrics it produced are the ones reported
     result = ckpt.read_posthoc(str(directory))
-    assert result.recommended["score"] == metrics["recommended_score"]
-    assert same(result.to_metrics(), {k: metrics[k] for k in result.to_metrics()})
+    assert result.recommended.score == metrics.recommended.score and result.hypervolume == metrics.hypervolume
+    assert same(result.recommended.figures(), metrics.recommended.figures())
+    assert same({s: f.figures() for s, f in result.by_score.items()},
+                {s: f.figures() for s, f in metrics.by_score.items()})
     # optimizer/scheduler/RNG state: tensors and numbers only, for the epoch and attempt that wrote it
     state = torch.load(directory / ckpt.STATE, weights_only=True)
     assert (state["epoch"], state["attempt"]) == (1, 1)
@@ -78,7 +80,7 @@ def test_restore_brings_back_the_training_state_as_the_next_attempt(trained):
     restored = fresh_state(cfg, bundle)
     restored.restore(directory)
     # one epoch done by attempt 1: the restored run is attempt 2
-    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics.flat()])
     saved = load_file(directory / ckpt.MODEL)
     assert all(torch.equal(v, saved[k]) for k, v in restored.model.state_dict().items())
     state = torch.load(directory / ckpt.STATE, weights_only=True)
@@ -99,7 +101,7 @@ def test_a_checkpoint_without_the_global_generators_still_restores(trained, tmp_
     restored = fresh_state(cfg, bundle)
     before = torch.get_rng_state()
     restored.restore(older)
-    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics.flat()])
     assert torch.equal(torch.get_rng_state(), before)
     restored.restore(directory)
     assert torch.equal(torch.get_rng_state(), torch.load(directory / ckpt.STATE, weights_only=True)["torch_rng"])

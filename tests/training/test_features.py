@@ -56,8 +56,8 @@ def bundle(data_dir, tmp_path_factory):
 def trial(bundle, data_dir, store=None, **overrides):
     reports = []
 
-    def report(metrics: dict, checkpoint: Path) -> None:
-        reports.append((metrics, load_file(checkpoint / ckpt.MODEL)))
+    def report(metrics, checkpoint: Path) -> None:
+        reports.append((metrics.flat(), load_file(checkpoint / ckpt.MODEL)))
 
     cfg = TrialConfig(data=str(data_dir), **{**FAST, **overrides})
     run_trial(cfg, bundle, report, features=store)
@@ -364,7 +364,7 @@ def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_pat
     but vim, and each epoch's metrics say which scores its front covers."""
     reports: list[dict] = []
     cfg = TrialConfig(data=str(data_dir), **{**FAST, "family": "dualhead", "epochs": 3})
-    run_trial(cfg, bundle, lambda m, _: reports.append(m), features=FeatureStore(tmp_path), rungs=(2,))
+    run_trial(cfg, bundle, lambda m, _: reports.append(m.flat()), features=FeatureStore(tmp_path), rungs=(2,))
     assert [m["full_evaluation"] for m in reports] == [0.0, 1.0, 1.0]
     assert "vim" not in reports[0]["evaluated_scores"].split(",") and "hypervolume_vim" not in reports[0]
     assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]

@@ -21,6 +21,7 @@ from hiertune.models.registry import create_model
 from hiertune.novelty.scores import SCORES, load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.inputs import ImageInputs
+from hiertune.training.records import EpochMetrics
 from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
 
 FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
@@ -41,10 +42,10 @@ def bundle(small_data, tmp_path_factory):
 
 
 def collect(into: list):
-    def report(metrics: dict, checkpoint: Path) -> None:
+    def report(metrics: EpochMetrics, checkpoint: Path) -> None:
         saved = checkpoint.parent / f"kept-{len(into)}-{checkpoint.name}"
         shutil.copytree(checkpoint, saved)
-        into.append((metrics, saved))
+        into.append((metrics.flat(), saved))
 
     return report
 
@@ -61,12 +62,12 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     final = run_trial(cfg, default_bundle, collect(reports))
     assert len(reports) == 1
     metrics, checkpoint = reports[0]
-    assert metrics is final and metrics["epoch"] == 1
+    assert json.dumps(metrics) == json.dumps(final.flat()) and final.epoch == 1
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in SCORES
+    assert final.outlier_images > 0 and final.recommended.score in SCORES
     for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / ckpt.MODEL)
