@@ -6,6 +6,7 @@ import io
 import logging
 import json
 import shlex
+import shutil
 import socket
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ import torch
 from PIL import Image
 
 from hiertune.cli import main
+from hiertune.config import TrialConfig
+from hiertune.data.bundle import load_bundle
+from hiertune.training.loop import run_trial
 from hiertune.novelty.records import GridPoint, ScoreFigures
 from hiertune.sweep.records import FrontPoint
 from hiertune.training.losses import LOSS_PARTS
@@ -166,6 +170,44 @@ def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "data"
     write_synthetic(root, SMALL)
     return root
+
+
+# The smallest trial settings that still run every path (each family, one epoch): the one set for
+# every test that trains; a test overrides what it is about.
+FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
+
+
+def trial_bundle(data: Path, cache: Path, image_size: int = 64):
+    """A data folder loaded as a trial of the default config loads it (split, seen_shifted group)."""
+    cfg = TrialConfig(data=str(data))
+    return load_bundle(cfg.data, cfg.outliers, image_size, cfg.split_config(), cache, cfg.shift_config())
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_data, tmp_path_factory):
+    return trial_bundle(small_data, tmp_path_factory.mktemp("bundle-cache"))
+
+
+@dataclass
+class Trained:
+    cfg: TrialConfig
+    bundle: object
+    metrics: EpochMetrics  # its one epoch's, as reported
+    checkpoint: Path  # a copy of the checkpoint it reported with them
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(small_bundle, small_data, tmp_path_factory) -> Trained:
+    """One real epoch of a small cnn on small_data: what the checkpoint and the epoch record are read from."""
+    cfg = TrialConfig(data=str(small_data), family="cnn", **FAST)
+    kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+
+    def report(metrics: EpochMetrics, directory: Path) -> None:
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(directory, kept)
+
+    metrics = run_trial(cfg, small_bundle, report)
+    return Trained(cfg, small_bundle, metrics, kept)
 
 
 # Credentials a test hands to every AWS client through the standard chain; distinctive, so a

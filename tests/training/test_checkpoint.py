@@ -5,37 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from hiertune.config import TrialConfig
-from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.models.registry import create_model
 from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.faults import CheckpointUnreadable
-from hiertune.training.loop import heads_for, make_optimizer, run_trial
-
-FAST = dict(family="cnn", epochs=1, batch_size=32, cnn_width=8, threads=1)
-
+from hiertune.training.loop import heads_for, make_optimizer
 
 @pytest.fixture(scope="module")
-def trained(small_data, tmp_path_factory):
+def trained(trained_cnn):
     """One epoch of a small cnn: its config, bundle, last metrics and a copy of its checkpoint."""
-    cfg = TrialConfig(data=str(small_data), **FAST)
-    bundle = load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
-    kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
-
-    def report(metrics, directory: Path) -> None:
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(directory, kept)
-
-    metrics = run_trial(cfg, bundle, report)
-    return cfg, bundle, metrics, kept
+    return trained_cnn.cfg, trained_cnn.bundle, trained_cnn.metrics, trained_cnn.checkpoint
 
 
 def same(a, b) -> bool:

@@ -10,19 +10,14 @@ import pytest
 
 from conftest import epoch
 from hiertune.config import TrialConfig
-from hiertune.data.bundle import load_bundle
 from hiertune.novelty.records import GridPoint
-from hiertune.training.loop import run_trial
 from hiertune.training.records import LR_NOW, EpochMetrics
 
 
 @pytest.fixture(scope="module")
-def real_epoch(small_data, tmp_path_factory) -> EpochMetrics:
+def real_epoch(trained_cnn) -> EpochMetrics:
     """A real epoch of a small cnn, with a shifted group and every score the trial can fit."""
-    cfg = TrialConfig(data=str(small_data), family="cnn", epochs=1, batch_size=32, cnn_width=8, threads=1)
-    bundle = load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"),
-                         cfg.shift_config())
-    return run_trial(cfg, bundle, lambda m, d: None)
+    return trained_cnn.metrics
 
 
 def test_every_metric_of_a_real_epoch_survives_flat_and_back_through_json(real_epoch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import FAST
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
@@ -24,7 +25,6 @@ from hiertune.training.inputs import ImageInputs
 from hiertune.training.records import EpochMetrics
 from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
 
-FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,8 @@ def default_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundle(small_data, tmp_path_factory):
-    cfg = TrialConfig(data=str(small_data))
-    return load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+def bundle(small_bundle):
+    return small_bundle
 
 
 def collect(into: list):
