@@ -274,12 +274,17 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
     return bucket
 
 
-def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
+def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0,
+               epochs: tuple[int, ...] = ()) -> Path:
+    """A small cnn space on `data`; `epochs`: choices Optuna samples each trial's epochs from
+    (default: every trial runs max_t)."""
     path = tmp_path / "space.yaml"
+    fixed_epochs = "" if epochs else f"epochs: {max_t}, "
+    sampled_epochs = f"\n  epochs: {{type: categorical, choices: {list(epochs)}}}" if epochs else ""
     path.write_text(f"""
 family: cnn
-fixed: {{epochs: {max_t}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
-search:
+fixed: {{{fixed_epochs}batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
+search:{sampled_epochs}
   lr: {{type: float, low: 1.0e-4, high: 3.0e-2, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.5}}
   outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
@@ -362,19 +367,20 @@ def one_ray(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="session")
 def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
-    """One real sweep of 3 trials shorter than max_t (epochs=1, max_t=3), then every hiertune
-    command its summary prints as a next step, run as printed (pareto, export-best --top 2, ls),
-    then an export-best that fails midway. A sweep and its exports cost most of a minute on
-    2 CPUs: the sweep-story test reads what the sweep and its next steps did, the export tests
-    what the exports wrote and what the failed one left."""
+    """The suite's one finished sweep, whose facts the sweep, MLflow and export tests assert: 6
+    trials of a small cnn under ASHA (max_t=3), each running the 1 or 3 epochs Optuna sampled (a
+    trial shorter than max_t completes; ASHA stops others), asking a GPU share this machine has
+    not; then every hiertune command its summary prints as a next step, run as printed (pareto,
+    export-best --top 2, ls), then an export-best that fails midway. About a minute and a half on 2
+    CPUs."""
     root = tmp_path_factory.mktemp("finished")
     storage, cache = root / "store", root / "cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # the printed steps name the storage unless ./sweeps holds the sweep
         mp.setenv("HIERTUNE_CACHE_DIR", str(cache))
         with local_ray(mp):
-            result = run_cli("sweep", str(space_file(root, small_data, samples=3, max_t=3)), "--set", "epochs=1",
-                             "--name", "short", "--storage", str(storage), "--json")
+            space = space_file(root, small_data, samples=6, max_t=3, gpus=0.25, epochs=(1, 3))
+            result = run_cli("sweep", str(space), "--name", "short", "--storage", str(storage), "--json")
             assert result.code == 0, result.err[-3000:]
             summary = last_json(result.out)
             text = next_steps(summary["name"], summary["storage"], summary["mlflow_uri"],

@@ -45,10 +45,10 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel, read_folder,
+from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, read_folder,
                                       write_json)
 from hiertune.export import versions
-from hiertune.export.results import ExportResult, ExportSummary
+from hiertune.export.results import ExportResult, ExportSummary, LoggedModel
 from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
@@ -230,7 +230,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, out
         summary = ExportSummary(job.k, str(target), point.trial, point.score, output.seconds, output.calibration,
                                 point.seen, point.unseen, logged, submission, rows, test)
         write_json(stage / versions.SUMMARY, summary.to_dict())
-        write_json(stage / "mlflow.json", logged)
+        write_json(stage / "mlflow.json", logged.to_dict())
     if place.remote:
         # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
         remote = storage.join(place.uri, "export", str(job.k))
@@ -262,24 +262,24 @@ def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel)
 
 
 def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, output: RetrainOutput,
-                   test: dict | None) -> dict:
+                   test: dict | None) -> LoggedModel:
     """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
     recorder = SweepRecorder(place)
     tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point.trial,
             "hiertune.trial_id": job.point.trial_id, "hiertune.pick": str(pick)}
-    if recorder.state.get("parent"):
-        tags[PARENT_TAG] = recorder.state["parent"]
+    if recorder.parent:
+        tags[PARENT_TAG] = recorder.parent
     run = recorder.client.create_run(recorder.experiment_id, run_name=f"export-{job.k}", tags=tags)
     run_id = run.info.run_id
     # What the exported model uses: its family's settings, the front point's score and thresholds
     # (not the config's defaults), and the raw thresholds calibrated for this model.
-    used = json.loads((stage / THRESHOLDS).read_text())
-    recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used["score"],
+    used = output.thresholds
+    recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used.score,
                                  "tau_super": job.point.point.tau_super, "tau_sub": job.point.point.tau_sub,
-                                 "thr_super": used["thr_super"], "thr_sub": used["thr_sub"]})
+                                 "thr_super": used.thr_super, "thr_sub": used.thr_sub})
     flat = {"retrain_seconds": output.seconds, "validation_seen": job.point.seen,
             "validation_unseen": job.point.unseen,
-            **{f"calibration_{k}": v for k, v in output.calibration.items()},
+            **{f"calibration_{k}": v for k, v in output.calibration.to_dict().items()},
             **{f"test_{k}": v for k, v in (test or {}).items()}}
     recorder.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}, 0)
     recorder.client.log_artifacts(run_id, str(stage), artifact_path="export")
@@ -302,5 +302,4 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     for key, value in tags.items():
         if key != PARENT_TAG:
             recorder.client.set_model_version_tag(name, version, key, value)
-    return {"tracking_uri": redact_uri(place.mlflow_uri), "run_id": run_id, "model_uri": info.model_uri,
-            "registered_model": name, "version": version}
+    return LoggedModel(redact_uri(place.mlflow_uri), run_id, info.model_uri, name, version)

@@ -18,6 +18,7 @@ from pathlib import Path
 from hiertune.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED
+from hiertune.export.results import Calibration
 from hiertune.export.predictor import (METRICS, ExportedModel, Thresholds, calibrate, calibrate_both, write_json,
                                        write_model_dir, write_thresholds)
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
@@ -41,7 +42,8 @@ class RetrainOutput:
     task may have run on another node), how its thresholds were calibrated, and how long it took."""
 
     files: dict[str, bytes]
-    calibration: dict
+    calibration: Calibration
+    thresholds: Thresholds  # what thresholds.json holds: the model's score and calibrated raw thresholds
     seconds: float
 
 
@@ -79,33 +81,33 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         thr_super = calibrate_both(s_super[seen_super], point.accept_super, s_super[shifted],
                                    point.accept_shifted_super, weight)
         thr_sub = calibrate_both(s_sub[seen_sub], point.accept_sub, s_sub[shifted], point.accept_shifted_sub, weight)
-        calibration = {
-            "images": int(len(calib.val_images)),
-            "target_accept_super": point.accept_super, "target_accept_sub": point.accept_sub,
-            "accept_super": seen_acceptance(s_super, seen_super, thr_super),
-            "accept_sub": seen_acceptance(s_sub, seen_sub, thr_sub),
-            "shifted_images": int(shifted.sum()),
-            "target_accept_shifted_super": point.accept_shifted_super,
-            "target_accept_shifted_sub": point.accept_shifted_sub,
-            "accept_shifted_super": seen_acceptance(s_super, shifted, thr_super),
-            "accept_shifted_sub": seen_acceptance(s_sub, shifted, thr_sub),
-        }
-        # What matching the in-source rate alone would have accepted of the shifted images: the
-        # trade the two-group calibration made.
-        for level, level_scores, seen in (("super", s_super, seen_super), ("sub", s_sub, seen_sub)):
-            alone = calibrate(level_scores[seen], point.accept_super if level == "super" else point.accept_sub)
-            calibration[f"seen_only_accept_{level}"] = seen_acceptance(level_scores, seen, alone)
-            calibration[f"seen_only_accept_shifted_{level}"] = seen_acceptance(level_scores, shifted, alone)
-        if not math.isnan(point.thr_super):  # what the sweep's raw thresholds, copied as they are, would accept here
-            calibration["copied_accept_super"] = seen_acceptance(s_super, seen_super, point.thr_super)
-            calibration["copied_accept_sub"] = seen_acceptance(s_sub, seen_sub, point.thr_sub)
+        # What matching the in-source rate alone would have accepted of the shifted images (the
+        # trade the two-group calibration made), and what the sweep's raw thresholds, copied as
+        # they are, would accept here.
+        alone_super = calibrate(s_super[seen_super], point.accept_super)
+        alone_sub = calibrate(s_sub[seen_sub], point.accept_sub)
+        copied = not math.isnan(point.thr_super)
         pred_super, pred_sub = decide(scores, heads, thr_super, thr_sub)
-        calibration.update({k: v for k, v in leaderboard_metrics(
-            pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted], calib.val_superclass[~shifted],
-            calib.val_subclass[~shifted], heads.n_super, heads.n_sub).items()
-            if k in ("seen_super_acc", "seen_sub_acc")})
+        closed = leaderboard_metrics(pred_super.numpy()[~shifted], pred_sub.numpy()[~shifted],
+                                     calib.val_superclass[~shifted], calib.val_subclass[~shifted], heads.n_super,
+                                     heads.n_sub)
+        calibration = Calibration(
+            images=int(len(calib.val_images)), target_accept_super=point.accept_super,
+            target_accept_sub=point.accept_sub, accept_super=seen_acceptance(s_super, seen_super, thr_super),
+            accept_sub=seen_acceptance(s_sub, seen_sub, thr_sub), shifted_images=int(shifted.sum()),
+            target_accept_shifted_super=point.accept_shifted_super, target_accept_shifted_sub=point.accept_shifted_sub,
+            accept_shifted_super=seen_acceptance(s_super, shifted, thr_super),
+            accept_shifted_sub=seen_acceptance(s_sub, shifted, thr_sub),
+            seen_only_accept_super=seen_acceptance(s_super, seen_super, alone_super),
+            seen_only_accept_shifted_super=seen_acceptance(s_super, shifted, alone_super),
+            seen_only_accept_sub=seen_acceptance(s_sub, seen_sub, alone_sub),
+            seen_only_accept_shifted_sub=seen_acceptance(s_sub, shifted, alone_sub),
+            copied_accept_super=seen_acceptance(s_super, seen_super, point.thr_super) if copied else math.nan,
+            copied_accept_sub=seen_acceptance(s_sub, seen_sub, point.thr_sub) if copied else math.nan,
+            seen_super_acc=closed["seen_super_acc"], seen_sub_acc=closed["seen_sub_acc"])
+        thresholds = Thresholds(point.score, thr_super, thr_sub)
         figures = point.figures()
-        write_thresholds(out, Thresholds(point.score, thr_super, thr_sub), {
+        write_thresholds(out, thresholds, {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "
                     "threshold accepted of seen validation images at this point; with a seen_shifted group, the "
                     "threshold that misses both groups' rates least, weighted by shifted_weight",
@@ -113,8 +115,8 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
                                               "accept_sub", "accept_shifted_super", "accept_shifted_sub")}})
         write_json(out / METRICS, {
             "validation": {k: figures[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS)},
-            "calibration": calibration,
+            "calibration": calibration.to_dict(),
             "retrain": {"seconds": seconds, "epochs": cfg.epochs, "train_images": final.train_images,
                         "outlier_images": final.outlier_images, "train_loss": final.train_loss},
         })
-        return RetrainOutput({p.name: p.read_bytes() for p in out.iterdir()}, calibration, seconds)
+        return RetrainOutput({p.name: p.read_bytes() for p in out.iterdir()}, calibration, thresholds, seconds)

@@ -189,7 +189,7 @@ def point_report(p: FrontPoint) -> str:
              f"{_fmt(q.accept_shifted_super)}, subclass {_fmt(q.accept_shifted_sub)} "
              f"(in-source seen: superclass {_fmt(q.accept_super)}, subclass {_fmt(q.accept_sub)})",
              f"  {'score':<12}{'auroc novel_sub':>16}{'auroc novel_super':>19}"]
-    best = {g: max(scores, key=lambda s: _or_minus(p.auroc(g, s))) for g in NOVEL_GROUPS}
+    best = {g: max(scores, key=lambda s: _or_minus(p.auroc(g, s)), default=None) for g in NOVEL_GROUPS}
     for s in scores:
         marks = [_fmt(p.auroc(g, s)) + ("*" if best[g] == s else " ") for g in NOVEL_GROUPS]
         lines.append(f"  {s:<12}{marks[0]:>16}{marks[1]:>19}")

@@ -20,7 +20,6 @@ from ray import tune
 from hiertune.progress import duration
 from hiertune.sweep.front import Pick, compute_front
 from hiertune.sweep.records import TrialOutcome, trial_name
-from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.records import EpochMetrics
 
 log = logging.getLogger("hiertune")
@@ -59,12 +58,12 @@ class ConsoleReporter(tune.Callback):
         self._say(f"{_name(trial)} started  {params}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if FAILURE_KEY in result:
+        outcome = TrialOutcome.read(trial.trial_id, result, trial.config, self.max_t)
+        if outcome.last is None:  # a final failure's report: its error follows
             return
-        metrics = EpochMetrics.from_flat(result)
         sampled = getattr(self, "sampled_thresholds", False)  # a reporter pickled before it was kept
-        self._points[trial.trial_id] = [_Pair(_name(trial), s, u) for s, u in metrics.pairs(sampled)]
-        self._say(f"{_name(trial)} epoch {metrics.epoch}/{self._epochs(trial)}   {_measures(metrics)}")
+        self._points[trial.trial_id] = [_Pair(outcome.name, s, u) for s, u in outcome.last.pairs(sampled)]
+        self._say(f"{outcome.name} epoch {outcome.last.epoch}/{outcome.planned}   {_measures(outcome.last)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         outcome = TrialOutcome.of_trial(trial, self.max_t)
@@ -105,9 +104,6 @@ class ConsoleReporter(tune.Callback):
         latest points, the rule the sweep's end applies to the same points."""
         front = compute_front([p for points in self._points.values() for p in points])
         return self.pick.rank(front)[0] if front else None
-
-    def _epochs(self, trial) -> int:
-        return min(int(trial.config.get("epochs", self.max_t)), self.max_t)
 
     def _say(self, text: str) -> None:
         log.info("[%s] %s", duration(time.monotonic() - self._start, clock=True), text)

@@ -17,7 +17,7 @@ from hiertune.sweep.catalog import find_sweep
 from hiertune.sweep.front import point_report, render
 from hiertune.sweep.importance import render as render_importance
 from hiertune.sweep.records import FrontPoint
-from hiertune.sweep.state import STATUSES
+from hiertune.sweep.state import TrialCounts
 
 FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
 
@@ -78,7 +78,7 @@ class SweepResult:
     mlflow_uri: str  # redacted
     ended: str  # how: hiertune.sweep.ending
     budget: float | None
-    trials: dict[str, int]  # status → count
+    trials: TrialCounts
     not_started: int
     scheduler: str
     wall_seconds: float
@@ -86,25 +86,25 @@ class SweepResult:
     importance: Importance | None = None
 
     def __post_init__(self) -> None:
-        if set(self.trials) != set(STATUSES) or self.not_started < 0:
-            raise ValueError(f"a sweep result counts each of {', '.join(STATUSES)}; got {self.trials}")
+        if self.not_started < 0:
+            raise ValueError(f"a sweep cannot have {self.not_started} trials not started")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "storage": self.storage, "dir": self.dir, "mlflow_uri": self.mlflow_uri,
-                "ended": self.ended, "budget": self.budget, "trials": self.trials, "not_started": self.not_started,
+                "ended": self.ended, "budget": self.budget, "trials": self.trials.to_dict(), "not_started": self.not_started,
                 "scheduler": self.scheduler, "wall_seconds": self.wall_seconds, **self.front.to_dict(),
                 "importance": self.importance.to_dict() if self.importance else {}}
 
     def render(self, with_next_steps: bool = True) -> str:
         t = self.trials
         if self.ended == "budget":
-            cut = (f", {t['interrupted']} cut by it" if t["interrupted"] else "") + \
+            cut = (f", {t.interrupted} cut by it" if t.interrupted else "") + \
                 f", {self.not_started} not started: the {duration(self.budget)} budget ended the sweep"
         else:
-            cut = f", {t['interrupted']} interrupted (--resume continues them)" if t["interrupted"] else ""
+            cut = f", {t.interrupted} interrupted (--resume continues them)" if t.interrupted else ""
         f = self.front
-        return (f"sweep {self.name}: {t['completed']} completed, {t['stopped']} stopped by {self.scheduler}, "
-                f"{t['failed']} failed{cut} in {self.wall_seconds:.0f}s\n"
+        return (f"sweep {self.name}: {t.completed} completed, {t.stopped} stopped by {self.scheduler}, "
+                f"{t.failed} failed{cut} in {self.wall_seconds:.0f}s\n"
                 f"front: {len(f.front)} of {f.points:,} trial × post-hoc points ({f.files()})\n"
                 f"{render(f.front, f.recommended, rows=FRONT_ROWS)}\n{f.render_recommended()}\n"
                 + (f"{render_importance(self.importance.objectives)}\n" if self.importance else "")
@@ -117,8 +117,8 @@ class SweepResult:
     def interrupted_line(self) -> str:
         """Ctrl+C as one line: what finished and what the resume continues."""
         t = self.trials
-        cut = f", {t['interrupted']} cut (the resume continues them)" if t["interrupted"] else ""
-        return (f"{t['completed'] + t['stopped']} trial(s) finished{cut}, {self.not_started} not started")
+        cut = f", {t.interrupted} cut (the resume continues them)" if t.interrupted else ""
+        return f"{t.completed + t.stopped} trial(s) finished{cut}, {self.not_started} not started"
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.records import ITERATION, TrialOutcome
 from hiertune.sweep.results import Importance, SweepFront, SweepResult
 from hiertune.sweep.state import (
-    STATUSES,
     ENDED_JSON,
     SWEEP_JSON,
     TRIALS_JSON,
     SweepMeta,
+    TrialCounts,
     TrialRecord,
     check_ray_state,
     find_meta,
@@ -281,8 +281,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     save_trials(place.dir, trials)
     place.publish(place.dir / TRIALS_JSON)
     recorder.reconcile(trials)
-    counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    ended = how_it_ended(space.tune.num_samples - counts["completed"] - counts["stopped"] - counts["failed"],
+    counts = TrialCounts.of(t.status for t in trials)
+    ended = how_it_ended(space.tune.num_samples - counts.ended,
                          space.budget)
     front, importance = finish(place, trials, recorder, space.scheduler.label)
     write_ended(place.dir, ended)
@@ -332,7 +332,7 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: s
     front = front_files(place, trials)
     written = [Path(front.pareto_csv), Path(front.pareto_png), Path(front.pareto_html)]
     place.publish(*written)
-    parent = recorder.state["parent"]
+    parent = recorder.parent
     for path in (*written, place.dir / TRIALS_JSON):
         recorder.client.log_artifact(parent, str(path))
     if histories:
@@ -376,7 +376,7 @@ def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
     """What validation's seen_shifted group is, on the parent run: its source as a tag, and a
     picture of corrupted examples beside their originals."""
     shifted = bundle.shifted
-    parent = recorder.state["parent"]
+    parent = recorder.parent
     recorder.client.set_tag(parent, "hiertune.seen_shifted", shifted.source if shifted else "none")
     if shifted is not None and shifted.kinds is not None and len(shifted.kinds):
         path = place.dir / "shifted_examples.png"
@@ -394,7 +394,7 @@ def _log_source(space: SearchSpace, bundle, features: FeatureStore, recorder) ->
         return
     aurocs = source_separability(replace(base, finetune="linear", device="cpu"), bundle, features)
     for key, value in aurocs.items():  # not log_metrics: its step bookkeeping is the sweep's end's
-        recorder.client.log_metric(recorder.state["parent"], f"source_auroc_{key}", value)
+        recorder.client.log_metric(recorder.parent, f"source_auroc_{key}", value)
     if aurocs:
         log.info("source separability (probe AUROC on frozen features): %s",
                  ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))

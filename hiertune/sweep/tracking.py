@@ -95,6 +95,11 @@ class SweepRecorder:
         return UserError(f"MLflow store {redact_uri(self.place.mlflow_uri)} does not hold sweep "
                          f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
+    @property
+    def parent(self) -> str | None:
+        """The sweep's parent run (None before start_parent)."""
+        return self.state.get("parent")
+
     def started_trials(self) -> set[str]:
         """Trials that have a run: Tune started them (the callback writes the state as it goes)."""
         return set(self._load().get("trials", {}))
@@ -117,7 +122,7 @@ class SweepRecorder:
         run_id = self.state["trials"].get(trial_id) or self._find(f"tags.`hiertune.trial_id` = '{trial_id}'")
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
-                PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
+                PARENT_TAG: self.parent, "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
                 "hiertune.status": "running", **tags}).info.run_id
         else:  # a resumed or restarted trial keeps its run, and what it logged
             self.client.update_run(run_id, status="RUNNING")
@@ -149,7 +154,7 @@ class SweepRecorder:
         had not yet recorded when its driver died is gone for good (Ray samples its
         replacement under a new id), so its run is deleted rather than left behind."""
         by_id = {t.trial_id: t for t in trials}
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.state['parent']}'",
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent}'",
                                        max_results=SEARCH_LIMIT)
         lost = []
         for run in runs:

@@ -51,7 +51,7 @@ def test_a_sweep_is_found_by_name_in_sweeps_and_in_the_storage_folders_inside(tm
     entries = {e.name: e for e in list_sweeps()}
     assert set(entries) == {"plain", "smoke-1", "smoke-2", "smoke-3", "timed"}
     assert entries["timed"].status == "budget spent"  # its cut trial is the budget's doing
-    assert (entries["plain"].status, entries["plain"].trials) == ("finished", {"completed": 1, "stopped": 1})
+    assert (entries["plain"].status, entries["plain"].trials.nonzero()) == ("finished", {"completed": 1, "stopped": 1})
     assert entries["smoke-2"].status == "interrupted" and entries["smoke-3"].status == "unfinished"
 
 
