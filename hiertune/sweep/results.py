@@ -64,7 +64,7 @@ class SweepFront:
         if b is None:
             return "no recommended point: no trial reported a checkpoint"
         return (f"* recommended ({self.pick}): {b.trial} at {b.epochs} epochs, {b.score} with τ_super "
-                f"{b.point.tau_super:.2f}, τ_sub {b.point.tau_sub:.2f}: seen {b.seen:.3f}, unseen {b.unseen:.3f} "
+                f"{b.point.tau_super:.3f}, τ_sub {b.point.tau_sub:.3f}: seen {b.seen:.3f}, unseen {b.unseen:.3f} "
                 "on validation")
 
 

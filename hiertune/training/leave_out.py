@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertune.config import TrialConfig
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.novelty.photos import PHOTO_KEYS, species_results
@@ -58,8 +59,10 @@ _COLUMNS = (("photos_super_acc", 11), ("photos_sub_acc", 9), ("photos_called_nov
             ("novel_sub_acc", 9), ("novel_super_acc", 11))
 
 
-def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None) -> LeaveOut:
-    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) and collect them."""
+def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None,
+                      posthoc: PosthocConfig | None = None) -> LeaveOut:
+    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) on its space's
+    `posthoc` grid and collect them."""
     if not cfg.shifted_data:
         raise UserError("leave-species-out needs real photos of known species: --shifted-data DIR")
     store = store or FeatureStore(cache_root)
@@ -73,7 +76,7 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                              fold.shift_config())
         log.info("leave-species-out: held out %s (%d photos train)", held or "every species",
                  len(bundle.shifted.train_rows))
-        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True)
+        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True, posthoc=posthoc)
         for name in ([held] if held else species):
             out[name] = {**species_results(metrics.photos, name),
                          **{k: getattr(metrics.recommended, k) for k in GROUP_KEYS}}

@@ -3,6 +3,7 @@ importance, the recommended point everywhere, and next steps that work as printe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -20,8 +21,8 @@ from conftest import epoch, free_port, last_json, space_file
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.checkpoint import read_history
 
-from hiertune.novelty.scores import SCORES
-from hiertune.space import load_space
+from hiertune.novelty.registry import list_scores
+from hiertune.sweep.space import load_space
 from hiertune.sweep.search import FidelityAwareOptunaSearch
 from hiertune.sweep.state import load_trials
 
@@ -95,7 +96,7 @@ def test_mlflow_holds_a_parent_run_and_a_run_per_trial_as_the_sweep_ran_them(fin
         assert not {"novelty_score", "tau_super", "tau_sub", "trial_number"} & set(params)
         assert {"seen", "unseen", "tau_super", "tau_sub", "hypervolume", "lr_now"} <= set(metrics)
         assert not {"lr", "pid", "timestamp", "time_total_s", "training_iteration", "point_seen"} & set(metrics)
-        assert tags["hiertune.recommended.score"] in SCORES
+        assert tags["hiertune.recommended.score"] in list_scores()
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "hypervolume")]
         assert steps == list(range(1, trial.epochs + 1))
         schedule = client.get_metric_history(run.info.run_id, "lr_now")  # beside the `lr` param it starts from
@@ -104,6 +105,17 @@ def test_mlflow_holds_a_parent_run_and_a_run_per_trial_as_the_sweep_ran_them(fin
     assert len({r.data.tags["mlflow.runName"] for r in children}) == 6
     best = finished_sweep.summary["recommended"]
     assert parent.info.status == "FINISHED"
+    # The post-hoc grid is the space's: τ_super within its declared [0.5, 1.0], only its two scores,
+    # on the front, in pareto.csv, on every trial's MLflow run and on the parent run.
+    summary = finished_sweep.summary
+    front = summary["front"]
+    assert front and all(0.5 <= p["tau_super"] <= 1.0 and p["score"] in ("msp", "energy") for p in front)
+    with open(summary["pareto_csv"], newline="") as f:
+        assert all(0.5 <= float(row["tau_super"]) <= 1.0 for row in csv.DictReader(f))
+    assert all(0.5 <= run.data.metrics["tau_super"] <= 1.0 for run in children)
+    assert all(set(run.data.tags["hiertune.recommended.score"].split()) <= {"msp", "energy"} for run in children)
+    assert 0.5 <= parent.data.metrics["best_tau_super"] <= 1.0
+    assert parent.data.params["search.tau_super"] == "float [0.5, 1.0] (post-hoc)"
     assert parent.data.metrics["best_seen"] == pytest.approx(best["seen"])
     assert parent.data.metrics["best_unseen"] == pytest.approx(best["unseen"])
     assert 0.0 <= parent.data.metrics["best_seen_shifted_acc"] <= 1.0

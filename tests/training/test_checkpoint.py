@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.errors import UserError
 from hiertune.models.registry import create_model
 from hiertune.novelty.scores import load_scorers

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from conftest import epoch
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.novelty.records import GridPoint
 from hiertune.training.records import LR_NOW, EpochMetrics
 
