@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from hiertune.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
+from hiertune.data.dataset import load_competition
 from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
@@ -37,7 +38,7 @@ from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
-from hiertune.training.features import Corruption, FeatureStore, frozen_inputs
+from hiertune.training.features import Corruption, FeatureStore, frozen_inputs, image_features
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
@@ -365,6 +366,14 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     torch.manual_seed(cfg.seed)
     model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device), trains=False)
     cached_inputs(cfg, bundle, model, augment, store)
+    if store.cache_root is not None and bundle.data.test_names:
+        # export-best predicts the test set through the same frozen backbone: its features go to
+        # the disk cache with the pools', where the export reads them (kept out of `store`, which
+        # travels to every trial).
+        test = load_competition(bundle.data.root, cfg.data_size, store.cache_root, with_test=True).test_images
+        device = augment.device
+        image_features(model, test, augment, cfg.image_size, 1, device, amp_autocast(device, cfg.amp),
+                       str(precision(device, cfg.amp)), store, "test_images", keep=False)
     return store
 
 

@@ -5,6 +5,7 @@ depend on, and a damaged cache file is computed again."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from contextlib import nullcontext
@@ -338,12 +339,22 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    # By the driver: labeled, outliers, seen_shifted, and the corrupted views of the two training pools.
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 5
+    # By the driver: labeled, outliers, seen_shifted, the corrupted views of the two training pools,
+    # and the test set that export-best predicts.
+    cached = sorted((cache_root / "features").glob("*.safetensors"))
+    assert len(cached) == 6
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
         assert record.metrics["features_computed"] == 0, record.metrics
+    # The export's predictions on the test set read what the sweep computed (its retraining
+    # computes the seen_shifted pool of its own calibration split).
+    exported = cli("export-best", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert exported.code == 0, exported.err[-3000:]
+    rows = json.loads(exported.out)["exports"][0]["rows"]
+    new = set((cache_root / "features").glob("*.safetensors")) - set(cached)
+    assert rows > 0 and rows in {len(load_file(path)["pooled"]) for path in cached}
+    assert rows not in {len(load_file(path)["pooled"]) for path in new}
 
 
 @pytest.mark.parametrize("family, finetune, depth, frozen", [
