@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -143,12 +142,13 @@ class HeadStats:
         shifted = z - origin
         # The second moment about the origin is the covariance (the head inputs' own, fitted once
         # while they stay the same) plus the outer product of mean minus origin: the per-epoch
-        # [N, D] x [D, N] product reduces to a rank-one update. Only the residual subspace (the
-        # smallest eigenvalues) is needed, which LAPACK's syevr computes alone, about twice as
-        # fast as the whole eigendecomposition.
+        # [N, D] x [D, N] product reduces to a rank-one update. The whole eigendecomposition
+        # (LAPACK's divide and conquer, syevd, on all the threads torch has) is faster than the
+        # residual subspace alone (syevr: 0.58 s against 0.21 s for lite0's 1280-wide features
+        # on 2 CPUs); only the smallest eigenvalues' vectors are kept.
         keep = min(dim - 1, max(1, round(vim_fraction * dim)))
-        moment = (cov_z + torch.outer(mean_z - origin, mean_z - origin)).numpy()
-        residual = torch.from_numpy(scipy.linalg.eigh(moment, subset_by_index=[0, dim - keep - 1], driver="evr")[1])
+        moment = cov_z + torch.outer(mean_z - origin, mean_z - origin)
+        residual = torch.linalg.eigh(moment)[1][:, : dim - keep].contiguous()  # eigenvalues ascending
         virtual = (shifted @ residual).norm(dim=1)
         alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
         return cls(head, mean, whiten, mean_z, origin, residual, alpha)
