@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hiertune.models.cosine import CosineClassifier
-from hiertune.novelty.memo import canonical, memo_get
+from hiertune.novelty.memo import memo_get
 
 HEAD_SCORES = ("rmds", "fdbd", "scale", "vim")  # need a fitted HeadStats
 GEN_GAMMA = 0.1  # the paper's value for every benchmark
@@ -126,8 +126,8 @@ class HeadStats:
             vim_fraction: float = VIM_FRACTION, vim: bool = True, memo=None) -> HeadStats:
         """`vim` False leaves vim's principal subspace (an eigendecomposition of the feature
         width) unfitted; `memo` (hiertune.novelty.memo.Memo) keeps what depends on the features
-        alone across epochs and levels."""
-        x = canonical(memo, "fit_features64", features.detach().to("cpu", torch.float64))
+        alone across epochs and levels, for the same `features` tensor (the caller's canonical one)."""
+        x = memo_get(memo, "fit_features64", (features,), lambda: features.detach().to("cpu", torch.float64))
         cov, mean = memo_get(memo, "covariance", (x,), lambda: _covariance(x))
         whiten = memo_get(memo, f"background{shrinkage}", (cov,), lambda: background(cov, shrinkage))
         # A linear head reads the features as they are; a cosine head normalises them.
@@ -171,9 +171,9 @@ class HeadStats:
         gram = w @ w.T
         pair = (gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram).clamp(min=0).sqrt()
         dist = margin.abs() / pair[y].clamp(min=1e-12)
-        others = torch.ones_like(dist, dtype=torch.bool)
-        others[torch.arange(len(y)), y] = False
-        mean_dist = (dist * others).sum(1) / others.sum(1)  # NaN with a single class: no boundary
+        # The predicted class's own term is an exact 0 (a zero margin over a clamped zero), so the
+        # sum over the others is the sum over all; NaN with a single class: no boundary.
+        mean_dist = dist.sum(1) / (dist.shape[1] - 1) if dist.shape[1] > 1 else torch.full_like(dist[:, 0], torch.nan)
         return mean_dist / (z - self.head_mean).norm(dim=1).clamp(min=1e-12)
 
     def scale(self, features: Tensor, mask: Tensor | None = None,
