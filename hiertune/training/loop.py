@@ -391,8 +391,11 @@ def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device
         with autocast():
             out = inputs.forward(model, x)
         for key, t in zip(parts, (out.super_logits, out.sub_logits, out.super_features, out.sub_features)):
-            parts[key].append(t.float().cpu())
-    return ModelOutput(*(torch.cat(v) for v in parts.values()))
+            parts[key].append(parts["sf"][-1] if key == "uf" and t is out.super_features else t.float().cpu())
+    sl, ul, sf = (torch.cat(parts[key]) for key in ("sl", "ul", "sf"))
+    # Both levels reading one feature (dualhead) get one tensor, which evaluation then sees once.
+    shared = all(u is f for u, f in zip(parts["uf"], parts["sf"]))
+    return ModelOutput(sl, ul, sf, sf if shared else torch.cat(parts["uf"]))
 
 
 def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: np.ndarray, heads: Heads,
