@@ -45,6 +45,11 @@ from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
 
 log = logging.getLogger("hiertune")
 Report = Callable[[dict, Path], None]
+# One evaluation memo per process, not per trial: the next trial that reads the same frozen
+# features (on a reused Ray actor, or in a loop) finds what depends on them alone already fitted,
+# and starts as warm as its later epochs. Entries match by value (Memo.canonical) and a few per
+# name are kept, so another split, backbone or a trained backbone's new features just miss.
+PROCESS_MEMO = Memo()
 
 
 POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub",
@@ -100,7 +105,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
     metrics: dict = {}
-    memo = Memo()  # feature statistics and feature-only scores, computed again only when features change
+    memo = PROCESS_MEMO  # feature statistics and feature-only scores, computed again only when features change
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)

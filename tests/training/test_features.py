@@ -27,7 +27,9 @@ from hiertune.models.dualhead import DualHead
 from hiertune.models.layover import Layover
 from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
+from hiertune.novelty.memo import Memo
 from hiertune.training import checkpoint as ckpt
+from hiertune.training import loop
 from hiertune.training.loop import forward_all, heads_for, run_trial
 from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
@@ -112,6 +114,30 @@ def test_a_second_trial_reads_the_cache_without_a_backbone_pass(bundle, data_dir
     # A trial with another seed has other random weights: other features.
     trial(bundle, data_dir, second, family="dualhead", epochs=1, seed=1)
     assert second.computed == 3
+
+
+def test_the_next_trial_in_a_process_reuses_feature_statistics_and_matches_a_cold_one(bundle, data_dir, tmp_path,
+                                                                                      monkeypatch):
+    store = FeatureStore(tmp_path)
+    monkeypatch.setattr(loop, "PROCESS_MEMO", Memo())
+    cold = trial(bundle, data_dir, store, family="dualhead")
+    fitted = []
+    get = Memo.get
+
+    def counting(self, name, inputs, compute):
+        return get(self, name, inputs, lambda: (fitted.append(name), compute())[1])
+
+    monkeypatch.setattr(Memo, "get", counting)
+    warm = trial(bundle, data_dir, store, family="dualhead")
+    # What depends on the frozen features alone was fitted by the trial before; only what reads
+    # this trial's heads is computed.
+    assert fitted and not [n for n in fitted if n.startswith(("bank", "knn", "covariance", "background",
+                                                              "class_distances", "seen_rows"))], fitted
+    assert len(cold) == len(warm) == 2
+    for (a, _), (b, _) in zip(cold, warm):
+        for key, value in a.items():
+            if isinstance(value, float) and not key.endswith(("seconds", "_per_s")):
+                assert value == b[key] or (math.isnan(value) and math.isnan(b[key])), key
 
 
 def test_shared_sets_serve_a_trial_without_disk_or_backbone(bundle, data_dir, tmp_path, count_backbone):
