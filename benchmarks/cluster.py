@@ -25,7 +25,7 @@ from ray.cluster_utils import Cluster
 
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep.run import SweepPlace, run_sweep
 from hiertune.sweep.state import load_trials
 import hiertune.sweep.tracking  # noqa: F401  (imported by the first sweep otherwise, and timed with it)

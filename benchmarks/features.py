@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import LabeledImages
 from hiertune.data.splits import SplitConfig, make_splits
 from hiertune.data.cache import default_cache_root
-from hiertune.space import parse_assignments
+from hiertune.sweep.space import parse_assignments
 from hiertune.training.features import DRAW_BLOCK, FeatureStore, extract
 from hiertune.training.loop import build, heads_for, precompute_features, run_trial
 

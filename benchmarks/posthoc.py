@@ -32,14 +32,14 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference lives with the tests
 
-from hiertune.config import TrialConfig  # noqa: E402
+from hiertune.training.config import TrialConfig  # noqa: E402
 from hiertune.data.bundle import load_bundle  # noqa: E402
 from hiertune.data.cache import default_cache_root  # noqa: E402
 from hiertune.data.splits import GROUPS  # noqa: E402
 from hiertune.models.registry import create_model  # noqa: E402
 from hiertune.novelty.posthoc import PosthocConfig, posthoc_grid  # noqa: E402
 from hiertune.novelty.memo import Memo  # noqa: E402
-from hiertune.space import parse_assignments  # noqa: E402
+from hiertune.sweep.space import parse_assignments  # noqa: E402
 from hiertune.training import checkpoint as ckpt  # noqa: E402
 from hiertune.training.features import FeatureStore  # noqa: E402
 from hiertune.training.loop import (build, cached_inputs, evaluate, fit_scorers, forward_all, heads_for,  # noqa: E402

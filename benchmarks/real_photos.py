@@ -19,10 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
-from hiertune.space import parse_assignments
+from hiertune.sweep.space import parse_assignments
 from hiertune.training.features import FeatureStore
 from hiertune.training.leave_out import leave_species_out
 from hiertune.training.source_probe import source_separability

@@ -35,7 +35,8 @@ import yaml
 from hiertune.data.cache import default_cache_root
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import hypervolume_2d, pareto_front
-from hiertune.space import SchedulerSettings, load_space
+from hiertune.sweep.schedulers import SchedulerSettings
+from hiertune.sweep.space import load_space
 from hiertune.sweep.moasha import nondominated_levels
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.run import run_sweep

@@ -35,7 +35,7 @@ from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.export.export import export_best
 from hiertune.novelty.metrics import hypervolume_2d
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep.front import Pick
 from hiertune.sweep.run import SweepPlace, run_sweep
 from hiertune.sweep.state import load_trials

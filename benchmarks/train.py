@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.models.registry import create_model
-from hiertune.space import parse_assignments
+from hiertune.sweep.space import parse_assignments
 from hiertune.training.loop import heads_for, make_optimizer, run_trial
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -148,7 +148,7 @@ def _render_synth(summary: dict) -> str:
 def _demo(args: argparse.Namespace) -> dict:
     from hiertune.data.synth import SynthConfig, write_synthetic
     from hiertune.export.export import export_best
-    from hiertune.space import load_space
+    from hiertune.sweep.space import load_space
     from hiertune.sweep.place import SweepPlace
     from hiertune.sweep.run import run_sweep
 
@@ -196,7 +196,7 @@ def _bundled_space(name: str) -> Path:
 
 def _overrides(args: argparse.Namespace) -> dict:
     """The command line's settings over the space file: --set, then the flags that name one."""
-    from hiertune.space import parse_assignments
+    from hiertune.sweep.space import parse_assignments
 
     overrides = parse_assignments(args.set or [])
     for key in ("data", "outliers", "shifted_data"):
@@ -212,7 +212,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _space_from_args(args: argparse.Namespace, overrides: dict | None = None):
-    from hiertune.space import load_space
+    from hiertune.sweep.space import load_space
 
     overrides = _overrides(args) if overrides is None else overrides
     space = load_space(args.space)
@@ -222,14 +222,16 @@ def _space_from_args(args: argparse.Namespace, overrides: dict | None = None):
 def _train(args: argparse.Namespace) -> dict:
     from hiertune.training.single import train_single
 
-    return train_single(_space_from_args(args), Path(args.out) if args.out else None, _cache_root(args),
-                        progress=not args.json)
+    space = _space_from_args(args)
+    return train_single(space.trial_config(), space.path.stem, Path(args.out) if args.out else None,
+                        _cache_root(args), progress=not args.json, posthoc=space.posthoc_grid())
 
 
 def _leave_out(args: argparse.Namespace) -> dict:
     from hiertune.training.leave_out import leave_species_out
 
-    result = leave_species_out(_space_from_args(args).trial_config(), _cache_root(args))
+    space = _space_from_args(args)
+    result = leave_species_out(space.trial_config(), _cache_root(args), posthoc=space.posthoc_grid())
     return {"species": result.species, "mean": result.mean}
 
 
@@ -275,7 +277,7 @@ def _resume(args: argparse.Namespace) -> dict:
     from hiertune.sweep.run import run_sweep
     from hiertune.sweep.state import read_meta
 
-    from hiertune.space import load_space
+    from hiertune.sweep.space import load_space
 
     # Where the sweep lives: --storage, else the space file's storage: (when given), else found by name.
     given = args.storage or (load_space(args.space).storage if args.space else None)
@@ -454,7 +456,7 @@ def _render_recommended(result: dict) -> str:
     if b is None:
         return "no recommended point: no trial reported a checkpoint"
     return (f"* recommended ({result['pick']}): {b['trial']} at {b['epochs']} epochs, {b['score']} with τ_super "
-            f"{b['tau_super']:.2f}, τ_sub {b['tau_sub']:.2f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
+            f"{b['tau_super']:.3f}, τ_sub {b['tau_sub']:.3f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
             "on validation")
 
 
@@ -550,7 +552,7 @@ def _add_space_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
 
 def _image_size(args: argparse.Namespace) -> int:
     """--image-size within the bounds a trial's data_size has: a larger one needs terabytes."""
-    from hiertune.config import SIZE_LIMITS
+    from hiertune.training.config import SIZE_LIMITS
 
     if not 1 <= args.image_size <= SIZE_LIMITS["data_size"]:
         raise UserError(f"--image-size must be in 1-{SIZE_LIMITS['data_size']:,}, got {args.image_size:,}")

@@ -111,7 +111,7 @@ def exported_model(tmp_path_factory) -> Path:
     """One small exported model directory (a cnn trained one epoch on tiny data, 32 px input,
     msp thresholds), as export-best writes it, for the tests that hand predict a model: built in
     a few seconds, without Ray. Tests copy it before changing anything in it."""
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.export.predictor import Thresholds, write_model_dir, write_thresholds
     from hiertune.models.registry import Heads
 
@@ -227,7 +227,9 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
     return bucket
 
 
-def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0) -> Path:
+def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0,
+               search: str = "") -> Path:
+    """A small cnn space on `data`; `search` adds lines to its `search:` section."""
     path = tmp_path / "space.yaml"
     path.write_text(f"""
 family: cnn
@@ -237,6 +239,7 @@ search:
   dropout: {{type: float, low: 0.0, high: 0.5}}
   outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
   novelty_score: {{type: categorical, choices: [msp, energy]}}
+{search}
 tune: {{num_samples: {samples}, sampler: tpe, seed: 3}}
 scheduler: {{max_t: {max_t}, grace_period: {grace}, reduction_factor: 2}}
 resources: {{cpus_per_trial: 1, gpus_per_trial: {gpus}}}
@@ -313,6 +316,9 @@ def one_ray(monkeypatch: pytest.MonkeyPatch):
         yield
 
 
+TAU_SUPER_RANGE = "  tau_super: {type: float, low: 0.5, high: 1.0}"
+
+
 @pytest.fixture(scope="session")
 def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
     """One real sweep of 3 trials shorter than max_t (epochs=1, max_t=3), then every hiertune
@@ -326,7 +332,9 @@ def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
         mp.chdir(root)  # the printed steps name the storage unless ./sweeps holds the sweep
         mp.setenv("HIERTUNE_CACHE_DIR", str(cache))
         with local_ray(mp):
-            result = run_cli("sweep", str(space_file(root, small_data, samples=3, max_t=3)), "--set", "epochs=1",
+            # A τ_super range away from 0, which the grid, the front and MLflow must all keep to.
+            space = space_file(root, small_data, samples=3, max_t=3, search=TAU_SUPER_RANGE)
+            result = run_cli("sweep", str(space), "--set", "epochs=1",
                              "--name", "short", "--storage", str(storage), "--json")
             assert result.code == 0, result.err[-3000:]
             summary = last_json(result.out)

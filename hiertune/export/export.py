@@ -40,7 +40,7 @@ from mlflow.types import ColSpec, Schema
 from tqdm.auto import tqdm
 
 from hiertune import storage
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.cache import load_images
 from hiertune.data.dataset import read_mapping, write_mapping
@@ -39,7 +39,8 @@ from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, create_model
 from hiertune.novelty.posthoc import decide
-from hiertune.novelty.scores import SCORE_RANGES, SCORES, FeatureScorer, LevelScores, load_scorers, score_levels, unavailable
+from hiertune.novelty.registry import list_scores, score, unavailable
+from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device, precision
 from hiertune.training.features import FeatureStore, image_features
@@ -237,8 +238,8 @@ def _thresholds(path: Path, raw) -> Thresholds:
     writes when the sweep's point accepted all), NaN or +inf would silently call all novel."""
     if not isinstance(raw, dict) or not {"score", "thr_super", "thr_sub"} <= raw.keys():
         raise UserError(f"{path}: not an exported model's thresholds (needs score, thr_super, thr_sub)")
-    if raw["score"] not in SCORES:
-        raise UserError(f"{path}: unknown novelty score {raw['score']!r} (known: {', '.join(SCORES)})")
+    if raw["score"] not in list_scores():
+        raise UserError(f"{path}: unknown novelty score {raw['score']!r} (known: {', '.join(list_scores())})")
     values = []
     for key in ("thr_super", "thr_sub"):
         try:
@@ -247,7 +248,7 @@ def _thresholds(path: Path, raw) -> Thresholds:
             value = math.nan
         if math.isnan(value) or value == math.inf:
             raise UserError(f"{path}: {key} must be a number or -inf, got {raw[key]!r}")
-        low, high = SCORE_RANGES.get(raw["score"], (-math.inf, math.inf))
+        low, high = score(raw["score"]).bounds or (-math.inf, math.inf)
         if value != -math.inf and not low <= value <= high:
             raise UserError(f"{path}: {key} {value:g} is outside what score {raw['score']!r} can take "
                             f"([{low:g}, {high:g}]): thresholds of another score?")

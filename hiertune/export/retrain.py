@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.data.splits import SHIFTED
 from hiertune.export.predictor import (METRICS, ExportedModel, Thresholds, calibrate, calibrate_both, write_json,

@@ -21,23 +21,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hiertune.data.augment import INTERPOLATIONS
 from hiertune.errors import UserError, did_you_mean
-from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, Heads, ModelConfig, ModelOutput
+from hiertune.models.registry import Heads, ModelConfig, ModelOutput
 from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
 
 log = logging.getLogger("hiertune")
 
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)  # timm's LayerNorm2d is an nn.LayerNorm
-
-
-def check_config(config: ModelConfig) -> None:
-    """The fields every family reads; unfreeze_depth is checked once the stages are known."""
-    for name, allowed in (("finetune", FINETUNE_STRATEGIES), ("outlier_mode", OUTLIER_MODES)):
-        if getattr(config, name) not in allowed:
-            raise UserError(f"{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}")
-    if not 0 <= config.dropout <= 1:
-        raise UserError(f"dropout must be in [0, 1], got {config.dropout}")
-    if config.gradual_every < 1:
-        raise UserError(f"gradual_every must be >= 1, got {config.gradual_every}")
 
 
 def check_backbone(name: str) -> None:
@@ -189,10 +178,18 @@ class FinetunedModel(nn.Module):
     has to flip requires_grad.
     """
 
+    uses_backbone = True  # the family traits the registry reads (hiertune.models.registry)
+    always_frozen = False
+    kl_loss = False
+
+    @classmethod
+    def input_pipeline(cls, config: ModelConfig) -> dict:
+        return backbone_input(config.backbone)
+
     def __init__(self, config: ModelConfig, heads: Heads, n_backbones: int):
         super().__init__()
-        check_config(config)
         self.heads = heads
+        self.frozen = config.backbone_frozen
         self.finetune = config.finetune
         self.unfreeze_depth = config.unfreeze_depth
         self.gradual_every = config.gradual_every
@@ -200,7 +197,7 @@ class FinetunedModel(nn.Module):
         staged = self.finetune in ("partial", "gradual")
         self._stages = [backbone_stages(b) if staged else [] for b in self.backbones]
         n = len(self._stages[0])
-        if staged and not 0 <= self.unfreeze_depth <= n:
+        if staged and self.unfreeze_depth > n:
             raise UserError(f"unfreeze_depth must be in 0..{n} ({config.backbone} has {n} stages), "
                             f"got {self.unfreeze_depth}")
         self._kept_in_eval: list[nn.Module] = []
@@ -236,9 +233,10 @@ class FinetunedModel(nn.Module):
 
     @property
     def backbone_frozen(self) -> bool:
-        """No backbone parameter trains in any epoch: `frozen_features` are then fixed per image,
-        computed once (hiertune.training.features) and the heads train on them."""
-        return self.finetune == "linear" or (self.finetune == "partial" and self.unfreeze_depth == 0)
+        """No backbone parameter trains in any epoch (ModelConfig.backbone_frozen decides):
+        `frozen_features` are then fixed per image, computed once (hiertune.training.features)
+        and the heads train on them."""
+        return self.frozen
 
     def frozen_spec(self) -> dict:
         """What `frozen_features` computes, beyond the weights: part of the feature cache key."""

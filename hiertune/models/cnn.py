@@ -8,15 +8,29 @@ on a CPU. The family has no timm backbone, so backbone, pretrained and finetune 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from hiertune.errors import UserError
-from hiertune.models.backbone import check_config, linear_head
+from hiertune.models.backbone import linear_head
 from hiertune.models.registry import Heads, ModelConfig, ModelOutput, register_family
 
 
 FC_WIDTH = 256
+MAX_WIDTH = 1024  # past it a model needs more memory than any machine has; far above what trains well
+
+
+@dataclass(frozen=True)
+class CNNSettings:
+    cnn_width: int = 32  # channels of the first block (doubles per block)
+
+    def __post_init__(self) -> None:
+        if self.cnn_width < 1:
+            raise UserError(f"cnn_width must be >= 1, got {self.cnn_width}")
+        if self.cnn_width > MAX_WIDTH:
+            raise UserError(f"cnn_width must be <= {MAX_WIDTH:,}, got {self.cnn_width:,}")
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -25,13 +39,19 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register_family("cnn")
 class SmallCNN(nn.Module):
+    Settings = CNNSettings
+    uses_backbone = False
+    always_frozen = False
+    kl_loss = False
+
+    @classmethod
+    def input_pipeline(cls, config: ModelConfig) -> dict:
+        return {"mean": (0.5,) * 3, "std": (0.5,) * 3}  # [-1, 1], as seed 001
+
     def __init__(self, config: ModelConfig, heads: Heads):
         super().__init__()
-        check_config(config)
-        if config.cnn_width < 1:
-            raise UserError(f"cnn_width must be >= 1, got {config.cnn_width}")
         self.heads = heads
-        widths = [3] + [config.cnn_width * m for m in (1, 2, 4)]
+        widths = [3] + [config.settings.cnn_width * m for m in (1, 2, 4)]
         blocks = [layer for c_in, c_out in zip(widths, widths[1:]) for layer in _block(c_in, c_out)]
         # Pool to 8×8 whatever the input size, so the fully connected layers keep their shape.
         self.features = nn.Sequential(

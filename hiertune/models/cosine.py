@@ -3,6 +3,8 @@ classifier as the subclass head."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,10 +32,19 @@ class CosineClassifier(nn.Module):
         return self.scale * F.normalize(f, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
+@dataclass(frozen=True)
+class CosineSettings:
+    cosine_scale: float = 16.0  # logit scale of the cosine classifier
+
+    def __post_init__(self) -> None:
+        if not self.cosine_scale > 0:
+            raise UserError(f"cosine_scale must be > 0, got {self.cosine_scale}")
+
+
 @register_family("cosine")
 class CosineTwoModel(TwoModel):
+    Settings = CosineSettings
+
     def make_sub_head(self, config: ModelConfig, dim: int) -> nn.Module:
-        if not config.cosine_scale > 0:
-            raise UserError(f"cosine_scale must be > 0, got {config.cosine_scale}")
-        classifier = CosineClassifier(dim, self.heads.sub_outputs, config.cosine_scale)
+        classifier = CosineClassifier(dim, self.heads.sub_outputs, config.settings.cosine_scale)
         return nn.Sequential(nn.Dropout(config.dropout), classifier)

@@ -11,6 +11,8 @@ from hiertune.models.registry import Heads, ModelConfig, ModelOutput, register_f
 
 @register_family("dualhead")
 class DualHead(FinetunedModel):
+    kl_loss = True  # its heads share a feature, and seed 000's KL term ties them
+
     def __init__(self, config: ModelConfig, heads: Heads):
         super().__init__(config, heads, n_backbones=1)
         dim = feature_dim(self.backbones[0])

@@ -16,21 +16,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hiertune.errors import UserError
-from hiertune.models.backbone import FinetunedModel, check_config, feature_dim, linear_head
+from hiertune.models.backbone import FinetunedModel, feature_dim, linear_head
 from hiertune.models.registry import Heads, ModelConfig, ModelOutput, register_family
 
 log = logging.getLogger("hiertune")
+MAX_HIDDEN = 65536  # past it the side MLP needs more memory than any machine has
+
+
+@dataclass(frozen=True)
+class LayoverSettings:
+    layover_stage: int = -2  # which backbone stage feeds the side branch (checked against the backbone's stages)
+    layover_hidden: int = 256  # width of the side MLP
+
+    def __post_init__(self) -> None:
+        if self.layover_hidden < 1:
+            raise UserError(f"layover_hidden must be >= 1, got {self.layover_hidden}")
+        if self.layover_hidden > MAX_HIDDEN:
+            raise UserError(f"layover_hidden must be <= {MAX_HIDDEN:,}, got {self.layover_hidden:,}")
 
 
 @register_family("layover")
 class Layover(FinetunedModel):
+    Settings = LayoverSettings
+    always_frozen = True
+
     def __init__(self, config: ModelConfig, heads: Heads):
-        check_config(config)  # before finetune is overridden, so a typo in it still fails
+        own = config.settings
         if config.finetune != "linear":
             log.info("layover trains only its side branch and heads; finetune=%s is ignored", config.finetune)
         super().__init__(dataclasses.replace(config, finetune="linear"), heads, n_backbones=1)
@@ -39,17 +56,15 @@ class Layover(FinetunedModel):
         if not hasattr(backbone, "forward_intermediates") or n == 0:
             raise UserError(f"layover needs a backbone with intermediate features (timm feature_info and "
                             f"forward_intermediates); {config.backbone!r} has none")
-        if not -n <= config.layover_stage < n:
+        if not -n <= own.layover_stage < n:
             raise UserError(f"layover_stage must be in {-n}..{n - 1} ({config.backbone} has {n} stages), "
-                            f"got {config.layover_stage}")
-        if config.layover_hidden < 1:
-            raise UserError(f"layover_hidden must be >= 1, got {config.layover_hidden}")
-        self.stage = config.layover_stage % n
+                            f"got {own.layover_stage}")
+        self.stage = own.layover_stage % n
         channels = backbone.feature_info[self.stage]["num_chs"]
         dim = feature_dim(backbone)
         # The paper ends the summary in a sigmoid "throughout all experiments"; kept as published.
-        self.summary = nn.Sequential(nn.Linear(channels, config.layover_hidden), nn.ReLU(),
-                                     nn.Linear(config.layover_hidden, dim), nn.Sigmoid())
+        self.summary = nn.Sequential(nn.Linear(channels, own.layover_hidden), nn.ReLU(),
+                                     nn.Linear(own.layover_hidden, dim), nn.Sigmoid())
         self.gate = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
         self.super_head = linear_head(dim, heads.super_outputs, config.dropout)
         self.sub_head = linear_head(dim, heads.sub_outputs, config.dropout)

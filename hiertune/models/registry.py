@@ -1,14 +1,27 @@
 """Architecture families by name, in the spirit of timm's register_model/create_model.
 
-A family module decorates its builder with `@register_family("name")`; `create_model` looks the
-name up and builds a `HierModel` for a given class hierarchy. Every family returns the same
-`ModelOutput`, so the training loop, the losses and the novelty scores never branch on family.
+A family is a module class decorated with `@register_family("name")`. Like a timm model it says
+what it is on the class itself, and the registry reads it once, into a `FamilySpec`:
+
+    Settings        a frozen dataclass of the family's own settings (fields named as the trial
+                    setting they come from, each with its default), validated in __post_init__;
+                    TrialConfig gains every family's fields, and ModelConfig carries the one
+                    family's instance
+    uses_backbone   a timm backbone: backbone, pretrained, finetune... apply (False: cnn)
+    always_frozen   the backbone never trains, whatever finetune says (layover)
+    kl_loss         the KL term that ties the subclass head to the superclass head applies
+    input_pipeline  (classmethod) the normalisation and resampling its input gets
+
+`create_model` looks the name up and builds a `HierModel` for a class hierarchy. Every family
+returns the same `ModelOutput`, so the training loop, the losses and the novelty scores never
+branch on family; code outside hiertune.models asks a family's traits, never its name. This module
+imports no family: the package's `__init__` imports them, and their decorators fill the registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -17,22 +30,67 @@ from hiertune.errors import UserError, did_you_mean
 
 FINETUNE_STRATEGIES = ("linear", "partial", "full", "gradual", "bn")
 OUTLIER_MODES = ("class", "oe")
+DEFAULT_FAMILY = "dualhead"
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a family that has none of its own."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """What builds a model: the settings every family reads, and the family's own (`settings`,
+    an instance of its Settings class). Validated here, once; only what needs the built backbone
+    (its number of stages) is checked when the model is made."""
+
     family: str
-    backbone: str = "resnet18"  # a timm model name; the cnn family ignores it
+    backbone: str = "resnet18"  # a timm model name; families without a backbone ignore it
     pretrained: bool | str = False  # False | True (timm's hub) | path to a local weights file
     finetune: str = "full"  # one of FINETUNE_STRATEGIES
     unfreeze_depth: int = 2  # partial: last stages trained; gradual: stages trained at epoch 0
     gradual_every: int = 1  # gradual: epochs between unfreezing one more stage
     dropout: float = 0.0  # before each head
-    cosine_scale: float = 16.0  # cosine family: logit scale of the cosine classifier
-    layover_stage: int = -2  # layover family: which backbone stage feeds the side branch
-    layover_hidden: int = 256  # layover family: width of the side MLP
-    cnn_width: int = 32  # cnn family: channels of the first block (doubles per block)
     outlier_mode: str = "class"  # class: outliers are each head's novel class; oe: uniform target
+    settings: Any = None  # the family's Settings instance; None: its defaults
+
+    def __post_init__(self) -> None:
+        spec = family(self.family)
+        if self.settings is None:
+            object.__setattr__(self, "settings", spec.settings())
+        elif not isinstance(self.settings, spec.settings):
+            raise TypeError(f"{self.family} settings must be a {spec.settings.__name__}, got {type(self.settings).__name__}")
+        for name, allowed in (("finetune", FINETUNE_STRATEGIES), ("outlier_mode", OUTLIER_MODES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(self, name)!r}"
+                                f"{did_you_mean(getattr(self, name), allowed, list_known=True)}")
+        if not 0 <= self.dropout <= 1:
+            raise UserError(f"dropout must be in [0, 1], got {self.dropout}")
+        if self.gradual_every < 1:
+            raise UserError(f"gradual_every must be >= 1, got {self.gradual_every}")
+        if self.unfreeze_depth < 0:
+            raise UserError(f"unfreeze_depth must be >= 0, got {self.unfreeze_depth}")
+
+    @classmethod
+    def of(cls, family_name: str, **values) -> ModelConfig:
+        """A config from flat values: the family's own settings among them go to its Settings."""
+        own = {f.name for f in fields(family(family_name).settings)}
+        settings = family(family_name).settings(**{k: v for k, v in values.items() if k in own})
+        return cls(family_name, **{k: v for k, v in values.items() if k not in own}, settings=settings)
+
+    @property
+    def spec(self) -> FamilySpec:
+        return family(self.family)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """No backbone parameter trains in any epoch, so its features can be computed once
+        (hiertune.training.features): the one answer the models, the sweep's shared feature
+        precompute and its cost estimate all read."""
+        spec = self.spec
+        if not spec.uses_backbone:
+            return False
+        return spec.always_frozen or self.finetune == "linear" or (self.finetune == "partial" and self.unfreeze_depth == 0)
 
 
 @dataclass(frozen=True)
@@ -74,15 +132,45 @@ class HierModel(Protocol):
 
 
 Builder = Callable[[ModelConfig, Heads], nn.Module]
-_FAMILIES: dict[str, Builder] = {}
 
 
-def register_family(name: str) -> Callable[[Builder], Builder]:
-    def add(builder: Builder) -> Builder:
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a family declared on its class (see the module docstring)."""
+
+    name: str
+    builder: Builder
+    settings: type
+    uses_backbone: bool
+    always_frozen: bool
+    kl_loss: bool
+    input_pipeline: Callable[[ModelConfig], dict]  # mean, std and interpolation for AugmentConfig
+
+
+_FAMILIES: dict[str, FamilySpec] = {}
+
+
+def register_family(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
         if name in _FAMILIES:
             raise ValueError(f"family {name!r} registered twice")
-        _FAMILIES[name] = builder
-        return builder
+        settings = getattr(cls, "Settings", NoSettings)
+        if not (is_dataclass(settings) and settings.__dataclass_params__.frozen):
+            raise TypeError(f"family {name!r}: Settings must be a frozen dataclass")
+        missing = [f.name for f in fields(settings) if f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise TypeError(f"family {name!r}: setting {missing[0]!r} needs a default")
+        taken = {f.name: other.name for other in _FAMILIES.values() for f in fields(other.settings)
+                 if other.settings is not settings}
+        clash = [f.name for f in fields(settings) if f.name in taken]
+        if clash:
+            raise TypeError(f"family {name!r}: setting {clash[0]!r} is already family {taken[clash[0]]!r}'s")
+        if not callable(getattr(cls, "input_pipeline", None)):
+            raise TypeError(f"family {name!r}: needs an input_pipeline(config) classmethod")
+        _FAMILIES[name] = FamilySpec(name, cls, settings, uses_backbone=getattr(cls, "uses_backbone", True),
+                                     always_frozen=getattr(cls, "always_frozen", False),
+                                     kl_loss=getattr(cls, "kl_loss", False), input_pipeline=cls.input_pipeline)
+        return cls
 
     return add
 
@@ -91,7 +179,16 @@ def list_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def family(name: str) -> FamilySpec:
+    if name not in _FAMILIES:
+        raise UserError(f"unknown family {name!r}{did_you_mean(name, _FAMILIES, list_known=True)}")
+    return _FAMILIES[name]
+
+
+def family_settings() -> tuple[type, ...]:
+    """Every registered family's Settings class, once each, in registration order."""
+    return tuple(dict.fromkeys(spec.settings for spec in _FAMILIES.values() if spec.settings is not NoSettings))
+
+
 def create_model(config: ModelConfig, heads: Heads) -> nn.Module:
-    if config.family not in _FAMILIES:
-        raise UserError(f"unknown family {config.family!r}{did_you_mean(config.family, _FAMILIES, list_known=True)}")
-    return _FAMILIES[config.family](config, heads)
+    return family(config.family).builder(config, heads)

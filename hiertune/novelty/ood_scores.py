@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from hiertune.models.cosine import CosineClassifier
 from hiertune.novelty.memo import memo_get
 
-HEAD_SCORES = ("rmds", "fdbd", "scale", "vim")  # need a fitted HeadStats
 GEN_GAMMA = 0.1  # the paper's value for every benchmark
 SCALE_PERCENTILE = 85.0  # the paper's ImageNet setting
 VIM_FRACTION = 0.5  # principal dimensions as a fraction of the feature width

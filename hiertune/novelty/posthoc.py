@@ -1,12 +1,15 @@
 """The post-hoc grid: every (score, τ_super, τ_sub) evaluated on one forward pass, and the
 hierarchical decision at raw thresholds.
 
-Thresholds: τ in [0, 1] for every score, higher τ = more images called novel, and an image is
-novel at a level when its score is below the raw threshold (a NaN score counts as novel). For
-msp τ is the probability threshold itself, as in the seeds (τ_super 0.99, τ_sub 0.85). The
-other scores have arbitrary scales, so τ is the fraction of seen validation images rejected: the
-raw threshold is the τ-quantile of the score over validation images whose true class at that
-level is seen.
+Thresholds: τ is the share of a level's seen validation images called novel at that level, the
+same for every score: the raw threshold is the τ-quantile of the score over the (in-source)
+validation images whose true class at that level is seen, and an image is novel at a level when
+its score is below it (a NaN score counts as novel). Scores differ in scale (msp in [0, 1],
+energy and max-logit unbounded, Mahalanobis a negative distance), so one τ range serves them all
+only as a rate: τ 0.05 rejects 5% of seen images whichever score ranks them, and a space's
+`tau_super: {low: 0, high: 0.3}` means the same for msp as for knn. The raw thresholds ride
+along with every point (`thr_super`, `thr_sub`); msp's is the probability threshold the seeds set
+by hand. An export carries the rate over by calibration (hiertune.export.predictor.calibrate).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -27,32 +30,46 @@ from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
                                       objective, pareto_front, rank_points)
 from hiertune.novelty.memo import Memo
-from hiertune.novelty.scores import LEVELS, SCORES, FeatureScorer, LevelScores, all_level_scores, unavailable
+from hiertune.novelty.registry import LEVELS, list_scores, unavailable
+from hiertune.novelty.scores import FeatureScorer, LevelScores, all_level_scores
 
 MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
 
-# One grid serves both meanings of τ. It is dense near 1, where useful msp thresholds live (the
-# seeds' 0.85 and 0.99 are on it), and near 0, where quantile scores reject a few percent of
-# seen images; τ = 0 is the closed-set classifier.
-TAU_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-            0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+# 21 places in a τ range, as fractions of it: dense at its low end, where rejecting one more
+# percent of seen images buys the most unseen ones; the range's ends are always on the grid.
+UNIT_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+             0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+def tau_grid(low: float = 0.0, high: float = 1.0, log: bool = False, step: float | None = None) -> tuple[float, ...]:
+    """The grid's τ values in [low, high], spaced as a search space declares the range: on its
+    `step` grid, geometric with `log`, else UNIT_GRID stretched over it."""
+    if step:
+        values = np.arange(low, high + step / 2, step)
+    elif log:
+        values = np.geomspace(low, high, len(UNIT_GRID))
+    else:
+        values = low + (high - low) * np.asarray(UNIT_GRID)
+    return tuple(sorted({min(high, max(low, round(float(v), 10))) for v in values}))
 
 
 @dataclass(frozen=True)
 class PosthocConfig:
-    scores: tuple[str, ...] = SCORES
-    tau_super: tuple[float, ...] = TAU_GRID
-    tau_sub: tuple[float, ...] = TAU_GRID
+    """The grid a trial evaluates (a search space declares it: SearchSpace.posthoc_grid)."""
+
+    scores: tuple[str, ...] = field(default_factory=list_scores)
+    tau_super: tuple[float, ...] = field(default_factory=tau_grid)
+    tau_sub: tuple[float, ...] = field(default_factory=tau_grid)
     knn_k: int = 10
     shifted_weight: float = 0.5  # share of seen_shifted in the `seen` objective, when that group exists
 
     def __post_init__(self) -> None:
         for name in ("scores", "tau_super", "tau_sub"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML gives lists
-        unknown = [s for s in self.scores if s not in SCORES]
+        unknown = [s for s in self.scores if s not in list_scores()]
         if unknown or not self.scores:
-            raise UserError(f"posthoc: scores must be a non-empty subset of {', '.join(SCORES)}; "
+            raise UserError(f"posthoc: scores must be a non-empty subset of {', '.join(list_scores())}; "
                             f"got {list(self.scores)}")
         for name in ("tau_super", "tau_sub"):
             taus = getattr(self, name)
@@ -112,21 +129,19 @@ def seen_acceptance(scores, seen, thr: float) -> float:
     return float((ref >= thr).mean()) if len(ref) else float("nan")
 
 
-def raw_thresholds(score: str, tau, scores, seen) -> np.ndarray:
+def raw_thresholds(tau, scores, seen) -> np.ndarray:
     """Raw thresholds for grid values `tau`, given one level's `scores` and which images' true
-    class at that level is `seen`. msp: τ itself. Others: the τ-quantile of the seen images'
-    scores (method 'lower': always an attained score, and no arithmetic on infinite ones);
-    NaN, i.e. everything novel, when there are no seen images."""
+    class at that level is `seen`: the τ-quantile of the seen images' scores (method 'lower':
+    always an attained score, and no arithmetic on infinite ones); NaN, i.e. everything novel,
+    when there are no seen images."""
     tau = np.asarray(tau, dtype=float)
-    if score == "msp":
-        return tau.copy()
     ref = np.asarray(scores, dtype=float)[np.asarray(seen, dtype=bool)]
     if len(ref) == 0:
         return np.full(tau.shape, np.nan)
     return np.quantile(ref, tau, method="lower")
 
 
-def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = PosthocConfig(),
+def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig | None = None,
                  scorers: dict[str, FeatureScorer] | None = None, memo: Memo | None = None) -> PosthocResult:
     """Leaderboard and per-group accuracies at every (score, τ_super, τ_sub); a score these
     `scorers` cannot compute is skipped, with its reason in `skipped`. `memo` keeps the
@@ -140,6 +155,7 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
     score is placed once among that level's sorted thresholds (`_levels_reached`), so one
     histogram per weighted set of images, over the pair of places, and its suffix sums give the
     count at every grid point: O(N log N) per score rather than a re-thresholding per point."""
+    config = config or PosthocConfig()
     S, K = heads.n_super, heads.n_sub
     true_super = np.minimum(batch.super_target.cpu().numpy(), S)
     true_sub = np.minimum(batch.sub_target.cpu().numpy(), K)
@@ -178,8 +194,8 @@ def posthoc_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posthoc
         score_super, score_sub = s.super_score.numpy(), s.sub_score.numpy()
         hit_super = (true_super < S) & (s.super_argmax.numpy() == true_super)
         hit_sub = (true_sub < K) & (s.sub_argmax.numpy() == true_sub)
-        thr_super[i] = raw_thresholds(name, tau_super, score_super, seen_super)
-        thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
+        thr_super[i] = raw_thresholds(tau_super, score_super, seen_super)
+        thr_sub[i] = raw_thresholds(tau_sub, score_sub, seen_sub)
         reach_super, place_super = _levels_reached(score_super, thr_super[i])
         reach_sub, place_sub = _levels_reached(score_sub, thr_sub[i])
         # One level: images accepted at each threshold, per weighted set.

@@ -1,8 +1,9 @@
 """Novelty scores per level, and the streaming feature bank behind the feature-space ones.
 
-Every score is "higher = more familiar" and is computed per level (super / sub). At the subclass
-level the class-conditional scores only look at the subclasses of the predicted superclass, so
-the subclass decision never contradicts the superclass one; knn is label-free and unrestricted.
+Every score (hiertune.novelty.registry) is "higher = more familiar" and is computed per level
+(super / sub). At the subclass level the class-conditional scores only look at the subclasses of
+the predicted superclass, so the subclass decision never contradicts the superclass one; knn is
+label-free and unrestricted.
 """
 
 from __future__ import annotations
@@ -17,37 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hiertune.models.registry import Heads
-from hiertune.novelty.memo import Memo, canonical, memo_get
-from hiertune.novelty.ood_scores import HEAD_SCORES, HeadStats, allowed_logits, energy, gen
-
-SCORES = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "gen", "rmds", "fdbd", "scale", "vim")
-LOGIT_SCORES = ("msp", "energy", "maxlogit", "gen")
-# The values a score can take where they are bounded: a threshold outside them (-inf aside, which
-# accepts everything) was calibrated on another score. knn is minus a distance of unit vectors.
-SCORE_RANGES = {"msp": (0.0, 1.0), "gen": (-np.inf, 0.0), "mahalanobis": (-np.inf, 0.0), "knn": (-2.0, 0.0),
-                "fdbd": (0.0, np.inf)}
-# vim's principal subspace is an eigendecomposition of the feature width per level and epoch, a
-# cost of its own: a trial fits it on the epochs the sweep's scheduler reads (hiertune.training.loop)
-VIM_SKIPPED = "fitted on the epochs the scheduler reads (its rungs) and the last one only"
-LEVELS = ("super", "sub")
-
-
-def logit_score(logits: Tensor, n_seen: int, score: str, mask: Tensor | None = None) -> Tensor:
-    """msp / energy / maxlogit / gen over the seen logits (those where `mask` [N, n_seen] is True);
-    float64, CPU. A trailing novel logit enters msp only."""
-    logits = logits.detach().cpu().double()
-    seen = allowed_logits(logits[:, :n_seen], mask)
-    if score == "gen":
-        return gen(seen)
-    if score == "energy":
-        return seen.logsumexp(1)
-    if score == "maxlogit":
-        return seen.amax(1)
-    if score == "msp":
-        # The largest allowed probability of the softmax over every logit: mass the novel logit
-        # or a masked-out class takes is mass no allowed class can claim.
-        return (seen.amax(1) - logits.logsumexp(1)).exp()
-    raise ValueError(f"not a logit score: {score!r}")
+from hiertune.novelty.memo import Memo, canonical
+from hiertune.novelty.ood_scores import HeadStats
+from hiertune.novelty.registry import LEVELS, LevelInput, score, unavailable
 
 
 class FeatureBank:
@@ -213,83 +186,36 @@ def hierarchical_argmax(output, heads: Heads) -> tuple[Tensor, Tensor, Tensor]:
     return super_argmax, sub_argmax, mask
 
 
-def score_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureScorer] | None = None,
+def score_levels(output, heads: Heads, name: str, scorers: dict[str, FeatureScorer] | None = None,
                  knn_k: int = 10) -> LevelScores:
     """Hierarchical argmaxes and per-level scores of a ModelOutput or EvalBatch, on CPU.
 
-    `scorers` maps "super" / "sub" to the FeatureScorer of that level's features; it is needed
-    for the feature scores (all but LOGIT_SCORES), and rmds / fdbd / scale / vim also need its
-    fitted head statistics."""
-    return all_level_scores(output, heads, (score,), scorers, knn_k)[score]
+    `scorers` maps "super" / "sub" to the FeatureScorer of that level's features, which every
+    score that needs more than logits reads (hiertune.novelty.registry)."""
+    return all_level_scores(output, heads, (name,), scorers, knn_k)[name]
 
 
 def all_level_scores(output, heads: Heads, names, scorers: dict[str, FeatureScorer] | None = None,
                      knn_k: int = 10, memo: Memo | None = None) -> dict[str, LevelScores]:
-    """score_levels of every score in `names` from one pass: the argmaxes once, rmds on
-    mahalanobis's distances, and through `memo` what depends on features alone (class and
-    background distances, knn, scale's rescaled inputs), so a trial whose features do not change
-    computes those once, and levels with the same features share them."""
+    """score_levels of every score in `names` from one pass: the argmaxes once, and through
+    `memo` what depends on features alone (class and background distances, knn, scale's rescaled
+    inputs), so a trial whose features do not change computes those once, and levels with the
+    same features share them."""
     super_argmax, sub_argmax, mask = hierarchical_argmax(output, heads)
-    # float64 once for every logit score (logit_score's conversion is then a no-op)
-    super_logits, sub_logits = output.super_logits.detach().cpu().double(), output.sub_logits.detach().cpu().double()
-    features = {level: canonical(memo, "features", f.detach().cpu())
-                for level, f in (("super", output.super_features), ("sub", output.sub_features))}
-    masks = {"super": None, "sub": mask}
-    argmax = {"super": super_argmax, "sub": sub_argmax}
+    # float64 once for every score, so that predict() and the grid compare the same numbers with
+    # the same thresholds
+    inputs = {level: LevelInput(logits.detach().cpu().double(), n, level_mask, argmax,
+                                canonical(memo, "features", features.detach().cpu()),
+                                (scorers or {}).get(level), knn_k, memo)
+              for level, logits, n, level_mask, argmax, features in (
+                  ("super", output.super_logits, heads.n_super, None, super_argmax, output.super_features),
+                  ("sub", output.sub_logits, heads.n_sub, mask, sub_argmax, output.sub_features))}
     out = {}
-    for score in names:
-        if score in LOGIT_SCORES:
-            levels = (logit_score(super_logits, heads.n_super, score),
-                      logit_score(sub_logits, heads.n_sub, score, mask))
-        elif score in SCORES:
-            reason = unavailable(score, scorers)
-            if reason:
-                raise ValueError(f"score {score!r} unavailable: {reason}")
-            levels = tuple(_feature_score(score, scorers[level], features[level], masks[level], argmax[level], knn_k,
-                                          memo) for level in LEVELS)
-        else:
-            raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
-        # float64 so that predict() and the grid compare the same numbers with the same thresholds.
-        out[score] = LevelScores(super_argmax, sub_argmax, levels[0].double(), levels[1].double())
+    for name in names:
+        spec = score(name)
+        reason = unavailable(name, scorers)
+        if reason:
+            raise ValueError(f"score {name!r} unavailable: {reason}")
+        levels = [spec.level(inputs[level]).double() for level in LEVELS]
+        out[name] = LevelScores(super_argmax, sub_argmax, *levels)
     return out
-
-
-def _feature_score(score: str, scorer: FeatureScorer, f: Tensor, mask: Tensor | None, argmax: Tensor, knn_k: int,
-                   memo: Memo | None) -> Tensor:
-    head = scorer.head
-    if score in ("mahalanobis", "rmds"):
-        d2 = memo_get(memo, "class_distances", (f, scorer.means, scorer.whiten), lambda: scorer.distances(f))
-        md = scorer.nearest(d2, mask)
-        if score == "mahalanobis":
-            return md
-        return md + memo_get(memo, "background_distance", (f, head.mean, head.whiten),
-                             lambda: head.background_distance(f))
-    if score == "knn":
-        return memo_get(memo, f"knn{knn_k}", (f, scorer.bank), lambda: scorer.knn(f, knn_k))
-    # The head's inputs depend on the features alone; its logits on them are shared within an
-    # epoch by fdbd and vim (the head, hence its weight tensor, is new every epoch).
-    z = memo_get(memo, f"head_inputs{head.head.normalize}", (f,), lambda: head.head.inputs(f))
-    logits = memo_get(memo, "head_logits", (z, head.head.weight, head.head.bias), lambda: head.head.logits(z))
-    if score == "fdbd":
-        return head.fdbd(f, argmax, z, logits)
-    if score == "scale":
-        scaled = memo_get(memo, f"scale_inputs{head.head.normalize}", (f,), lambda: head.scaled_inputs(f))
-        return energy(head.head.logits(scaled), mask)
-    return head.vim(f, mask, z, logits)
-
-
-def has_scorers(scorers) -> bool:
-    return bool(scorers) and all(scorers.get(level) is not None for level in LEVELS)
-
-
-def unavailable(score: str, scorers: dict[str, FeatureScorer] | None) -> str | None:
-    """Why `score` cannot be computed with these scorers, or None when it can."""
-    if score in LOGIT_SCORES:
-        return None
-    if not has_scorers(scorers):
-        return "needs feature scorers for both levels ('super', 'sub')"
-    if score in HEAD_SCORES and any(scorers[level].head is None for level in LEVELS):
-        return "needs a linear or cosine classifier head at both levels"
-    if score == "vim" and any(scorers[level].head.vim_residual is None for level in LEVELS):
-        return VIM_SKIPPED
-    return None

@@ -22,8 +22,10 @@ import logging
 import math
 from dataclasses import dataclass
 
-from hiertune.config import TrialConfig
-from hiertune.space import SearchSpace
+from hiertune.models.registry import family
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.training.config import TrialConfig
+from hiertune.sweep.space import SearchSpace
 from hiertune.progress import duration
 from hiertune.training.probe import EpochCost
 
@@ -48,14 +50,16 @@ class Kind:
     @property
     def identity(self) -> tuple:
         """What the cost depends on: kinds that share it are measured once."""
-        return (self.cfg.backbone if self.cfg.family != "cnn" else None, self.cfg.finetune if self.cfg.family != "cnn"
-                else None, self.cfg.image_size, self.cached)
+        backbone = family(self.cfg.family).uses_backbone
+        return (self.cfg.backbone if backbone else None, self.cfg.finetune if backbone else None, self.cfg.image_size,
+                self.cached)
 
     def label(self) -> str:
         cfg = self.cfg
-        parts = [] if cfg.family == "cnn" else [cfg.backbone]
+        backbone = family(cfg.family).uses_backbone
+        parts = [cfg.backbone] if backbone else []
         parts.append(f"{cfg.image_size}px")
-        if cfg.family != "cnn":
+        if backbone:
             parts.append(f"finetune={cfg.finetune}")
         if _frozen(cfg):
             parts.append("(cached features)" if self.cached else "(frozen backbone every step)")
@@ -63,7 +67,7 @@ class Kind:
 
 
 def _frozen(cfg: TrialConfig) -> bool:
-    return cfg.family == "layover" or (cfg.family != "cnn" and cfg.finetune == "linear")
+    return cfg.model_config().backbone_frozen
 
 
 def space_kinds(space: SearchSpace) -> list[Kind]:
@@ -88,12 +92,12 @@ def full_share(space: SearchSpace, epochs: int) -> float:
 
 
 def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
-            here: bool, share: float = 1.0) -> dict[tuple, EpochCost]:
+            here: bool, share: float = 1.0, grid: PosthocConfig | None = None) -> dict[tuple, EpochCost]:
     """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
     `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
     with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
     shared features are (`frozen`: their backbone and size); the others would extract features
-    just to be timed."""
+    just to be timed. Evaluation is timed on the space's post-hoc `grid`."""
     import ray
     import torch
 
@@ -107,19 +111,21 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
     if here:
         threads = torch.get_num_threads()
         try:
-            return _measure_all(todo, bundle, store, cpus, share)
+            return _measure_all(todo, bundle, store, cpus, share, grid)
         finally:
             torch.set_num_threads(threads)
     task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    return ray.get(task.remote(todo, bundle, store, cpus, share))
+    return ray.get(task.remote(todo, bundle, store, cpus, share, grid))
 
 
-def _measure_all(todo: dict, bundle, store, cpus: float, share: float) -> dict[tuple, EpochCost]:
+def _measure_all(todo: dict, bundle, store, cpus: float, share: float, grid: PosthocConfig | None
+                 ) -> dict[tuple, EpochCost]:
     from hiertune.training.probe import measure_epoch
 
     costs, posthoc = {}, None
     for identity, cfg in todo.items():
-        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share)
+        costs[identity] = measure_epoch(cfg, bundle, store, cpus, posthoc_seconds=posthoc, full_share=share,
+                                        posthoc=grid)
         posthoc = costs[identity].posthoc_seconds
     return costs
 
@@ -128,7 +134,7 @@ def expected_epochs(space: SearchSpace, epochs: int) -> float:
     """Epochs an average trial runs: ASHA (and MO-ASHA) keep 1/reduction_factor at each rung."""
     s = space.scheduler
     last = min(epochs, s.max_t)
-    if s.type == "fifo" or s.grace_period >= last:
+    if not s.spec.early_stopping or s.grace_period >= last:
         return float(last)
     total, rung, share = float(s.grace_period), s.grace_period, 1.0
     while rung < last:
@@ -142,7 +148,7 @@ def expected_epochs(space: SearchSpace, epochs: int) -> float:
 def first_rung(space: SearchSpace, epochs: int) -> int:
     """Epochs before the scheduler can judge a trial."""
     s = space.scheduler
-    return min(epochs, s.max_t) if s.type == "fifo" else min(s.grace_period, epochs, s.max_t)
+    return min(s.grace_period, epochs, s.max_t) if s.spec.early_stopping else min(epochs, s.max_t)
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
         per_trial = expected_epochs(space, epochs)
         total = space.tune.num_samples * per_trial * mean / parallel
         lines.append(f"whole sweep: ~{duration(total)} ({space.tune.num_samples} trials x ~{per_trial:.1f} epochs"
-                     f"{' under ' + space.scheduler.label if space.scheduler.type != 'fifo' else ''}, {parallel} at a "
+                     f"{' under ' + space.scheduler.label if space.scheduler.spec.early_stopping else ''}, {parallel} at a "
                      f"time)" + (f"; budget {duration(budget)}" if budget else ""))
     cheap = min((k for k in kinds if k.cached and k.identity in costs), key=lambda k: costs[k.identity].seconds,
                 default=None)

@@ -21,7 +21,7 @@ from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, rank_points
 from hiertune.novelty.posthoc import GROUP_KEYS
-from hiertune.novelty.scores import SCORES
+from hiertune.novelty.registry import list_scores
 from hiertune.sweep.plots import front_html, plot_front
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
@@ -46,7 +46,7 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
                            **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)
                               if f"point_{k}" in m},
                            **{f"auroc_{g}.{s}": m[f"auroc_{g}_{s}"] for g in ("novel_sub", "novel_super")
-                              for s in SCORES if f"auroc_{g}_{s}" in m}})
+                              for s in list_scores() if f"auroc_{g}_{s}" in m}})
             continue
         result = read_posthoc(t.checkpoint)
         for s, i, j in np.ndindex(*result.grid.shape[:3]):

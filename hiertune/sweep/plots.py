@@ -36,7 +36,7 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
         ax.scatter([best["seen"]], [best["unseen"]], marker="*", s=320, c="gold", edgecolors="black", zorder=5,
                    label="recommended")
         ax.annotate(f"recommended: {best['trial']} ({best['epochs']} ep)\n{best['score']}, τ_super "
-                    f"{best['tau_super']:.2f}, τ_sub {best['tau_sub']:.2f}\nseen {best['seen']:.3f}, unseen "
+                    f"{best['tau_super']:.3f}, τ_sub {best['tau_sub']:.3f}\nseen {best['seen']:.3f}, unseen "
                     f"{best['unseen']:.3f}", (best["seen"], best["unseen"]), xytext=_inward(ax, best, points),
                     textcoords="offset points", fontsize=8, zorder=6,
                     bbox=dict(boxstyle="round", fc="white", ec="0.5", alpha=0.9),

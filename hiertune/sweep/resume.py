@@ -17,7 +17,7 @@ import numpy as np
 from hiertune import storage
 from hiertune.data.bundle import DataBundle
 from hiertune.errors import UserError
-from hiertune.space import SearchSpace, load_space
+from hiertune.sweep.space import SearchSpace, load_space
 from hiertune.sweep.state import SweepMeta
 
 # --set's spelling of each flag, for the one line that refuses it.

@@ -23,20 +23,19 @@ from pathlib import Path
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.errors import SweepInterrupted, UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
-from hiertune.space import SearchSpace
+from hiertune.sweep.space import SearchSpace
 from hiertune.sweep.front import Pick, recommended, sweep_front, write_front
 from hiertune.sweep.importance import param_importances, write_importances
-from hiertune.sweep.moasha import MOASHAScheduler, SchedulerState
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.reporter import ConsoleReporter
+from hiertune.sweep.schedulers import Objectives
 from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectives, study_url
 from hiertune.sweep import cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
@@ -153,7 +152,7 @@ def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resou
     kinds = cost.space_kinds(space)
     costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
                          space.resources.gpus_per_trial, here,
-                         cost.full_share(space, space.trial_config().epochs))
+                         cost.full_share(space, space.trial_config().epochs), space.posthoc_grid())
     result = cost.plan(space, kinds, costs, fitted.parallel)
     for line in result.lines:
         log.info(line)
@@ -228,24 +227,33 @@ def shared_frozen_config(space: SearchSpace) -> TrialConfig | None:
     config with its backbone frozen; None when no trial can freeze it or cache its features.
     With corrupt_p searched, the training pools' corrupted views too: trials share them."""
     base = space.trial_config()
-    finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
-    if base.cached_views() == 0 or (base.family != "layover" and "linear" not in finetunes):
+    if base.cached_views() == 0 or not any(cfg.model_config().backbone_frozen for cfg in _fine_tunings(space, base)):
         return None
     corrupt_p = max([base.corrupt_p, *(p.high for p in space.sampled if p.name == "corrupt_p")])
+    # Every frozen trial computes the same features whatever froze it (the key holds no finetune).
     return replace(base, finetune="linear", corrupt_p=corrupt_p)
+
+
+def _fine_tunings(space: SearchSpace, base: TrialConfig) -> list[TrialConfig]:
+    """The base config under each fine-tuning the space can sample, at the smallest
+    unfreeze_depth it can sample (partial with 0 stages unfrozen is a frozen backbone too)."""
+    finetunes = {base.finetune} | {c for p in space.sampled if p.name == "finetune" for c in p.choices}
+    depth = int(min([base.unfreeze_depth, *(v for p in space.sampled if p.name == "unfreeze_depth"
+                                            for v in (p.choices or (p.low,)))]))
+    return [replace(base, finetune=f, unfreeze_depth=depth) for f in sorted(finetunes)]
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool,
          verbose: bool) -> dict:
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
-        tags={"hiertune.family": space.family, "hiertune.space": str(space.path)})
+        tags={"hiertune.family": space.family, "hiertune.sweep.space": str(space.path)})
     _log_shifted(place, bundle, recorder)
     _log_source(space, bundle, features, recorder)
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
-                             features=features, rungs=space.scheduler.rungs),
+                             features=features, rungs=space.scheduler.rungs, posthoc=space.posthoc_grid()),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)
@@ -309,18 +317,10 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
 def make_scheduler(space: SearchSpace) -> tuple:
     """The space's early-stopping rule, and the Ray callbacks that carry its state through
     `--resume` (Ray keeps a scheduler's state only as it was first built)."""
-    s = space.scheduler
     scalar, pair = objectives(space)
-    if s.type == "fifo":
-        return FIFOScheduler(), []
-    if s.type == "asha":
-        return ASHAScheduler(time_attr="training_iteration", metric=scalar, mode="max", max_t=s.max_t,
-                             grace_period=s.grace_period, reduction_factor=s.reduction_factor), []
     # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
-    moasha = MOASHAScheduler(pair, mode="max", points_key=None if space.samples_thresholds else FRONT_KEY,
-                             max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                             epsilon=s.epsilon)
-    return moasha, [SchedulerState(moasha)]
+    ranked = Objectives(scalar, tuple(pair), None if space.samples_thresholds else FRONT_KEY)
+    return space.scheduler.spec.build(space.scheduler, ranked)
 
 
 def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:

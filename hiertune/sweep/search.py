@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from hiertune.space import SearchSpace
+from hiertune.sweep.space import SearchSpace
 from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
 

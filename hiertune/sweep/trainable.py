@@ -17,20 +17,23 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
+from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.training.faults import FAILURE_KEY, final_reason
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0,
-                   features: FeatureStore | None = None, rungs: tuple[int, ...] | None = None) -> None:
-    """`rungs`: the epochs the scheduler reads, which get the full evaluation (run_trial)."""
+                   features: FeatureStore | None = None, rungs: tuple[int, ...] | None = None,
+                   posthoc: PosthocConfig | None = None) -> None:
+    """`rungs`: the epochs the scheduler reads, which get the full evaluation; `posthoc`: the
+    grid the space declares (run_trial)."""
     # Ray Train's "Checkpoint successfully created at ..." for every epoch of every trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     try:
-        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features, rungs)
+        _train(TrialConfig.from_dict(config), bundle, cpus_per_trial, features, rungs, posthoc)
     except Exception as exc:
         reason = final_reason(exc)
         if reason is not None:
@@ -39,7 +42,7 @@ def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0
 
 
 def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features: FeatureStore | None,
-           rungs: tuple[int, ...] | None) -> None:
+           rungs: tuple[int, ...] | None, posthoc: PosthocConfig | None) -> None:
     # Which Ray node ran the trial: on a cluster whose nodes share an IP (or a host), the only
     # way to tell them apart in the results.
     node = ray.get_runtime_context().get_node_id()
@@ -49,10 +52,11 @@ def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features
 
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features, rungs=rungs)
+        run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features, rungs=rungs, posthoc=posthoc)
         return
     with checkpoint.as_directory() as directory:
-        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features, rungs=rungs)
+        run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features, rungs=rungs,
+                  posthoc=posthoc)
 
 
 class FinalFailures(ray.tune.Callback):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertune.config import TrialConfig
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.novelty.photos import PHOTO_KEYS, metric_name
@@ -43,8 +44,10 @@ class LeaveOut:
         return {k: float(np.mean([s[k] for s in self.species.values()])) for k in keys}
 
 
-def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None) -> LeaveOut:
-    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) and collect them."""
+def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None,
+                      posthoc: PosthocConfig | None = None) -> LeaveOut:
+    """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) on its space's
+    `posthoc` grid and collect them."""
     if not cfg.shifted_data:
         raise UserError("leave-species-out needs real photos of known species: --shifted-data DIR")
     store = store or FeatureStore(cache_root)
@@ -58,7 +61,7 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                              fold.shift_config())
         log.info("leave-species-out: held out %s (%d photos train)", held or "every species",
                  len(bundle.shifted.train_rows))
-        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True)
+        metrics = run_trial(fold, bundle, lambda m, d: None, features=store, last_only=True, posthoc=posthoc)
         for name in ([held] if held else species):
             key = metric_name(name)
             out[name] = {**{k: metrics.get(f"{k}.{key}", math.nan) for k in PHOTO_KEYS},

@@ -20,19 +20,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.splits import SHIFTED, SplitData
-from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.models.registry import Heads, ModelOutput, create_model, family
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.photos import photo_results
 from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
                                       posthoc_grid)
 from hiertune.novelty.memo import Memo, canonical, memo_get
-from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels, unavailable
+from hiertune.novelty.registry import NEEDS, needs_of, score, unavailable
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
 from hiertune.progress import log_to_stderr
 from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
@@ -87,13 +88,15 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
-              rungs: tuple[int, ...] | None = None, last_only: bool = False) -> dict:
+              rungs: tuple[int, ...] | None = None, last_only: bool = False, posthoc: PosthocConfig | None = None
+              ) -> dict:
     """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
     `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
     vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
-    last epoch only, for a caller that reads nothing between (a leave-species-out fold)."""
+    last epoch only, for a caller that reads nothing between (a leave-species-out fold). `posthoc`:
+    the grid its search space declares (SearchSpace.posthoc_grid; None: every score, τ over [0, 1])."""
     setup = setup_trial(cfg, bundle, cpus)
     device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
                                                      setup.model, setup.state)
@@ -113,7 +116,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
             state.epoch = epoch + 1
             continue
         full = rungs is None or epoch + 1 in rungs or epoch + 1 == cfg.epochs
-        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full)
+        evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full, posthoc)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
         state.epoch = epoch + 1
         state.history.append(metrics)
@@ -162,7 +165,7 @@ def build(cfg: TrialConfig, heads: Heads, device: torch.device, trains: bool = T
     precomputation a sweep shares with its trials) builds them: channels-last on CUDA. `trains`:
     whether this model is about to be trained (else it only extracts features, or is timed)."""
     cuda = device.type == "cuda"
-    if trains and cfg.family != "cnn" and cfg.pretrained is False:
+    if trains and family(cfg.family).uses_backbone and cfg.pretrained is False:
         log.info("backbone %s: random initialisation, trains from scratch", cfg.backbone)
     model = create_model(cfg.model_config(), heads).to(device)
     if cuda:
@@ -294,10 +297,15 @@ class Evaluation:
 
 
 def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data: TrialData, device: torch.device,
-                   autocast, memo: Memo | None = None, full: bool = True) -> Evaluation:
-    """One forward pass over the validation inputs, the feature scorers fitted, then the whole
-    post-hoc grid on the outputs. `memo` carries what depends on features alone from the
-    trial's earlier epochs; `full` False leaves vim out (its fit is an eigendecomposition)."""
+                   autocast, memo: Memo | None = None, full: bool = True, posthoc: PosthocConfig | None = None
+                   ) -> Evaluation:
+    """One forward pass over the validation inputs, the feature scorers its scores need fitted,
+    then the whole post-hoc grid (`posthoc`, run_trial) on the outputs. `memo` carries what
+    depends on features alone from the trial's earlier epochs; `full` False leaves vim out (its
+    fit is an eigendecomposition)."""
+    grid = replace(posthoc or PosthocConfig(), shifted_weight=cfg.shifted_weight)
+    # An epoch between rungs leaves vim out only where another score is left to evaluate.
+    full = full or all("principal_subspace" in score(name).needs for name in grid.scores)
     t0 = time.perf_counter()
     batch, val_loss = evaluate(model, data.val, data.split.val_superclass, data.split.val_subclass, heads, cfg,
                                device, autocast, data.split.val_group)
@@ -306,9 +314,9 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
     # not the epoch's augmented (or mixed) train-mode features.
     fit_out = forward_all(model, data.fit_inputs, device, autocast)
     scorers = fit_scorers(fit_out, data.train_y[0][data.fit_rows], data.train_y[1][data.fit_rows], heads, model,
-                          memo, vim=full)
+                          memo, vim=full, needs=needs_of((*grid.scores, cfg.novelty_score)))
     t2 = time.perf_counter()
-    result = posthoc_grid(batch, heads, PosthocConfig(shifted_weight=cfg.shifted_weight), scorers, memo)
+    result = posthoc_grid(batch, heads, grid, scorers, memo)
     if unavailable(cfg.novelty_score, scorers) is not None:
         point = dict.fromkeys(POINT_KEYS, math.nan)
     else:  # on the grid unless Optuna sampled the thresholds
@@ -443,11 +451,16 @@ def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: 
 
 
 def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: Heads, model: torch.nn.Module,
-                memo: Memo | None = None, vim: bool = True) -> dict[str, FeatureScorer]:
-    """Feature-space novelty scorers of both levels from eval-mode training features; the
+                memo: Memo | None = None, vim: bool = True, needs: frozenset[str] = frozenset(NEEDS)
+                ) -> dict[str, FeatureScorer]:
+    """Feature-space novelty scorers of both levels from eval-mode training features, with what
+    the scores to compute `needs` (hiertune.novelty.registry): nothing for logits alone; the
     head-based scores' statistics need the level's classifier head (`super_head` / `sub_head`).
     Through `memo` only what depends on the head is fitted again while the features stay the
     same; `vim` False leaves vim's principal subspace unfitted."""
+    if needs <= {"logits"}:
+        return {}
+    vim = vim and "principal_subspace" in needs
     scorers = {}
     for level, feats, labels, n in (("super", out.super_features, sup, heads.n_super),
                                     ("sub", out.sub_features, sub, heads.n_sub)):
@@ -460,7 +473,7 @@ def fit_scorers(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads: H
             return bank.fit()
 
         bank = memo_get(memo, f"bank{n}", (feats, labels), fit_bank)  # noqa: B023
-        module = getattr(model, f"{level}_head", None)
+        module = getattr(model, f"{level}_head", None) if "head" in needs else None
         head = head_of(module, n) if module is not None else None
         seen = memo_get(memo, f"seen_rows{n}", (feats, labels), lambda: feats[labels < n])  # noqa: B023
         stats = HeadStats.fit(seen, head, vim=vim, memo=memo) if head is not None else None

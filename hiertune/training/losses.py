@@ -18,8 +18,8 @@ from hiertune.models.registry import Heads, ModelOutput
 
 @dataclass(frozen=True)
 class LossConfig:
-    # Weight of the KL interaction term: dualhead's (seed 000 A), 0 disables it. The one default:
-    # TrialConfig takes it from here and zeroes it for the other families.
+    # Weight of the KL interaction term (seed 000 A), 0 disables it. The one default: TrialConfig
+    # takes it from here and zeroes it for families without the kl_loss trait.
     kl_alpha: float = 0.1
     kl_temperature: float = 1.0
     oe_weight: float = 0.5  # outlier_mode='oe': weight of the outlier-exposure term

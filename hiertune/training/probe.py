@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from hiertune.config import TrialConfig
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.novelty.memo import Memo
 from hiertune.training.features import FeatureStore
@@ -37,12 +38,13 @@ class EpochCost:
         return self.train_seconds + self.eval_seconds + self.posthoc_seconds
 
 def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None,
-                  steps: int = 2, posthoc_seconds: float | None = None, full_share: float = 1.0) -> EpochCost:
+                  steps: int = 2, posthoc_seconds: float | None = None, full_share: float = 1.0,
+                  posthoc: PosthocConfig | None = None) -> EpochCost:
     """`cfg`'s epoch, from `steps` timed training batches and one validation batch plus
     `posthoc_seconds`, the part of evaluation that does not depend on the model; without it (the
     first kind measured: cached features where the space has them, `store` holding them) the
     whole evaluation runs, once in full and once as the epochs between rungs run it (a share
-    `full_share` of the epochs is full), and is timed."""
+    `full_share` of the epochs is full), and is timed, on the space's grid (`posthoc`)."""
     setup = setup_trial(cfg, bundle, cpus, trains=False)
     device, autocast, heads, model, state = setup.device, setup.autocast, setup.heads, setup.model, setup.state
     data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, store)
@@ -55,8 +57,8 @@ def measure_epoch(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpu
     train_seconds = timed[-1].seconds / max(1, timed[-1].images) * len(data.train)
     if posthoc_seconds is None:
         memo = Memo()
-        full = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full=True)
-        between = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full=False)
+        full = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full=True, posthoc=posthoc)
+        between = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full=False, posthoc=posthoc)
         posthoc = full_share * (full.fit_seconds + full.posthoc_seconds) + (1 - full_share) * (
             between.fit_seconds + between.posthoc_seconds)
         return EpochCost(train_seconds, between.forward_seconds, posthoc, cached)

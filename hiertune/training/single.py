@@ -10,22 +10,25 @@ from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
 from hiertune.fsutil import atomic_dir, check_writable
-from hiertune.space import SearchSpace
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.training.config import TrialConfig
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
 
 log = logging.getLogger("hiertune")
 
 
-def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, progress: bool = True) -> dict:
-    cfg = space.trial_config()
+def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: Path, progress: bool = True,
+                 posthoc: PosthocConfig | None = None) -> dict:
+    """`cfg` trained in this process, evaluated on the `posthoc` grid (its space's); `name` (the
+    space's) names the default output folder."""
     bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root,
                          cfg.shift_config())
     summary = bundle.summary()
     log.info("data %s: %d train / %d validation images, %d outlier training images, pseudo-novel subclasses %s",
              summary["data"], summary["train"], summary["val"],
              bundle.outlier_count(cfg.outlier_count, cfg.outlier_fraction), summary["pseudo_novel_subclasses"])
-    out = out_dir or Path("sweeps") / "train" / f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out_dir or Path("sweeps") / "train" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(out, "--out", folder=True)
     history: list[dict] = []
 
@@ -41,7 +44,7 @@ def train_single(space: SearchSpace, out_dir: Path | None, cache_root: Path, pro
                  metrics["hypervolume"], metrics["train_images_per_s"])
 
     start = time.perf_counter()
-    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root))
+    run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root), posthoc=posthoc)
     best = max(history, key=lambda m: m["hypervolume"])
     result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
               "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}

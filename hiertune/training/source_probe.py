@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hiertune.config import SIZE_LIMITS, TrialConfig
+from hiertune.training.config import SIZE_LIMITS, TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.corrupt import ShiftConfig
 from hiertune.errors import UserError
@@ -45,7 +45,7 @@ def source_report(data: str, outliers: str | None, shifted_data: str | None, dat
                   cache_root: Path) -> dict[str, float]:
     if not 1 <= image_size <= SIZE_LIMITS["image_size"]:
         raise UserError(f"--probe-image-size must be in 1-{SIZE_LIMITS['image_size']:,}, got {image_size:,}")
-    cfg = TrialConfig(family="dualhead", backbone=PROBE_BACKBONE, pretrained=True, finetune="linear",
+    cfg = TrialConfig(backbone=PROBE_BACKBONE, pretrained=True, finetune="linear",
                       image_size=image_size, data_size=data_size, device="cpu")
     shift = ShiftConfig(source="data", data=shifted_data) if shifted_data else ShiftConfig(source="none")
     bundle = load_bundle(data, outliers, data_size, cfg.split_config(), cache_root, shift)

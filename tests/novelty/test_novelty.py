@@ -17,7 +17,9 @@ from hiertune.models.registry import Heads
 from hiertune.novelty.metrics import LEADERBOARD_KEYS, leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, LinearHead
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, decide, posthoc_grid, raw_thresholds
-from hiertune.novelty.scores import SCORES, FeatureBank, FeatureScorer, logit_score, score_levels
+from hiertune.novelty.registry import list_scores
+from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
+from tests.novelty.posthoc_reference import logit_score
 
 S, K, D = 3, 9, 6
 SUB_TO_SUPER = (0, 0, 0, 1, 1, 1, 2, 2, 2)
@@ -77,8 +79,8 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
     batch, h, scorers = synthetic(200, novel_logit, 0), heads(novel_logit), fit_scorers()
     config = PosthocConfig(tau_super=TAUS, tau_sub=TAUS[::-1][:7], knn_k=5)
     result = posthoc_grid(batch, h, config, scorers)
-    assert result.scores == SCORES
-    assert result.grid.shape == (len(SCORES), len(TAUS), 7, 4)
+    assert result.scores == list_scores()
+    assert result.grid.shape == (len(list_scores()), len(TAUS), 7, 4)
     for s, name in enumerate(result.scores):
         for i in range(len(config.tau_super)):
             for j in range(len(config.tau_sub)):
@@ -118,17 +120,17 @@ def test_front_is_non_dominated_and_the_recommended_point_is_its_knee():
     assert result.hypervolume > 0
 
 
-def test_raw_thresholds_reject_tau_of_seen_images():
-    scores = np.random.default_rng(0).normal(size=500)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])  # msp's [0, 1] and energy's unbounded scale alike
+def test_raw_thresholds_reject_tau_of_seen_images(scale):
+    scores = np.random.default_rng(0).normal(size=500) * scale
     seen = np.arange(500) < 400
-    thr = raw_thresholds("energy", TAUS, scores, seen)
+    thr = raw_thresholds(TAUS, scores, seen)
     rejected = (scores[seen][None, :] < thr[:, None]).mean(1)
     assert np.abs(rejected - np.array(TAUS)).max() <= 1 / 400 + 1e-12
-    assert raw_thresholds("msp", TAUS, scores, seen).tolist() == list(TAUS)
-    assert np.isnan(raw_thresholds("knn", [0.5], scores, np.zeros(500, bool))).all()
+    assert np.isnan(raw_thresholds([0.5], scores, np.zeros(500, bool))).all()
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", list_scores())
 def test_predictions_are_hierarchically_consistent(score):
     batch, h, scorers = synthetic(300, True, 5), heads(True), fit_scorers()
     s = score_levels(batch, h, score, scorers, knn_k=5)
@@ -304,8 +306,10 @@ def _bank(features, labels, capacity=4096) -> FeatureBank:
 # --- validation groups ---
 
 def test_group_results_on_a_hand_made_batch():
-    # Two superclasses with one subclass each; msp, τ = 0.6 at both levels. Logits [2, 0] give
-    # 0.88 (accepted), [0, 0] give 0.5 (rejected). See each row's comment for what happens.
+    # Two superclasses with one subclass each; msp. Logits [2, 0] give 0.88, [0, 0] give 0.5. τ is
+    # a share of in-source seen images rejected: τ_super 0.5 (of .88, .5, .88) and τ_sub 1.0 (of
+    # .88, .5) both put the raw threshold at 0.88, so [2, 0] is accepted and [0, 0] rejected.
+    # See each row's comment for what happens.
     h = Heads(2, 2, (0, 1), False)
     rows = [  # super logits, sub logits, true super, true sub, group
         ([2, 0], [2, 0], 0, 0, SEEN),  # both levels accepted and right
@@ -318,9 +322,10 @@ def test_group_results_on_a_hand_made_batch():
     ]
     sl, ul, st, ut, g = (torch.tensor([r[k] for r in rows]) for k in range(5))
     batch = EvalBatch(sl.float(), ul.float(), torch.zeros(7, 2), torch.zeros(7, 2), st, ut, g)
-    result = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.6,), tau_sub=(0.6,),
+    result = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.5,), tau_sub=(1.0,),
                                                   shifted_weight=0.5))
     p = result.point(0, 0, 0)
+    assert p["thr_super"] == p["thr_sub"] == pytest.approx(np.exp(2) / (1 + np.exp(2)))
     assert [p[f"{name}_acc"] for name in GROUPS] == pytest.approx([0.5, 0.75, 0.5, 0.5])
     assert p["accept_shifted"] == 0.5 and p["accept_shifted_super"] == 1.0 and p["accept_shifted_sub"] == 0.5
     # In-source: seen superclass over rows 0, 1, 4 (2 right), seen subclass over rows 0, 1 (1 right);
@@ -334,7 +339,7 @@ def test_group_results_on_a_hand_made_batch():
     # seen vs novel_super on the super score: .88, .5 against .5, .95 -> (1 + 0 + 0.5 + 0) / 4.
     assert p["auroc_novel_super.msp"] == pytest.approx(0.375)
     assert result.counts["group_seen_shifted"] == 2 and result.counts["seen_super"] == 3
-    unweighted = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.6,), tau_sub=(0.6,),
+    unweighted = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.5,), tau_sub=(1.0,),
                                                       shifted_weight=0.0)).point(0, 0, 0)
     assert unweighted["seen_super_acc"] == pytest.approx(2 / 3)
 
@@ -354,7 +359,7 @@ def test_group_grid_equals_brute_force_per_group(weight):
     for s, name in enumerate(result.scores):
         levels = score_levels(batch, h, name, scorers, 5)
         ss, sb = levels.super_score.numpy(), levels.sub_score.numpy()
-        assert np.allclose(result.thr_super[s], raw_thresholds(name, TAUS[:5], ss, (ts < S) & insource),
+        assert np.allclose(result.thr_super[s], raw_thresholds(TAUS[:5], ss, (ts < S) & insource),
                            equal_nan=True)
         for i in range(5):
             for j in range(len(TAUS) - 3):

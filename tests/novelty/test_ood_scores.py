@@ -14,7 +14,8 @@ from hiertune.models.backbone import linear_head
 from hiertune.models.cosine import CosineClassifier
 from hiertune.models.registry import Heads
 from hiertune.novelty.posthoc import EvalBatch
-from hiertune.novelty.scores import FeatureBank, logit_score, score_levels
+from hiertune.novelty.scores import FeatureBank, score_levels
+from tests.novelty.posthoc_reference import logit_score
 from hiertune.novelty.ood_scores import (GEN_GAMMA, SCALE_PERCENTILE, HeadStats, LinearHead, allowed_logits, gen,
                                          head_of)
 

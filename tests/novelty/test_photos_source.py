@@ -49,7 +49,7 @@ def test_source_auroc_separates_sources_only_when_they_differ():
 
 
 def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outliers, tmp_path):
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.data.bundle import load_bundle
     from hiertune.training.features import FeatureStore
     from hiertune.training.source_probe import source_separability

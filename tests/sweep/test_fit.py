@@ -12,7 +12,7 @@ import pytest
 
 from conftest import space_file
 from hiertune.errors import UserError
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep import cost, resources
 from hiertune.progress import duration
 from hiertune.sweep.budget import parse_duration
@@ -148,7 +148,7 @@ def test_a_resume_refuses_data_whose_pixels_changed(small_data, tmp_path):
 
 
 def test_an_epoch_is_measured_on_a_few_batches(small_data, tmp_path, one_thread):
-    from hiertune.config import TrialConfig
+    from hiertune.training.config import TrialConfig
     from hiertune.data.bundle import load_bundle
     from hiertune.training.features import FeatureStore
     from hiertune.training.probe import measure_epoch

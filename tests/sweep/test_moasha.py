@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from hiertune.errors import UserError
 from hiertune.novelty.metrics import hypervolume_2d
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep.moasha import (
     MOASHAScheduler,
     SchedulerState,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hiertune.errors import UserError
-from hiertune.space import load_space, parse_assignments
+from hiertune.sweep.space import load_space, parse_assignments
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -127,3 +127,28 @@ def test_cli_reports_space_errors_with_exit_2(cli, tmp_path):
 def test_bad_set_assignment(cli):
     result = cli("train", str(SPACES / "smoke.yaml"), "--set", "epochs")
     assert result.code == 2 and "--set 'epochs': expected key=value" in result.err
+
+
+def test_the_posthoc_grid_is_what_the_space_declares(tmp_path):
+    grid = load_space(write(tmp_path, VALID)).posthoc_grid()
+    assert grid.scores == ("msp", "energy")  # only the declared choices
+    assert grid.tau_super[0] == 0.5 and grid.tau_super[-1] == 1.0 and len(grid.tau_super) == 21
+    assert all(0.5 <= t <= 1.0 for t in grid.tau_super)
+    assert grid.tau_sub[0] == 0.0 and grid.tau_sub[-1] == 1.0  # not declared: the default, τ over [0, 1]
+    declared = VALID.replace("  tau_super: {type: float, low: 0.5, high: 1.0}",
+                             "  tau_super: {type: float, low: 0.01, high: 0.3, log: true}\n"
+                             "  tau_sub: {type: float, low: 0.0, high: 0.4, step: 0.1}")
+    grid = load_space(write(tmp_path, declared)).with_overrides({"novelty_score": "knn"}).posthoc_grid()
+    assert grid.scores == ("knn",)  # fixed: itself
+    assert grid.tau_super[0] == 0.01 and grid.tau_super[-1] == 0.3
+    assert grid.tau_super[1] / grid.tau_super[0] == pytest.approx(grid.tau_super[-1] / grid.tau_super[-2])  # log
+    assert grid.tau_sub == pytest.approx((0.0, 0.1, 0.2, 0.3, 0.4))  # on its step
+
+
+@pytest.mark.parametrize("line", ["tau_super: {type: float, low: 0.5, high: 2.0}",
+                                  "tau_sub: {type: categorical, choices: [0.1, -0.2]}"])
+def test_a_threshold_that_is_no_share_of_images_is_refused_in_one_line(tmp_path, line):
+    text = VALID.replace("  tau_super: {type: float, low: 0.5, high: 1.0}", f"  {line}")
+    with pytest.raises(UserError, match=r"τ is the share of seen validation images called novel, in \[0, 1\]") as err:
+        load_space(write(tmp_path, text))
+    assert "\n" not in str(err.value)

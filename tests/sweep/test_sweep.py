@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from conftest import last_json, space_file
 from hiertune.novelty.metrics import pareto_front
-from hiertune.space import load_space
+from hiertune.sweep.space import load_space
 from hiertune.sweep.front import compute_front, front_points
 from hiertune.sweep.search import FidelityAwareOptunaSearch
 from hiertune.sweep.state import TrialRecord, load_trials

@@ -3,6 +3,7 @@ importance, the recommended point everywhere, and next steps that work as printe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -17,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port, last_json, space_file
 
-from hiertune.novelty.scores import SCORES
-from hiertune.space import load_space
+from hiertune.novelty.registry import list_scores
+from hiertune.sweep.space import load_space
 from hiertune.sweep.search import FidelityAwareOptunaSearch
 from hiertune.sweep.state import load_trials
 
@@ -69,9 +70,19 @@ def test_trials_shorter_than_max_t_finish_and_the_sweep_tells_what_happened(fini
         assert not {"novelty_score", "tau_super", "tau_sub", "trial_number"} & set(params)
         assert {"seen", "unseen", "tau_super", "tau_sub", "hypervolume"} <= set(metrics)
         assert not {"lr", "pid", "timestamp", "time_total_s", "training_iteration", "point_seen"} & set(metrics)
-        assert tags["hiertune.recommended.score"] in SCORES
+        assert tags["hiertune.recommended.score"] in list_scores()
     assert len({r.data.tags["mlflow.runName"] for r in children}) == 3
     best = summary["recommended"]
+    # The post-hoc grid is the space's: τ_super within its declared [0.5, 1.0], only its two scores,
+    # on the front, in pareto.csv, on every trial's MLflow run and on the parent run.
+    front = summary["front"]
+    assert front and all(0.5 <= p["tau_super"] <= 1.0 and p["score"] in ("msp", "energy") for p in front)
+    with open(summary["pareto_csv"], newline="") as f:
+        assert all(0.5 <= float(row["tau_super"]) <= 1.0 for row in csv.DictReader(f))
+    assert all(0.5 <= run.data.metrics["tau_super"] <= 1.0 for run in children)
+    assert all(set(run.data.tags["hiertune.recommended.score"].split()) <= {"msp", "energy"} for run in children)
+    assert 0.5 <= parent.data.metrics["best_tau_super"] <= 1.0
+    assert parent.data.params["search.tau_super"] == "float [0.5, 1.0] (post-hoc)"
     assert parent.data.metrics["best_seen"] == pytest.approx(best["seen"])
     assert parent.data.metrics["best_unseen"] == pytest.approx(best["unseen"])
     assert parent.data.tags["hiertune.best.trial_id"] == best["trial_id"]

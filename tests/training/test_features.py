@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.corrupt import corrupt_batch
 from hiertune.data.bundle import load_bundle

@@ -13,12 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hiertune.config import TrialConfig
+from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
 from hiertune.data.augment import BatchAugment
-from hiertune.models.registry import create_model
-from hiertune.novelty.scores import SCORES, load_scorers
+from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.novelty.posthoc import PosthocConfig
+from hiertune.novelty.registry import list_scores, needs_of, unavailable
+from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.inputs import ImageInputs
 from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
@@ -66,7 +68,7 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in SCORES
+    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in list_scores()
     for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / ckpt.MODEL)
@@ -153,6 +155,36 @@ def test_scorers_are_fitted_on_clean_eval_mode_training_features_with_or_without
             assert torch.equal(value, saved[level].state_dict()[key]), (level, key)
 
 
+@pytest.mark.parametrize("scores, bank, head, vim", [
+    (("msp", "energy"), False, False, False), (("mahalanobis", "knn"), True, False, False),
+    (("msp", "fdbd"), True, True, False), (("vim",), True, True, True)])
+def test_only_what_the_grids_scores_need_is_fitted(scores, bank, head, vim):
+    heads = Heads(2, 4, (0, 0, 1, 1), novel_logit=True)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 8, generator=g)
+    out = ModelOutput(torch.randn(64, 3, generator=g), torch.randn(64, 5, generator=g), feats, feats)
+    sub = torch.arange(64) % 4
+    model = torch.nn.Module()
+    model.super_head, model.sub_head = torch.nn.Linear(8, 3), torch.nn.Linear(8, 5)
+    fitted = fit_scorers(out, sub // 2, sub, heads, model, needs=needs_of(scores))
+    assert bool(fitted) == bank
+    for level in fitted.values():
+        assert (level.head is not None) == head
+        assert (head and level.head.vim_residual is not None) == vim
+    assert all(unavailable(name, fitted) is None for name in scores)
+
+
+def test_the_space_grid_is_what_every_epoch_evaluates(bundle, one_thread):
+    """Only the grid's scores and τ, on every epoch: a grid of vim alone is fitted in full on an
+    epoch between rungs too (leaving vim out would leave nothing)."""
+    cfg = TrialConfig(family="cnn", **{**FAST, "epochs": 2})
+    grid = PosthocConfig(scores=("vim",), tau_super=(0.1, 0.2), tau_sub=(0.3,))
+    reports = []
+    run_trial(cfg, bundle, lambda metrics, path: reports.append(metrics), rungs=(2,), posthoc=grid)
+    assert [m["evaluated_scores"] for m in reports] == ["vim", "vim"]
+    assert all(m["tau_super"] in (0.1, 0.2) and m["tau_sub"] == 0.3 for m in reports)
+
+
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
     full = bundle.for_trial(None)
     half = bundle.for_trial(None, 0.5)
@@ -171,5 +203,6 @@ def test_cli_train_runs_a_space_and_prints_json(cli, small_data, tmp_path):
     assert out["epochs"] == 2 and out["config"]["family"] == "cnn" and out["config"]["epochs"] == 2
     best = out["best"]
     assert {"seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc"} <= best.keys()
+    assert 0.0 <= best["tau_super"] <= 0.5 and 0.0 <= best["tau_sub"] <= 0.5  # smoke.yaml's declared ranges
     assert (tmp_path / "run" / "checkpoint" / ckpt.MODEL).is_file()
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_epoch"] == out["best_epoch"]

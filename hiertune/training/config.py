@@ -3,7 +3,9 @@
 A trial's config arrives as a flat dict (the search space's fixed settings merged with what
 Optuna sampled, or `--set` overrides); `TrialConfig.from_dict` is the edge where it is checked,
 and everything past it works with typed fields. Flat, because Ray Tune, Optuna and `--set`
-all address parameters by one name.
+all address parameters by one name. The families' own settings (cnn_width, layover_stage...) are
+fields too: TrialConfig inherits every registered family's Settings dataclass, so a family that
+brings a setting declares it in its own module (hiertune.models.registry).
 """
 
 from __future__ import annotations
@@ -18,28 +20,27 @@ from hiertune.data.augment import AugmentConfig
 from hiertune.data.corrupt import ShiftConfig
 from hiertune.data.splits import SplitConfig
 from hiertune.errors import UserError, did_you_mean
-from hiertune.models.backbone import backbone_input
-from hiertune.models.registry import FINETUNE_STRATEGIES, OUTLIER_MODES, ModelConfig, list_families
-from hiertune.novelty.scores import SCORES
+from hiertune.models.registry import DEFAULT_FAMILY, ModelConfig, family, family_settings
+from hiertune.novelty.registry import list_scores
 from hiertune.training.faults import parse_plan
 from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# Settings only some families read (the others read every setting but _TIMM's, which cnn ignores).
-_ONLY = {"cnn_width": ("cnn",), "cosine_scale": ("cosine",), "layover_stage": ("layover",),
-         "layover_hidden": ("layover",), "kl_alpha": ("dualhead",), "kl_temperature": ("dualhead",)}
+# Settings that only families with a trait read: a timm backbone's (uses_backbone), the KL term's (kl_loss).
 _TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views")
+_KL = ("kl_alpha", "kl_temperature")
 # Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
 # cache needs more memory than any machine has, which the allocator would report as a traceback
 # (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
-SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "cnn_width": 1024, "layover_hidden": 65536,
-               "batch_size": 65536, "feature_views": 64}
+# A family's own such settings bound themselves (its Settings).
+SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "batch_size": 65536, "feature_views": 64}
+_MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "settings")
 
 
 @dataclass(frozen=True)
-class TrialConfig:
+class TrialConfig(*family_settings()):
     # model
-    family: str = "dualhead"
+    family: str = DEFAULT_FAMILY
     # Each sub-config holds its own defaults (and validates itself); these name them.
     backbone: str = ModelConfig.backbone
     pretrained: bool | str = ModelConfig.pretrained
@@ -47,10 +48,6 @@ class TrialConfig:
     unfreeze_depth: int = ModelConfig.unfreeze_depth
     gradual_every: int = ModelConfig.gradual_every
     dropout: float = ModelConfig.dropout
-    cosine_scale: float = ModelConfig.cosine_scale
-    layover_stage: int = ModelConfig.layover_stage
-    layover_hidden: int = ModelConfig.layover_hidden
-    cnn_width: int = ModelConfig.cnn_width
     # loss and outliers
     outlier_mode: str = ModelConfig.outlier_mode
     kl_alpha: float = LossConfig.kl_alpha
@@ -99,9 +96,10 @@ class TrialConfig:
     shifted_train_fraction: float = 0.0
     shifted_holdout: str = ""
     shift_severity: float = 0.5
-    # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for
-    tau_super: float = 0.99
-    tau_sub: float = 0.85
+    # post-hoc settings; the grid sweeps them anyway, these are the single point a user asked for.
+    # τ: the share of a level's seen validation images called novel, whatever the score (hiertune.novelty.posthoc)
+    tau_super: float = 0.05
+    tau_sub: float = 0.1
     novelty_score: str = "msp"
     shifted_weight: float = 0.5  # share of seen_shifted in the `seen` objective
     scorer_images: int = 4096  # training images the feature scorers are fitted on each epoch; 0: all
@@ -115,26 +113,25 @@ class TrialConfig:
     faults: str = ""
 
     def __post_init__(self) -> None:
-        _choice("family", self.family, None)
-        _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
-        _choice("outlier_mode", self.outlier_mode, OUTLIER_MODES)
+        self.model_config()  # the family and the model's settings validate themselves
+        for settings in family_settings():  # and every family's own, though only one family reads them
+            settings(**{f.name: getattr(self, f.name) for f in fields(settings)})
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("novelty_score", self.novelty_score, SCORES)
+        _choice("novelty_score", self.novelty_score, list_scores())
         _choice("device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("lr", "cosine_scale"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "data_size", "image_size", "gradual_every", "cnn_width"):
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "batch_size", "data_size", "image_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, limit in SIZE_LIMITS.items():
             if getattr(self, name) > limit:
                 raise UserError(f"{name} must be <= {limit:,}, got {getattr(self, name):,}")
-        for name in ("weight_decay", "mixup_alpha", "dropout", "warmup_epochs", "unfreeze_depth", "threads",
-                     "trial_number", "feature_views", "scorer_images"):
+        for name in ("weight_decay", "mixup_alpha", "warmup_epochs", "threads", "trial_number", "feature_views",
+                     "scorer_images"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("tau_super", "tau_sub", "dropout", "momentum", "corrupt_p", "corrupt_severity", "shifted_weight"):
+        for name in ("tau_super", "tau_sub", "momentum", "corrupt_p", "corrupt_severity", "shifted_weight"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.outlier_count is not None and self.outlier_fraction is not None:
@@ -179,16 +176,20 @@ class TrialConfig:
         return asdict(self)
 
     def used_settings(self) -> dict:
-        """The settings this trial's family reads: a cnn has no backbone, only dualhead has a KL term."""
-        return {k: v for k, v in asdict(self).items()
-                if self.family in _ONLY.get(k, (self.family,)) and not (self.family == "cnn" and k in _TIMM)}
+        """The settings this trial's family reads: its own, not other families'; a backbone's only
+        with one, the KL term's only where it applies (the family's traits say)."""
+        spec = family(self.family)
+        others = {f.name for s in family_settings() if s is not spec.settings for f in fields(s)}
+        skip = others | set(() if spec.uses_backbone else _TIMM) | set(() if spec.kl_loss else _KL)
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def model_config(self) -> ModelConfig:
-        names = {f.name for f in fields(ModelConfig)}
-        return ModelConfig(**{k: v for k, v in asdict(self).items() if k in names})
+        own = fields(family(self.family).settings)
+        return ModelConfig.of(self.family, **{name: getattr(self, name) for name in _MODEL_FIELDS if name != "family"},
+                              **{f.name: getattr(self, f.name) for f in own})
 
     def loss_config(self) -> LossConfig:
-        return LossConfig(kl_alpha=self.kl_alpha if self.family == "dualhead" else 0.0,
+        return LossConfig(kl_alpha=self.kl_alpha if family(self.family).kl_loss else 0.0,
                           kl_temperature=self.kl_temperature, oe_weight=self.oe_weight,
                           label_smoothing=self.label_smoothing, outlier_levels=self.outlier_levels,
                           outlier_weight=self.outlier_weight)
@@ -213,11 +214,9 @@ class TrialConfig:
                            holdout=tuple(n.strip() for n in self.shifted_holdout.split(";") if n.strip()))
 
     def augment_config(self) -> AugmentConfig:
-        # A timm backbone gets the statistics and resampling it was trained with, pretrained or
-        # not (the weights a from-scratch run could later load expect them); the cnn family
-        # keeps [-1, 1] as seed 001.
-        own = dict(mean=(0.5,) * 3, std=(0.5,) * 3) if self.family == "cnn" else backbone_input(self.backbone)
-        pipeline = {**own, "size": self.image_size}
+        # The family's: a timm backbone gets the statistics and resampling it was trained with,
+        # pretrained or not (the weights a from-scratch run could later load expect them).
+        pipeline = {**family(self.family).input_pipeline(self.model_config()), "size": self.image_size}
         return AugmentConfig(**pipeline) if self.augment else AugmentConfig.none(**pipeline)
 
     def torch_threads(self, cpus: float | None = None) -> int:
@@ -226,9 +225,7 @@ class TrialConfig:
         return max(1, int(cpus)) if cpus else max(1, len(os.sched_getaffinity(0)))
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...] | None) -> None:
-    if allowed is None:
-        allowed = tuple(list_families())
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UserError(f"unknown {name} {value!r}{did_you_mean(value, allowed, list_known=True)}")
 

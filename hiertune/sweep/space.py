@@ -18,6 +18,8 @@ trial's front hypervolume), moasha (MO-ASHA on the fronts themselves, hiertune.s
 (no early stopping: every trial runs max_t epochs). Thresholds and the novelty score are post-hoc by default
 (BRIEF): declared here like any parameter, they are evaluated on every trial's logits after
 the forward pass instead of being sampled, unless `posthoc: false` asks Optuna to sample them.
+What they declare is the grid (`SearchSpace.posthoc_grid`): τ within the declared range (τ is the
+share of seen validation images called novel, hiertune.novelty.posthoc), only the declared scores.
 """
 
 from __future__ import annotations
@@ -31,16 +33,19 @@ from typing import Any
 
 import yaml
 
-from hiertune.config import TrialConfig, coerce
+from hiertune.training.config import TrialConfig, coerce
 from hiertune.errors import UserError, did_you_mean, first_line
 from hiertune.models.backbone import check_backbone, check_weights_file
+from hiertune.models.registry import family
+from hiertune.novelty.posthoc import PosthocConfig, tau_grid
+from hiertune.novelty.registry import list_scores
 from hiertune.secrets import remember_uri
 from hiertune.sweep.budget import parse_duration
+from hiertune.sweep.schedulers import SCHEDULERS, SchedulerSettings
 
 POSTHOC_PARAMS = ("tau_super", "tau_sub", "novelty_score")
+TAUS = ("tau_super", "tau_sub")
 SAMPLERS = ("tpe", "nsga2", "random")
-# Each scheduler type and how the console, plots and summary name what it stopped.
-SCHEDULERS = {"asha": "ASHA", "moasha": "MO-ASHA", "fifo": "FIFO"}
 
 
 @dataclass(frozen=True)
@@ -81,33 +86,6 @@ class TuneSettings:
 
 
 @dataclass(frozen=True)
-class SchedulerSettings:
-    type: str = "asha"
-    max_t: int = 10
-    grace_period: int = 1
-    reduction_factor: int = 3
-    # MO-ASHA only: objective gaps up to this count as noise (hiertune.sweep.moasha). 0.01 is one
-    # image in a hundred, about the standard error of an accuracy on a thousand validation images.
-    epsilon: float = 0.01
-
-    @property
-    def label(self) -> str:
-        return SCHEDULERS[self.type]
-
-    @property
-    def rungs(self) -> tuple[int, ...]:
-        """The epochs at which the scheduler reads a trial's results (grace_period·η^k below
-        max_t, as Ray's ASHA and MO-ASHA place them, and max_t); FIFO reads only the last."""
-        if self.type == "fifo":
-            return ()
-        rungs, t = [], self.grace_period
-        while t < self.max_t:
-            rungs.append(t)
-            t *= self.reduction_factor
-        return (*rungs, self.max_t)
-
-
-@dataclass(frozen=True)
 class ResourceSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -145,7 +123,23 @@ class SearchSpace:
     def samples_thresholds(self) -> bool:
         """True when the space asks Optuna to sample the thresholds (`posthoc: false`): each trial
         is then judged, and enters the front, at its one sampled point instead of its grid."""
-        return any(p.name in ("tau_super", "tau_sub") for p in self.sampled)
+        return any(p.name in TAUS for p in self.sampled)
+
+    def posthoc_grid(self) -> PosthocConfig:
+        """The (score, τ_super, τ_sub) grid every trial evaluates, as the space declares it: a
+        declared τ over its range (spaced as declared: hiertune.novelty.posthoc.tau_grid) or its
+        choices, a declared score's choices; a fixed one as itself; one the space leaves out at
+        the default (every registered score, τ over [0, 1])."""
+        declared = {p.name: p for p in self.params if p.name in POSTHOC_PARAMS}
+
+        def values(name: str, default: tuple) -> tuple:
+            p = declared.get(name)
+            if p is not None:
+                return p.choices if p.type == "categorical" else tau_grid(p.low, p.high, p.log, p.step)
+            return (self.fixed[name],) if name in self.fixed else default
+
+        return PosthocConfig(scores=values("novelty_score", list_scores()), tau_super=values("tau_super", tau_grid()),
+                             tau_sub=values("tau_sub", tau_grid()))
 
     def trial_config(self, values: dict | None = None) -> TrialConfig:
         """Fixed settings + midpoints of active searched parameters + `values`, validated."""
@@ -308,8 +302,10 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         raise UserError(f"{path}: scheduler needs 1 <= grace_period <= max_t and reduction_factor >= 2 "
                         f"(got grace_period {sched.grace_period}, max_t {sched.max_t}, "
                         f"reduction_factor {sched.reduction_factor})")
-    if sched.type != "moasha" and sched.epsilon != SchedulerSettings.epsilon:
-        raise UserError(f"{path}: scheduler.epsilon is MO-ASHA's; scheduler.type is {sched.type!r}")
+    for name in {n for spec in SCHEDULERS.values() for n in spec.own_settings} - set(sched.spec.own_settings):
+        if getattr(sched, name) != getattr(SchedulerSettings, name):
+            owner = next(spec.label for spec in SCHEDULERS.values() if name in spec.own_settings)
+            raise UserError(f"{path}: scheduler.{name} is {owner}'s; scheduler.type is {sched.type!r}")
     if not 0 <= sched.epsilon < 1:
         raise UserError(f"{path}: scheduler.epsilon must be in [0, 1), got {sched.epsilon}")
     res = sections["resources"]
@@ -320,8 +316,20 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
     budget = parse_duration(raw.get("budget"), f"{path}: budget")
     space = SearchSpace(path, coerce(str, raw["family"], f"{path}: family"), fixed, params, storage=storage,
                         pick=pick, budget=budget, **sections)
+    _check_thresholds(space)  # before the midpoint trial, which would name a τ the space never wrote
     _check_trial(space)
     return space
+
+
+def _check_thresholds(space: SearchSpace) -> None:
+    """A τ outside [0, 1] is no share of images: refused in one line, as the range was written."""
+    for p in space.params:
+        if p.name in TAUS:
+            values = p.choices if p.type == "categorical" else (p.low, p.high)
+            if not all(0 <= v <= 1 for v in values):
+                written = list(values) if p.type == "categorical" else f"[{p.low}, {p.high}]"
+                raise UserError(f"{space.path}: search.{p.name}: τ is the share of seen validation images called "
+                                f"novel, in [0, 1]; got {written}")
 
 
 def _check_conditions(params: tuple[Param, ...], fixed: dict, trial_fields, path: Path) -> None:
@@ -363,7 +371,7 @@ def _check_trial(space: SearchSpace) -> None:
         if p.type == "categorical":
             for choice in p.choices:
                 space.trial_config({p.name: choice})
-    if base.family != "cnn":
+    if family(base.family).uses_backbone:
         try:
             check_backbone(base.backbone)
         except UserError as exc:

@@ -1,0 +1,51 @@
+"""What the sweep decides before its first trial: which frozen features it computes once for
+every trial, from the same answer the trials and the cost plan read (ModelConfig.backbone_frozen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hiertune.sweep import cost
+from hiertune.sweep.run import shared_frozen_config
+from hiertune.sweep.space import parse_space
+
+
+def space(family: str = "dualhead", fixed: dict | None = None, search: dict | None = None):
+    raw = {"family": family, "fixed": {"backbone": "resnet10t", "epochs": 2, **(fixed or {})},
+           "search": search or {}}
+    return parse_space(yaml.safe_load(yaml.safe_dump(raw)), Path("space.yaml"))
+
+
+@pytest.mark.parametrize("fixed, search, shared", [
+    ({"finetune": "linear"}, {}, True),
+    ({"finetune": "partial", "unfreeze_depth": 0}, {}, True),  # no stage unfrozen: frozen, as the trials see it
+    ({"finetune": "partial", "unfreeze_depth": 1}, {}, False),
+    ({"finetune": "gradual", "unfreeze_depth": 0}, {}, False),  # grows a stage from epoch 1 on
+    ({"finetune": "partial"}, {"unfreeze_depth": {"type": "int", "low": 0, "high": 3}}, True),
+    ({"finetune": "partial"}, {"unfreeze_depth": {"type": "categorical", "choices": [1, 2]}}, False),
+    ({}, {"finetune": {"type": "categorical", "choices": ["full", "partial"]},
+          "unfreeze_depth": {"type": "int", "low": 0, "high": 2}}, True),
+    ({"finetune": "linear", "feature_views": 0}, {}, False),  # no cached features asked for
+])
+def test_the_sweep_shares_features_whenever_a_trial_can_freeze_its_backbone(fixed, search, shared):
+    s = space(fixed=fixed, search=search)
+    frozen = shared_frozen_config(s)
+    assert (frozen is not None) == shared
+    if frozen is not None:
+        assert frozen.model_config().backbone_frozen
+
+
+def test_an_always_frozen_family_shares_them_whatever_finetune_says():
+    assert shared_frozen_config(space("layover", {"finetune": "full", "layover_hidden": 8})) is not None
+    assert shared_frozen_config(space("cnn", {"cnn_width": 4})) is None  # no backbone
+
+
+@pytest.mark.parametrize("fixed", [{"finetune": "partial", "unfreeze_depth": 0}, {"finetune": "partial"},
+                                   {"finetune": "linear"}, {"finetune": "full"}])
+def test_the_cost_plan_calls_frozen_what_the_model_does(fixed):
+    (kind,) = cost.space_kinds(space(fixed=fixed))
+    frozen = kind.cfg.model_config().backbone_frozen
+    assert kind.cached == frozen and ("(cached features)" in kind.label()) == frozen
