@@ -129,6 +129,10 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
     print(f"    bare loop, one after another   {t_bare:7.1f} s")
     print(f"    hiertune sweep, 1 x 2-CPU trial {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
           f"(target <= {target}: {'OK' if t_sweep / t_bare <= target else 'ABOVE'})")
+    # Where the sweep's time went: Tune's run of the trials, and what comes before and after it
+    # (Ray's start, the shared features, the cost probe, MLflow; the front, plots and importance).
+    print(f"      of which Ray Tune running the trials {res.wall_seconds:6.1f} s, before and after it "
+          f"{t_sweep - res.wall_seconds:6.1f} s")
     last = [EpochMetrics.from_flat(t.metrics) for t in trials if t.status != "failed"]
     if last:
         ray_s = statistics.mean(t.metrics["time_this_iter_s"] for t in trials if t.status != "failed")  # Ray's own

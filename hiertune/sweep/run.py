@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 
 from hiertune import secrets, storage
@@ -123,9 +124,12 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
                                             overrides=overrides, cache_dir=str(Path(cache_root).resolve()),
                                             inputs=data_inputs(bundle)))
             place.publish(place.dir / SWEEP_JSON)
-        features = shared_features(space, bundle, cache_root)
+        # A local Ray without GPUs runs its tasks on these same CPUs: the driver's own work then
+        # runs here, sparing a worker's start (importing torch and timm) and the copies back.
+        here = address is None and not fitted.gpus
+        features = shared_features(space, bundle, cache_root, here)
         if not resume:
-            space = _cost_plan(space, bundle, features, fitted, here=address is None and not fitted.gpus)
+            space = _cost_plan(space, bundle, features, fitted, here)
         return _run(space, place, bundle, features, recorder, resume, verbose)
 
 
@@ -186,9 +190,10 @@ def ray_session(address: str | None, cpus_per_task: float) -> Iterator[None]:
             ray.shutdown()
 
 
-def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStore:
+def shared_features(space: SearchSpace, bundle, cache_root: Path, here: bool = False) -> FeatureStore:
     """The frozen-backbone features every frozen trial of the space can read, computed once by a
-    Ray task with a trial's device and a node's CPUs; empty when no trial freezes its backbone. Trials get the
+    Ray task with a trial's device and a node's CPUs (`here`: in this process, on the CPUs a local
+    Ray without GPUs would give the task); empty when no trial freezes its backbone. Trials get the
     store through Ray's object store with the bundle; the disk cache serves the other keys."""
     store = FeatureStore(cache_root)
     frozen = shared_frozen_config(space)
@@ -197,15 +202,22 @@ def shared_features(space: SearchSpace, bundle, cache_root: Path) -> FeatureStor
     # Before any trial starts: the largest node's CPUs, which extraction splits its images across.
     cpus = max([space.resources.cpus_per_trial,
                 *(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive"))])
-    task = ray.remote(precompute_features).options(num_cpus=cpus, num_gpus=space.resources.gpus_per_trial,
-                                                   max_retries=0)
     start = time.perf_counter()
-    try:
-        store = ray.get(task.remote(frozen, bundle, store, cpus))
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, UserError):
-            raise UserError(str(exc.cause)) from None
-        raise
+    if here:
+        threads = torch.get_num_threads()
+        try:
+            store = precompute_features(frozen, bundle, store, cpus)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        task = ray.remote(precompute_features).options(num_cpus=cpus, num_gpus=space.resources.gpus_per_trial,
+                                                       max_retries=0)
+        try:
+            store = ray.get(task.remote(frozen, bundle, store, cpus))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, UserError):
+                raise UserError(str(exc.cause)) from None
+            raise
     log.info("frozen %s features of %d image pool(s) ready in %.1fs", frozen.backbone, len(store.sets),
              time.perf_counter() - start)
     return store

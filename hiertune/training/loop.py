@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
+from hiertune.data.dataset import load_competition
 from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.models.registry import Heads, ModelOutput, create_model, family
 from hiertune.novelty.metrics import leaderboard_metrics
@@ -38,7 +39,7 @@ from hiertune.training.checkpoint import TrainState
 from hiertune.training.device import autocast as amp_autocast
 from hiertune.training.device import pick_device, precision
 from hiertune.training.faults import TrialDiverged, fault_for
-from hiertune.training.features import Corruption, FeatureStore, frozen_inputs
+from hiertune.training.features import Corruption, FeatureStore, frozen_inputs, image_features
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
@@ -46,6 +47,11 @@ from hiertune.training.records import EpochMetrics
 
 log = logging.getLogger("hiertune")
 Report = Callable[[EpochMetrics, Path], None]
+# One evaluation memo per process, not per trial: the next trial that reads the same frozen
+# features (on a reused Ray actor, or in a loop) finds what depends on them alone already fitted,
+# and starts as warm as its later epochs. Entries match by value (Memo.canonical) and a few per
+# name are kept, so another split, backbone or a trained backbone's new features just miss.
+PROCESS_MEMO = Memo()
 
 
 def heads_for(bundle: DataBundle, cfg: TrialConfig) -> Heads:
@@ -97,7 +103,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
     metrics = None
-    memo = Memo()  # feature statistics and feature-only scores, computed again only when features change
+    memo = PROCESS_MEMO  # feature statistics and feature-only scores, computed again only when features change
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
         train = train_epoch(state, epoch, cfg, heads, data, device, autocast, scaler, poison, progress)
@@ -347,6 +353,14 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     torch.manual_seed(cfg.seed)
     model, augment = build(cfg, heads_for(bundle, cfg), pick_device(cfg.device), trains=False)
     cached_inputs(cfg, bundle, model, augment, store)
+    if store.cache_root is not None and bundle.data.test_names:
+        # export-best predicts the test set through the same frozen backbone: its features go to
+        # the disk cache with the pools', where the export reads them (kept out of `store`, which
+        # travels to every trial).
+        test = load_competition(bundle.data.root, cfg.data_size, store.cache_root, with_test=True).test_images
+        device = augment.device
+        image_features(model, test, augment, cfg.image_size, 1, device, amp_autocast(device, cfg.amp),
+                       str(precision(device, cfg.amp)), store, "test_images", keep=False)
     return store
 
 
@@ -364,8 +378,11 @@ def forward_all(model, inputs: ImageInputs | FeatureInputs, device: torch.device
         with autocast():
             out = inputs.forward(model, x)
         for key, t in zip(parts, (out.super_logits, out.sub_logits, out.super_features, out.sub_features)):
-            parts[key].append(t.float().cpu())
-    return ModelOutput(*(torch.cat(v) for v in parts.values()))
+            parts[key].append(parts["sf"][-1] if key == "uf" and t is out.super_features else t.float().cpu())
+    sl, ul, sf = (torch.cat(parts[key]) for key in ("sl", "ul", "sf"))
+    # Both levels reading one feature (dualhead) get one tensor, which evaluation then sees once.
+    shared = all(u is f for u, f in zip(parts["uf"], parts["sf"]))
+    return ModelOutput(sl, ul, sf, sf if shared else torch.cat(parts["uf"]))
 
 
 def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: np.ndarray, heads: Heads,

@@ -5,6 +5,7 @@ depend on, and a damaged cache file is computed again."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from contextlib import nullcontext
@@ -26,7 +27,9 @@ from hiertune.models.dualhead import DualHead
 from hiertune.models.layover import Layover
 from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
+from hiertune.novelty.memo import Memo
 from hiertune.training import checkpoint as ckpt
+from hiertune.training import loop
 from hiertune.training.loop import forward_all, heads_for, run_trial
 from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
@@ -111,6 +114,30 @@ def test_a_second_trial_reads_the_cache_without_a_backbone_pass(bundle, data_dir
     # A trial with another seed has other random weights: other features.
     trial(bundle, data_dir, second, family="dualhead", epochs=1, seed=1)
     assert second.computed == 3
+
+
+def test_the_next_trial_in_a_process_reuses_feature_statistics_and_matches_a_cold_one(bundle, data_dir, tmp_path,
+                                                                                      monkeypatch):
+    store = FeatureStore(tmp_path)
+    monkeypatch.setattr(loop, "PROCESS_MEMO", Memo())
+    cold = trial(bundle, data_dir, store, family="dualhead")
+    fitted = []
+    get = Memo.get
+
+    def counting(self, name, inputs, compute):
+        return get(self, name, inputs, lambda: (fitted.append(name), compute())[1])
+
+    monkeypatch.setattr(Memo, "get", counting)
+    warm = trial(bundle, data_dir, store, family="dualhead")
+    # What depends on the frozen features alone was fitted by the trial before; only what reads
+    # this trial's heads is computed.
+    assert fitted and not [n for n in fitted if n.startswith(("bank", "knn", "covariance", "background",
+                                                              "class_distances", "seen_rows"))], fitted
+    assert len(cold) == len(warm) == 2
+    for (a, _), (b, _) in zip(cold, warm):
+        for key, value in a.items():
+            if isinstance(value, float) and not key.endswith(("seconds", "_per_s")):
+                assert value == b[key] or (math.isnan(value) and math.isnan(b[key])), key
 
 
 def test_shared_sets_serve_a_trial_without_disk_or_backbone(bundle, data_dir, tmp_path, count_backbone):
@@ -338,12 +365,22 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    # By the driver: labeled, outliers, seen_shifted, and the corrupted views of the two training pools.
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 5
+    # By the driver: labeled, outliers, seen_shifted, the corrupted views of the two training pools,
+    # and the test set that export-best predicts.
+    cached = sorted((cache_root / "features").glob("*.safetensors"))
+    assert len(cached) == 6
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
         assert record.metrics["features_computed"] == 0, record.metrics
+    # The export's predictions on the test set read what the sweep computed (its retraining
+    # computes the seen_shifted pool of its own calibration split).
+    exported = cli("export-best", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert exported.code == 0, exported.err[-3000:]
+    rows = json.loads(exported.out)["exports"][0]["rows"]
+    new = set((cache_root / "features").glob("*.safetensors")) - set(cached)
+    assert rows > 0 and rows in {len(load_file(path)["pooled"]) for path in cached}
+    assert rows not in {len(load_file(path)["pooled"]) for path in new}
 
 
 @pytest.mark.parametrize("family, finetune, depth, frozen", [
