@@ -24,14 +24,17 @@ from pathlib import Path
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.errors import UserError
-from hiertune.export.predictor import (ENSEMBLE, MEMBERS, METRICS, SUB_MAP, SUPER_MAP, ExportedModel, write_json)
+from hiertune.export.predictor import (ENSEMBLE, MEMBERS, METRICS, SUB_MAP, SUPER_MAP, ExportedModel, Thresholds,
+                                      write_json)
 from hiertune.export.retrain import RetrainOutput, calibrate_point
 from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import Selection, combine, ensemble_grid, select
 from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES
 from hiertune.novelty.posthoc import GROUP_KEYS, PosthocConfig
+from hiertune.novelty.records import GridPoint
 from hiertune.novelty.scores import score_levels
 from hiertune.sweep.front import Pick
+from hiertune.sweep.records import FrontPoint
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
 from hiertune.training.features import FeatureStore
@@ -46,20 +49,20 @@ SHARED = ("backbone", "pretrained", "image_size", "data", "outliers", "data_size
 @dataclass
 class EnsemblePlan:
     members: list[tuple[TrialRecord, int]]  # trial, weight (times picked)
-    point: dict  # the ensemble's point on its own front, as a sweep front point reads
-    front: list[dict]  # the ensemble's own post-hoc front
+    point: FrontPoint  # the ensemble's point on its own front, under the ensemble's name
+    front: list[GridPoint]  # the ensemble's own post-hoc front
     selection: Selection
     library: list[str]  # the trials it chose from
 
 
-def plan_ensemble(trials: dict[str, TrialRecord], anchor: dict, pick: Pick, size: int, cache_root: Path
+def plan_ensemble(trials: dict[str, TrialRecord], anchor: FrontPoint, pick: Pick, size: int, cache_root: Path
                   ) -> EnsemblePlan:
     """Choose the members (selection on the sweep's validation split) and the ensemble's point."""
     if size < 2:
         raise UserError(f"--ensemble must be >= 2 (picks, with replacement), got {size}")
-    first = trials[anchor["trial_id"]]
+    first = trials[anchor.trial_id]
     base = TrialConfig.from_dict(first.config, where=f"{first.name} config")
-    if base.family == "cnn" or not (base.finetune == "linear" or base.family == "layover"):
+    if not base.model_config().backbone_frozen:
         raise UserError(f"--ensemble combines heads on one frozen backbone; the picked point's trial {first.name} "
                         f"trains its backbone (finetune {base.finetune})")
     library = [t for t in trials.values() if t.checkpoint and t.status != "failed" and t.config
@@ -85,19 +88,21 @@ def plan_ensemble(trials: dict[str, TrialRecord], anchor: dict, pick: Pick, size
     front = ensemble_grid(batch, heads, grid).front
     members = [(library[i], chosen.counts[i]) for i in chosen.members]
     name = "ensemble(" + ", ".join(f"{t.name}×{w}" if w > 1 else t.name for t, w in members) + ")"
-    point = {**pick.rank(front)[0], "trial": name, "trial_id": "+".join(t.trial_id for t, _ in members),
-             "epochs": max(t.epochs for t, _ in members), "members": [[t.trial_id, w] for t, w in members]}
+    # As a front point: the members and weights stand as its parameters, so an export of another
+    # ensemble is never taken for this one (hiertune.export.versions).
+    point = FrontPoint(name, "+".join(t.trial_id for t, _ in members), "completed",
+                       max(t.epochs for t, _ in members), {t.name: w for t, w in members}, pick.rank(front)[0])
     return EnsemblePlan(members, point, front, chosen, [t.name for t in library])
 
 
 def _shares_features(a: TrialConfig, b: TrialConfig) -> bool:
-    frozen = b.family != "cnn" and (b.finetune == "linear" or b.family == "layover")
-    return frozen and all(getattr(a, k) == getattr(b, k) for k in SHARED)
+    return b.model_config().backbone_frozen and all(getattr(a, k) == getattr(b, k) for k in SHARED)
 
 
-def member_point(plan: EnsemblePlan, trial: TrialRecord) -> dict:
-    """What a member's retraining is told: the ensemble's point (its score and rates), the member's trial and epochs."""
-    return {**plan.point, "trial": trial.name, "trial_id": trial.trial_id, "epochs": trial.epochs}
+def member_point(plan: EnsemblePlan, trial: TrialRecord) -> FrontPoint:
+    """What a member's retraining is told: the ensemble's grid point (its score and rates), the
+    member's trial and epochs."""
+    return FrontPoint(trial.name, trial.trial_id, trial.status, trial.epochs, trial.params, plan.point.point)
 
 
 def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundle, heads: Heads,
@@ -115,29 +120,31 @@ def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundl
             dirs.append(f"{MEMBERS}/{i}")
         for name in (SUPER_MAP, SUB_MAP):
             (root / name).write_bytes(outputs[0].files[name])
-        point = plan.point
+        point = plan.point.point
         entries = [{"dir": d, "weight": w, "trial": t.name, "trial_id": t.trial_id}
                    for d, (t, w) in zip(dirs, plan.members)]
         # Thresholds that accept everything until calibrated: the ensemble loads as it will be predicted.
-        write_json(root / ENSEMBLE, {"members": entries, "score": point["score"], "thr_super": "-inf",
+        write_json(root / ENSEMBLE, {"members": entries, "score": point.score, "thr_super": "-inf",
                                      "thr_sub": "-inf"})
         model = ExportedModel.load(root, device=calib_cfg.device, features=FeatureStore(cache_root))
         calib = bundle.for_trial(calib_cfg.outlier_count, calib_cfg.outlier_fraction)
         out = model.forward_images(calib.val_images)
-        scores = score_levels(out, heads, point["score"])
+        scores = score_levels(out, heads, point.score)
         thr_super, thr_sub, calibration = calibrate_point(scores, calib, heads, point, calib_cfg.shifted_weight)
+        figures = point.figures()
         write_json(root / ENSEMBLE, {
-            "members": entries, "score": point["score"], "thr_super": thr_super, "thr_sub": thr_sub,
+            "members": entries, "score": point.score, "thr_super": thr_super, "thr_sub": thr_sub,
             "rule": "the members' logits averaged with their weights; each level's threshold accepts the fraction "
                     "of seen calibration images that the ensemble's point accepted of seen validation images",
             "selection": {"picks": sum(w for _, w in plan.members), "hypervolume": plan.selection.hypervolume,
                           "best_single_hypervolume": plan.selection.single, "steps": list(plan.selection.steps),
                           "library": plan.library},
-            "point": {k: point[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
-                                            "accept_sub", "accept_shifted_super", "accept_shifted_sub") if k in point}})
+            "point": {k: figures[k] for k in ("tau_super", "tau_sub", "thr_super", "thr_sub", "accept_super",
+                                              "accept_sub", "accept_shifted_super", "accept_shifted_sub")}})
         write_json(root / METRICS, {
-            "validation": {k: point[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS) if k in point},
-            "calibration": calibration,
+            "validation": {k: figures[k] for k in (*ACCURACIES, *OBJECTIVES, *GROUP_KEYS)},
+            "calibration": calibration.to_dict(),
             "members": [json.loads(o.files[METRICS]) for o in outputs]})
         files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    return RetrainOutput(files, calibration, sum(o.seconds for o in outputs))
+    return RetrainOutput(files, calibration, Thresholds(point.score, thr_super, thr_sub),
+                         sum(o.seconds for o in outputs))

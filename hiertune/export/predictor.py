@@ -94,6 +94,30 @@ class Predictions:
             writer.writerow(head)
             writer.writerows(zip(*columns))
 
+    def novel_superclass(self, heads: Heads) -> int:
+        return int((self.superclass == heads.n_super).sum())
+
+    def novel_subclass(self, heads: Heads) -> int:
+        return int((self.subclass == heads.n_sub).sum())
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What `hiertune predict` wrote."""
+
+    output: str
+    rows: int
+    model_dir: str
+    novel_superclass: int  # rows predicted a novel superclass
+    novel_subclass: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        return (f"wrote {self.output}: {self.rows:,} rows ({self.novel_superclass:,} novel superclass, "
+                f"{self.novel_subclass:,} novel subclass)")
+
 
 class ExportedModel:
     """A loaded model directory: `predict_folder` / `predict_images` give the submission's indices."""

@@ -195,13 +195,25 @@ class FeatureStore:
         path = self.path(key)
         found = _read(path, key, n) if path is not None and path.exists() else None
         if found is None:
-            found = compute()
-            self.computed += 1
-            if path is not None:
-                with atomic_file(path) as tmp:
-                    save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp,
-                              metadata={"key": key, DIGEST_KEY: content_digest(found)})
+            found = self._compute(key, compute)
         self.sets[key] = found
+        return found
+
+    def fill(self, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Computes the features under `key` into the disk cache unless a file is there, keeping
+        nothing here: for another process to read (an export's test set). A damaged file is its
+        reader's to replace (`get`)."""
+        path = self.path(key)
+        if path is not None and not path.exists():
+            self._compute(key, compute)
+
+    def _compute(self, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        found = compute()
+        self.computed += 1
+        if (path := self.path(key)) is not None:
+            with atomic_file(path) as tmp:
+                save_file({name: torch.from_numpy(a) for name, a in found.items()}, tmp,
+                          metadata={"key": key, DIGEST_KEY: content_digest(found)})
         return found
 
 
@@ -259,13 +271,19 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
 
 def image_features(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, image_size: int, views: int,
                    device: torch.device, autocast: Callable, precision: str, store: FeatureStore, label: str,
-                   weights: str | None = None, digest: str | None = None) -> dict[str, np.ndarray]:
+                   weights: str | None = None, digest: str | None = None, keep: bool = True
+                   ) -> dict[str, np.ndarray] | None:
     """The frozen features of `images` (name -> [N, views, ...]) through `store`: a pool of a
-    trial, or the images export and predict run a model with a frozen backbone on."""
+    trial, or the images export and predict run a model with a frozen backbone on. `keep` False:
+    only into the disk cache, for another process (returns None)."""
     key = feature_key(model, weights or weights_digest(model), augment.config, image_size, views,
                       digest or images_digest(images), precision)
-    return store.get(key, len(images), lambda: extract(model, images, augment, views, device, autocast,
-                                                       label=f"{label} ({len(images)} images)"))
+    compute = lambda: extract(model, images, augment, views, device, autocast,  # noqa: E731
+                              label=f"{label} ({len(images)} images)")
+    if not keep:
+        store.fill(key, compute)
+        return None
+    return store.get(key, len(images), compute)
 
 
 def corruption_key(views_key: str, corruption: Corruption) -> str:

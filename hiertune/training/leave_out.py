@@ -17,7 +17,6 @@ ensemble of its models the same way (hiertune.novelty.ensemble) and reports it b
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,7 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import combine, ensemble_grid, select
-from hiertune.novelty.photos import PHOTO_KEYS, metric_name, photo_results
+from hiertune.novelty.photos import PHOTO_KEYS, photo_results, species_results
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, posthoc_grid
 from hiertune.novelty.scores import FeatureScorer
 from hiertune.training.config import TrialConfig
@@ -59,6 +58,22 @@ class LeaveOut:
     @property
     def ensemble_mean(self) -> dict[str, float]:
         return mean_figures(self.ensemble)
+
+    def to_dict(self) -> dict:
+        return {"species": self.species, "mean": self.mean}
+
+    def render(self) -> str:
+        """The `hiertune leave-out` table: per held-out species, then the mean."""
+        header = (f"{'held-out species':<28} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
+                  f"{'novel_sub':>9} {'novel_super':>11}")
+        rows = [*self.species.items(), ("mean", self.mean)]
+        return "\n".join([header, *(f"{name:<28} " + " ".join(f"{m[k]:>{w}.3f}" for k, w in _COLUMNS)
+                                     for name, m in rows)])
+
+
+# The table's columns and widths, in order.
+_COLUMNS = (("photos_super_acc", 11), ("photos_sub_acc", 9), ("photos_called_novel", 12), ("seen_acc", 6),
+            ("novel_sub_acc", 9), ("novel_super_acc", 11))
 
 
 def mean_figures(species: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -135,8 +150,7 @@ def _figures(batch: EvalBatch, scorers: dict[str, FeatureScorer] | None, model: 
     result = posthoc_grid(subset, heads, grid, scorers) if scorers is not None else ensemble_grid(subset, heads, grid)
     point = result.recommended
     photos = photo_results(batch, heads, point, scorers, held, model.subclass_names)
-    return {name: {**{k: photos.get(f"{k}.{metric_name(name)}", math.nan) for k in PHOTO_KEYS},
-                   **{k: point[k] for k in GROUP_KEYS}} for name in names}
+    return {name: {**species_results(photos, name), **{k: getattr(point, k) for k in GROUP_KEYS}} for name in names}
 
 
 def _species(cfg: TrialConfig, cache_root: Path) -> list[str]:
@@ -145,13 +159,3 @@ def _species(cfg: TrialConfig, cache_root: Path) -> list[str]:
     names = bundle.data.hierarchy.subclasses
     photos = bundle.shifted.subclass[bundle.shifted.photo]
     return [names[s] for s in np.unique(photos)]
-
-
-def render(result: dict) -> str:
-    """The `hiertune leave-out` table: per held-out species, then the mean."""
-    header = (f"{'held-out species':<28} {'photo super':>11} {'photo sub':>9} {'called novel':>12} {'seen':>6} "
-              f"{'novel_sub':>9} {'novel_super':>11}")
-    rows = [*result["species"].items(), ("mean", result["mean"])]
-    return "\n".join([header, *(f"{name:<28} {m['photos_super_acc']:>11.3f} {m['photos_sub_acc']:>9.3f} "
-                                 f"{m['photos_called_novel']:>12.3f} {m['seen_acc']:>6.3f} {m['novel_sub_acc']:>9.3f} "
-                                 f"{m['novel_super_acc']:>11.3f}" for name, m in rows)])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -52,7 +52,7 @@ def ensemble_dir(tmp_path_factory):
         run_trial(cfg, bundle, lambda m, d, ckpt=ckpt: shutil.copytree(d, ckpt, dirs_exist_ok=True))
         trials[f"t{k}"] = TrialRecord(f"t{k}", f"trial-{k:02d}", "completed", cfg.epochs, {}, str(ckpt), {},
                                       config=cfg.to_dict())
-    plan = plan_ensemble(trials, {"trial_id": "t0"}, Pick("knee"), 3, tmp_path / "cache")
+    plan = plan_ensemble(trials, SimpleNamespace(trial_id="t0"), Pick("knee"), 3, tmp_path / "cache")
     outputs, cfgs = [], []
     for i, (trial, _) in enumerate(plan.members, 1):
         cfg = retrain_config(trial, member_point(plan, trial), 0.3)
@@ -70,7 +70,7 @@ def ensemble_dir(tmp_path_factory):
 def test_an_ensemble_export_averages_its_members_and_calibrates_on_its_own_scores(ensemble_dir, tmp_path):
     root, plan, bundle, cfg = ensemble_dir
     # The cnn trains its backbone: never in the library of heads on one frozen backbone.
-    assert plan.library == ["trial-00", "trial-01"] and plan.point["score"] in logit_scores()
+    assert plan.library == ["trial-00", "trial-01"] and plan.point.score in logit_scores()
     assert 1 <= sum(w for _, w in plan.members) <= 3 and plan.selection.hypervolume >= plan.selection.single
     model = ExportedModel.load(root, features=None)
     assert isinstance(model, EnsembleModel) and len(model.members) == len(plan.members)
@@ -81,9 +81,9 @@ def test_an_ensemble_export_averages_its_members_and_calibrates_on_its_own_score
     assert torch.allclose(joint.sub_logits, sum(w * o.sub_logits for w, o in zip(weights, outs)), atol=1e-5)
     # The thresholds: the ensemble's own scores of the calibration split at its point's acceptance.
     calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    scores = score_levels(model.forward_images(calib.val_images), model.heads, plan.point["score"])
+    scores = score_levels(model.forward_images(calib.val_images), model.heads, plan.point.score)
     saved = json.loads((root / ENSEMBLE).read_text())
-    expected = calibrate_point(scores, calib, model.heads, plan.point, cfg.shifted_weight)
+    expected = calibrate_point(scores, calib, model.heads, plan.point.point, cfg.shifted_weight)
     assert (float(saved["thr_super"]), float(saved["thr_sub"])) == expected[:2]
     assert saved["selection"]["library"] == plan.library
     predictions = model.predict_images([f"{i}.jpg" for i in range(7)], images)

@@ -5,6 +5,7 @@ depend on, and a damaged cache file is computed again."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from contextlib import nullcontext
@@ -15,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import FAST, trial_bundle
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.corrupt import corrupt_batch
-from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SHIFTED
 from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.errors import UserError
@@ -26,7 +27,9 @@ from hiertune.models.dualhead import DualHead
 from hiertune.models.layover import Layover
 from hiertune.models.registry import Heads, create_model
 from hiertune.sweep.state import load_trials
+from hiertune.novelty.memo import Memo
 from hiertune.training import checkpoint as ckpt
+from hiertune.training import loop
 from hiertune.training.loop import forward_all, heads_for, run_trial
 from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
                                         weights_digest)
@@ -34,8 +37,9 @@ from hiertune.training.inputs import FeatureInputs, ImageInputs
 
 SIZE = 32
 TINY = SynthConfig(train_per_subclass=4, test_per_subclass=1, novel_superclass_test_images=4, outlier_per_class=6)
-FAST = dict(backbone="resnet10t", finetune="linear", epochs=2, batch_size=16, threads=1, augment=False,
-            layover_hidden=16, image_size=SIZE)
+# Frozen backbones on the tiny set: two epochs read the cached features once computed.
+FEATURES = {**FAST, "finetune": "linear", "epochs": 2, "batch_size": 16, "augment": False, "layover_hidden": 16,
+            "image_size": SIZE}
 COMPARED = ("train_loss", "val_loss", "seen", "unseen", "hypervolume", "closed_seen_sub_acc",
             "hypervolume_mahalanobis", "hypervolume_knn", "super_auroc_msp")
 
@@ -49,17 +53,16 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(data_dir, tmp_path_factory):
-    cfg = TrialConfig(data=str(data_dir))
-    return load_bundle(cfg.data, None, SIZE, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+    return trial_bundle(data_dir, tmp_path_factory.mktemp("cache"), SIZE)
 
 
 def trial(bundle, data_dir, store=None, **overrides):
     reports = []
 
-    def report(metrics: dict, checkpoint: Path) -> None:
-        reports.append((metrics, load_file(checkpoint / ckpt.MODEL)))
+    def report(metrics, checkpoint: Path) -> None:
+        reports.append((metrics.flat(), load_file(checkpoint / ckpt.MODEL)))
 
-    cfg = TrialConfig(data=str(data_dir), **{**FAST, **overrides})
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, **overrides})
     run_trial(cfg, bundle, report, features=store)
     return reports
 
@@ -111,6 +114,30 @@ def test_a_second_trial_reads_the_cache_without_a_backbone_pass(bundle, data_dir
     # A trial with another seed has other random weights: other features.
     trial(bundle, data_dir, second, family="dualhead", epochs=1, seed=1)
     assert second.computed == 3
+
+
+def test_the_next_trial_in_a_process_reuses_feature_statistics_and_matches_a_cold_one(bundle, data_dir, tmp_path,
+                                                                                      monkeypatch):
+    store = FeatureStore(tmp_path)
+    monkeypatch.setattr(loop, "PROCESS_MEMO", Memo())
+    cold = trial(bundle, data_dir, store, family="dualhead")
+    fitted = []
+    get = Memo.get
+
+    def counting(self, name, inputs, compute):
+        return get(self, name, inputs, lambda: (fitted.append(name), compute())[1])
+
+    monkeypatch.setattr(Memo, "get", counting)
+    warm = trial(bundle, data_dir, store, family="dualhead")
+    # What depends on the frozen features alone was fitted by the trial before; only what reads
+    # this trial's heads is computed.
+    assert fitted and not [n for n in fitted if n.startswith(("bank", "knn", "covariance", "background",
+                                                              "class_distances", "seen_rows"))], fitted
+    assert len(cold) == len(warm) == 2
+    for (a, _), (b, _) in zip(cold, warm):
+        for key, value in a.items():
+            if isinstance(value, float) and not key.endswith(("seconds", "_per_s")):
+                assert value == b[key] or (math.isnan(value) and math.isnan(b[key])), key
 
 
 def test_shared_sets_serve_a_trial_without_disk_or_backbone(bundle, data_dir, tmp_path, count_backbone):
@@ -178,8 +205,8 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
     # With BN in train mode, `linear` would drift the running statistics from the images it sees,
     # and features cached once would no longer be what the backbone computes.
     torch.manual_seed(0)
-    initial = create_model(TrialConfig(**{**FAST, "finetune": "linear"}).model_config(),
-                           heads_for(bundle, TrialConfig(**FAST)))
+    initial = create_model(TrialConfig(**{**FEATURES, "finetune": "linear"}).model_config(),
+                           heads_for(bundle, TrialConfig(**FEATURES)))
     (_, weights), = trial(bundle, data_dir, family="dualhead", feature_views=0, epochs=1)
     for name, tensor in initial.state_dict().items():
         if name.startswith("backbones."):
@@ -187,7 +214,7 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
 
 
 def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path, caplog):
-    cfg = TrialConfig(**{**FAST, "augment": True, "feature_views": 3})
+    cfg = TrialConfig(**{**FEATURES, "augment": True, "feature_views": 3})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -220,7 +247,7 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
     """What export and predict rely on: the checkpoint holds the whole model, and images through
     it give what the cached features gave."""
     (_, weights), = trial(bundle, data_dir, FeatureStore(tmp_path), family="layover", epochs=1)
-    cfg = TrialConfig(**{**FAST, "family": "layover"})
+    cfg = TrialConfig(**{**FEATURES, "family": "layover"})
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     model.load_state_dict(weights)
     model.eval()
@@ -237,7 +264,7 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
 def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_dir, tmp_path):
     """Validation's seen_shifted images are a pool of their own: their pixels in the key, one
     (clean) view however many the training pools have, and their rows where `assemble` puts them."""
-    cfg = TrialConfig(**{**FAST, "family": "dualhead", "augment": True, "feature_views": 2})
+    cfg = TrialConfig(**{**FEATURES, "family": "dualhead", "augment": True, "feature_views": 2})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -284,7 +311,7 @@ def test_training_corruptions_keep_a_trial_on_cached_features(bundle, data_dir, 
 
 
 def test_corrupted_views_are_the_corrupted_images_through_the_backbone(bundle):
-    cfg = TrialConfig(**{**FAST, "family": "dualhead"})
+    cfg = TrialConfig(**{**FEATURES, "family": "dualhead"})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg)).eval()
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -338,12 +365,22 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
 """)
     result = cli("sweep", str(space), "--name", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert result.code == 0, result.err[-3000:]
-    # By the driver: labeled, outliers, seen_shifted, and the corrupted views of the two training pools.
-    assert len(list((cache_root / "features").glob("*.safetensors"))) == 5
+    # By the driver: labeled, outliers, seen_shifted, the corrupted views of the two training pools,
+    # and the test set that export-best predicts.
+    cached = sorted((cache_root / "features").glob("*.safetensors"))
+    assert len(cached) == 6
     records = load_trials(tmp_path / "sweeps" / "frozen")
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
         assert record.metrics["features_computed"] == 0, record.metrics
+    # The export's predictions on the test set read what the sweep computed (its retraining
+    # computes the seen_shifted pool of its own calibration split).
+    exported = cli("export-best", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
+    assert exported.code == 0, exported.err[-3000:]
+    rows = json.loads(exported.out)["exports"][0]["rows"]
+    new = set((cache_root / "features").glob("*.safetensors")) - set(cached)
+    assert rows > 0 and rows in {len(load_file(path)["pooled"]) for path in cached}
+    assert rows not in {len(load_file(path)["pooled"]) for path in new}
 
 
 @pytest.mark.parametrize("family, finetune, depth, frozen", [
@@ -363,8 +400,8 @@ def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_pat
     """A scheduler reads rung epochs only: they and the last get every score, the others all
     but vim, and each epoch's metrics say which scores its front covers."""
     reports: list[dict] = []
-    cfg = TrialConfig(data=str(data_dir), **{**FAST, "family": "dualhead", "epochs": 3})
-    run_trial(cfg, bundle, lambda m, _: reports.append(m), features=FeatureStore(tmp_path), rungs=(2,))
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, "family": "dualhead", "epochs": 3})
+    run_trial(cfg, bundle, lambda m, _: reports.append(m.flat()), features=FeatureStore(tmp_path), rungs=(2,))
     assert [m["full_evaluation"] for m in reports] == [0.0, 1.0, 1.0]
     assert "vim" not in reports[0]["evaluated_scores"].split(",") and "hypervolume_vim" not in reports[0]
     assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]

@@ -37,8 +37,8 @@ def test_one_fold_replays_the_trials_own_photo_figures_and_selects_an_ensemble(t
     metrics = run_trial(trial_cfg, bundle, lambda m, d: None, features=FeatureStore(tmp_path), last_only=True)
     for name in SPECIES:
         for key in ("photos_super_acc", "photos_sub_acc", "photos_called_novel"):
-            assert result.species[name][key] == pytest.approx(metrics[f"{key}.{name}"])
-    assert result.mean["seen_acc"] == pytest.approx(metrics["seen_acc"])
+            assert result.species[name][key] == pytest.approx(metrics.photos[f"{key}.{name}"])
+    assert result.mean["seen_acc"] == pytest.approx(metrics.recommended.seen_acc)
 
 
 def test_photos_that_choose_the_point_make_one_fold_per_species(tiny_data, tiny_outliers, tmp_path, caplog):
