@@ -38,6 +38,7 @@ from hiertune.data.cache import default_cache_root
 from hiertune.sweep.space import parse_assignments
 from hiertune.training.features import DRAW_BLOCK, FeatureStore, extract
 from hiertune.training.loop import build, heads_for, precompute_features, run_trial
+from hiertune.training.records import EpochMetrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,10 +57,8 @@ def subset(bundle: DataBundle, every: int, split: SplitConfig) -> DataBundle:
     return DataBundle(replace(bundle.data, train=train), outliers, splits)
 
 
-def one_epoch(cfg: TrialConfig, bundle, store: FeatureStore | None) -> dict:
-    metrics: list[dict] = []
-    run_trial(cfg, bundle, lambda m, _: metrics.append(m), features=store)
-    return metrics[-1]
+def one_epoch(cfg: TrialConfig, bundle, store: FeatureStore | None) -> EpochMetrics:
+    return run_trial(cfg, bundle, lambda m, _: None, features=store)
 
 
 def scaling(cfg: TrialConfig, n: int) -> None:
@@ -138,26 +137,26 @@ def main() -> None:
         cached = one_epoch(cfg, bundle, store)
     through = one_epoch(TrialConfig.from_dict({**cfg.to_dict(), "feature_views": 0}), bundle, None)
 
-    def whole(m: dict) -> float:
-        return m["epoch_seconds"] + m["eval_forward_seconds"]
+    def whole(m: EpochMetrics) -> float:
+        return m.epoch_seconds + m.eval_forward_seconds
 
     print(f"one-time cache: computed in {compute:.1f}s ({pools / compute:.0f} images/s through the backbone), "
           f"read back from disk in {read:.2f}s")
-    print(f"training epoch ({cached['train_images']} images): through the backbone {through['epoch_seconds']:.2f}s, "
-          f"cached features {cached['epoch_seconds']:.3f}s -> {through['epoch_seconds'] / cached['epoch_seconds']:.0f}x "
+    print(f"training epoch ({cached.train_images} images): through the backbone {through.epoch_seconds:.2f}s, "
+          f"cached features {cached.epoch_seconds:.3f}s -> {through.epoch_seconds / cached.epoch_seconds:.0f}x "
           f"(target >= 20x)")
     print(f"epoch + validation pass: through the backbone {whole(through):.2f}s, cached features "
           f"{whole(cached):.3f}s -> {whole(through) / whole(cached):.0f}x")
     if cfg.corrupt_p > 0:  # fresh corruptions per step against fixed corrupted views: no equality to expect
         print(f"corrupt_p {cfg.corrupt_p}: the cached trial drew among {cfg.corrupt_views} cached corrupted view(s) "
-              f"per image (train loss {through['train_loss']:.4f} through the backbone, {cached['train_loss']:.4f} "
-              f"cached; hypervolume {through['hypervolume']:.4f} vs {cached['hypervolume']:.4f})")
+              f"per image (train loss {through.train_loss:.4f} through the backbone, {cached.train_loss:.4f} "
+              f"cached; hypervolume {through.hypervolume:.4f} vs {cached.hypervolume:.4f})")
         return
     same = all(math.isclose(through[k], cached[k], rel_tol=1e-3, abs_tol=1e-4)
                for k in ("train_loss", "val_loss", "seen", "unseen", "hypervolume"))
     print(f"metrics agree (train/val loss, seen, unseen, hypervolume): {same}  "
-          f"(train loss {through['train_loss']:.4f} vs {cached['train_loss']:.4f}; "
-          f"hypervolume {through['hypervolume']:.4f} vs {cached['hypervolume']:.4f})")
+          f"(train loss {through.train_loss:.4f} vs {cached.train_loss:.4f}; "
+          f"hypervolume {through.hypervolume:.4f} vs {cached.hypervolume:.4f})")
     sys.exit(0 if same else 1)
 
 

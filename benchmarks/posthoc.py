@@ -42,6 +42,7 @@ from hiertune.novelty.memo import Memo  # noqa: E402
 from hiertune.sweep.space import parse_assignments  # noqa: E402
 from hiertune.training import checkpoint as ckpt  # noqa: E402
 from hiertune.training.features import FeatureStore  # noqa: E402
+from hiertune.training.records import EpochMetrics  # noqa: E402
 from hiertune.training.loop import (build, cached_inputs, evaluate, fit_scorers, forward_all, heads_for,  # noqa: E402
                                     run_trial, scorer_rows)
 from tests.novelty.posthoc_reference import reference_fit, reference_grid  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         kept = Path(tmp) / "ckpt"
 
-        def keep(m: dict, checkpoint: Path) -> None:
+        def keep(m: EpochMetrics, checkpoint: Path) -> None:
             metrics.append(m)
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(checkpoint, kept)
@@ -89,30 +90,30 @@ def main() -> None:
         start = time.perf_counter()
         run_trial(cfg, bundle, keep, features=store, rungs=tuple(args.rungs))
         print(f"trial of {cfg.epochs} epochs in {time.perf_counter() - start:.1f}s "
-              f"(features: {metrics[0]['feature_seconds']:.1f}s, {metrics[0]['features_computed']} pool(s) computed)")
+              f"(features: {metrics[0].feature_seconds:.1f}s, {metrics[0].features_computed} pool(s) computed)")
         heads = heads_for(bundle, cfg)
         model = create_model(cfg.model_config(), heads)
         model.load_state_dict(load_file(kept / ckpt.MODEL))
 
     print("\nepoch  full  train (s)  scorer fit (s)  grid (s)  evaluation / training")
     for m in metrics:
-        ev = m["scorer_fit_seconds"] + m["posthoc_seconds"]
-        print(f"{m['epoch']:5d}  {'yes' if m['full_evaluation'] else 'no ':4}  {m['epoch_seconds']:9.3f}  "
-              f"{m['scorer_fit_seconds']:14.3f}  {m['posthoc_seconds']:8.3f}  {ev / m['epoch_seconds']:6.2f}x")
+        ev = m.scorer_fit_seconds + m.posthoc_seconds
+        print(f"{m.epoch:5d}  {'yes' if m.full_evaluation else 'no ':4}  {m.epoch_seconds:9.3f}  "
+              f"{m.scorer_fit_seconds:14.3f}  {m.posthoc_seconds:8.3f}  {ev / m.epoch_seconds:6.2f}x")
     # On a shared machine other work inflates single timings: the fastest of each kind is the
     # closest to a quiet machine, the median is printed beside it.
     later = metrics[1:] or metrics
-    train = [m["epoch_seconds"] for m in later]
+    train = [m.epoch_seconds for m in later]
     for full, label in ((False, "between rungs"), (True, "rung / last")):
-        ev = [m["scorer_fit_seconds"] + m["posthoc_seconds"] for m in later if bool(m["full_evaluation"]) == full]
+        ev = [m.scorer_fit_seconds + m.posthoc_seconds for m in later if m.full_evaluation == full]
         if ev:
             ratio = min(ev) / min(train)
             print(f"evaluation {label} (epochs 2..): fastest {min(ev):.3f}s = {ratio:.2f}x the fastest training "
                   f"epoch {min(train):.3f}s (target <= 0.5x: {'OK' if ratio <= 0.5 else 'ABOVE'}); medians "
                   f"{statistics.median(ev):.3f}s / {statistics.median(train):.3f}s")
     train = min(train)
-    total = sum(m["scorer_fit_seconds"] + m["posthoc_seconds"] for m in metrics)
-    print(f"whole trial: evaluation {total:.2f}s vs training {sum(m['epoch_seconds'] for m in metrics):.2f}s")
+    total = sum(m.scorer_fit_seconds + m.posthoc_seconds for m in metrics)
+    print(f"whole trial: evaluation {total:.2f}s vs training {sum(m.epoch_seconds for m in metrics):.2f}s")
 
     # The same logits and features through the reference and through the current code.
     device = torch.device("cpu")
@@ -153,8 +154,8 @@ def main() -> None:
     worst = {"group_auroc": np.nanmax(np.abs(new.group_auroc - old.group_auroc)),
              "threshold_free": np.nanmax(np.abs(new.threshold_free - old.threshold_free)),
              "grid": np.nanmax(np.abs(new.grid - old.grid))}
-    front_old = [(p["score"], p["tau_super"], p["tau_sub"], p["seen"], p["unseen"]) for p in old.front]
-    front_new = [(p["score"], p["tau_super"], p["tau_sub"], p["seen"], p["unseen"]) for p in new.front]
+    front_old = [(p.score, p.tau_super, p.tau_sub, p.seen, p.unseen) for p in old.front]
+    front_new = [(p.score, p.tau_super, p.tau_sub, p.seen, p.unseen) for p in new.front]
     same_front = len(front_old) == len(front_new) and all(
         a[:3] == b[:3] and abs(a[3] - b[3]) <= 1e-6 and abs(a[4] - b[4]) <= 1e-6 for a, b in zip(front_old, front_new))
     same = new.scores == old.scores and all(v <= 1e-6 for v in worst.values()) and same_front

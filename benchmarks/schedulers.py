@@ -41,7 +41,7 @@ from hiertune.sweep.moasha import nondominated_levels
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.run import run_sweep
 from hiertune.sweep.state import load_trials
-from hiertune.training.loop import FRONT_KEY
+from hiertune.training.records import FRONT as FRONT_KEY
 
 SCHEDULERS = ("fifo", "asha", "moasha")
 TARGETS = (0.95, 0.99, 0.995)  # shares of FIFO's final hypervolume

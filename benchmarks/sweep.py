@@ -34,6 +34,8 @@ from pathlib import Path
 import yaml
 
 from hiertune.data.bundle import load_bundle
+from hiertune.sweep.results import SweepResult
+from hiertune.training.records import EpochMetrics
 from hiertune.data.cache import default_cache_root
 from hiertune.export.export import export_best
 from hiertune.novelty.metrics import hypervolume_2d
@@ -78,7 +80,7 @@ def make_space(tmp: Path, name: str, template: str = SPACE, **kw):
     return load_space(path)
 
 
-def sweep(space, tmp: Path, name: str, cache: Path) -> tuple[float, dict]:
+def sweep(space, tmp: Path, name: str, cache: Path) -> tuple[float, SweepResult]:
     start = time.perf_counter()
     result = run_sweep(space, SweepPlace.resolve(name, str(tmp / "sweeps"), None), cache)
     return time.perf_counter() - start, result
@@ -116,7 +118,7 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
                              base.shift_config())
         precompute_features(base, bundle, FeatureStore(cache), cpus=2)
     t_sweep, res = sweep(one, tmp, "one", cache)
-    trials = load_trials(Path(res["dir"]))
+    trials = load_trials(Path(res.dir))
     start = time.perf_counter()
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache, base.shift_config())
     store = FeatureStore(cache)  # as the sweep's trials share the driver's features
@@ -131,15 +133,15 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
           f"(target <= {target}: {'OK' if t_sweep / t_bare <= target else 'ABOVE'})")
     # Where the sweep's time went: Tune's run of the trials, and what comes before and after it
     # (Ray's start, the shared features, the cost probe, MLflow; the front, plots and importance).
-    print(f"      of which Ray Tune running the trials {res['wall_seconds']:6.1f} s, before and after it "
-          f"{t_sweep - res['wall_seconds']:6.1f} s")
-    last = [t.metrics for t in trials if "epoch_seconds" in t.metrics]
+    print(f"      of which Ray Tune running the trials {res.wall_seconds:6.1f} s, before and after it "
+          f"{t_sweep - res.wall_seconds:6.1f} s")
+    last = [EpochMetrics.from_flat(t.metrics) for t in trials if t.status != "failed"]
     if last:
-        mean = {k: statistics.mean(m[k] for m in last) for k in ("time_this_iter_s", "epoch_seconds",
-                                                                  "scorer_fit_seconds", "posthoc_seconds")}
-        print(f"    trials' last epoch, mean: {mean['time_this_iter_s']:.2f} s in all, training "
-              f"{mean['epoch_seconds']:.2f} s, scorer fit {mean['scorer_fit_seconds']:.2f} s, "
-              f"grid {mean['posthoc_seconds']:.2f} s")
+        ray_s = statistics.mean(t.metrics["time_this_iter_s"] for t in trials if t.status != "failed")  # Ray's own
+        print(f"    trials' last epoch, mean: {ray_s:.2f} s in all, training "
+              f"{statistics.mean(m.epoch_seconds for m in last):.2f} s, scorer fit "
+              f"{statistics.mean(m.scorer_fit_seconds for m in last):.2f} s, "
+              f"grid {statistics.mean(m.posthoc_seconds for m in last):.2f} s")
     if not args.cached:
         packed = make_space(tmp, "packed", posthoc="true", grace=args.epochs, cpus=1, **common)
         t_packed, _ = sweep(packed, tmp, "packed", cache)
@@ -157,10 +159,10 @@ def export(args, common: dict, tmp: Path, cache: Path) -> None:
         start = time.perf_counter()
         out = export_best(place, Pick.parse("knee"), 1, cache)
         t_export = time.perf_counter() - start
-        e = out["exports"][0]
+        e = out.exports[0]
         ok = "OK" if t_export / t_sweep <= 0.3 else "ABOVE"
         print(f"    export-best knee, {attempt}: {t_export:6.1f} s = {t_export / t_sweep:.2f}x the sweep "
-              f"(target <= 0.3: {ok}); retraining {e['retrain_seconds']:.1f} s, {e.get('rows', 0)} test rows")
+              f"(target <= 0.3: {ok}); retraining {e.retrain_seconds:.1f} s, {e.rows or 0} test rows")
 
 
 def thresholds(args, common: dict, tmp: Path, cache: Path) -> None:
@@ -170,11 +172,11 @@ def thresholds(args, common: dict, tmp: Path, cache: Path) -> None:
                     "posthoc", cache)
     _, samp = sweep(make_space(tmp, "sampled", posthoc="false", grace=grace, cpus=1, **common), tmp,
                     "sampled", cache)
-    hv_post = hypervolume_2d([(p["seen"], p["unseen"]) for p in post["front"]])
-    hv_samp = hypervolume_2d([(p["seen"], p["unseen"]) for p in samp["front"]])
+    hv_post = hypervolume_2d([(p.seen, p.unseen) for p in post.front.front])
+    hv_samp = hypervolume_2d([(p.seen, p.unseen) for p in samp.front.front])
     print(f"(b) {args.trials} trials each")
-    print(f"    post-hoc thresholds: front of {len(post['front'])} points, hypervolume {hv_post:.4f}")
-    print(f"    Optuna-sampled:      front of {len(samp['front'])} points, hypervolume {hv_samp:.4f}")
+    print(f"    post-hoc thresholds: front of {len(post.front.front)} points, hypervolume {hv_post:.4f}")
+    print(f"    Optuna-sampled:      front of {len(samp.front.front)} points, hypervolume {hv_samp:.4f}")
     print(f"    ratio post-hoc / sampled {hv_post / hv_samp:.3f}")
 
 

@@ -80,8 +80,8 @@ def main() -> None:
         bare.append(bare_loop(cfg, bundle))
         with tempfile.TemporaryDirectory():
             m = run_trial(cfg, bundle, lambda metrics, checkpoint: None)
-        trial.append(m["train_images_per_s"])
-        fractions.append(m["posthoc_seconds"] / m["epoch_seconds"])
+        trial.append(m.train_images_per_s)
+        fractions.append(m.posthoc_seconds / m.epoch_seconds)
     print(f"bare loop          {max(bare):8.1f} images/s   (best of {args.repeats}: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"hiertune trial     {max(trial):8.1f} images/s   (best of {args.repeats}: {', '.join(f'{v:.1f}' for v in trial)})")
     ratio = max(trial) / max(bare)

@@ -12,20 +12,22 @@ import dataclasses
 import json
 import logging
 import os
-import shlex
-import shutil
 import sys
 import textwrap
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from hiertune import __version__
 from hiertune.errors import UserError
 from hiertune.secrets import redact, remember_env, remember_uri
 from hiertune.sweep.catalog import find_sweep
 from hiertune.sweep.sweeplog import RedactingFormatter
+
+if TYPE_CHECKING:  # the commands import what they run when they run
+    from hiertune.export.results import ExportResult
+    from hiertune.sweep.results import SweepResult
 
 log = logging.getLogger("hiertune")
 
@@ -38,7 +40,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-FRONT_ROWS = 10  # front points printed; pareto.csv and --json have them all
 EXAMPLES = {
     None: """examples:
   hiertune demo                                  # a small sweep on synthetic data, its front, an export
@@ -66,7 +67,8 @@ EXAMPLES = {
     "export-best": """examples:
   hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
   hiertune export-best cnn1 --pick max-seen
-  hiertune export-best cnn1 --top 3 --pick weight=0.7""",
+  hiertune export-best cnn1 --top 3 --pick weight=0.7
+  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone""",
     "predict": """examples:
   hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
     "train": """examples:
@@ -75,7 +77,9 @@ EXAMPLES = {
 
 
 def _command(sub: argparse._SubParsersAction, name: str, help: str, handler: Callable,
-             render: Callable[[dict], str], json_flag: bool = True) -> argparse.ArgumentParser:
+             render: Callable[[dict], str] | None = None, json_flag: bool = True) -> argparse.ArgumentParser:
+    """`handler` returns the command's result: a record with render() and to_dict(), or (the data
+    commands, whose module renders its own summary) a dict that `render` prints."""
     p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     if json_flag:
@@ -134,15 +138,7 @@ def _render_push(summary: dict) -> str:
 def _data_synth(args: argparse.Namespace) -> dict:
     from hiertune.data.synth import SynthConfig, write_synthetic
 
-    return write_synthetic(args.dir, SynthConfig(seed=args.seed), overwrite=args.force).to_dict()
-
-
-def _render_synth(summary: dict) -> str:
-    return (f"wrote {summary['root']}: {summary['train_images']:,} train images in "
-            f"{summary['superclasses']} superclasses / {summary['subclasses']} subclasses, "
-            f"{summary['test_images']:,} test images ({summary['test_novel_superclass']} novel superclass, "
-            f"{summary['test_novel_subclass']} novel subclass), "
-            f"{summary['outlier_images']:,} outliers in {summary['outlier_classes']} classes")
+    return write_synthetic(args.dir, SynthConfig(seed=args.seed), overwrite=args.force)
 
 
 def _demo(args: argparse.Namespace) -> dict:
@@ -161,26 +157,32 @@ def _demo(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(f"smoke-{time.strftime('%Y%m%d-%H%M%S')}", str(root), None)
     log.info("sweep %s: %d trials of %s on %s", place.name, space.tune.num_samples, space.path, data_dir)
     sweep = run_sweep(space, place, _cache_root(args), verbose=args.verbose)
-    return {"sweep": sweep, "export": export_best(place, None, 1, _cache_root(args)),
-            "test_images": str(data_dir / "test_images")}
+    return DemoResult(sweep, export_best(place, None, 1, _cache_root(args)), str(data_dir / "test_images"))
 
 
-def _render_demo(result: dict) -> str:
-    sweep, export = result["sweep"], result["export"]
-    first = export["exports"][0] if export["exports"] else {}
-    body = _render_sweep(sweep)
-    body = body[:body.index("next:")]
-    return (f"{body}\n{_render_export(export)}\n{_demo_meaning(first)}\n\n"
-            f"{_next_steps(sweep, first.get('dir'), result.get('test_images'))}")
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    """`hiertune demo`: the sweep, the export of its recommended point, and the test images."""
+
+    sweep: SweepResult
+    export: ExportResult
+    test_images: str
+
+    def to_dict(self) -> dict:
+        return {"sweep": self.sweep.to_dict(), "export": self.export.to_dict(), "test_images": self.test_images}
+
+    def render(self) -> str:
+        first = self.export.exports[0] if self.export.exports else None
+        return (f"{self.sweep.render(with_next_steps=False)}\n{self.export.render()}\n{_demo_meaning(first)}\n\n"
+                f"{self.sweep.next_steps(first.dir if first else None, self.test_images)}")
 
 
-def _demo_meaning(e: dict) -> str:
-    if "test" not in e:
+def _demo_meaning(e) -> str:
+    if e is None or e.test is None:
         return ""
-    v = e["validation"]
     return textwrap.fill("what this means: seen = accuracy on images of known classes (mean of superclass and subclass), "
             "unseen = how often novel images are called novel. The validation figures are the sweep's own "
-            f"(seen {v['seen']:.2f}, unseen {v['unseen']:.2f}); the test figures are the retrained model on the "
+            f"(seen {e.validation_seen:.2f}, unseen {e.validation_unseen:.2f}); the test figures are the retrained model on the "
             "synthetic hidden test set, with thresholds calibrated to the seen acceptance the sweep picked. "
             "Validation novel classes are held-out training classes, not the test's, so unseen on test usually "
             "differs: that gap is what the front cannot promise.", width=100, subsequent_indent="  ")
@@ -231,20 +233,7 @@ def _leave_out(args: argparse.Namespace) -> dict:
     from hiertune.training.leave_out import leave_species_out
 
     space = _space_from_args(args)
-    result = leave_species_out(space.trial_config(), _cache_root(args), posthoc=space.posthoc_grid())
-    return {"species": result.species, "mean": result.mean}
-
-
-def _render_leave_out(result: dict) -> str:
-    from hiertune.training.leave_out import render
-
-    return render(result)
-
-
-def _render_train(result: dict) -> str:
-    from hiertune.training.single import render
-
-    return render(result)
+    return leave_species_out(space.trial_config(), _cache_root(args), posthoc=space.posthoc_grid())
 
 
 def _sweep(args: argparse.Namespace) -> dict:
@@ -314,10 +303,7 @@ def _interrupt_line(place):
     try:
         yield
     except SweepInterrupted as exc:
-        t = exc.summary["trials"]
-        cut = f", {t['interrupted']} cut (the resume continues them)" if t.get("interrupted") else ""
-        raise Interrupted(f"sweep {place.name} interrupted: {t['completed'] + t['stopped']} trial(s) finished"
-                          f"{cut}, {exc.summary['not_started']} not started; resume with: "
+        raise Interrupted(f"sweep {place.name} interrupted: {exc.summary.interrupted_line()}; resume with: "
                           f"{_resume_command(place)}") from None
     except KeyboardInterrupt:
         if place.started():
@@ -327,86 +313,16 @@ def _interrupt_line(place):
 
 
 def _resume_command(place) -> str:
-    return f"{_hiertune_command()} sweep --name {shlex.quote(place.name)}{_where(place.name, place.root)} --resume"
+    from hiertune.sweep.results import resume_command
 
-
-def _render_sweep(result: dict) -> str:
-    from hiertune.sweep.front import render
-    from hiertune.sweep.importance import render as render_importance
-
-    from hiertune.progress import duration
-
-    t = result["trials"]
-    if result.get("ended") == "budget":
-        interrupted = (f", {t['interrupted']} cut by it" if t.get("interrupted") else "") + \
-            f", {result['not_started']} not started: the {duration(result['budget'])} budget ended the sweep"
-    else:
-        interrupted = f", {t['interrupted']} interrupted (--resume continues them)" if t.get("interrupted") else ""
-    return (f"sweep {result['name']}: {t['completed']} completed, {t['stopped']} stopped by {result['scheduler']}, "
-            f"{t['failed']} failed{interrupted} in {result['wall_seconds']:.0f}s\n"
-            f"front: {len(result['front'])} of {result['points']:,} trial × post-hoc points "
-            f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
-            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS)}\n{_render_recommended(result)}\n"
-            + (f"{render_importance(result['importance']['objectives'])}\n" if result.get("importance") else "")
-            + _next_steps(result))
-
-
-def _next_steps(result: dict, export_dir: str | None = None, test_images: str | None = None) -> str:
-    """What to run next, as commands that work when pasted into the same shell and folder."""
-    me = _hiertune_command()
-    name = result["name"]
-    where = _where(name, result["storage"])
-    bin_dir = Path(sys.executable).parent
-    lines = ["next:",
-             f"  {me} pareto {name}{where}   # the front again: table, pareto.png, pareto.html (hover for details)",
-             f"  {me} export-best {name}{where} --top 2   # retrain the 2 best points on all labeled data",
-             f"  {me} ls{where}   # every sweep, with its status and storage"]
-    if export_dir and test_images:
-        lines.append(f"  {me} predict {shlex.quote(export_dir)} {shlex.quote(test_images)} -o predictions.csv"
-                     "   # the exported model on a folder of images")
-    if result.get("mlflow_uri", "").startswith("sqlite:"):
-        mlflow = _tool(bin_dir, "mlflow")
-        lines.append(f"  {mlflow} ui --backend-store-uri {result['mlflow_uri']} --port 5000   # then open "
-                     "http://127.0.0.1:5000 (runs, metrics, plots)")
-    elif result.get("mlflow_uri"):
-        lines.append(f"  MLflow: open {result['mlflow_uri']} in a browser")
-    study = (result.get("importance") or {}).get("study")
-    if study:
-        dashboard = bin_dir / "optuna-dashboard"
-        if dashboard.exists():
-            lines.append(f"  {_tool(bin_dir, 'optuna-dashboard')} {study} --port 8080   # then open "
-                         "http://127.0.0.1:8080 (Optuna's history, importance, parallel coordinates)")
-        else:
-            lines.append(f"  Optuna study: {study} (pip install optuna-dashboard==0.21.0, then optuna-dashboard {study})")
-    return "\n".join(lines)
-
-
-def _where(name: str, storage: str) -> str:
-    """` --storage S` unless the plain name finds the sweep from here."""
-    try:
-        return "" if find_sweep(name, None) == (storage, name) else f" --storage {shlex.quote(storage)}"
-    except UserError:
-        return f" --storage {shlex.quote(storage)}"
-
-
-def _hiertune_command() -> str:
-    """How the user ran hiertune: the console script as typed (`.venv/bin/hiertune`), else python -m."""
-    if Path(sys.argv[0]).name == "hiertune":
-        return shlex.quote(sys.argv[0])
-    return f"{shlex.quote(sys.executable)} -m hiertune"
-
-
-def _tool(bin_dir: Path, name: str) -> str:
-    """A console script beside this Python: what to type when its venv is not activated."""
-    path = bin_dir / name
-    on_path = shutil.which(name)
-    return name if on_path and Path(on_path).resolve() == path.resolve() else str(path)
+    return resume_command(place.name, place.root)
 
 
 def _pareto(args: argparse.Namespace) -> dict:
     storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.sweep.front import Pick
     from hiertune.sweep.place import SweepPlace
+    from hiertune.sweep.results import ParetoResult
 
     # Reads the sweep (pulling an S3 sweep's files into the local working copy) and draws its
     # front there; the sweep's MLflow runs and its files on S3 are the sweep's to write.
@@ -414,16 +330,14 @@ def _pareto(args: argparse.Namespace) -> dict:
     place.prepare()
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
-    summary = _front_now(place)
-    result = {"name": place.name, "groups": args.groups, **summary, "pareto_csv": str(summary["pareto_csv"]),
-              "pareto_png": str(summary["pareto_png"]), "pareto_html": str(summary["pareto_html"])}
-    if args.groups and summary["front"]:
-        result["picked"] = Pick.parse(args.pick or result["pick"]).rank(summary["front"])[0]
-        result["picked_by"] = args.pick or result["pick"]
-    return result
+    front = _front_now(place)
+    if args.groups and front.front:
+        picked_by = args.pick or front.pick
+        return ParetoResult(place.name, front, True, Pick.parse(picked_by).rank(front.front)[0], picked_by)
+    return ParetoResult(place.name, front, args.groups)
 
 
-def _front_now(place) -> dict:
+def _front_now(place):
     """The front of what the sweep's trials have reported, while it runs too: a running sweep
     replaces a trial's checkpoint each epoch, so a record read just before may name one just
     dropped; the records are read again then."""
@@ -439,38 +353,11 @@ def _front_now(place) -> dict:
             time.sleep(1)
 
 
-def _render_pareto(result: dict) -> str:
-    from hiertune.sweep.front import point_report, render
-
-    text = (f"{result['name']}: {len(result['front'])} non-dominated of {result['points']:,} points "
-            f"({result['pareto_csv']}, {result['pareto_png']}, {result['pareto_html']})\n"
-            f"{render(result['front'], result['recommended'], rows=FRONT_ROWS, groups=result['groups'])}\n"
-            f"{_render_recommended(result)}")
-    if result.get("picked"):
-        text += f"\n\n{result['picked_by']} point:\n{point_report(result['picked'])}"
-    return text
-
-
-def _render_recommended(result: dict) -> str:
-    b = result["recommended"]
-    if b is None:
-        return "no recommended point: no trial reported a checkpoint"
-    return (f"* recommended ({result['pick']}): {b['trial']} at {b['epochs']} epochs, {b['score']} with τ_super "
-            f"{b['tau_super']:.3f}, τ_sub {b['tau_sub']:.3f}: seen {b['seen']:.3f}, unseen {b['unseen']:.3f} "
-            "on validation")
-
-
 def _ls(args: argparse.Namespace) -> dict:
-    from hiertune.sweep.catalog import DEFAULT_ROOT, list_sweeps
+    from hiertune.sweep.catalog import DEFAULT_ROOT, SweepList, list_sweeps
 
     root = args.storage or f"./{DEFAULT_ROOT}"
-    return {"storage": root, "sweeps": [e.to_dict() for e in list_sweeps(root)]}
-
-
-def _render_ls(result: dict) -> str:
-    from hiertune.sweep.catalog import SweepEntry, render
-
-    return render([SweepEntry(**e) for e in result["sweeps"]], result["storage"])
+    return SweepList(root, list_sweeps(root))
 
 
 def _export_best(args: argparse.Namespace) -> dict:
@@ -482,36 +369,11 @@ def _export_best(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(name, storage, args.mlflow_uri)
     pick = Pick.parse(args.pick) if args.pick else None
     return export_best(place, pick, args.top, _cache_root(args), test_images=args.test_images,
-                       address=args.address, calibration_fraction=args.calibration_fraction)
-
-
-def _render_export(result: dict) -> str:
-    lines = [f"export-best {result['name']} ({result['pick']}): {len(result['exports'])} model(s), retrained in "
-             f"{result['retrain_wall_seconds']:.0f}s wall"]
-    for e in result["exports"]:
-        c = e["calibration"]
-        retrained = "(already exported: reused)" if e.get("reused") else f"retrain {e['retrain_seconds']:.0f}s"
-        lines.append(f"  {e['k']}: {e['dir']}  {e['trial']} score={e['score']}  validation seen/unseen "
-                     f"{e['validation']['seen']:.3f}/{e['validation']['unseen']:.3f}  {retrained}")
-        lines.append(f"     calibration: seen acceptance super {_pct(c['accept_super'])} (target "
-                     f"{_pct(c['target_accept_super'])}), sub {_pct(c['accept_sub'])} (target "
-                     f"{_pct(c['target_accept_sub'])}) on {c['images']} images")
-        if "submission" in e:
-            lines.append(f"     submission: {e['submission']} ({e['rows']:,} rows)")
-        if "test" in e:
-            t = e["test"]
-            lines.append(f"     test (hidden labels): seen super/sub {t['seen_super_acc']:.3f}/{t['seen_sub_acc']:.3f}, "
-                         f"unseen super/sub {t['unseen_super_acc']:.3f}/{t['unseen_sub_acc']:.3f}")
-        lines.append(f"     MLflow: {e['mlflow']['registered_model']} version {e['mlflow']['version']}")
-    return "\n".join(lines)
-
-
-def _pct(value) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, float) else str(value)
+                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble)
 
 
 def _predict(args: argparse.Namespace) -> dict:
-    from hiertune.export.predictor import ExportedModel
+    from hiertune.export.predictor import ExportedModel, PredictResult
     from hiertune.fsutil import check_writable
     from hiertune.training.features import FeatureStore
 
@@ -522,15 +384,8 @@ def _predict(args: argparse.Namespace) -> dict:
     if (w := predictions.fixes.warning(f"{args.images}", model.cfg.data_size)):
         print(w, file=sys.stderr)
     predictions.write_csv(args.output, with_scores=args.scores)
-    n_super, n_sub = model.heads.n_super, model.heads.n_sub
-    return {"output": str(args.output), "rows": len(predictions.names), "model_dir": str(args.model_dir),
-            "novel_superclass": int((predictions.superclass == n_super).sum()),
-            "novel_subclass": int((predictions.subclass == n_sub).sum())}
-
-
-def _render_predict(result: dict) -> str:
-    return (f"wrote {result['output']}: {result['rows']:,} rows ({result['novel_superclass']:,} novel superclass, "
-            f"{result['novel_subclass']:,} novel subclass)")
+    return PredictResult(str(args.output), len(predictions.names), str(args.model_dir),
+                         predictions.novel_superclass(model.heads), predictions.novel_subclass(model.heads))
 
 
 def _add_space_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -567,22 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     demo = _command(sub, "demo", "the main job end to end on the embedded synthetic dataset: a small sweep, its "
-                    "Pareto front, and the knee point retrained and exported with a submission", _demo, _render_demo)
+                    "Pareto front, and the knee point retrained and exported with a submission", _demo)
     demo.add_argument("--dir", default="sweeps/demo", help="where the demo writes (default: %(default)s)")
     demo.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 
     train = _command(sub, "train", "run one trial in-process (midpoints of the searched parameters unless --set)",
-                     _train, _render_train)
+                     _train)
     _add_space_args(train)
     train.add_argument("--out", help="run directory (default: sweeps/train/SPACE-TIMESTAMP)")
 
     leave_out = _command(sub, "leave-out", "leave-species-out: how the space's configuration (midpoints unless --set) "
                          "treats real photos (--shifted-data) of known species whose photos training never saw",
-                         _leave_out, _render_leave_out)
+                         _leave_out)
     _add_space_args(leave_out)
 
     sweep = _command(sub, "sweep", "run a search space as a Ray Tune sweep (Optuna + ASHA + MLflow) and print its "
-                     "Pareto front", _sweep, _render_sweep)
+                     "Pareto front", _sweep)
     _add_space_args(sweep, optional=True)
     sweep.add_argument("--name", help="sweep name (default: SPACE-TIMESTAMP); its folder is STORAGE/NAME")
     sweep.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
@@ -598,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the sweep --name as it was started (its space, data and flags are recorded)")
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
-                      _pareto, _render_pareto)
+                      _pareto)
     pareto.add_argument("name", help="sweep name, or a storage folder's name for its newest sweep (`hiertune ls`)")
     pareto.add_argument("--storage", help="where sweeps live: a folder or s3://bucket/prefix (default: found in "
                                           "./sweeps and the folders inside it)")
@@ -608,16 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--pick", help="the point --groups details (as for export-best; default: the sweep's pick)")
 
     ls = _command(sub, "ls", "list the sweeps in ./sweeps and the storage folders inside it (the demo's "
-                  "included): name, status, trials, storage", _ls, _render_ls)
+                  "included): name, status, trials, storage", _ls)
     ls.add_argument("--storage", help="list this storage folder's sweeps instead (default: ./sweeps)")
 
     export = _command(sub, "export-best", "retrain the chosen front points on all labeled data, calibrate their "
-                      "thresholds and export models + submissions", _export_best, _render_export)
+                      "thresholds and export models + submissions", _export_best)
     export.add_argument("name", help="sweep name, or a storage folder's name for its newest sweep (`hiertune ls`)")
     export.add_argument("--pick", help="knee | max-seen | max-unseen | weight=W (W·seen + (1-W)·unseen); default: "
                                        "the sweep's recommended point (its space's pick:, else the knee)")
     export.add_argument("--top", type=int, default=1, help="export the K best points of distinct trials "
                                                            "(default: %(default)s)")
+    export.add_argument("--ensemble", type=int, default=0, metavar="N",
+                        help="export one ensemble instead: N picks with replacement (Caruana's greedy selection on "
+                             "validation) among the trials sharing the pick's frozen backbone features")
     export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
     export.add_argument("--calibration-fraction", type=float, default=0.1,
                         help="labeled images held out to calibrate thresholds (default: %(default)s)")
@@ -626,8 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     export.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
 
-    predict = _command(sub, "predict", "predict every image of a folder with an exported model", _predict,
-                       _render_predict)
+    predict = _command(sub, "predict", "predict every image of a folder with an exported model", _predict)
     predict.add_argument("model_dir", help="an exported model directory (STORAGE/NAME/export/K)")
     predict.add_argument("images", help="folder of images (any names; ordered by numeric file name)")
     predict.add_argument("-o", "--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
@@ -662,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--image-size", type=int, default=64, help="decoded side length (default: %(default)s)")
     push.add_argument("--cache-dir", help="image cache root (default: $HIERTUNE_CACHE_DIR or ~/.cache/hiertune)")
     synth = _command(data_sub, "synth", "write the synthetic hierarchical dataset in competition format",
-                     _data_synth, _render_synth)
+                     _data_synth)
     synth.add_argument("dir", help="directory to create")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     synth.add_argument("--force", action="store_true", help="replace the directory if it exists")
@@ -704,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hiertune: interrupted", file=sys.stderr)
         return 130
-    print(redact(json.dumps(result) if args.json else args.render(result)))
+    if args.render is None:
+        print(redact(json.dumps(result.to_dict()) if args.json else result.render()))
+    else:
+        print(redact(json.dumps(result) if args.json else args.render(result)))
     return 0
 
 

@@ -13,10 +13,11 @@ class UserError(Exception):
 
 class SweepInterrupted(Exception):
     """Ctrl+C ended a sweep after its state was saved: `summary` is what it had done (the sweep's
-    result dict); the CLI says it in one line with the command that resumes, and exits 130."""
+    result, hiertune.sweep.results.SweepResult); the CLI says it in one line with the command that
+    resumes, and exits 130."""
 
-    def __init__(self, summary: dict):
-        super().__init__(summary.get("name"))
+    def __init__(self, summary):
+        super().__init__(summary.name)
         self.summary = summary
 
 

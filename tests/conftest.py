@@ -6,6 +6,7 @@ import io
 import logging
 import json
 import shlex
+import shutil
 import socket
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertune.cli import _render_sweep, main
+from hiertune.cli import main
+from hiertune.training.config import TrialConfig
+from hiertune.data.bundle import load_bundle
+from hiertune.training.loop import run_trial
+from hiertune.novelty.records import GridPoint, ScoreFigures
+from hiertune.sweep.records import FrontPoint
+from hiertune.training.losses import LOSS_PARTS
+from hiertune.training.records import EpochMetrics
+from hiertune.sweep.results import next_steps
 from hiertune.data.synth import SynthConfig, write_synthetic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -163,6 +172,44 @@ def small_data(tmp_path_factory) -> Path:
     return root
 
 
+# The smallest trial settings that still run every path (each family, one epoch): the one set for
+# every test that trains; a test overrides what it is about.
+FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
+
+
+def trial_bundle(data: Path, cache: Path, image_size: int = 64):
+    """A data folder loaded as a trial of the default config loads it (split, seen_shifted group)."""
+    cfg = TrialConfig(data=str(data))
+    return load_bundle(cfg.data, cfg.outliers, image_size, cfg.split_config(), cache, cfg.shift_config())
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_data, tmp_path_factory):
+    return trial_bundle(small_data, tmp_path_factory.mktemp("bundle-cache"))
+
+
+@dataclass
+class Trained:
+    cfg: TrialConfig
+    bundle: object
+    metrics: EpochMetrics  # its one epoch's, as reported
+    checkpoint: Path  # a copy of the checkpoint it reported with them
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(small_bundle, small_data, tmp_path_factory) -> Trained:
+    """One real epoch of a small cnn on small_data: what the checkpoint and the epoch record are read from."""
+    cfg = TrialConfig(data=str(small_data), family="cnn", **FAST)
+    kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+
+    def report(metrics: EpochMetrics, directory: Path) -> None:
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(directory, kept)
+
+    metrics = run_trial(cfg, small_bundle, report)
+    return Trained(cfg, small_bundle, metrics, kept)
+
+
 # Credentials a test hands to every AWS client through the standard chain; distinctive, so a
 # test can prove they never reach a log, MLflow or the stored sweep.
 AWS_KEY_ID = "AKIAHIERTUNETESTKEY7"
@@ -228,13 +275,16 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
 
 
 def space_file(tmp_path: Path, data: Path, samples: int, max_t: int, grace: int = 1, gpus: float = 0,
-               search: str = "") -> Path:
-    """A small cnn space on `data`; `search` adds lines to its `search:` section."""
+               epochs: tuple[int, ...] = (), search: str = "") -> Path:
+    """A small cnn space on `data`; `epochs`: choices Optuna samples each trial's epochs from
+    (default: every trial runs max_t); `search` adds lines to its `search:` section."""
     path = tmp_path / "space.yaml"
+    fixed_epochs = "" if epochs else f"epochs: {max_t}, "
+    sampled_epochs = f"\n  epochs: {{type: categorical, choices: {list(epochs)}}}" if epochs else ""
     path.write_text(f"""
 family: cnn
-fixed: {{epochs: {max_t}, batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
-search:
+fixed: {{{fixed_epochs}batch_size: 32, cnn_width: 8, threads: 1, data: {data}}}
+search:{sampled_epochs}
   lr: {{type: float, low: 1.0e-4, high: 3.0e-2, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.5}}
   outlier_fraction: {{type: float, low: 0.2, high: 1.0}}
@@ -321,11 +371,12 @@ TAU_SUPER_RANGE = "  tau_super: {type: float, low: 0.5, high: 1.0}"
 
 @pytest.fixture(scope="session")
 def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
-    """One real sweep of 3 trials shorter than max_t (epochs=1, max_t=3), then every hiertune
-    command its summary prints as a next step, run as printed (pareto, export-best --top 2, ls),
-    then an export-best that fails midway. A sweep and its exports cost most of a minute on
-    2 CPUs: the sweep-story test reads what the sweep and its next steps did, the export tests
-    what the exports wrote and what the failed one left."""
+    """The suite's one finished sweep, whose facts the sweep, MLflow and export tests assert: 6
+    trials of a small cnn under ASHA (max_t=3), each running the 1 or 3 epochs Optuna sampled (a
+    trial shorter than max_t completes; ASHA stops others), asking a GPU share this machine has
+    not; then every hiertune command its summary prints as a next step, run as printed (pareto,
+    export-best --top 2, ls), then an export-best that fails midway. About a minute and a half on 2
+    CPUs."""
     root = tmp_path_factory.mktemp("finished")
     storage, cache = root / "store", root / "cache"
     with pytest.MonkeyPatch.context() as mp:
@@ -333,12 +384,12 @@ def finished_sweep(small_data: Path, tmp_path_factory) -> FinishedSweep:
         mp.setenv("HIERTUNE_CACHE_DIR", str(cache))
         with local_ray(mp):
             # A τ_super range away from 0, which the grid, the front and MLflow must all keep to.
-            space = space_file(root, small_data, samples=3, max_t=3, search=TAU_SUPER_RANGE)
-            result = run_cli("sweep", str(space), "--set", "epochs=1",
-                             "--name", "short", "--storage", str(storage), "--json")
+            space = space_file(root, small_data, samples=6, max_t=3, gpus=0.25, epochs=(1, 3), search=TAU_SUPER_RANGE)
+            result = run_cli("sweep", str(space), "--name", "short", "--storage", str(storage), "--json")
             assert result.code == 0, result.err[-3000:]
             summary = last_json(result.out)
-            text = _render_sweep(summary)
+            text = next_steps(summary["name"], summary["storage"], summary["mlflow_uri"],
+                              summary["importance"].get("study"))
             steps = [shlex.split(line.split("#")[0]) for line in text[text.index("next:"):].splitlines()[1:]]
             ran = []
             for argv in steps:
@@ -371,3 +422,28 @@ def _fail_an_export(storage: Path, name: str) -> FailedExport:
             error = exc
     return FailedExport(error, before, {p.name: p.read_bytes() for p in files_under(exports / "1")},
                         sorted(p.name for p in exports.iterdir()))
+
+
+def front_point(trial: str, seen: float, unseen: float, score: str = "msp", params: dict | None = None,
+                by_score: dict | None = None, **figures) -> FrontPoint:
+    """A front point for tests of the table, the plots and the picks: its accuracies are `seen`
+    and `unseen` at both levels unless `figures` says otherwise; `by_score` is {score: {figure: v}}."""
+    point = GridPoint.from_figures(score, {"tau_super": 0.9, "tau_sub": 0.8, "seen_super_acc": seen,
+                                           "unseen_super_acc": unseen, "seen_sub_acc": seen, "unseen_sub_acc": unseen,
+                                           "seen": seen, "unseen": unseen, **figures})
+    return FrontPoint(trial, f"id-{trial}", "completed", 3, params or {}, point,
+                      {s: ScoreFigures.from_figures(f) for s, f in (by_score or {}).items()})
+
+
+def epoch(number: int = 1, seen: float = 0.5, unseen: float = 0.5, hypervolume: float = 0.4, score: str = "msp",
+          front: tuple = ()) -> EpochMetrics:
+    """An epoch's metrics whose recommended point is (`seen`, `unseen`) and whose own front is
+    `front` (default: that point alone), for tests of what reads them (console, scheduler, MLflow)."""
+    point = GridPoint.from_figures(score, {"tau_super": 0.5, "tau_sub": 0.5, "seen": seen, "unseen": unseen})
+    return EpochMetrics(epoch=number, attempt=1, train_loss=1.0, train_parts=dict.fromkeys(LOSS_PARTS, 0.25),
+                        val_loss=1.0, lr_now=1e-3, recommended=point, hypervolume=hypervolume,
+                        front=tuple(front) or ((seen, unseen),), by_score={score: ScoreFigures.from_figures({})},
+                        closed_seen_super_acc=0.5, closed_seen_sub_acc=0.5, photos={}, point=point, train_images=10,
+                        outlier_images=2, train_images_per_s=100.0, epoch_seconds=0.1, eval_forward_seconds=0.1,
+                        scorer_fit_seconds=0.1, full_evaluation=True, posthoc_seconds=0.1, features_computed=0,
+                        feature_seconds=0.0)

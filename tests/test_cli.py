@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-COMMANDS = [[], ["demo"], ["train"], ["sweep"], ["pareto"], ["export-best"], ["predict"], ["data"], ["data", "inspect"],
-            ["data", "synth"]]
+from hiertune.cli import build_parser
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and subcommand the parser has, the bare program first: none left out."""
+    found = [list(path)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*path, name))
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_the_command_list_is_the_parsers():
+    assert {"ls", "leave-out"} <= {c[0] for c in COMMANDS if c} and ["data", "push"] in COMMANDS
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hiertune")

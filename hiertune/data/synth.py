@@ -128,6 +128,12 @@ class SynthSummary:
     outlier_classes: int
     outlier_images: int
 
+    def render(self) -> str:
+        return (f"wrote {self.root}: {self.train_images:,} train images in {self.superclasses} superclasses / "
+                f"{self.subclasses} subclasses, {self.test_images:,} test images ({self.test_novel_superclass} novel "
+                f"superclass, {self.test_novel_subclass} novel subclass), {self.outlier_images:,} outliers in "
+                f"{self.outlier_classes} classes")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "root": str(self.root)}
 

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -45,31 +46,40 @@ from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
-from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, THRESHOLDS, ExportedModel, read_folder,
+from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, read_folder,
                                       write_json)
 from hiertune.export import versions
+from hiertune.export.ensemble import EnsemblePlan, assemble, member_point, plan_ensemble
+from hiertune.export.results import ExportResult, ExportSummary, LoggedModel
 from hiertune.export.retrain import RetrainJob, RetrainOutput, retrain
 from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
+from hiertune.sweep.records import FrontPoint
 from hiertune.sweep import resources
 from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
 from hiertune.sweep.tracking import PARENT_TAG, SweepRecorder
+from hiertune.sweep.plots import plot_front
 from hiertune.training.features import FeatureStore
+from hiertune.training.loop import heads_for
 
 log = logging.getLogger("hiertune")
 
 CALIBRATION_FRACTION = 0.1
+ENSEMBLE_FRONT = "front.png"  # an ensemble export's picture of where its point lies against the sweep's front
 # Logged as a model from code: MLflow runs this file, with the hiertune package beside it.
 MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
 
 
 def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
-                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
+                address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION,
+                ensemble: int = 0) -> ExportResult:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
+    if ensemble and top != 1:
+        raise UserError("--ensemble exports one ensemble for the pick: leave out --top")
     if not 0.0 < calibration_fraction < 0.5:
         raise UserError(f"--calibration-fraction must be in (0, 0.5), got {calibration_fraction}")
     if not place.remote and not place.dir.is_dir():
@@ -79,21 +89,28 @@ def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path
     held = place.dir.parent if place.remote else place.dir
     held.mkdir(parents=True, exist_ok=True)
     with exclusive(held, f"export-best {place.name} is already running (it holds {held}); wait for it to finish"):
-        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction)
+        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction, ensemble)
 
 
 def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
-                 address: str | None, calibration_fraction: float) -> dict:
+                 address: str | None, calibration_fraction: float, ensemble: int) -> ExportResult:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
     trials = {t.trial_id: t for t in load_trials(place.dir, within=place.uri)}
     meta = find_meta(place.dir) or SweepMeta("", "", sampled_thresholds=False)
     pick = pick or Pick.parse(meta.pick)  # by default the sweep's recommended point
-    _, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
+    points, front = sweep_front(list(trials.values()), meta.sampled_thresholds)
     if not front:
         raise UserError(f"{place.uri}: the sweep has no front (no trial reported a checkpoint)")
     chosen = pick.choose(front, top)
+    plan = None
+    if ensemble:
+        plan = plan_ensemble(trials, chosen[0], pick, ensemble, cache_root)
+        log.info("ensemble of %d pick(s) from %d trial(s): %s, hypervolume %.3f on validation (best single trial "
+                 "%.3f); its point: seen %.3f, unseen %.3f", ensemble, len(plan.library), plan.point.trial,
+                 plan.selection.hypervolume, plan.selection.single, plan.point.seen, plan.point.unseen)
+        chosen = [plan.point]
     if len(chosen) < top:
         log.warning("the front has points of only %d trial(s): exporting %d, not %d", len(chosen), len(chosen), top)
     if place.remote:  # the exports already on S3: their records, so that none is overwritten
@@ -106,26 +123,39 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     for slot in slots:
         if slot.reused:
             log.info("export %d: %s (%s) is already exported with these settings in %s: reused", slot.number,
-                     slot.point["trial"], slot.point["score"], slot.reused["dir"])
-    jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point["trial_id"]], slot.point,
-                                                               calibration_fraction), cache_root)
-            for slot in slots if not slot.reused]
+                     slot.point.trial, slot.point.score, slot.reused.dir)
+    if plan is not None:  # one job per member; the ensemble is assembled from their outputs
+        jobs = [] if slots[0].reused else [
+            RetrainJob(i, member_point(plan, t), retrain_config(t, member_point(plan, t), calibration_fraction),
+                       cache_root) for i, (t, _) in enumerate(plan.members, 1)]
+    else:
+        jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point.trial_id], slot.point,
+                                                                   calibration_fraction), cache_root)
+                for slot in slots if not slot.reused]
     if not jobs:
-        return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": 0.0,
-                "exports": [slot.reused for slot in slots]}
+        return ExportResult(place.name, str(pick), 0.0, [slot.reused for slot in slots])
     base = jobs[0].cfg
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
     test_set = _test_set(bundle, base.data_size, cache_root, test_images)
     cpus = meta.cpus_per_trial
 
-    log.info("export-best %s: retraining %d point(s) picked by %s on all labeled data (calibration split %.0f%%)",
-             place.name, len(jobs), pick, 100 * calibration_fraction)
+    log.info("export-best %s: retraining %d %s picked by %s on all labeled data (calibration split %.0f%%)",
+             place.name, len(jobs), "ensemble member(s)" if plan else "point(s)", pick, 100 * calibration_fraction)
     start = time.perf_counter()
     outputs, failures = _retrain_all(jobs, bundle, cpus, meta.gpus_per_trial, address)
     retrain_wall = time.perf_counter() - start
 
     _clear_leftovers(place.dir / "export")
+    if plan is not None:
+        if failures:
+            raise UserError(f"export-best {place.name} --ensemble: " + "; ".join(failures))
+        slot = slots[0]
+        output = assemble(plan, [outputs[job.k] for job in jobs], bundle, heads_for(bundle, base), base, cache_root)
+        output.files[ENSEMBLE_FRONT] = _front_png(points, front, plan, place.name)
+        summary = _write_export(place, RetrainJob(slot.number, plan.point, base, cache_root), slot.rank, pick, output,
+                                test_set, versions.settings(slot.point, calibration_fraction, test_images), cache_root)
+        return ExportResult(place.name, str(pick), retrain_wall, [summary])
     exports = []
     for slot in slots:
         if slot.reused:
@@ -136,20 +166,20 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
                                          versions.settings(slot.point, calibration_fraction, test_images),
                                          cache_root))
     if failures:
-        done = ", ".join(str(e["k"]) for e in exports) or "none"
+        done = ", ".join(str(e.k) for e in exports) or "none"
         raise UserError(f"export-best {place.name}: " + "; ".join(failures) + f" (exports written: {done})")
-    return {"name": place.name, "pick": str(pick), "retrain_wall_seconds": retrain_wall, "exports": exports}
+    return ExportResult(place.name, str(pick), retrain_wall, exports)
 
 
-def retrain_config(trial: TrialRecord, point: dict, calibration_fraction: float) -> TrialConfig:
+def retrain_config(trial: TrialRecord, point: FrontPoint, calibration_fraction: float) -> TrialConfig:
     if not trial.config:
         raise UserError(f"{trial.name}: trials.json has no configuration for this trial; rerun the sweep")
     cfg = TrialConfig.from_dict(trial.config, where=f"{trial.name} config")
     # The schedule is compressed to the epochs the point was measured at: an ASHA-stopped trial
     # is retrained for what it ran, not for max_t.
-    return replace(cfg, epochs=max(1, int(point["epochs"])), val_fraction=calibration_fraction,
+    return replace(cfg, epochs=max(1, int(point.epochs)), val_fraction=calibration_fraction,
                    pseudo_novel_fraction=0.0, outlier_val_fraction=0.0, faults="",
-                   novelty_score=point["score"])
+                   novelty_score=point.score)
 
 
 def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
@@ -171,7 +201,7 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None) or exc
                     reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                    failures.append(f"export {job.k} ({job.point['trial']}) failed: {reason[:300]}")
+                    failures.append(f"export {job.k} ({job.point.trial}) failed: {reason[:300]}")
                 bar.update()
     return outputs, failures
 
@@ -200,42 +230,54 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
 
 
 def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, output: RetrainOutput,
-                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> dict:
+                  test_set: TestImages | None, same_when: dict, cache_root: Path) -> ExportSummary:
     """export/<job.k>, a folder no export had (hiertune.export.versions)."""
     target = place.dir / "export" / str(job.k)
+    point = job.point
     with atomic_dir(target) as stage:
         for name, data in output.files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)  # an ensemble's members/<i>/
             (stage / name).write_bytes(data)
         write_json(stage / SOURCE, {
-            "sweep": place.name, "sweep_dir": place.uri, "trial": job.point["trial"],
-            "trial_id": job.point["trial_id"], "pick": str(pick), "rank": rank, **same_when})
-        summary = {"k": job.k, "dir": str(target), "trial": job.point["trial"], "score": job.point["score"],
-                   "retrain_seconds": output.seconds, "calibration": output.calibration,
-                   "validation": {"seen": job.point["seen"], "unseen": job.point["unseen"]}}
+            "sweep": place.name, "sweep_dir": place.uri, "trial": point.trial,
+            "trial_id": point.trial_id, "pick": str(pick), "rank": rank, **same_when})
+        submission, rows, test = None, None, None
         if test_set is not None:
             model = ExportedModel.load(stage, features=FeatureStore(cache_root))  # test features cached
             predictions = model.predict_images(test_set.names, test_set.images, test_set.fixes, progress="predicting")
             if (warning := predictions.fixes.warning(test_set.source, model.cfg.data_size)):
                 log.warning(warning)
             predictions.write_csv(stage / SUBMISSION)
-            summary.update(submission=storage.join(place.uri, "export", str(job.k), SUBMISSION)
-                           if place.remote else str(target / SUBMISSION), rows=len(predictions.names))
+            submission = storage.join(place.uri, "export", str(job.k), SUBMISSION) if place.remote \
+                else str(target / SUBMISSION)
+            rows = len(predictions.names)
             if test_set.labels is not None:
-                summary["test"] = _score(predictions, test_set.labels, model)
+                test = _score(predictions, test_set.labels, model)
                 metrics = json.loads((stage / METRICS).read_text())
-                metrics["test"] = summary["test"]
+                metrics["test"] = test
                 write_json(stage / METRICS, metrics)
-        summary["mlflow"] = _log_to_mlflow(place, job, pick, stage, summary)
-        write_json(stage / versions.SUMMARY, summary)
-        write_json(stage / "mlflow.json", summary["mlflow"])
+        logged = _log_to_mlflow(place, job, pick, stage, output, test)
+        summary = ExportSummary(job.k, str(target), point.trial, point.score, output.seconds, output.calibration,
+                                point.seen, point.unseen, logged, submission, rows, test)
+        write_json(stage / versions.SUMMARY, summary.to_dict())
+        write_json(stage / "mlflow.json", logged.to_dict())
     if place.remote:
         # Uploaded once complete; a reader takes mlflow.json, written last, as the sign of a whole export.
         remote = storage.join(place.uri, "export", str(job.k))
         for path in sorted(target.iterdir(), key=lambda p: p.name == "mlflow.json"):
             storage.upload(path, storage.join(remote, path.name))
-        summary["dir"] = remote
-    log.info("export %d: %s (%s) -> %s", job.k, job.point["trial"], job.point["score"], target)
+        summary = replace(summary, dir=remote)
+    log.info("export %d: %s (%s) -> %s", job.k, point.trial, point.score, target)
     return summary
+
+
+def _front_png(points: list[FrontPoint], front: list[FrontPoint], plan: EnsemblePlan, name: str) -> bytes:
+    """The sweep's front with the ensemble's point (its own front dashed) as the star."""
+    with tempfile.TemporaryDirectory(prefix="hiertune-plot-") as tmp:
+        path = Path(tmp) / ENSEMBLE_FRONT
+        plot_front(points, front, plan.point, path, f"{name}: the sweep's front and the ensemble's point",
+                   extra=[("ensemble's own front", plan.front)])
+        return path.read_bytes()
 
 
 def _clear_leftovers(export_dir: Path) -> None:
@@ -258,25 +300,26 @@ def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel)
                                model.heads.n_super, model.heads.n_sub)
 
 
-def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, summary: dict) -> dict:
+def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, output: RetrainOutput,
+                   test: dict | None) -> LoggedModel:
     """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
     recorder = SweepRecorder(place)
-    tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point["trial"],
-            "hiertune.trial_id": job.point["trial_id"], "hiertune.pick": str(pick)}
-    if recorder.state.get("parent"):
-        tags[PARENT_TAG] = recorder.state["parent"]
+    tags = {"hiertune.sweep": place.name, "hiertune.export": str(job.k), "hiertune.trial": job.point.trial,
+            "hiertune.trial_id": job.point.trial_id, "hiertune.pick": str(pick)}
+    if recorder.parent:
+        tags[PARENT_TAG] = recorder.parent
     run = recorder.client.create_run(recorder.experiment_id, run_name=f"export-{job.k}", tags=tags)
     run_id = run.info.run_id
     # What the exported model uses: its family's settings, the front point's score and thresholds
     # (not the config's defaults), and the raw thresholds calibrated for this model.
-    used = json.loads((stage / THRESHOLDS).read_text())
-    recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used["score"],
-                                 "tau_super": job.point["tau_super"], "tau_sub": job.point["tau_sub"],
-                                 "thr_super": used["thr_super"], "thr_sub": used["thr_sub"]})
-    flat = {"retrain_seconds": summary["retrain_seconds"],
-            **{f"validation_{k}": v for k, v in summary["validation"].items()},
-            **{f"calibration_{k}": v for k, v in summary["calibration"].items()},
-            **{f"test_{k}": v for k, v in summary.get("test", {}).items()}}
+    used = output.thresholds
+    recorder.log_params(run_id, {**job.cfg.used_settings(), "pick": str(pick), "novelty_score": used.score,
+                                 "tau_super": job.point.point.tau_super, "tau_sub": job.point.point.tau_sub,
+                                 "thr_super": used.thr_super, "thr_sub": used.thr_sub})
+    flat = {"retrain_seconds": output.seconds, "validation_seen": job.point.seen,
+            "validation_unseen": job.point.unseen,
+            **{f"calibration_{k}": v for k, v in output.calibration.to_dict().items()},
+            **{f"test_{k}": v for k, v in (test or {}).items()}}
     recorder.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, float) and math.isfinite(v)}, 0)
     recorder.client.log_artifacts(run_id, str(stage), artifact_path="export")
     name = "hiertune-" + re.sub(r"[^A-Za-z0-9_.-]", "-", place.name)
@@ -298,5 +341,4 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
     for key, value in tags.items():
         if key != PARENT_TAG:
             recorder.client.set_model_version_tag(name, version, key, value)
-    return {"tracking_uri": redact_uri(place.mlflow_uri), "run_id": run_id, "model_uri": info.model_uri,
-            "registered_model": name, "version": version}
+    return LoggedModel(redact_uri(place.mlflow_uri), run_id, info.model_uri, name, version)

@@ -13,6 +13,11 @@ The directory is everything a prediction needs, and nothing in it executes code 
     source.json            the sweep, trial and front point it came from
     history.json           per-epoch metrics of the retraining
     submission.csv         predictions for the competition's test images, when there were any
+
+An ensemble (`export-best --ensemble N`) is a directory of its own: `ensemble.json` (the members'
+folders and weights, the score and the raw thresholds calibrated on the ensemble's own scores),
+`members/<i>/` (each an exported model directory as above), the label maps, and the same
+metrics.json / source.json / submission.csv. `ExportedModel.load` reads either.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from hiertune.data.dataset import read_mapping, write_mapping
 from hiertune.data.images import FixCounts, check_submission_names, list_image_files, skipped_files
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
-from hiertune.models.registry import Heads, create_model
+from hiertune.models.registry import Heads, ModelOutput, create_model
+from hiertune.novelty.ensemble import logit_scores, mean_logits
 from hiertune.novelty.posthoc import decide
 from hiertune.novelty.registry import list_scores, score, unavailable
 from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
@@ -48,6 +54,7 @@ from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
+ENSEMBLE, MEMBERS = "ensemble.json", "members"
 SUPER_MAP, SUB_MAP = "superclass_mapping.csv", "subclass_mapping.csv"
 METRICS, SOURCE, HISTORY, SUBMISSION = "metrics.json", "source.json", "history.json", "submission.csv"
 REQUIRED = (MODEL, CONFIG, THRESHOLDS, SUPER_MAP, SUB_MAP)
@@ -87,6 +94,30 @@ class Predictions:
             writer.writerow(head)
             writer.writerows(zip(*columns))
 
+    def novel_superclass(self, heads: Heads) -> int:
+        return int((self.superclass == heads.n_super).sum())
+
+    def novel_subclass(self, heads: Heads) -> int:
+        return int((self.subclass == heads.n_sub).sum())
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What `hiertune predict` wrote."""
+
+    output: str
+    rows: int
+    model_dir: str
+    novel_superclass: int  # rows predicted a novel superclass
+    novel_subclass: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        return (f"wrote {self.output}: {self.rows:,} rows ({self.novel_superclass:,} novel superclass, "
+                f"{self.novel_subclass:,} novel subclass)")
+
 
 class ExportedModel:
     """A loaded model directory: `predict_folder` / `predict_images` give the submission's indices."""
@@ -111,6 +142,8 @@ class ExportedModel:
             raise UserError(f"{root}: not a folder (an exported model is a directory)")
         if not root.is_dir():
             raise UserError(f"{root}: no such model directory")
+        if (root / ENSEMBLE).is_file():
+            return EnsembleModel.load(root, device, threads, features)
         for name in REQUIRED:
             if (root / name).exists() and not (root / name).is_file():
                 raise UserError(f"{root / name}: not a file")
@@ -156,8 +189,13 @@ class ExportedModel:
         return loaded
 
     def _outputs(self, images: np.ndarray, progress: str | None = None, cached: bool = True):
-        """Both heads' outputs and the novelty scores; a frozen backbone's features are read from (and
-        kept in) the feature cache when `cached`, so a test set runs through the backbone once."""
+        """Both heads' outputs and the novelty scores."""
+        out = self.forward_images(images, progress, cached)
+        return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
+
+    def forward_images(self, images: np.ndarray, progress: str | None = None, cached: bool = True) -> ModelOutput:
+        """Both heads' outputs; a frozen backbone's features are read from (and kept in) the
+        feature cache when `cached`, so a test set runs through the backbone once."""
         amp = autocast(self.device, self.cfg.amp)
         if cached and self.features is not None and getattr(self.model, "backbone_frozen", False):
             feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
@@ -165,8 +203,7 @@ class ExportedModel:
             inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
         else:
             inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
-        out = forward_all(self.model, inputs, self.device, amp, progress=progress)
-        return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
+        return forward_all(self.model, inputs, self.device, amp, progress=progress)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None
                      ) -> tuple[LevelScores, np.ndarray, np.ndarray]:
@@ -192,6 +229,45 @@ class ExportedModel:
         """Every image directly in `folder` (validated as training images are), numerically ordered."""
         names, images, fixes = read_folder(Path(folder), self.cfg.data_size, cache_root)
         return self.predict_images(names, images, fixes, progress="predicting" if progress else None)
+
+
+class EnsembleModel(ExportedModel):
+    """An ensemble directory loaded: its members' logits averaged with their weights
+    (hiertune.novelty.ensemble.combine), scored and thresholded as one model's."""
+
+    def __init__(self, root: Path, members: list[ExportedModel], weights: list[float], thresholds: Thresholds):
+        first = members[0]
+        super().__init__(root, first.cfg, first.heads, thresholds, first.model, None, first.superclasses,
+                         first.subclasses, first.device, first.augment.config, first.features)
+        self.members, self.weights = members, weights
+
+    @classmethod
+    def load(cls, root: Path, device: str = "auto", threads: int | None = None,
+             features: FeatureStore | None = None) -> "EnsembleModel":
+        raw = _read(root / ENSEMBLE, lambda path: json.loads(path.read_text()))
+        members = raw.get("members") if isinstance(raw, dict) else None
+        if not isinstance(members, list) or not members or not all(
+                isinstance(m, dict) and isinstance(m.get("dir"), str) and m["dir"].startswith(f"{MEMBERS}/")
+                and m["dir"][len(MEMBERS) + 1:].isdigit() and isinstance(m.get("weight"), (int, float))
+                and not isinstance(m["weight"], bool) and m["weight"] > 0 for m in members):
+            raise UserError(f"{root / ENSEMBLE}: not an ensemble (needs members: a list of {{dir: {MEMBERS}/<n>, "
+                            f"weight > 0}})")
+        thresholds = _thresholds(root / ENSEMBLE, raw)
+        if thresholds.score not in logit_scores():
+            raise UserError(f"{root / ENSEMBLE}: an ensemble scores with {', '.join(logit_scores())}, not "
+                            f"{thresholds.score!r}")
+        loaded = [ExportedModel.load(root / m["dir"], device, threads, features) for m in members]
+        for m, model in zip(members, loaded):
+            if (model.heads, model.subclasses, model.superclasses) != (loaded[0].heads, loaded[0].subclasses,
+                                                                      loaded[0].superclasses):
+                raise UserError(f"{root / m['dir']}: its classes differ from {members[0]['dir']}'s: not one ensemble")
+        return cls(root, loaded, [float(m["weight"]) for m in members], thresholds)
+
+    def forward_images(self, images: np.ndarray, progress: str | None = None, cached: bool = True) -> ModelOutput:
+        outs = [m.forward_images(images, progress, cached) for m in self.members]
+        return ModelOutput(mean_logits([o.super_logits for o in outs], self.weights),
+                           mean_logits([o.sub_logits for o in outs], self.weights),
+                           outs[0].super_features, outs[0].sub_features)
 
 
 def write_config(root: Path, cfg: TrialConfig, heads: Heads) -> None:

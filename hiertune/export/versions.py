@@ -10,10 +10,13 @@ earlier ones, which stay what their MLflow model versions point at.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hiertune.errors import UserError
 from hiertune.export.predictor import SOURCE
+from hiertune.export.results import ExportSummary
+from hiertune.sweep.records import FrontPoint
 
 SUMMARY = "export.json"  # what export-best reported for the folder, written before mlflow.json
 
@@ -22,16 +25,16 @@ SUMMARY = "export.json"  # what export-best reported for the folder, written bef
 class Slot:
     rank: int  # the point's place under the pick, 1 = best
     number: int  # its folder: export/<number>
-    point: dict
-    reused: dict | None  # the earlier export's summary, when it is reused
+    point: FrontPoint
+    reused: ExportSummary | None  # the earlier export's summary, when it is reused
 
 
-def settings(point: dict, calibration_fraction: float, test_images: str | None) -> dict:
+def settings(point: FrontPoint, calibration_fraction: float, test_images: str | None) -> dict:
     """What makes two exports the same: recorded in source.json."""
-    return {"point": point, "calibration_fraction": calibration_fraction, "test_images": test_images}
+    return {"point": point.row(), "calibration_fraction": calibration_fraction, "test_images": test_images}
 
 
-def assign(export_dir: Path, points: list[dict], calibration_fraction: float, test_images: str | None) -> list[Slot]:
+def assign(export_dir: Path, points: list[FrontPoint], calibration_fraction: float, test_images: str | None) -> list[Slot]:
     found = _existing(export_dir)
     taken = [int(f.name) for f in export_dir.glob("*") if f.name.isdigit()]
     free = max(taken, default=0) + 1
@@ -41,15 +44,15 @@ def assign(export_dir: Path, points: list[dict], calibration_fraction: float, te
         match = next((n for n, (source, _) in sorted(found.items()) if {k: source.get(k) for k in wanted} == wanted
                       and found[n][1] is not None), None)
         if match is not None:
-            slots.append(Slot(rank, match, point, {**found[match][1], "dir": str(export_dir / str(match)),
-                                                   "reused": True}))
+            slots.append(Slot(rank, match, point, replace(found[match][1], dir=str(export_dir / str(match)),
+                                                          reused=True)))
         else:
             slots.append(Slot(rank, free, point, None))
             free += 1
     return slots
 
 
-def _existing(export_dir: Path) -> dict[int, tuple[dict, dict | None]]:
+def _existing(export_dir: Path) -> dict[int, tuple[dict, ExportSummary | None]]:
     """Each numbered export folder's source.json and summary (None: an export from before summaries)."""
     out = {}
     for folder in export_dir.glob("*"):
@@ -57,8 +60,9 @@ def _existing(export_dir: Path) -> dict[int, tuple[dict, dict | None]]:
             continue
         try:
             source = json.loads((folder / SOURCE).read_text())
-            summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() else None
-        except (OSError, ValueError):
+            summary = ExportSummary.from_dict(json.loads((folder / SUMMARY).read_text()), str(folder / SUMMARY)) \
+                if (folder / SUMMARY).is_file() else None
+        except (OSError, ValueError, UserError):
             source, summary = {}, None  # a damaged folder is never reused, and its number stays taken
         out[int(folder.name)] = (source, summary)
     return out

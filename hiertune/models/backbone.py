@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hiertune.data.augment import INTERPOLATIONS
 from hiertune.errors import UserError, did_you_mean
+from hiertune.models.projection import SourceProjection
 from hiertune.models.registry import Heads, ModelConfig, ModelOutput
 from hiertune.models.weights import PACKAGES, install_hint, package_for, package_weights
 
@@ -246,13 +247,29 @@ class FinetunedModel(nn.Module):
         """The backbones' outputs the trainable part reads, per image."""
         raise NotImplementedError
 
+    def frozen_widths(self) -> dict[str, int]:
+        """The width of each of `frozen_features`' outputs (what a source projection covers)."""
+        raise NotImplementedError
+
     def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         """The trainable part: heads (and side branches) on `frozen_features`' outputs."""
         raise NotImplementedError
 
+    def add_source_projection(self, directions: int) -> None:
+        """Project `directions` source directions out of the frozen features before the heads
+        (hiertune.models.projection); the bases are fitted by the training loop. ModelConfig
+        has checked that the backbone is frozen."""
+        self.source_projection = SourceProjection(self.frozen_widths(), directions)
+
+    def from_frozen(self, features: dict[str, torch.Tensor]) -> ModelOutput:
+        """The heads on frozen features, through the source projection when there is one: what
+        training on cached features and a forward pass from images both run."""
+        projection = getattr(self, "source_projection", None)
+        return self.from_features(projection(features) if projection is not None else features)
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         # One code path for both: training on cached features runs exactly this head code.
-        return self.from_features(self.frozen_features(x))
+        return self.from_frozen(self.frozen_features(x))
 
     def train(self, mode: bool = True) -> FinetunedModel:
         # A frozen BatchNorm keeps its running statistics too: updating them from our batches

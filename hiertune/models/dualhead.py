@@ -22,6 +22,9 @@ class DualHead(FinetunedModel):
     def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pooled": self.backbones[0](x)}
 
+    def frozen_widths(self) -> dict[str, int]:
+        return {"pooled": feature_dim(self.backbones[0])}
+
     def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         f = features["pooled"]
         return ModelOutput(self.super_head(f), self.sub_head(f), f, f)

@@ -80,6 +80,10 @@ class Layover(FinetunedModel):
             final, (hidden,) = backbone.forward_intermediates(x, indices=[self.stage])
             return {"pooled": backbone.forward_head(final, pre_logits=True), "stage": hidden.mean(dim=(2, 3))}
 
+    def frozen_widths(self) -> dict[str, int]:
+        backbone = self.backbones[0]
+        return {"pooled": feature_dim(backbone), "stage": backbone.feature_info[self.stage]["num_chs"]}
+
     def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         pooled = features["pooled"]
         alpha = self.gate(pooled)

@@ -52,6 +52,7 @@ class ModelConfig:
     gradual_every: int = 1  # gradual: epochs between unfreezing one more stage
     dropout: float = 0.0  # before each head
     outlier_mode: str = "class"  # class: outliers are each head's novel class; oe: uniform target
+    source_directions: int = 0  # frozen-feature directions that tell the image sources apart, projected out
     settings: Any = None  # the family's Settings instance; None: its defaults
 
     def __post_init__(self) -> None:
@@ -70,6 +71,13 @@ class ModelConfig:
             raise UserError(f"gradual_every must be >= 1, got {self.gradual_every}")
         if self.unfreeze_depth < 0:
             raise UserError(f"unfreeze_depth must be >= 0, got {self.unfreeze_depth}")
+        if self.source_directions < 0:
+            raise UserError(f"source_directions must be >= 0, got {self.source_directions}")
+        if self.source_directions and not self.backbone_frozen:
+            why = (f"finetune {self.finetune} trains the backbone" if self.spec.uses_backbone else
+                   f"the {self.family} family has no timm backbone")
+            raise UserError(f"source_directions {self.source_directions} needs a frozen backbone (finetune linear, "
+                            f"or partial with unfreeze_depth 0) to fit its directions on: {why}")
 
     @classmethod
     def of(cls, family_name: str, **values) -> ModelConfig:
@@ -191,4 +199,7 @@ def family_settings() -> tuple[type, ...]:
 
 
 def create_model(config: ModelConfig, heads: Heads) -> nn.Module:
-    return family(config.family).builder(config, heads)
+    model = family(config.family).builder(config, heads)
+    if config.source_directions:  # a frozen backbone's (ModelConfig checked it)
+        model.add_source_projection(config.source_directions)
+    return model

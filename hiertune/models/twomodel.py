@@ -24,6 +24,9 @@ class TwoModel(FinetunedModel):
     def frozen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"super": self.backbones[0](x), "sub": self.backbones[1](x)}
 
+    def frozen_widths(self) -> dict[str, int]:
+        return {"super": feature_dim(self.backbones[0]), "sub": feature_dim(self.backbones[1])}
+
     def from_features(self, features: dict[str, torch.Tensor]) -> ModelOutput:
         f_super, f_sub = features["super"], features["sub"]
         return ModelOutput(self.super_head(f_super), self.sub_head(f_sub), f_super, f_sub)

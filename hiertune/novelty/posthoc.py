@@ -27,13 +27,13 @@ from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads
-from hiertune.novelty.metrics import (ACCURACIES, LEADERBOARD_KEYS, RankedScores, hypervolume_2d, knee_distance,
+from hiertune.novelty.metrics import (ACCURACIES, RankedScores, hypervolume_2d, knee_distance,
                                       objective, pareto_front, rank_points)
 from hiertune.novelty.memo import Memo
+from hiertune.novelty.records import MEASURES, NOVEL_GROUPS, GridPoint, ScoreFigures
 from hiertune.novelty.registry import LEVELS, list_scores, unavailable
 from hiertune.novelty.scores import FeatureScorer, LevelScores, all_level_scores
 
-MEASURES = ("auroc", "fpr95", "oscr")
 GROUP_KEYS = (*(f"{g}_acc" for g in GROUPS), "accept_shifted")  # per-group keys of every grid point
 
 # 21 places in a τ range, as fractions of it: dense at its low end, where rejecting one more
@@ -311,74 +311,62 @@ class PosthocResult:
     def unseen(self) -> np.ndarray:
         return objective(self.grid[..., 1], self.grid[..., 3])
 
-    def find(self, score: str, tau_super: float, tau_sub: float) -> dict | None:
+    def find(self, score: str, tau_super: float, tau_sub: float) -> GridPoint | None:
         """point() of (score, τ_super, τ_sub) when the grid has it, else None."""
         if score not in self.scores or tau_super not in self.tau_super or tau_sub not in self.tau_sub:
             return None
         return self.point(self.scores.index(score), int(np.flatnonzero(self.tau_super == tau_super)[0]),
                           int(np.flatnonzero(self.tau_sub == tau_sub)[0]))
 
-    def point(self, score: int, i: int, j: int) -> dict:
-        """Everything about one grid point; accuracy keys match leaderboard_metrics."""
+    def point(self, score: int, i: int, j: int) -> GridPoint:
+        """Everything about one grid point; accuracy names match leaderboard_metrics."""
         acc = dict(zip(ACCURACIES, map(float, self.grid[score, i, j])))
         c = self.counts
-        acc["overall_super_acc"] = _pooled(acc["seen_super_acc"], c["seen_super"],
-                                           acc["unseen_super_acc"], c["novel_super"])
-        acc["overall_sub_acc"] = _pooled(acc["seen_sub_acc"], c["seen_sub"],
-                                         acc["unseen_sub_acc"], c["novel_sub"])
-        acc["seen"] = objective(acc["seen_super_acc"], acc["seen_sub_acc"])
-        acc["unseen"] = objective(acc["unseen_super_acc"], acc["unseen_sub_acc"])
-        groups = {f"{g}_acc": objective(*self.group_acc[score, i, j, k]) for k, g in enumerate(GROUPS)}
-        return {"score": self.scores[score],
-                "tau_super": float(self.tau_super[i]), "tau_sub": float(self.tau_sub[j]),
-                "thr_super": float(self.thr_super[score, i]), "thr_sub": float(self.thr_sub[score, j]),
-                "accept_super": float(self.accept_super[score, i]), "accept_sub": float(self.accept_sub[score, j]),
-                "accept_shifted": float(self.accept_shifted[score, i, j]),
-                "accept_shifted_super": float(self.accept_shifted_super[score, i]),
-                "accept_shifted_sub": float(self.accept_shifted_sub[score, j]),
-                **acc, **groups, **self.aurocs}
+        return GridPoint(
+            score=self.scores[score], tau_super=float(self.tau_super[i]), tau_sub=float(self.tau_sub[j]),
+            thr_super=float(self.thr_super[score, i]), thr_sub=float(self.thr_sub[score, j]),
+            accept_super=float(self.accept_super[score, i]), accept_sub=float(self.accept_sub[score, j]),
+            accept_shifted=float(self.accept_shifted[score, i, j]),
+            accept_shifted_super=float(self.accept_shifted_super[score, i]),
+            accept_shifted_sub=float(self.accept_shifted_sub[score, j]),
+            **acc,
+            overall_super_acc=_pooled(acc["seen_super_acc"], c["seen_super"], acc["unseen_super_acc"], c["novel_super"]),
+            overall_sub_acc=_pooled(acc["seen_sub_acc"], c["seen_sub"], acc["unseen_sub_acc"], c["novel_sub"]),
+            seen=objective(acc["seen_super_acc"], acc["seen_sub_acc"]),
+            unseen=objective(acc["unseen_super_acc"], acc["unseen_sub_acc"]),
+            **{f"{g}_acc": objective(*self.group_acc[score, i, j, k]) for k, g in enumerate(GROUPS)})
 
     @cached_property
-    def aurocs(self) -> dict[str, float]:
-        """Every score's AUROC per novel group: trial-level facts that each of its points carries."""
-        return {f"auroc_{g}.{name}": float(self.group_auroc[s, k])
-                for k, g in enumerate(("novel_sub", "novel_super")) for s, name in enumerate(self.scores)}
+    def by_score(self) -> dict[str, ScoreFigures]:
+        """Each score's threshold-free figures: trial-level facts that each of its points shares."""
+        out = {}
+        for s, name in enumerate(self.scores):
+            points = np.stack([self.seen[s].ravel(), self.unseen[s].ravel()], 1)
+            free = {f"{level}_{measure}": float(self.threshold_free[s, l, m])
+                    for l, level in enumerate(LEVELS) for m, measure in enumerate(MEASURES)}
+            aurocs = {f"auroc_{g}": float(self.group_auroc[s, k]) for k, g in enumerate(NOVEL_GROUPS)}
+            out[name] = ScoreFigures(hypervolume=hypervolume_2d(points), **free, **aurocs)
+        return out
 
     @cached_property
-    def front(self) -> list[dict]:
+    def front(self) -> list[GridPoint]:
         """Non-dominated (seen, unseen) grid points over all scores, seen descending."""
         flat = pareto_front(np.stack([self.seen.ravel(), self.unseen.ravel()], 1))
         return [self.point(*np.unravel_index(k, self.grid.shape[:3])) for k in flat]
 
     @cached_property
     def hypervolume(self) -> float:
-        return hypervolume_2d([(p["seen"], p["unseen"]) for p in self.front])
+        return hypervolume_2d([(p.seen, p.unseen) for p in self.front])
 
     @cached_property
-    def recommended(self) -> dict:
+    def recommended(self) -> GridPoint:
         """The knee of this trial's own front (hiertune.novelty.metrics.knee_distance): the point a trial
         reports as its seen/unseen, rather than a corner such as rejecting everything."""
         if not self.front:  # every grid point NaN: nothing to recommend
             return self.point(0, 0, 0)
-        seen = np.array([p["seen"] for p in self.front])
-        unseen = np.array([p["unseen"] for p in self.front])
+        seen = np.array([p.seen for p in self.front])
+        unseen = np.array([p.unseen for p in self.front])
         return self.front[rank_points(seen, unseen, knee_distance(seen, unseen))[0]]
-
-    def to_metrics(self) -> dict[str, float]:
-        """Flat floats for Ray Tune / MLflow: the recommended point's accuracies and τ, the front's
-        hypervolume (overall and per score), and the threshold-free measures per level and score."""
-        metrics = {key: self.recommended[key] for key in (*LEADERBOARD_KEYS, *GROUP_KEYS)}
-        metrics.update(tau_super=self.recommended["tau_super"], tau_sub=self.recommended["tau_sub"],
-                       hypervolume=self.hypervolume, front_size=float(len(self.front)))
-        for s, name in enumerate(self.scores):
-            points = np.stack([self.seen[s].ravel(), self.unseen[s].ravel()], 1)
-            metrics[f"hypervolume_{name}"] = hypervolume_2d(points)
-            for l, level in enumerate(LEVELS):
-                for m, measure in enumerate(MEASURES):
-                    metrics[f"{level}_{measure}_{name}"] = float(self.threshold_free[s, l, m])
-        # MLflow metric names allow '_' but the CSV's 'auroc_novel_sub.msp' reads better with a dot.
-        metrics.update({k.replace(".", "_"): v for k, v in self.aurocs.items()})
-        return metrics
 
     def save(self, path: str | os.PathLike) -> None:
         """One .npz of plain arrays; names and counts ride along as a JSON string (no pickle)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiertune.errors import UserError
-from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, load_trials, read_ended, read_meta
+from hiertune.sweep.state import SWEEP_JSON, TRIALS_JSON, TrialCounts, load_trials, read_ended, read_meta
 
 DEFAULT_ROOT = "sweeps"
 
@@ -26,11 +26,11 @@ class SweepEntry:
     name: str
     storage: str  # the folder holding the sweep's folder (SweepPlace.root)
     status: str  # finished | interrupted | budget spent | unfinished
-    trials: dict[str, int]  # status → count, from trials.json
+    trials: TrialCounts  # from trials.json
     modified: float
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "trials": self.trials.nonzero()}
 
 
 def find_sweep(name: str, storage: str | None) -> tuple[str, str]:
@@ -66,7 +66,7 @@ def list_sweeps(root: str | Path = DEFAULT_ROOT) -> list[SweepEntry]:
 
 
 def _entry(folder: Path) -> SweepEntry:
-    trials: dict[str, int] = {}
+    trials = TrialCounts()
     status = "unfinished"  # running now, or its driver was killed (--resume continues it)
     try:
         read_meta(folder)
@@ -74,15 +74,28 @@ def _entry(folder: Path) -> SweepEntry:
         status = f"damaged {SWEEP_JSON}"
     if (folder / TRIALS_JSON).is_file() and status == "unfinished":
         try:
-            for r in load_trials(folder):
-                trials[r.status] = trials.get(r.status, 0) + 1
-            status = "interrupted" if trials.get("interrupted") else "finished"
+            trials = TrialCounts.of(r.status for r in load_trials(folder))
+            status = "interrupted" if trials.interrupted else "finished"
             if read_ended(folder) == "budget":  # its cut trials are the budget's, not a Ctrl+C's
                 status = "budget spent"
-        except UserError:
+        except (UserError, ValueError):  # unreadable, or a status no hiertune wrote
             status = f"damaged {TRIALS_JSON}"
     modified = max(p.stat().st_mtime for p in folder.iterdir()) if any(folder.iterdir()) else folder.stat().st_mtime
     return SweepEntry(folder.name, str(folder.parent.resolve()), status, trials, modified)
+
+
+@dataclass(frozen=True)
+class SweepList:
+    """`hiertune ls`: the sweeps of a storage folder and the storage folders inside it."""
+
+    storage: str
+    sweeps: list[SweepEntry]
+
+    def to_dict(self) -> dict:
+        return {"storage": self.storage, "sweeps": [e.to_dict() for e in self.sweeps]}
+
+    def render(self) -> str:
+        return render(self.sweeps, self.storage)
 
 
 def render(entries: list[SweepEntry], root: str) -> str:
@@ -90,7 +103,7 @@ def render(entries: list[SweepEntry], root: str) -> str:
         return f"no sweeps in {root} (run `hiertune demo` or `hiertune sweep SPACE`)"
     rows = [("name", "status", "trials", "modified", "storage")]
     for e in entries:
-        counts = ", ".join(f"{n} {s}" for s, n in e.trials.items()) or "-"
+        counts = ", ".join(f"{n} {s}" for s, n in e.trials.nonzero().items()) or "-"
         rows.append((e.name, e.status, counts, time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified)),
                      e.storage))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

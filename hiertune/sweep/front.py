@@ -20,17 +20,15 @@ from hiertune.data.splits import GROUPS
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, rank_points
-from hiertune.novelty.posthoc import GROUP_KEYS
-from hiertune.novelty.registry import list_scores
+from hiertune.novelty.records import NOVEL_GROUPS
 from hiertune.sweep.plots import front_html, plot_front
+from hiertune.sweep.records import FrontPoint
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
-
-# Seen validation images each threshold accepted, per level and seen group: what export calibrates to.
-ACCEPTANCE = ("accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub")
+from hiertune.training.records import EpochMetrics
 
 
-def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[dict]:
+def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[FrontPoint]:
     """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint; or, when
     Optuna sampled the thresholds, each trial's one point at its sampled thresholds."""
     points = []
@@ -38,37 +36,29 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
         if t.checkpoint is None or t.status == "failed":
             continue
         if sampled_thresholds:
-            m = t.metrics
-            points.append({"trial": t.name, "trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
-                           **{f"param.{k}": v for k, v in sorted(t.params.items())},
-                           "score": t.params.get("novelty_score", "msp"), "tau_super": t.params.get("tau_super"),
-                           "tau_sub": t.params.get("tau_sub"),
-                           **{k: m[f"point_{k}"] for k in (*ACCURACIES, "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)
-                              if f"point_{k}" in m},
-                           **{f"auroc_{g}.{s}": m[f"auroc_{g}_{s}"] for g in ("novel_sub", "novel_super")
-                              for s in list_scores() if f"auroc_{g}_{s}" in m}})
+            try:
+                last = EpochMetrics.from_flat(t.metrics)
+            except ValueError as exc:
+                raise UserError(f"{t.name}: its metrics in the sweep's records are not an epoch's ({exc})") from None
+            points.append(FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, last.point, last.by_score))
             continue
         result = read_posthoc(t.checkpoint)
         for s, i, j in np.ndindex(*result.grid.shape[:3]):
-            p = result.point(s, i, j)
-            if np.isnan(p["seen"]) or np.isnan(p["unseen"]):
-                continue
-            points.append({"trial": t.name, "trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
-                           **{f"param.{k}": v for k, v in sorted(t.params.items())},
-                           **{k: p[k] for k in ("score", "tau_super", "tau_sub", "thr_super", "thr_sub", *ACCURACIES,
-                                                "seen", "unseen", *ACCEPTANCE, *GROUP_KEYS)},
-                           **result.aurocs})
+            p = FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, result.point(s, i, j), result.by_score)
+            if p.measured():
+                points.append(p)
     return points
 
 
-def compute_front(points: list[dict]) -> list[dict]:
+def compute_front(points: list) -> list:
+    """The non-dominated points (anything with `seen` and `unseen`), seen descending."""
     if not points:
         return []
-    index = pareto_front(np.array([[p["seen"], p["unseen"]] for p in points]))
+    index = pareto_front(np.array([[p.seen, p.unseen] for p in points]))
     return [points[k] for k in index]
 
 
-def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[list[dict], list[dict]]:
+def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[list[FrontPoint], list[FrontPoint]]:
     """(every point, the non-dominated ones): the one place a sweep's front is decided."""
     points = front_points(trials, sampled_thresholds)
     return points, compute_front(points)
@@ -102,10 +92,11 @@ class Pick:
     def __str__(self) -> str:
         return f"weight={self.weight:g}" if self.kind == "weight" else self.kind
 
-    def rank(self, front: list[dict]) -> list[dict]:
-        """The front, best first under this pick; ties go to the higher seen + unseen."""
-        seen = np.array([p["seen"] for p in front], dtype=float)
-        unseen = np.array([p["unseen"] for p in front], dtype=float)
+    def rank(self, front: list) -> list:
+        """The front (anything with `seen` and `unseen`), best first under this pick; ties go to
+        the higher seen + unseen."""
+        seen = np.array([p.seen for p in front], dtype=float)
+        unseen = np.array([p.unseen for p in front], dtype=float)
         if self.kind == "max-seen":
             key = seen + 1e-9 * unseen
         elif self.kind == "max-unseen":
@@ -116,56 +107,58 @@ class Pick:
             key = knee_distance(seen, unseen)
         return [front[i] for i in rank_points(seen, unseen, key)]
 
-    def choose(self, front: list[dict], top: int) -> list[dict]:
+    def choose(self, front: list[FrontPoint], top: int) -> list[FrontPoint]:
         """The `top` best points of distinct trials: two points of one trial differ only in
         thresholds, and retraining the same configuration twice would buy nothing."""
         chosen, trials = [], set()
         for p in self.rank(front):
-            if p["trial_id"] not in trials:
+            if p.trial_id not in trials:
                 chosen.append(p)
-                trials.add(p["trial_id"])
+                trials.add(p.trial_id)
             if len(chosen) == top:
                 break
         return chosen
 
 
-def recommended(front: list[dict], pick: Pick) -> dict | None:
+def recommended(front: list[FrontPoint], pick: Pick) -> FrontPoint | None:
     """The sweep's one recommended point: the best front point under the sweep's pick."""
     return pick.rank(front)[0] if front else None
 
 
-def write_front(sweep_dir: Path, name: str, points: list[dict], front: list[dict],
-                best: dict | None) -> tuple[Path, Path, Path]:
+def write_front(sweep_dir: Path, name: str, points: list[FrontPoint], front: list[FrontPoint],
+                best: FrontPoint | None) -> tuple[Path, Path, Path]:
     csv_path, png_path, html_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png", sweep_dir / "pareto.html"
-    columns = list(dict.fromkeys(k for p in front for k in p))
+    rows = [p.row() for p in front]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*columns, "recommended"])
         writer.writeheader()
-        writer.writerows({**p, "recommended": int(p == best)} for p in front)
+        writer.writerows({**r, "recommended": int(p is best)} for p, r in zip(front, rows))
     title = f"{name}: seen vs unseen ({len(points):,} trial × post-hoc points)"
     plot_front(points, front, best, png_path, title)
     front_html(points, front, best, html_path, title)
     return csv_path, png_path, html_path
 
 
-def render(front: list[dict], best: dict | None = None, rows: int | None = None, groups: bool = False) -> str:
+def render(front: list[FrontPoint], best: FrontPoint | None = None, rows: int | None = None,
+           groups: bool = False) -> str:
     """The front as a table; `*` marks the recommended point. With `rows`, that many points
     spread along the front, the recommended one always among them (the whole is in pareto.csv).
     `groups`: each point's per-group accuracy and, for its score, the AUROC on novel_sub and
     novel_super instead."""
     if groups:
         return render_groups(front)
-    params = sorted({k for p in front for k in p if k.startswith("param.")})
+    params = sorted({k for p in front for k in p.params})
     shown = front
     if rows is not None and len(front) > rows:
         keep = {round(i * (len(front) - 1) / (rows - 1)) for i in range(rows)}
-        keep |= {i for i, p in enumerate(front) if p == best}
+        keep |= {i for i, p in enumerate(front) if p is best}
         shown = [p for i, p in enumerate(front) if i in keep]
-    head = ["", "trial", "epochs", *[k[6:] for k in params], "score", "tau_sup", "tau_sub",
+    head = ["", "trial", "epochs", *params, "score", "tau_sup", "tau_sub",
             "seen_sup", "unseen_sup", "seen_sub", "unseen_sub", "seen", "unseen"]
-    table = [["*" if p == best else "", p["trial"], p["epochs"], *[_fmt(p.get(k), ".3g") for k in params], p["score"],
-              _fmt(p["tau_super"]), _fmt(p["tau_sub"]), *[_fmt(p[k]) for k in ACCURACIES], _fmt(p["seen"]),
-              _fmt(p["unseen"])]
+    table = [["*" if p is best else "", p.trial, p.epochs, *[_fmt(p.params.get(k), ".3g") for k in params], p.score,
+              _fmt(p.point.tau_super), _fmt(p.point.tau_sub), *[_fmt(getattr(p.point, k)) for k in ACCURACIES],
+              _fmt(p.seen), _fmt(p.unseen)]
              for p in shown]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     more = [f"({len(front) - len(shown)} more front points in pareto.csv)"] if len(shown) < len(front) else []
@@ -173,32 +166,32 @@ def render(front: list[dict], best: dict | None = None, rows: int | None = None,
                      + more)
 
 
-def render_groups(front: list[dict]) -> str:
+def render_groups(front: list[FrontPoint]) -> str:
     head = ["trial", "score", "tau_sup", "tau_sub", "seen", "unseen", *(f"{g}_acc" for g in GROUPS),
             "accept_shifted", "auroc_novel_sub", "auroc_novel_super"]
-    rows = [[p["trial"], p["score"], _fmt(p["tau_super"]), _fmt(p["tau_sub"]), _fmt(p["seen"]), _fmt(p["unseen"]),
-             *(_fmt(p.get(f"{g}_acc")) for g in GROUPS), _fmt(p.get("accept_shifted")),
-             _fmt(p.get(f"auroc_novel_sub.{p['score']}")), _fmt(p.get(f"auroc_novel_super.{p['score']}"))]
+    rows = [[p.trial, p.score, _fmt(p.point.tau_super), _fmt(p.point.tau_sub), _fmt(p.seen), _fmt(p.unseen),
+             *(_fmt(getattr(p.point, f"{g}_acc")) for g in GROUPS), _fmt(p.point.accept_shifted),
+             *(_fmt(p.auroc(g)) for g in NOVEL_GROUPS)]
             for p in front]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [head, *rows])
 
 
-def point_report(point: dict) -> str:
+def point_report(p: FrontPoint) -> str:
     """One point in full: each group's accuracy, every score's AUROC on novel_sub and novel_super
     (the trial's, so one table says which score wins per group), and acceptance on seen_shifted."""
-    scores = sorted({k.split(".", 1)[1] for k in point if k.startswith("auroc_novel_sub.")})
-    lines = [f"{point['trial']} (epochs {point['epochs']}), {point['score']} at tau_super {_fmt(point['tau_super'])}, "
-             f"tau_sub {_fmt(point['tau_sub'])}: seen {_fmt(point['seen'])}  unseen {_fmt(point['unseen'])}",
-             "  group accuracy: " + "  ".join(f"{g} {_fmt(point.get(f'{g}_acc'))}" for g in GROUPS),
-             f"  seen_shifted acceptance: both levels {_fmt(point.get('accept_shifted'))}, superclass "
-             f"{_fmt(point.get('accept_shifted_super'))}, subclass {_fmt(point.get('accept_shifted_sub'))} "
-             f"(in-source seen: superclass {_fmt(point.get('accept_super'))}, "
-             f"subclass {_fmt(point.get('accept_sub'))})",
+    q = p.point
+    scores = sorted(p.by_score)
+    lines = [f"{p.trial} (epochs {p.epochs}), {p.score} at tau_super {_fmt(q.tau_super)}, "
+             f"tau_sub {_fmt(q.tau_sub)}: seen {_fmt(p.seen)}  unseen {_fmt(p.unseen)}",
+             "  group accuracy: " + "  ".join(f"{g} {_fmt(getattr(q, f'{g}_acc'))}" for g in GROUPS),
+             f"  seen_shifted acceptance: both levels {_fmt(q.accept_shifted)}, superclass "
+             f"{_fmt(q.accept_shifted_super)}, subclass {_fmt(q.accept_shifted_sub)} "
+             f"(in-source seen: superclass {_fmt(q.accept_super)}, subclass {_fmt(q.accept_sub)})",
              f"  {'score':<12}{'auroc novel_sub':>16}{'auroc novel_super':>19}"]
-    best = {g: max(scores, key=lambda s: _or_minus(point[f"auroc_{g}.{s}"])) for g in ("novel_sub", "novel_super")}
+    best = {g: max(scores, key=lambda s: _or_minus(p.auroc(g, s)), default=None) for g in NOVEL_GROUPS}
     for s in scores:
-        marks = [_fmt(point[f"auroc_{g}.{s}"]) + ("*" if best[g] == s else " ") for g in ("novel_sub", "novel_super")]
+        marks = [_fmt(p.auroc(g, s)) + ("*" if best[g] == s else " ") for g in NOVEL_GROUPS]
         lines.append(f"  {s:<12}{marks[0]:>16}{marks[1]:>19}")
     lines.append("  * best score for that group")
     return "\n".join(lines)

@@ -15,33 +15,42 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hiertune.data.corrupt import CORRUPTIONS  # noqa: E402
 from hiertune.fsutil import atomic_file  # noqa: E402
+from hiertune.novelty.records import GridPoint  # noqa: E402
+from hiertune.sweep.records import FrontPoint  # noqa: E402
+from hiertune.training.records import EpochMetrics  # noqa: E402
 
 
-def plot_front(points: list[dict], front: list[dict], best: dict | None, path: Path, title: str) -> None:
+def plot_front(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoint | None, path: Path,
+               title: str, extra: list[tuple[str, list[GridPoint]]] = ()) -> None:
     """Left: every (trial × post-hoc setting) point coloured by its novelty score, the front joined,
-    the recommended point marked and labelled, the axes fitted to where the points are. Right:
-    each validation group's accuracy, and seen_shifted acceptance, along the front."""
+    the recommended point marked and labelled, the axes fitted to where the points are; `extra`
+    fronts (an ensemble's own) joined in grey. Right: each validation group's accuracy, and
+    seen_shifted acceptance, along the front."""
     fig, (ax, groups) = plt.subplots(1, 2, figsize=(13.6, 5.6), gridspec_kw={"width_ratios": [1.15, 1]})
-    scores = sorted({p["score"] for p in points})
+    scores = sorted({p.score for p in points})
     colours = dict(zip(scores, plt.get_cmap("tab10").colors))
     for score in scores:
-        mine = [p for p in points if p["score"] == score]
-        ax.scatter([p["seen"] for p in mine], [p["unseen"] for p in mine], s=5, alpha=0.35, color=colours[score],
+        mine = [p for p in points if p.score == score]
+        ax.scatter([p.seen for p in mine], [p.unseen for p in mine], s=5, alpha=0.35, color=colours[score],
                    label=f"{score} ({len(mine):,})", rasterized=True)
-    ordered = sorted(front, key=lambda p: p["seen"])
-    ax.plot([p["seen"] for p in ordered], [p["unseen"] for p in ordered], "-", c="black", lw=1.2, zorder=3)
-    ax.scatter([p["seen"] for p in ordered], [p["unseen"] for p in ordered], s=22, zorder=4, edgecolors="black",
-               color=[colours[p["score"]] for p in ordered], label=f"front ({len(front)} points)")
+    ordered = sorted(front, key=lambda p: p.seen)
+    ax.plot([p.seen for p in ordered], [p.unseen for p in ordered], "-", c="black", lw=1.2, zorder=3)
+    ax.scatter([p.seen for p in ordered], [p.unseen for p in ordered], s=22, zorder=4, edgecolors="black",
+               color=[colours[p.score] for p in ordered], label=f"front ({len(front)} points)")
+    for label, other in extra:
+        line = sorted(other, key=lambda p: p.seen)
+        ax.plot([p.seen for p in line], [p.unseen for p in line], "--", c="0.45", lw=1.2, zorder=3,
+                label=f"{label} ({len(line)} points)")
     if best is not None:
-        ax.scatter([best["seen"]], [best["unseen"]], marker="*", s=320, c="gold", edgecolors="black", zorder=5,
+        ax.scatter([best.seen], [best.unseen], marker="*", s=320, c="gold", edgecolors="black", zorder=5,
                    label="recommended")
-        ax.annotate(f"recommended: {best['trial']} ({best['epochs']} ep)\n{best['score']}, τ_super "
-                    f"{best['tau_super']:.3f}, τ_sub {best['tau_sub']:.3f}\nseen {best['seen']:.3f}, unseen "
-                    f"{best['unseen']:.3f}", (best["seen"], best["unseen"]), xytext=_inward(ax, best, points),
+        ax.annotate(f"recommended: {best.trial} ({best.epochs} ep)\n{best.score}, τ_super "
+                    f"{best.point.tau_super:.3f}, τ_sub {best.point.tau_sub:.3f}\nseen {best.seen:.3f}, unseen "
+                    f"{best.unseen:.3f}", (best.seen, best.unseen), xytext=_inward(ax, best, points),
                     textcoords="offset points", fontsize=8, zorder=6,
                     bbox=dict(boxstyle="round", fc="white", ec="0.5", alpha=0.9),
                     arrowprops=dict(arrowstyle="-", color="0.4"))
-    xs, ys = [p["seen"] for p in points], [p["unseen"] for p in points]
+    xs, ys = [p.seen for p in points], [p.unseen for p in points]
     if xs:
         for lim, values in ((ax.set_xlim, xs), (ax.set_ylim, ys)):
             lo, hi = min(values), max(values)
@@ -55,14 +64,14 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([30])
     ax.set_title(title, fontsize=10)
-    seen = [p["seen"] for p in ordered]
+    seen = [p.seen for p in ordered]
     for key, style in (("seen_acc", "-o"), ("seen_shifted_acc", "-s"), ("novel_sub_acc", "-^"),
                        ("novel_super_acc", "-v"), ("accept_shifted", ":x")):
-        values = [p.get(key, float("nan")) for p in ordered]
+        values = [getattr(p.point, key) for p in ordered]
         if any(v == v for v in values):  # a group without images has NaN everywhere: leave it out
             groups.plot(seen, values, style, ms=4, label=key.removesuffix("_acc"))
     if best is not None:
-        groups.axvline(best["seen"], color="gold", lw=2, zorder=0, label="recommended")
+        groups.axvline(best.seen, color="gold", lw=2, zorder=0, label="recommended")
     groups.set_xlabel("seen accuracy of the front point")
     groups.set_ylabel("accuracy per validation group (acceptance for accept_shifted)")
     groups.set_ylim(0, 1.02)
@@ -73,37 +82,38 @@ def plot_front(points: list[dict], front: list[dict], best: dict | None, path: P
     _save(fig, path)
 
 
-def _inward(ax, best: dict, points: list[dict]) -> tuple[int, int]:
+def _inward(ax, best: FrontPoint, points: list[FrontPoint]) -> tuple[int, int]:
     """Where the label goes, in points from the marker: toward the middle of the data, so it
     stays inside the axes whichever corner the recommended point is in."""
-    mid_x = (min(p["seen"] for p in points) + max(p["seen"] for p in points)) / 2
-    mid_y = (min(p["unseen"] for p in points) + max(p["unseen"] for p in points)) / 2
-    return (20 if best["seen"] <= mid_x else -170, -60 if best["unseen"] >= mid_y else 30)
+    mid_x = (min(p.seen for p in points) + max(p.seen for p in points)) / 2
+    mid_y = (min(p.unseen for p in points) + max(p.unseen for p in points)) / 2
+    return (20 if best.seen <= mid_x else -170, -60 if best.unseen >= mid_y else 30)
 
 
-def front_html(points: list[dict], front: list[dict], best: dict | None, path: Path, title: str) -> None:
+def front_html(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoint | None, path: Path,
+               title: str) -> None:
     """The front as one self-contained HTML page (plotly): hover a point for its trial, params,
     novelty score and thresholds. The cloud is thinned to the front plus a sample, so the page
     stays small however large the grid."""
-    def hover(p: dict) -> str:
-        params = "<br>".join(f"{k[6:]}: {_short(v)}" for k, v in p.items() if k.startswith("param."))
-        return (f"<b>{p['trial']}</b> ({p['status']}, {p['epochs']} epochs)<br>score {p['score']}, "
-                f"τ_super {p['tau_super']:.3f}, τ_sub {p['tau_sub']:.3f}<br>seen {p['seen']:.3f}, "
-                f"unseen {p['unseen']:.3f}<br>{params}")
+    def hover(p: FrontPoint) -> str:
+        params = "<br>".join(f"{k}: {_short(v)}" for k, v in sorted(p.params.items()))
+        return (f"<b>{p.trial}</b> ({p.status}, {p.epochs} epochs)<br>score {p.score}, "
+                f"τ_super {p.point.tau_super:.3f}, τ_sub {p.point.tau_sub:.3f}<br>seen {p.seen:.3f}, "
+                f"unseen {p.unseen:.3f}<br>{params}")
 
     step = max(1, len(points) // 4000)
     fig = go.Figure()
-    for score in sorted({p["score"] for p in points}):
-        mine = [p for p in points[::step] if p["score"] == score]
-        fig.add_trace(go.Scattergl(x=[p["seen"] for p in mine], y=[p["unseen"] for p in mine], mode="markers",
+    for score in sorted({p.score for p in points}):
+        mine = [p for p in points[::step] if p.score == score]
+        fig.add_trace(go.Scattergl(x=[p.seen for p in mine], y=[p.unseen for p in mine], mode="markers",
                                    name=score, opacity=0.45, marker={"size": 4},
                                    hovertext=[hover(p) for p in mine], hoverinfo="text"))
-    ordered = sorted(front, key=lambda p: p["seen"])
-    fig.add_trace(go.Scatter(x=[p["seen"] for p in ordered], y=[p["unseen"] for p in ordered], mode="lines+markers",
+    ordered = sorted(front, key=lambda p: p.seen)
+    fig.add_trace(go.Scatter(x=[p.seen for p in ordered], y=[p.unseen for p in ordered], mode="lines+markers",
                              name=f"front ({len(front)})", line={"color": "black"}, marker={"size": 7},
                              hovertext=[hover(p) for p in ordered], hoverinfo="text"))
     if best is not None:
-        fig.add_trace(go.Scatter(x=[best["seen"]], y=[best["unseen"]], mode="markers+text", name="recommended",
+        fig.add_trace(go.Scatter(x=[best.seen], y=[best.unseen], mode="markers+text", name="recommended",
                                  marker={"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1}},
                                  text=["recommended"], textposition="top right",
                                  hovertext=[hover(best)], hoverinfo="text"))
@@ -117,17 +127,20 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def plot_learning_curves(history: list[dict], path: Path, title: str) -> None:
+def plot_learning_curves(history: list[EpochMetrics], path: Path, title: str) -> None:
     """Losses on the left, the trial's seen/unseen/hypervolume on the right, by epoch."""
-    epochs = [m["epoch"] for m in history]
+    epochs = [m.epoch for m in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
-        left.plot(epochs, [m.get(key) for m in history], "-o", ms=3, label=key)
+    for label, values in (("train_loss", [m.train_loss for m in history]), ("val_loss", [m.val_loss for m in history])):
+        left.plot(epochs, values, "-o", ms=3, label=label)
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
-    for key in ("seen", "unseen", "hypervolume", "closed_seen_super_acc"):
-        right.plot(epochs, [m.get(key) for m in history], "-o", ms=3, label=key)
+    for label, values in (("seen", [m.recommended.seen for m in history]),
+                          ("unseen", [m.recommended.unseen for m in history]),
+                          ("hypervolume", [m.hypervolume for m in history]),
+                          ("closed_seen_super_acc", [m.closed_seen_super_acc for m in history])):
+        right.plot(epochs, values, "-o", ms=3, label=label)
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.02)
     right.legend(loc="lower right")
@@ -138,12 +151,12 @@ def plot_learning_curves(history: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_sweep_curves(histories: dict[str, list[dict]], stopped: set[str], path: Path, title: str,
+def plot_sweep_curves(histories: dict[str, list[EpochMetrics]], stopped: set[str], path: Path, title: str,
                       stopped_by: str) -> None:
     """Every trial's hypervolume by epoch, an ✕ where the scheduler (`stopped_by`) stopped a trial."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, history in sorted(histories.items()):
-        epochs, values = [m["epoch"] for m in history], [m["hypervolume"] for m in history]
+        epochs, values = [m.epoch for m in history], [m.hypervolume for m in history]
         (line,) = ax.plot(epochs, values, "-o", ms=3, label=name + (f" (stopped by {stopped_by})" if name in stopped else ""))
         if name in stopped:
             ax.plot(epochs[-1:], values[-1:], "x", ms=10, mew=2, color=line.get_color())

@@ -2,43 +2,55 @@
 
     [0:42] trial-02 epoch 2/4   seen 0.512  unseen 0.701  hv 0.388
     [0:58] trial-02 stopped by ASHA after 2 of 4 epochs  (seen 0.512, unseen 0.701, hv 0.388)
-           3/6 done, 2 running · best so far trial-01: seen 0.604, unseen 0.733 (msp) · ETA ~1m10s
+           3/6 done, 2 running · best so far trial-01: seen 0.604, unseen 0.733 · ETA ~1m10s
 
 A Tune callback in the driver, so it sees every trial's events as Ray handles them; Ray's own
 progress tables come back with `--verbose`. "Best so far" is the sweep's pick applied to each
-trial's latest recommended point, the same rule the final front uses on every point.
+trial's latest points on the front, the same rule the final front uses on the same points.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from ray import tune
 
 from hiertune.progress import duration
-from hiertune.sweep.front import Pick
-from hiertune.sweep.state import trial_status
-from hiertune.training.faults import FAILURE_KEY
+from hiertune.sweep.front import Pick, compute_front
+from hiertune.sweep.records import TrialOutcome, trial_name
+from hiertune.training.records import EpochMetrics
 
 log = logging.getLogger("hiertune")
 
 
+@dataclass(frozen=True)
+class _Pair:
+    """A trial's (seen, unseen) point as the final front would take it."""
+
+    trial: str
+    seen: float
+    unseen: float
+
+
 class ConsoleReporter(tune.Callback):
     def __init__(self, total: int, max_t: int, pick: Pick, sampled: list[str], stopped_by: str,
-                 budget: float | None = None):
+                 budget: float | None = None, sampled_thresholds: bool = False):
         self.total, self.max_t, self.pick, self.sampled, self.stopped_by = total, max_t, pick, sampled, stopped_by
         self.budget = budget
+        self.sampled_thresholds = sampled_thresholds
         self._start = time.monotonic()
         self._done: set[str] = set()
         self._running: set[str] = set()
-        self._points: dict[str, dict] = {}  # trial → its latest recommended point
+        self._points: dict[str, list[_Pair]] = {}  # trial → the points of its latest epoch on the sweep's front
 
     def __getstate__(self) -> dict:  # a resumed sweep starts its clock again
         return {**self.__dict__, "_start": None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _start=time.monotonic(), _running=set())
+        # A reporter pickled by an older hiertune kept each trial's point as a dict: started again.
+        self.__dict__.update(state, _start=time.monotonic(), _running=set(), _points={})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._running.add(trial.trial_id)
@@ -46,26 +58,24 @@ class ConsoleReporter(tune.Callback):
         self._say(f"{_name(trial)} started  {params}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if FAILURE_KEY in result or "seen" not in result:
+        outcome = TrialOutcome.read(trial.trial_id, result, trial.config, self.max_t)
+        if outcome.last is None:  # a final failure's report: its error follows
             return
-        point = {"trial": _name(trial), "trial_id": trial.trial_id, "seen": result["seen"],
-                 "unseen": result["unseen"], "score": result.get("recommended_score", "")}
-        self._points[trial.trial_id] = point
-        self._say(f"{_name(trial)} epoch {result.get('training_iteration', '?')}/{self._epochs(trial)}   "
-                  f"{_measures(result)}")
+        sampled = getattr(self, "sampled_thresholds", False)  # a reporter pickled before it was kept
+        self._points[trial.trial_id] = [_Pair(outcome.name, s, u) for s, u in outcome.last.pairs(sampled)]
+        self._say(f"{outcome.name} epoch {outcome.last.epoch}/{outcome.planned}   {_measures(outcome.last)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        done = int(last.get("training_iteration", 0))
-        if trial_status(done, self._epochs(trial), self.max_t) == "stopped":
-            what = f"stopped by {self.stopped_by} after {done} of {self._epochs(trial)} epochs"
+        outcome = TrialOutcome.of_trial(trial, self.max_t)
+        if outcome.status == "stopped":
+            what = f"stopped by {self.stopped_by} after {outcome.epochs} of {outcome.planned} epochs"
         else:
-            what = f"finished {done} epochs"
-        self._end(trial, trials, f"{what}  ({_measures(last)})")
+            what = f"finished {outcome.epochs} epochs"
+        self._end(trial, trials, f"{what}  ({_measures(outcome.last)})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = (trial.last_result or {}).get(FAILURE_KEY) or "see its error file in the sweep's tune/ folder"
-        self._end(trial, trials, f"failed: {reason}")
+        self._points.pop(trial.trial_id, None)  # a failed trial has no place on the front
+        self._end(trial, trials, f"failed: {TrialOutcome.of_trial(trial, self.max_t, failed=True).failure}")
 
     def _end(self, trial, trials, text: str) -> None:
         self._running.discard(trial.trial_id)
@@ -79,12 +89,9 @@ class ConsoleReporter(tune.Callback):
         ended = len(self._done) if ended is None else ended
         parts = [f"{ended}/{self.total} done, {len(self._running)} running"]
         left = self.total - ended
-        # The last line leaves the best to the recommended point printed next, picked from every
-        # epoch's whole post-hoc front, which a trial's latest point need not be.
-        if self._points and left:
-            best = self.pick.rank(list(self._points.values()))[0]
-            parts.append(f"best so far {best['trial']}: seen {best['seen']:.3f}, unseen {best['unseen']:.3f}"
-                         + (f" ({best['score']})" if best["score"] else ""))
+        # The last line leaves the best to the recommended point printed next.
+        if left and (best := self.best()) is not None:
+            parts.append(f"best so far {best.trial}: seen {best.seen:.3f}, unseen {best.unseen:.3f}")
         if self._done and left:  # at the pace of the trials this run of the sweep finished
             eta = (time.monotonic() - self._start) / len(self._done) * left
             budget = getattr(self, "budget", None)  # a reporter pickled before budgets existed has none
@@ -92,21 +99,25 @@ class ConsoleReporter(tune.Callback):
             parts.append(f"ETA ~{duration(eta)}{beyond}")
         return " · ".join(parts)
 
-    def _epochs(self, trial) -> int:
-        return min(int(trial.config.get("epochs", self.max_t)), self.max_t)
+    def best(self) -> _Pair | None:
+        """The recommended point as it stands: the sweep's pick on the front of every trial's
+        latest points, the rule the sweep's end applies to the same points."""
+        front = compute_front([p for points in self._points.values() for p in points])
+        return self.pick.rank(front)[0] if front else None
 
     def _say(self, text: str) -> None:
         log.info("[%s] %s", duration(time.monotonic() - self._start, clock=True), text)
 
 
 def _name(trial) -> str:
-    return f"trial-{trial.config.get('trial_number', 0):02d}"
+    return trial_name(trial.config.get("trial_number"), trial.trial_id)
 
 
-def _measures(result: dict) -> str:
-    if "seen" not in result:
+def _measures(metrics: EpochMetrics | None) -> str:
+    if metrics is None:
         return "no result"
-    return f"seen {result['seen']:.3f}  unseen {result['unseen']:.3f}  hv {result.get('hypervolume', float('nan')):.3f}"
+    return (f"seen {metrics.recommended.seen:.3f}  unseen {metrics.recommended.unseen:.3f}  "
+            f"hv {metrics.hypervolume:.3f}")
 
 
 def _fmt(value) -> str:

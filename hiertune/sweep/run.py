@@ -40,19 +40,20 @@ from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectiv
 from hiertune.sweep import cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
+from hiertune.sweep.records import ITERATION, TrialOutcome
+from hiertune.sweep.results import Importance, SweepFront, SweepResult
 from hiertune.sweep.state import (
-    STATUSES,
     ENDED_JSON,
     SWEEP_JSON,
     TRIALS_JSON,
     SweepMeta,
+    TrialCounts,
     TrialRecord,
     check_ray_state,
     find_meta,
     load_trials,
     read_meta,
     save_trials,
-    trial_status,
     write_ended,
     write_meta,
 )
@@ -60,16 +61,16 @@ from hiertune.sweep.sweeplog import sweep_log
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
-from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.features import FeatureStore
-from hiertune.training.loop import FRONT_KEY, precompute_features
+from hiertune.training.loop import precompute_features
+from hiertune.training.records import FRONT, EpochMetrics
 from hiertune.training.source_probe import source_separability
 
 log = logging.getLogger("hiertune")
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
-              resume: bool = False, verbose: bool = False, overrides: dict | None = None) -> dict:
+              resume: bool = False, verbose: bool = False, overrides: dict | None = None) -> SweepResult:
     """`overrides`: the command line's settings over the space file, recorded for `--resume`."""
     Pick.parse(space.pick)  # a misspelt pick fails now, not after the sweep
     place.prepare()
@@ -244,7 +245,7 @@ def _fine_tunings(space: SearchSpace, base: TrialConfig) -> list[TrialConfig]:
 
 
 def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resume: bool,
-         verbose: bool) -> dict:
+         verbose: bool) -> SweepResult:
     recorder.start_parent(
         params={**{f"fixed.{k}": v for k, v in space.fixed.items()}, **_settings(space)},
         tags={"hiertune.family": space.family, "hiertune.sweep.space": str(space.path)})
@@ -282,7 +283,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
                 callbacks=[EndWatch(), FinalFailures(), callback, *scheduler_callbacks, LiveTrials(place, space),
                            ConsoleReporter(
                     space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
-                    [p.name for p in space.sampled], space.scheduler.label, space.budget)],
+                    [p.name for p in space.sampled], space.scheduler.label, space.budget,
+                    sampled_thresholds=space.samples_thresholds)],
                 verbose=1 if verbose else 0,  # Ray's tables only on request: ConsoleReporter says what happens
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -299,16 +301,14 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     save_trials(place.dir, trials)
     place.publish(place.dir / TRIALS_JSON)
     recorder.reconcile(trials)
-    counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
-    ended = how_it_ended(space.tune.num_samples - counts["completed"] - counts["stopped"] - counts["failed"],
+    counts = TrialCounts.of(t.status for t in trials)
+    ended = how_it_ended(space.tune.num_samples - counts.ended,
                          space.budget)
-    summary = finish(place, trials, recorder, space.scheduler.label)
+    front, importance = finish(place, trials, recorder, space.scheduler.label)
     write_ended(place.dir, ended)
     place.publish(place.dir / ENDED_JSON)
-    result = {"name": place.name, "storage": place.root, "dir": place.uri,
-              "mlflow_uri": secrets.redact_uri(place.mlflow_uri), "ended": ended, "budget": space.budget,
-              "trials": counts, "not_started": space.tune.num_samples - len(trials),
-              "scheduler": space.scheduler.label, "wall_seconds": wall, **summary}
+    result = SweepResult(place.name, place.root, place.uri, secrets.redact_uri(place.mlflow_uri), ended, space.budget,
+                         counts, space.tune.num_samples - len(trials), space.scheduler.label, wall, front, importance)
     if ended == INTERRUPTED:
         raise SweepInterrupted(result)
     return result
@@ -319,11 +319,11 @@ def make_scheduler(space: SearchSpace) -> tuple:
     `--resume` (Ray keeps a scheduler's state only as it was first built)."""
     scalar, pair = objectives(space)
     # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
-    ranked = Objectives(scalar, tuple(pair), None if space.samples_thresholds else FRONT_KEY)
+    ranked = Objectives(scalar, tuple(pair), None if space.samples_thresholds else FRONT)
     return space.scheduler.spec.build(space.scheduler, ranked)
 
 
-def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:
+def front_files(place: SweepPlace, trials: list[TrialRecord]) -> SweepFront:
     """The front from the stored per-trial results, as pareto.csv, pareto.png and pareto.html in
     the sweep's (working) folder, with its recommended point under the sweep's pick: what
     `hiertune pareto` does, which touches neither MLflow nor S3."""
@@ -332,21 +332,20 @@ def front_files(place: SweepPlace, trials: list[TrialRecord]) -> dict:
     pick = Pick.parse(meta.pick if meta else "knee")  # sweeps from before `pick:`: the knee
     best = recommended(front, pick)
     csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
-    return {"front": front, "points": len(points), "pick": str(pick), "recommended": best,
-            "pareto_csv": csv_path, "pareto_png": png_path, "pareto_html": html_path}
+    return SweepFront(len(points), front, str(pick), best, str(csv_path), str(png_path), str(html_path))
 
 
-def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: str) -> dict:
+def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: str
+           ) -> tuple[SweepFront, Importance | None]:
     """The sweep's end: its front written, published and logged to the parent run, which is then
     FINISHED. Every input is read before anything is written, so a damaged one leaves the outputs
     as they were."""
     histories = _histories(trials)
-    summary = front_files(place, trials)
-    front, best, pick = summary["front"], summary["recommended"], summary["pick"]
-    csv_path, png_path, html_path = summary["pareto_csv"], summary["pareto_png"], summary["pareto_html"]
-    place.publish(csv_path, png_path, html_path)
-    parent = recorder.state["parent"]
-    for path in (csv_path, png_path, html_path, place.dir / TRIALS_JSON):
+    front = front_files(place, trials)
+    written = [Path(front.pareto_csv), Path(front.pareto_png), Path(front.pareto_html)]
+    place.publish(*written)
+    parent = recorder.parent
+    for path in (*written, place.dir / TRIALS_JSON):
         recorder.client.log_artifact(parent, str(path))
     if histories:
         curves = place.dir / "learning_curves.png"
@@ -355,39 +354,41 @@ def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: s
         place.publish(curves)
         recorder.client.log_artifact(parent, str(curves))
     importance = _importance(place)
-    if importance.get("png"):
-        recorder.client.log_artifact(parent, importance["png"])
+    if importance is not None and importance.png:
+        recorder.client.log_artifact(parent, importance.png)
+    best = front.recommended
     if best:
-        recorder.log_metrics(parent, {"front_size": len(front), "best_seen": best["seen"],
-                                      "best_unseen": best["unseen"], "best_tau_super": best["tau_super"],
-                                      "best_tau_sub": best["tau_sub"], "best_epochs": best["epochs"],
-                                      **{f"best_{k}": best[k] for k in GROUP_KEYS if k in best}}, 0)
-        recorder.set_tags(parent, {"hiertune.best.pick": pick, "hiertune.best.trial": best["trial"],
-                                   "hiertune.best.trial_id": best["trial_id"], "hiertune.best.score": best["score"]})
+        recorder.log_metrics(parent, {"front_size": len(front.front), "best_seen": best.seen,
+                                      "best_unseen": best.unseen, "best_tau_super": best.point.tau_super,
+                                      "best_tau_sub": best.point.tau_sub, "best_epochs": best.epochs,
+                                      **{f"best_{k}": getattr(best.point, k) for k in GROUP_KEYS}}, 0)
+        recorder.set_tags(parent, {"hiertune.best.pick": front.pick, "hiertune.best.trial": best.trial,
+                                   "hiertune.best.trial_id": best.trial_id, "hiertune.best.score": best.score})
     recorder.client.set_terminated(parent, "FINISHED")
-    return {**summary, "pareto_csv": place.location(csv_path), "pareto_png": place.location(png_path),
-            "pareto_html": place.location(html_path), "importance": importance}
+    located = replace(front, pareto_csv=place.location(written[0]), pareto_png=place.location(written[1]),
+                      pareto_html=place.location(written[2]))
+    return located, importance
 
 
-def _importance(place: SweepPlace) -> dict:
+def _importance(place: SweepPlace) -> Importance | None:
     """Parameter importance per objective from the sweep's Optuna study (and where to open it)."""
     db = place.dir / OPTUNA_DB
     if not db.is_file():  # a sweep from before the study was persisted
-        return {}
+        return None
     place.publish(db)
     meta = find_meta(place.dir)
     values = param_importances(study_url(place.dir), place.name, list(meta.objectives if meta else ()) or ["objective"])
     png = write_importances(values, place.dir / "importance.png", f"{place.name}: parameter importance")
     if png:
         place.publish(png)
-    return {"objectives": values, "png": str(png) if png else None, "study": study_url(place.dir)}
+    return Importance(values, str(png) if png else None, study_url(place.dir))
 
 
 def _log_shifted(place: SweepPlace, bundle, recorder) -> None:
     """What validation's seen_shifted group is, on the parent run: its source as a tag, and a
     picture of corrupted examples beside their originals."""
     shifted = bundle.shifted
-    parent = recorder.state["parent"]
+    parent = recorder.parent
     recorder.client.set_tag(parent, "hiertune.seen_shifted", shifted.source if shifted else "none")
     if shifted is not None and shifted.kinds is not None and len(shifted.kinds):
         path = place.dir / "shifted_examples.png"
@@ -405,14 +406,13 @@ def _log_source(space: SearchSpace, bundle, features: FeatureStore, recorder) ->
         return
     aurocs = source_separability(replace(base, finetune="linear", device="cpu"), bundle, features)
     for key, value in aurocs.items():  # not log_metrics: its step bookkeeping is the sweep's end's
-        recorder.client.log_metric(recorder.state["parent"], f"source_auroc_{key}", value)
+        recorder.client.log_metric(recorder.parent, f"source_auroc_{key}", value)
     if aurocs:
         log.info("source separability (probe AUROC on frozen features): %s",
                  ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
 
 
-def _histories(trials: list[TrialRecord]) -> dict[str, list[dict]]:
-
+def _histories(trials: list[TrialRecord]) -> dict[str, list[EpochMetrics]]:
     histories = {}
     for t in trials:
         try:
@@ -439,7 +439,7 @@ class LiveTrials(tune.Callback):
         # Tune may not have made this epoch's checkpoint the trial's latest yet (and drops the older one).
         results = [_TrialResult(t.last_result or {}, t.config, checkpoint if t is new else t.checkpoint, None, t.path)
                    for t in trials]
-        save_trials(self.place.dir, [_record(r, self.space) for r in results if "training_iteration" in r.metrics],
+        save_trials(self.place.dir, [_record(r, self.space) for r in results if ITERATION in r.metrics],
                     live=True)
 
 
@@ -460,37 +460,27 @@ def _trial_id(result) -> str:
 
 def _started(result, started: set[str]) -> bool:
     """Whether Tune ever ran the trial: it has an MLflow run, reported, kept a checkpoint, or failed."""
-    reported = "training_iteration" in (result.metrics or {})
+    reported = ITERATION in (result.metrics or {})
     return _trial_id(result) in started or reported or result.checkpoint is not None or result.error is not None
 
 
 def _record(result, space: SearchSpace, before: TrialRecord | None = None) -> TrialRecord:
     """`before`: the trial's record from an earlier run of the sweep, whose name and config stand
     when Ray hands this one back without them."""
-    metrics = result.metrics or {}
-    trial_id = _trial_id(result)
-    failure = metrics.get(FAILURE_KEY)
-    # A final failure's report is one result past the trial's last epoch.
-    epochs = int(metrics.get("training_iteration", 0)) - (1 if failure else 0)
-    error = failure or (str(result.error).strip().splitlines()[-1][:500] if result.error else None)
-    planned = int((result.config or (before.config if before else {})).get("epochs", space.scheduler.max_t))
-    # Without `done` the sweep stopped (Ctrl+C, its budget) before this trial finished, unless it
-    # reported its last epoch, or had finished before a resume: Ray's state, saved as the sweep
-    # stopped, may predate the `done` of a trial's last result.
-    ended_before = before is not None and before.status != "interrupted"
-    ran_all = epochs >= min(planned, space.scheduler.max_t)
-    status = trial_status(epochs, planned, space.scheduler.max_t, failed=error is not None,
-                          finished=bool(metrics.get("done")) or ended_before or ran_all)
     config = dict(result.config or {}) or (dict(before.config) if before else {})
+    # A trial that had ended before a resume stays ended: Ray's state, saved as the sweep
+    # stopped, may predate the `done` of its last result.
+    outcome = TrialOutcome.read(_trial_id(result), result.metrics, config, space.scheduler.max_t,
+                                error=str(result.error).strip().splitlines()[-1][:500] if result.error else None,
+                                ended=before is not None and before.status != "interrupted")
     sampled = {p.name for p in space.sampled}
     params = {k: v for k, v in config.items() if k in sampled} or (dict(before.params) if before else {})
-    clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    # Named as its MLflow run and the console call it: Optuna's trial number.
-    name = f"trial-{int(config['trial_number']):02d}" if "trial_number" in config else (
-        before.name if before else f"trial-{trial_id}")
-    return TrialRecord(trial_id, name, status, epochs, params,
+    clean = {k: v for k, v in (result.metrics or {}).items()
+             if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    name = before.name if outcome.number is None and before is not None else outcome.name
+    return TrialRecord(outcome.trial_id, name, outcome.status, outcome.epochs, params,
                        storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None, clean,
-                       error, config)
+                       outcome.failure, config)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from hiertune.sweep.space import SearchSpace
-from hiertune.sweep.state import trial_status
+from hiertune.sweep.records import TrialOutcome
 from hiertune.training.faults import FAILURE_KEY
+from hiertune.training.records import HYPERVOLUME, POINT, POINT_OBJECTIVE
 
 
 def objectives(space: SearchSpace) -> tuple[str, list[str]]:
@@ -28,8 +29,8 @@ def objectives(space: SearchSpace) -> tuple[str, list[str]]:
     (one scalar) or its best (seen, unseen) point for NSGA-II; with sampled thresholds, the one
     point the sampled thresholds give. MO-ASHA ranks by the pair (post hoc: the whole front)."""
     if space.samples_thresholds:
-        return "point_objective", ["point_seen", "point_unseen"]
-    return "hypervolume", ["seen", "unseen"]
+        return POINT_OBJECTIVE, [f"{POINT}seen", f"{POINT}unseen"]
+    return HYPERVOLUME, ["seen", "unseen"]
 
 
 class DefineByRun:
@@ -101,20 +102,21 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        iteration = (result or {}).get("training_iteration", self._max_t)
-        epochs = self._epochs.get(trial_id, self._max_t)
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and trial_id not in self._completed_trials:
-            # The trial's recommended point, for importance on seen and unseen (hiertune.sweep.importance).
-            for key in ("seen", "unseen"):
-                if isinstance(result.get(key), float):
-                    ot_trial.set_user_attr(key, result[key])
-        if (error or result is None or trial_id in self._completed_trials
-                or trial_status(iteration, epochs, self._max_t) != "stopped"):
+        if error or result is None or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
-        value = result.get(self._scalar)
+        outcome = TrialOutcome.read(trial_id, result, {"epochs": self._epochs.get(trial_id, self._max_t)}, self._max_t,
+                                    ended=True)
+        if ot_trial is not None and outcome.last is not None:
+            # The trial's recommended point, for importance on seen and unseen (hiertune.sweep.importance).
+            ot_trial.set_user_attr("seen", outcome.last.recommended.seen)
+            ot_trial.set_user_attr("unseen", outcome.last.recommended.unseen)
+        if outcome.status != "stopped":
+            super().on_trial_complete(trial_id, result, error)
+            return
+        value = result.get(self._scalar)  # the metric Optuna was given, by the name it was given
         if value is not None and not self._multi:  # Optuna has no intermediate values for several objectives
-            ot_trial.report(float(value), step=int(iteration))
+            ot_trial.report(float(value), step=outcome.epochs)
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)

@@ -37,6 +37,39 @@ RAY_EXPERIMENT_STATE = "experiment_state-*.json"
 STATUSES = ("completed", "stopped", "failed", "interrupted")
 
 
+@dataclass(frozen=True)
+class TrialCounts:
+    """How many of a sweep's trials ended each way (STATUSES)."""
+
+    completed: int = 0
+    stopped: int = 0
+    failed: int = 0
+    interrupted: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.to_dict().values()) < 0:
+            raise ValueError(f"trial counts cannot be negative: {self}")
+
+    @classmethod
+    def of(cls, statuses) -> "TrialCounts":
+        statuses = list(statuses)
+        unknown = set(statuses) - set(STATUSES)
+        if unknown:
+            raise ValueError(f"unknown trial status {sorted(unknown)}; expected one of {', '.join(STATUSES)}")
+        return cls(*(statuses.count(s) for s in STATUSES))
+
+    @property
+    def ended(self) -> int:
+        """Trials that will not run again: all but the interrupted."""
+        return self.completed + self.stopped + self.failed
+
+    def to_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in STATUSES}
+
+    def nonzero(self) -> dict[str, int]:
+        return {s: n for s, n in self.to_dict().items() if n}
+
+
 @dataclass
 class TrialRecord:
     trial_id: str

@@ -17,7 +17,6 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from ray import tune
-from ray.tune.result import AUTO_RESULT_KEYS
 
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file, check_writable
@@ -26,9 +25,11 @@ from hiertune.storage import checkpoint_uri
 from hiertune.sweep.mlstore import open_client, sqlite_path
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_learning_curves
-from hiertune.sweep.state import TrialRecord, read_json, trial_status
+from hiertune.sweep.records import TrialOutcome, trial_name
+from hiertune.sweep.state import TrialRecord, read_json
 from hiertune.training.checkpoint import read_history
 from hiertune.training.faults import FAILURE_KEY
+from hiertune.training.records import POINT, EpochMetrics
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "hiertune.role"  # "sweep" on the parent run, which has no trial id to be found by
@@ -94,6 +95,11 @@ class SweepRecorder:
         return UserError(f"MLflow store {redact_uri(self.place.mlflow_uri)} does not hold sweep "
                          f"{self.sweep!r} (run {parent}); pass --mlflow-uri of the store it logged to")
 
+    @property
+    def parent(self) -> str | None:
+        """The sweep's parent run (None before start_parent)."""
+        return self.state.get("parent")
+
     def started_trials(self) -> set[str]:
         """Trials that have a run: Tune started them (the callback writes the state as it goes)."""
         return set(self._load().get("trials", {}))
@@ -116,7 +122,7 @@ class SweepRecorder:
         run_id = self.state["trials"].get(trial_id) or self._find(f"tags.`hiertune.trial_id` = '{trial_id}'")
         if run_id is None:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
-                PARENT_TAG: self.state["parent"], "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
+                PARENT_TAG: self.parent, "hiertune.sweep": self.sweep, "hiertune.trial_id": trial_id,
                 "hiertune.status": "running", **tags}).info.run_id
         else:  # a resumed or restarted trial keeps its run, and what it logged
             self.client.update_run(run_id, status="RUNNING")
@@ -148,7 +154,7 @@ class SweepRecorder:
         had not yet recorded when its driver died is gone for good (Ray samples its
         replacement under a new id), so its run is deleted rather than left behind."""
         by_id = {t.trial_id: t for t in trials}
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.state['parent']}'",
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent}'",
                                        max_results=SEARCH_LIMIT)
         lost = []
         for run in runs:
@@ -232,7 +238,7 @@ class MlflowSweepCallback(tune.Callback):
         config = trial.config
         # What was sampled or fixed; the trial's number is in the run's name.
         params = {k: v for k, v in config.items() if k not in self.posthoc and k != "trial_number"}
-        name = f"trial-{config.get('trial_number', 0):02d} ({self.family}, {trial.trial_id})"
+        name = f"{trial_name(config.get('trial_number'), trial.trial_id)} ({self.family}, {trial.trial_id})"
         return self.recorder.trial_run(trial.trial_id, name, params, {"hiertune.family": self.family})
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -241,29 +247,23 @@ class MlflowSweepCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if FAILURE_KEY in result:  # no metrics: the reason is recorded when the error arrives
             return
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.recorder.log_metrics(self._run(trial), {k: v for k, v in result.items() if self._metric(k)}, step)
-
-    def _metric(self, key: str) -> bool:
-        """Ray's bookkeeping (pid, timestamp, hostname, …) is no metric of the model; `lr` is a
-        param; `point_*`, the config's own thresholds, mean something only when they were
-        sampled (otherwise seen/unseen/tau_* are the trial's recommended point)."""
-        return key not in AUTO_RESULT_KEYS and key != "lr" and not (key.startswith("point_") and self.posthoc)
+        metrics = EpochMetrics.from_flat(result)
+        # `point_*`, the config's own thresholds, mean something only when they were sampled
+        # (otherwise seen/unseen/tau_* are the trial's recommended point).
+        self.recorder.log_metrics(self._run(trial), {k: v for k, v in metrics.flat().items()
+                                                     if not (self.posthoc and k.startswith(POINT))}, metrics.epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        status = trial_status(int(last.get("training_iteration", 0)), int(trial.config.get("epochs", self.max_t)),
-                              self.max_t)
+        outcome = TrialOutcome.of_trial(trial, self.max_t)
         self._curves(trial)
-        if "recommended_score" in last:
-            self.recorder.set_tags(self._run(trial), {"hiertune.recommended.score": last["recommended_score"]})
+        if outcome.last is not None:
+            self.recorder.set_tags(self._run(trial), {"hiertune.recommended.score": outcome.last.recommended.score})
         # A stopped trial is no error: hiertune.status says the scheduler ended it.
-        self.recorder.finish_trial(trial.trial_id, status)
+        self.recorder.finish_trial(trial.trial_id, outcome.status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._curves(trial)
-        reason = (trial.last_result or {}).get(FAILURE_KEY) or _error_line(trial)
-        self.recorder.finish_trial(trial.trial_id, "failed", reason)
+        self.recorder.finish_trial(trial.trial_id, "failed", TrialOutcome.of_trial(trial, self.max_t, failed=True).failure)
 
     def _curves(self, trial) -> None:
         try:
@@ -281,13 +281,3 @@ class MlflowSweepCallback(tune.Callback):
 def _refused(uri: str, exc: Exception) -> UserError:
     """A store that failed to answer, as one line: its message, never a credential."""
     return UserError(f"MLflow store {redact_uri(uri)}: {redact(' '.join(str(exc).split()))[:300]}")
-
-
-def _error_line(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed"

@@ -23,6 +23,7 @@ from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.training.faults import FAILURE_KEY, final_reason
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
+from hiertune.training.records import EpochMetrics
 
 
 def tune_trainable(config: dict, bundle: DataBundle, cpus_per_trial: float = 1.0,
@@ -47,8 +48,9 @@ def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features
     # way to tell them apart in the results.
     node = ray.get_runtime_context().get_node_id()
 
-    def report(metrics: dict, directory: Path) -> None:
-        ray.tune.report({**metrics, "node_id": node}, checkpoint=ray.tune.Checkpoint.from_directory(str(directory)))
+    def report(metrics: EpochMetrics, directory: Path) -> None:
+        ray.tune.report({**metrics.flat(), "node_id": node},
+                        checkpoint=ray.tune.Checkpoint.from_directory(str(directory)))
 
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from hiertune.errors import UserError, first_line
 from hiertune.novelty.posthoc import PosthocResult
+from hiertune.training.records import EpochMetrics
 from hiertune.novelty.scores import FeatureScorer, save_scorers
 from hiertune.storage import join, read_bytes
 from hiertune.training.faults import CheckpointUnreadable
@@ -109,7 +110,7 @@ class TrainState:
         self.history = loaded[HISTORY]
 
 
-def read_history(checkpoint: str | None) -> list[dict]:
+def read_history(checkpoint: str | None) -> list[EpochMetrics]:
     """Every epoch a trial reported, from its latest checkpoint (a path or an s3:// URI;
     complete across resumes)."""
     if checkpoint is None:
@@ -121,9 +122,12 @@ def read_history(checkpoint: str | None) -> list[dict]:
         return []
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: unreadable or truncated ({first_line(exc)})") from None
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+    if not isinstance(history, list):
         raise UserError(f"{path}: not a list of per-epoch records")
-    return history
+    try:
+        return [EpochMetrics.from_flat(h) for h in history]
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: not a list of per-epoch records ({first_line(exc)})") from None
 
 
 def read_posthoc(checkpoint: str) -> PosthocResult:

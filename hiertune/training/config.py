@@ -27,13 +27,14 @@ from hiertune.training.losses import LossConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # Settings that only families with a trait read: a timm backbone's (uses_backbone), the KL term's (kl_loss).
-_TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views")
+_TIMM = ("backbone", "pretrained", "finetune", "unfreeze_depth", "gradual_every", "feature_views", "source_directions")
 _KL = ("kl_alpha", "kl_temperature")
 # Upper bounds on the settings that size tensors: past them a model, a batch or the decoded image
 # cache needs more memory than any machine has, which the allocator would report as a traceback
 # (a 100,000-pixel side is 120 GB per batch of 1,000). Far above anything that trains well.
 # A family's own such settings bound themselves (its Settings).
-SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "batch_size": 65536, "feature_views": 64}
+SIZE_LIMITS = {"data_size": 1024, "image_size": 1024, "batch_size": 65536, "feature_views": 64,
+               "source_directions": 1024}
 _MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "settings")
 
 
@@ -56,6 +57,9 @@ class TrialConfig(*family_settings()):
     label_smoothing: float = LossConfig.label_smoothing
     outlier_levels: str = LossConfig.outlier_levels  # heads that train on outliers: both | super | sub
     outlier_weight: float = LossConfig.outlier_weight  # outlier_mode class: an outlier row's weight
+    # Frozen backbones: this many directions that tell generated training images from real ones
+    # (outliers, training photos) are projected out of the features before the heads; 0: none.
+    source_directions: int = ModelConfig.source_directions
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3

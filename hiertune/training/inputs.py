@@ -101,7 +101,7 @@ class FeatureInputs:
 
     @staticmethod
     def forward(model, features: dict[str, torch.Tensor]) -> ModelOutput:
-        return model.from_features(features)
+        return model.from_frozen(features)
 
 
 def mix(x: Inputs, lam: float, perm: torch.Tensor) -> Inputs:

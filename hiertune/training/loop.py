@@ -25,13 +25,14 @@ from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
 from hiertune.data.dataset import load_competition
 from hiertune.data.splits import SHIFTED, SplitData
+from hiertune.errors import UserError
 from hiertune.models.registry import Heads, ModelOutput, create_model, family
-from hiertune.novelty.metrics import ACCURACIES, OBJECTIVES, leaderboard_metrics
+from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.novelty.ood_scores import HeadStats, head_of
 from hiertune.novelty.photos import photo_results
-from hiertune.novelty.posthoc import (GROUP_KEYS, EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics,
-                                      posthoc_grid)
+from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, decide, point_metrics, posthoc_grid
 from hiertune.novelty.memo import Memo, canonical, memo_get
+from hiertune.novelty.records import GridPoint
 from hiertune.novelty.registry import NEEDS, needs_of, score, unavailable
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, score_levels
 from hiertune.progress import log_to_stderr
@@ -43,21 +44,16 @@ from hiertune.training.features import Corruption, FeatureStore, frozen_inputs, 
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 from hiertune.training.inputs import mix as mix_inputs
 from hiertune.training.losses import LOSS_PARTS, hierarchical_loss
+from hiertune.training.records import EpochMetrics
+from hiertune.training.source_nullspace import fit_source_projection
 
 log = logging.getLogger("hiertune")
-Report = Callable[[dict, Path], None]
+Report = Callable[[EpochMetrics, Path], None]
 # One evaluation memo per process, not per trial: the next trial that reads the same frozen
 # features (on a reused Ray actor, or in a loop) finds what depends on them alone already fitted,
 # and starts as warm as its later epochs. Entries match by value (Memo.canonical) and a few per
 # name are kept, so another split, backbone or a trained backbone's new features just miss.
 PROCESS_MEMO = Memo()
-
-
-POINT_KEYS = (*ACCURACIES, *OBJECTIVES, "accept_super", "accept_sub", "accept_shifted_super", "accept_shifted_sub",
-              *GROUP_KEYS)
-# The epoch's own post-hoc front as [[seen, unseen], ...]: the point set MO-ASHA ranks a trial by
-# (hiertune.sweep.moasha). A few dozen pairs; the whole grid stays in the checkpoint.
-FRONT_KEY = "front"
 
 
 def heads_for(bundle: DataBundle, cfg: TrialConfig) -> Heads:
@@ -89,8 +85,9 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
               rungs: tuple[int, ...] | None = None, last_only: bool = False, posthoc: PosthocConfig | None = None
-              ) -> dict:
-    """`features`: where frozen-backbone features are shared or cached (None: this trial's memory).
+              ) -> EpochMetrics | None:
+    """The last epoch's metrics (None when the trial had no epoch left to run). `features`: where
+    frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
     `feature_seconds` say what the cache saved. `rungs`: the epochs (1-based) whose results a
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
@@ -107,7 +104,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     # After a resume, so cached features come from the weights the trial trains with.
     data = trial_data(cfg, bundle, setup.split, heads, model, setup.augment, features or FeatureStore())
 
-    metrics: dict = {}
+    metrics = None
     memo = PROCESS_MEMO  # feature statistics and feature-only scores, computed again only when features change
     for epoch in range(state.epoch, cfg.epochs):
         poison = fault is not None and fault.strike(epoch, state.attempt)
@@ -119,7 +116,7 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         evaluation = evaluate_epoch(model, cfg, heads, data, device, autocast, memo, full, posthoc)
         metrics = epoch_metrics(epoch, state.attempt, train, evaluation, data)
         state.epoch = epoch + 1
-        state.history.append(metrics)
+        state.history.append(metrics.flat())
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
             # The feature scorers (a hundred MB with a 1280-wide feature) only with the last epoch,
             # the one an export writes out: every epoch's would cost about as much as training it.
@@ -209,6 +206,14 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
     computed_before, t0 = features.computed, time.perf_counter()
     cached = cached_inputs(cfg, bundle, model, augment, features)
     feature_seconds = time.perf_counter() - t0
+    photos_train = len(bundle.shifted.train_rows) if bundle.shifted is not None else 0
+    outlier_images = int((split.train_superclass == heads.n_super).sum())
+    if cfg.source_directions:
+        if cached is None:
+            raise UserError(f"source_directions {cfg.source_directions} needs cached frozen features "
+                            f"(feature_views >= 1): the directions are fitted on them once")
+        fit_source_projection(model, cached[0].features, len(split.train_subclass) - photos_train - outlier_images,
+                              cfg.seed)
     train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
                                         cfg.corrupt_severity),
                             ImageInputs(torch.from_numpy(split.val_images), augment))
@@ -218,7 +223,7 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
     if bundle.shifted is not None and bundle.shifted.photo is not None:
         photos[split.val_group == SHIFTED] = bundle.shifted.photo[bundle.shifted.val_rows]
     return TrialData(train, train_y, val, split, fit_rows, train.rows(fit_rows),
-                     outlier_images=int((split.train_superclass == heads.n_super).sum()),
+                     outlier_images=outlier_images,
                      photos=photos, subclass_names=bundle.data.hierarchy.subclasses,
                      features_computed=features.computed - computed_before, feature_seconds=feature_seconds)
 
@@ -287,8 +292,8 @@ class Evaluation:
     val_loss: float
     result: PosthocResult
     scorers: dict[str, FeatureScorer]
-    point: dict[str, float]
-    closed: dict[str, float]
+    point: GridPoint
+    closed: tuple[float, float]  # closed-set seen accuracy, superclass and subclass
     photos: dict[str, float]  # the recommended point on the --shifted-data photos, overall and per species
     forward_seconds: float
     fit_seconds: float
@@ -318,7 +323,7 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
     t2 = time.perf_counter()
     result = posthoc_grid(batch, heads, grid, scorers, memo)
     if unavailable(cfg.novelty_score, scorers) is not None:
-        point = dict.fromkeys(POINT_KEYS, math.nan)
+        point = GridPoint.unmeasured(cfg.novelty_score, cfg.tau_super, cfg.tau_sub)
     else:  # on the grid unless Optuna sampled the thresholds
         point = result.find(cfg.novelty_score, cfg.tau_super, cfg.tau_sub) or point_metrics(
             batch, heads, cfg.novelty_score, cfg.tau_super, cfg.tau_sub, scorers, shifted_weight=cfg.shifted_weight,
@@ -329,42 +334,21 @@ def evaluate_epoch(model: torch.nn.Module, cfg: TrialConfig, heads: Heads, data:
                       full)
 
 
-def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Evaluation, data: TrialData) -> dict:
-    """What one epoch reports (to Ray Tune, MLflow, the checkpoint's history): the one place
-    that names its keys."""
-    result, point = evaluation.result, evaluation.point
-    return {
-        "epoch": epoch + 1,
-        "attempt": attempt,
-        "train_loss": train.loss,
-        **{f"train_{name}": v for name, v in zip(LOSS_PARTS, train.parts)},
-        "val_loss": evaluation.val_loss,
-        "lr": train.lr,
-        **result.to_metrics(),
-        FRONT_KEY: [[p["seen"], p["unseen"]] for p in result.front],
-        "recommended_score": result.recommended["score"],
-        # Closed-set accuracies, what seed 001 reports.
-        **evaluation.closed,
-        # Real photos of known species at the recommended point: the share called novel is
-        # the "real photo -> novel" shortcut the generated validation images cannot show.
-        **evaluation.photos,
-        # The one (score, tau_super, tau_sub) this trial's config names: what a sweep that
-        # samples thresholds with Optuna, instead of sweeping them post hoc, optimises.
-        **{f"point_{k}": point[k] for k in POINT_KEYS},
-        "point_objective": (point["seen"] + point["unseen"]) / 2,
-        "train_images": len(data.train),
-        "outlier_images": data.outlier_images,
-        "train_images_per_s": train.images / train.seconds,
-        "epoch_seconds": train.seconds,
-        "eval_forward_seconds": evaluation.forward_seconds,
-        "scorer_fit_seconds": evaluation.fit_seconds,
-        # Which scores this epoch's front and hypervolume cover: all of them on full epochs.
-        "full_evaluation": float(evaluation.full),
-        "evaluated_scores": ",".join(result.scores),
-        "posthoc_seconds": evaluation.posthoc_seconds,
-        "features_computed": data.features_computed,
-        "feature_seconds": data.feature_seconds,
-    }
+def epoch_metrics(epoch: int, attempt: int, train: EpochTraining, evaluation: Evaluation, data: TrialData
+                  ) -> EpochMetrics:
+    """What one epoch reports (to Ray Tune, MLflow, the checkpoint's history)."""
+    result = evaluation.result
+    return EpochMetrics(
+        epoch=epoch + 1, attempt=attempt, train_loss=train.loss, train_parts=dict(zip(LOSS_PARTS, train.parts)),
+        val_loss=evaluation.val_loss, lr_now=train.lr, recommended=result.recommended,
+        hypervolume=result.hypervolume, front=tuple((p.seen, p.unseen) for p in result.front),
+        by_score=dict(result.by_score), closed_seen_super_acc=evaluation.closed[0],
+        closed_seen_sub_acc=evaluation.closed[1], photos=evaluation.photos,
+        point=evaluation.point, train_images=len(data.train), outlier_images=data.outlier_images,
+        train_images_per_s=train.images / train.seconds, epoch_seconds=train.seconds,
+        eval_forward_seconds=evaluation.forward_seconds, scorer_fit_seconds=evaluation.fit_seconds,
+        full_evaluation=evaluation.full, posthoc_seconds=evaluation.posthoc_seconds,
+        features_computed=data.features_computed, feature_seconds=data.feature_seconds)
 
 
 def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, cpus: float | None = None
@@ -431,14 +415,14 @@ def evaluate(model, inputs: ImageInputs | FeatureInputs, sup: np.ndarray, sub: n
             val_loss)
 
 
-def _closed_set(batch: EvalBatch, heads: Heads) -> dict[str, float]:
+def _closed_set(batch: EvalBatch, heads: Heads) -> tuple[float, float]:
     # msp at threshold 0: nothing is called novel; in-source images, as the seed measured them.
     pred_super, pred_sub = decide(score_levels(batch, heads, "msp"), heads, 0.0, 0.0)
     insource = batch.groups(heads) != SHIFTED
     point = leaderboard_metrics(pred_super.numpy()[insource], pred_sub.numpy()[insource],
                                 batch.super_target.numpy()[insource], batch.sub_target.numpy()[insource],
                                 heads.n_super, heads.n_sub)
-    return {"closed_seen_super_acc": point["seen_super_acc"], "closed_seen_sub_acc": point["seen_sub_acc"]}
+    return point["seen_super_acc"], point["seen_sub_acc"]
 
 
 def scorer_rows(sup: np.ndarray, sub: np.ndarray, heads: Heads, cap: int, seed: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hiertune.data.bundle import load_bundle
@@ -14,12 +15,13 @@ from hiertune.novelty.posthoc import PosthocConfig
 from hiertune.training.config import TrialConfig
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import run_trial
+from hiertune.training.records import EpochMetrics
 
 log = logging.getLogger("hiertune")
 
 
 def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: Path, progress: bool = True,
-                 posthoc: PosthocConfig | None = None) -> dict:
+                 posthoc: PosthocConfig | None = None) -> TrainResult:
     """`cfg` trained in this process, evaluated on the `posthoc` grid (its space's); `name` (the
     space's) names the default output folder."""
     bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), cache_root,
@@ -30,9 +32,9 @@ def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: 
              bundle.outlier_count(cfg.outlier_count, cfg.outlier_fraction), summary["pseudo_novel_subclasses"])
     out = out_dir or Path("sweeps") / "train" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_writable(out, "--out", folder=True)
-    history: list[dict] = []
+    history: list[EpochMetrics] = []
 
-    def report(metrics: dict, checkpoint: Path) -> None:
+    def report(metrics: EpochMetrics, checkpoint: Path) -> None:
         if not history:  # written once the model is built and trained an epoch: a bad weights file leaves nothing
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -40,25 +42,39 @@ def train_single(cfg: TrialConfig, name: str, out_dir: Path | None, cache_root: 
         with atomic_dir(out / "checkpoint", overwrite=True) as tmp:
             shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
         log.info("epoch %d/%d  loss %.3f  seen %.3f  unseen %.3f  hypervolume %.3f  (%.0f img/s)",
-                 metrics["epoch"], cfg.epochs, metrics["train_loss"], metrics["seen"], metrics["unseen"],
-                 metrics["hypervolume"], metrics["train_images_per_s"])
+                 metrics.epoch, cfg.epochs, metrics.train_loss, metrics.recommended.seen, metrics.recommended.unseen,
+                 metrics.hypervolume, metrics.train_images_per_s)
 
     start = time.perf_counter()
     run_trial(cfg, bundle, report, progress=progress, features=FeatureStore(cache_root), posthoc=posthoc)
-    best = max(history, key=lambda m: m["hypervolume"])
-    result = {"out": str(out), "config": cfg.to_dict(), "wall_seconds": time.perf_counter() - start,
-              "epochs": len(history), "best_epoch": best["epoch"], "best": best, "final": history[-1]}
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    result = TrainResult(str(out), cfg, time.perf_counter() - start, max(history, key=lambda m: m.hypervolume),
+                         history[-1], len(history))
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 
-def render(result: dict) -> str:
-    b = result["best"]
-    lines = [f"trained {result['config']['family']} for {result['epochs']} epochs in {result['wall_seconds']:.0f}s; "
-             f"checkpoint in {result['out']}/checkpoint",
-             f"best hypervolume {b['hypervolume']:.3f} at epoch {result['best_epoch']}; its recommended post-hoc point (the knee) "
-             f"({b['recommended_score']}, tau_super {b['tau_super']:.3f}, tau_sub {b['tau_sub']:.3f}):",
-             f"  seen super {b['seen_super_acc']:.3f}  unseen super {b['unseen_super_acc']:.3f}  "
-             f"seen sub {b['seen_sub_acc']:.3f}  unseen sub {b['unseen_sub_acc']:.3f}  "
-             f"-> seen {b['seen']:.3f}  unseen {b['unseen']:.3f}"]
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class TrainResult:
+    """What `hiertune train` did: the run's folder, its config, and its best and last epoch."""
+
+    out: str
+    config: TrialConfig
+    wall_seconds: float
+    best: EpochMetrics  # the epoch with the largest hypervolume
+    final: EpochMetrics
+    epochs: int
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "config": self.config.to_dict(), "wall_seconds": self.wall_seconds, "epochs": self.epochs,
+                "best_epoch": self.best.epoch, "best": self.best.flat(), "final": self.final.flat()}
+
+    def render(self) -> str:
+        b = self.best.recommended
+        return "\n".join([
+            f"trained {self.config.family} for {self.epochs} epochs in {self.wall_seconds:.0f}s; "
+            f"checkpoint in {self.out}/checkpoint",
+            f"best hypervolume {self.best.hypervolume:.3f} at epoch {self.best.epoch}; its recommended post-hoc point "
+            f"(the knee) ({b.score}, tau_super {b.tau_super:.3f}, tau_sub {b.tau_sub:.3f}):",
+            f"  seen super {b.seen_super_acc:.3f}  unseen super {b.unseen_super_acc:.3f}  "
+            f"seen sub {b.seen_sub_acc:.3f}  unseen sub {b.unseen_sub_acc:.3f}  "
+            f"-> seen {b.seen:.3f}  unseen {b.unseen:.3f}"])

@@ -19,15 +19,20 @@ from hiertune.novelty.source import source_auroc
 from hiertune.training.device import autocast, pick_device, precision
 from hiertune.training.features import FeatureStore, bundle_pools, pool_features
 from hiertune.training.loop import build, heads_for
+from hiertune.training.source_nullspace import source_basis
 
 PROBE_BACKBONE = "tf_efficientnet_lite0"  # the weights that install with hiertune: works offline
 PAIRS = {"labeled_vs_outliers": ("labeled", "outliers"), "labeled_vs_photos": ("labeled", "shifted"),
          "outliers_vs_photos": ("outliers", "shifted")}
 
 
-def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore) -> dict[str, float]:
+def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore,
+                        directions: int = 0) -> dict[str, float]:
     """AUROC of a source probe for each pair of PAIRS whose pools the bundle has (the photos:
-    only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features."""
+    only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features;
+    with `directions`, after projecting out that many source directions fitted on the labeled
+    images against the outliers (hiertune.training.source_nullspace), as a trial without photos
+    in training fits them."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)  # as a trial builds its model: randomly initialised weights match its features' key
     model, augment = build(cfg, heads_for(bundle, cfg), device)
@@ -37,6 +42,11 @@ def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     if "shifted" in flat:
         photo = bundle.shifted.photo
         flat["shifted"] = flat["shifted"][photo] if photo is not None and photo.any() else None
+    if directions:
+        if "outliers" not in flat:
+            raise UserError("the source probe's directions are fitted against the outliers: give --outliers")
+        basis = source_basis(flat["labeled"], flat["outliers"], directions, cfg.seed)
+        flat = {pool: None if f is None else f - (f @ basis.T) @ basis for pool, f in flat.items()}
     return {name: source_auroc(flat[a], flat[b], seed=cfg.seed) for name, (a, b) in PAIRS.items()
             if flat.get(a) is not None and flat.get(b) is not None}
 

@@ -87,10 +87,10 @@ def test_a_trial_trains_on_photos_and_reports_each_species(tiny_data, tmp_path):
     bundle = load_bundle(cfg.data, None, 32, cfg.split_config(), tmp_path, cfg.shift_config())
     reports = []
     final = run_trial(cfg, bundle, lambda m, d: reports.append(m), features=FeatureStore(tmp_path), last_only=True)
-    assert len(reports) == 1 and reports[0]["epoch"] == 2 and final is reports[0]
-    assert final["train_images"] == len(bundle.splits.train) + len(bundle.shifted.train_rows) == 24 + 5 * 2  # round(2.5): 2 of 5
+    assert len(reports) == 1 and final.epoch == 2 and final is reports[0]
+    assert final.train_images == len(bundle.splits.train) + len(bundle.shifted.train_rows) == 24 + 5 * 2  # round(2.5): 2 of 5
     validating = {f"sub{s}" for s in np.unique(bundle.shifted.subclass[bundle.shifted.val_rows])}
     assert validating == {f"sub{i}" for i in range(6)}  # sub0 wholly, the others' other half
     for name in validating:
-        assert 0.0 <= final[f"photos_super_acc.{name}"] <= 1.0 and f"photos_called_novel.{name}" in final
-    assert 0.0 <= final["photos_sub_acc"] <= 1.0 and 0.0 <= final["photos_called_novel"] <= 1.0
+        assert 0.0 <= final.photos[f"photos_super_acc.{name}"] <= 1.0 and f"photos_called_novel.{name}" in final.photos
+    assert 0.0 <= final.photos["photos_sub_acc"] <= 1.0 and 0.0 <= final.photos["photos_called_novel"] <= 1.0

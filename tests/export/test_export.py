@@ -17,7 +17,6 @@ from conftest import last_json, write_image
 from hiertune.data.dataset import read_mapping
 from hiertune.data.images import list_image_files
 from hiertune.export.predictor import calibrate, calibrate_both
-from hiertune.sweep.front import Pick
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict]]:
@@ -226,22 +225,6 @@ def test_a_truncated_exported_model_file_is_named_in_one_line(exported, cli, tmp
     assert result.code == 2 and len(result.err_lines) == 1, result.err[-2000:]
     assert name in result.err_lines[0]
     assert not (tmp_path / "p.csv").exists()
-
-
-FRONT = [{"trial_id": t, "seen": s, "unseen": u}
-         for t, s, u in [("a", 0.95, 0.10), ("b", 0.90, 0.60), ("b", 0.85, 0.65), ("c", 0.50, 0.80), ("d", 0.10, 0.90)]]
-
-
-@pytest.mark.parametrize(("pick", "first"), [("knee", "b"), ("max-seen", "a"), ("max-unseen", "d"),
-                                             ("weight=0.25", "c"), ("weight=1", "a")])
-def test_picks_rank_the_front(pick, first):
-    assert Pick.parse(pick).rank(FRONT)[0]["trial_id"] == first
-
-
-def test_choose_takes_distinct_trials():
-    chosen = Pick.parse("knee").choose(FRONT, 3)
-    assert [(p["trial_id"], p["seen"]) for p in chosen] == [("b", 0.85), ("c", 0.50), ("a", 0.95)]
-    assert len(Pick.parse("max-seen").choose(FRONT, 10)) == 4
 
 
 @pytest.mark.parametrize("accept", [0.0, 0.05, 0.5, 0.93, 1.0])

@@ -68,8 +68,8 @@ def assert_same(new, old):
     for name in ARRAYS:
         np.testing.assert_allclose(getattr(new, name), getattr(old, name), rtol=0, atol=1e-12, equal_nan=True,
                                    err_msg=name)
-    assert [(p["score"], p["tau_super"], p["tau_sub"]) for p in new.front] == \
-        [(p["score"], p["tau_super"], p["tau_sub"]) for p in old.front]
+    assert [(p.score, p.tau_super, p.tau_sub) for p in new.front] == \
+        [(p.score, p.tau_super, p.tau_sub) for p in old.front]
 
 
 @pytest.mark.parametrize("seed,coarse", [(0, False), (1, True), (2, True), (3, False)])
@@ -128,7 +128,7 @@ def test_a_grid_point_found_equals_the_point_computed_alone():
     for score, ts, tu in (("rmds", 0.95, 0.8), ("msp", 0.0, 0.5), ("vim", 0.02, 0.075)):
         alone = point_metrics(b, HEADS, score, ts, tu, sc, knn_k=5, shifted_weight=0.4)
         found = result.find(score, ts, tu)
-        assert {k: found[k] for k in alone} == pytest.approx(alone, nan_ok=True)
+        assert found.score == alone.score and found.figures() == pytest.approx(alone.figures(), nan_ok=True)
     assert result.find("msp", 0.42, 0.5) is None
 
 

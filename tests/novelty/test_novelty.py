@@ -88,7 +88,7 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
                 pred_super, pred_sub = decide(levels, h, result.thr_super[s, i], result.thr_sub[s, j])
                 expected = leaderboard_metrics(pred_super, pred_sub, batch.super_target, batch.sub_target,
                                                S, K)
-                got = result.point(s, i, j)
+                got = result.point(s, i, j).figures()
                 assert {k: got[k] for k in LEADERBOARD_KEYS} == pytest.approx(expected), (name, i, j)
                 # The seen acceptance per level, by that level's score alone: what export calibrates to.
                 levels = score_levels(batch, h, name, scorers, config.knn_k)
@@ -103,20 +103,20 @@ def test_grid_equals_brute_force_predict_and_leaderboard_metrics(novel_logit):
 def test_front_is_non_dominated_and_the_recommended_point_is_its_knee():
     result = posthoc_grid(synthetic(200, True, 3), heads(True), PosthocConfig(knn_k=5), fit_scorers())
     points = np.stack([result.seen.ravel(), result.unseen.ravel()], 1)
-    front = np.array([(p["seen"], p["unseen"]) for p in result.front])
+    front = np.array([(p.seen, p.unseen) for p in result.front])
     for p in front:
         assert not ((points >= p).all(1) & (points > p).any(1)).any()
     for q in points:  # and every grid point is weakly dominated by the front
         assert ((front >= q).all(1)).any()
     # The recommended point is the front point farthest above the chord between its ends, not a
     # corner (rejecting everything: unseen 1), whatever the grid's maximum of seen + unseen.
-    rec = np.array([result.recommended["seen"], result.recommended["unseen"]])
+    rec = np.array([result.recommended.seen, result.recommended.unseen])
     assert any((rec == p).all() for p in front)
     if len(front) >= 3:
         lo, span = front.min(0), np.ptp(front, 0)
         height = ((front - lo) / span).sum(1)
         assert ((rec - lo) / span).sum() == pytest.approx(height.max())
-        assert result.recommended["unseen"] < front[:, 1].max()
+        assert result.recommended.unseen < front[:, 1].max()
     assert result.hypervolume > 0
 
 
@@ -166,7 +166,7 @@ def test_logit_scores_by_direct_computation():
 def test_feature_scores_are_skipped_without_scorers():
     result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig())
     assert result.scores == ("msp", "energy", "maxlogit", "gen")
-    assert "super_auroc_msp" in result.to_metrics() and "super_auroc_knn" not in result.to_metrics()
+    assert "msp" in result.by_score and "knn" not in result.by_score
     assert set(result.skipped) == {"mahalanobis", "knn", "rmds", "fdbd", "scale", "vim"}
     headless = {level: dataclasses.replace(sc, head=None) for level, sc in fit_scorers().items()}
     result = posthoc_grid(synthetic(100, False, 0), heads(False), PosthocConfig(), headless)
@@ -181,9 +181,9 @@ def test_missing_group_gives_nan_and_the_sweep_goes_on():
     result = posthoc_grid(batch, heads(False), PosthocConfig(scores=("msp",)))
     assert np.isnan(result.grid[..., 1]).all()
     assert np.allclose(result.unseen, result.grid[..., 3])
-    metrics = result.to_metrics()
-    assert math.isnan(metrics["super_auroc_msp"]) and not math.isnan(metrics["sub_auroc_msp"])
-    assert len(result.front) >= 1 and not math.isnan(metrics["unseen"])
+    msp = result.by_score["msp"]
+    assert math.isnan(msp.super_auroc) and not math.isnan(msp.sub_auroc)
+    assert len(result.front) >= 1 and not math.isnan(result.recommended.unseen)
 
 
 def test_config_rejects_unknown_scores_and_taus():
@@ -200,10 +200,12 @@ def test_result_save_load_round_trip(tmp_path):
     loaded = PosthocResult.load(tmp_path / "posthoc.npz")
     assert loaded.scores == result.scores and loaded.counts == result.counts
     assert np.array_equal(loaded.grid, result.grid)
-    assert loaded.front == [pytest.approx(p, nan_ok=True) for p in result.front]
-    assert loaded.recommended == pytest.approx(result.recommended, nan_ok=True) and loaded.skipped == result.skipped
-    assert loaded.to_metrics() == pytest.approx(result.to_metrics(), nan_ok=True)
-    assert all(isinstance(v, float) for v in result.to_metrics().values())
+    assert [p.figures() for p in loaded.front] == [pytest.approx(p.figures(), nan_ok=True) for p in result.front]
+    assert [p.score for p in loaded.front] == [p.score for p in result.front]
+    assert loaded.recommended.figures() == pytest.approx(result.recommended.figures(), nan_ok=True)
+    assert loaded.skipped == result.skipped
+    assert {s: f.figures() for s, f in loaded.by_score.items()} == \
+        {s: pytest.approx(f.figures(), nan_ok=True) for s, f in result.by_score.items()}
 
 
 # --- FeatureBank / FeatureScorer ---
@@ -324,7 +326,8 @@ def test_group_results_on_a_hand_made_batch():
     batch = EvalBatch(sl.float(), ul.float(), torch.zeros(7, 2), torch.zeros(7, 2), st, ut, g)
     result = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.5,), tau_sub=(1.0,),
                                                   shifted_weight=0.5))
-    p = result.point(0, 0, 0)
+    aurocs = result.by_score["msp"]
+    p = result.point(0, 0, 0).figures()
     assert p["thr_super"] == p["thr_sub"] == pytest.approx(np.exp(2) / (1 + np.exp(2)))
     assert [p[f"{name}_acc"] for name in GROUPS] == pytest.approx([0.5, 0.75, 0.5, 0.5])
     assert p["accept_shifted"] == 0.5 and p["accept_shifted_super"] == 1.0 and p["accept_shifted_sub"] == 0.5
@@ -335,13 +338,13 @@ def test_group_results_on_a_hand_made_batch():
     assert p["unseen_super_acc"] == pytest.approx(0.5) and p["unseen_sub_acc"] == pytest.approx(1 / 3)
     assert p["accept_super"] == pytest.approx(2 / 3) and p["accept_sub"] == pytest.approx(0.5)
     # AUROC seen vs novel_sub on the sub score: .88 and .5 against .88 -> (0.5 + 0) / 2.
-    assert p["auroc_novel_sub.msp"] == pytest.approx(0.25)
+    assert aurocs.auroc_novel_sub == pytest.approx(0.25)
     # seen vs novel_super on the super score: .88, .5 against .5, .95 -> (1 + 0 + 0.5 + 0) / 4.
-    assert p["auroc_novel_super.msp"] == pytest.approx(0.375)
+    assert aurocs.auroc_novel_super == pytest.approx(0.375)
     assert result.counts["group_seen_shifted"] == 2 and result.counts["seen_super"] == 3
     unweighted = posthoc_grid(batch, h, PosthocConfig(scores=("msp",), tau_super=(0.5,), tau_sub=(1.0,),
                                                       shifted_weight=0.0)).point(0, 0, 0)
-    assert unweighted["seen_super_acc"] == pytest.approx(2 / 3)
+    assert unweighted.seen_super_acc == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3])
@@ -365,7 +368,7 @@ def test_group_grid_equals_brute_force_per_group(weight):
             for j in range(len(TAUS) - 3):
                 pred_super, pred_sub = (x.numpy() for x in decide(levels, h, result.thr_super[s, i],
                                                                   result.thr_sub[s, j]))
-                got = result.point(s, i, j)
+                got = result.point(s, i, j).figures()
                 for k, gname in enumerate(GROUPS):
                     rows = group == k
                     expected = ((pred_super[rows] == ts[rows]).mean() + (pred_sub[rows] == tb[rows]).mean()) / 2

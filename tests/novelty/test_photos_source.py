@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads
 from hiertune.novelty.photos import metric_name, photo_results
+from hiertune.novelty.records import GridPoint
 from hiertune.novelty.posthoc import EvalBatch
 from hiertune.novelty.source import source_auroc
 
@@ -24,7 +27,7 @@ def test_photo_results_per_species_at_the_points_thresholds():
     sup_t, sub_t = torch.tensor([0, 0, 0, 1, 1, 0]), torch.tensor([1, 1, 1, 2, 2, 0])
     batch = EvalBatch(super_logits, sub_logits, super_logits, sub_logits, sup_t, sub_t)
     photos = np.array([True, True, True, True, True, False])  # the last row is no photo
-    point = {"score": "msp", "thr_super": 0.9, "thr_sub": 0.9}
+    point = dataclasses.replace(GridPoint.unmeasured("msp", 0.9, 0.9), thr_super=0.9, thr_sub=0.9)
     out = photo_results(batch, HEADS, point, None, photos, ("gull", "king penguin", "bull frog"))
     # gull has no photo; king penguin: right, wrong subclass, novel; bull frog: both right.
     assert out["photos_super_acc.king_penguin"] == pytest.approx(2 / 3)
@@ -66,3 +69,6 @@ def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outlier
     assert aurocs["labeled_vs_photos"] < min(aurocs["labeled_vs_outliers"], aurocs["outliers_vs_photos"])
     computed = store.computed
     assert source_separability(cfg, bundle, store) == aurocs and store.computed == computed  # from the cache
+    # The directions that tell the labeled images from the outliers, projected out: the probe is blinder.
+    projected = source_separability(cfg, bundle, store, directions=4)
+    assert projected["labeled_vs_outliers"] < aurocs["labeled_vs_outliers"]

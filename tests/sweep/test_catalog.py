@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hiertune.cli import _next_steps
+from hiertune.sweep.results import next_steps
 from hiertune.errors import UserError
 from hiertune.sweep.catalog import find_sweep, list_sweeps
 from hiertune.sweep.state import TrialRecord, save_trials, write_ended
@@ -51,7 +51,7 @@ def test_a_sweep_is_found_by_name_in_sweeps_and_in_the_storage_folders_inside(tm
     entries = {e.name: e for e in list_sweeps()}
     assert set(entries) == {"plain", "smoke-1", "smoke-2", "smoke-3", "timed"}
     assert entries["timed"].status == "budget spent"  # its cut trial is the budget's doing
-    assert (entries["plain"].status, entries["plain"].trials) == ("finished", {"completed": 1, "stopped": 1})
+    assert (entries["plain"].status, entries["plain"].trials.nonzero()) == ("finished", {"completed": 1, "stopped": 1})
     assert entries["smoke-2"].status == "interrupted" and entries["smoke-3"].status == "unfinished"
 
 
@@ -94,8 +94,8 @@ def test_the_demos_next_steps_name_its_sweep_plainly_and_its_stores_exactly(tmp_
     make_sweep(tmp_path / "sweeps" / "demo" / "smoke-1", ["completed"])
     storage = str(tmp_path.resolve() / "sweeps" / "demo")
     study = f"sqlite:///{storage}/smoke-1/optuna.db"
-    text = _next_steps({"name": "smoke-1", "storage": storage, "mlflow_uri": f"sqlite:///{storage}/mlflow.db",
-                        "importance": {"study": study}}, f"{storage}/smoke-1/export/1", "sweeps/demo/data/test_images")
+    text = next_steps("smoke-1", storage, f"sqlite:///{storage}/mlflow.db", study, f"{storage}/smoke-1/export/1",
+                      "sweeps/demo/data/test_images")
     lines = text.splitlines()
     assert lines[0] == "next:"
     assert " pareto smoke-1   #" in text and "--storage" not in text  # found by name from here
@@ -103,4 +103,4 @@ def test_the_demos_next_steps_name_its_sweep_plainly_and_its_stores_exactly(tmp_
     assert f"ui --backend-store-uri sqlite:///{storage}/mlflow.db --port 5000" in text
     assert study in text
     monkeypatch.chdir(tmp_path / "sweeps")  # elsewhere, the storage is spelt out
-    assert f" pareto smoke-1 --storage {storage}" in _next_steps({"name": "smoke-1", "storage": storage})
+    assert f" pareto smoke-1 --storage {storage}" in next_steps("smoke-1", storage)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from conftest import front_point
 from hiertune.sweep.front import point_report, render
 
 
-def _point(trial: str, score: str, seen: float) -> dict:
-    return {"trial": trial, "trial_id": trial, "epochs": 3, "score": score, "tau_super": 0.1, "tau_sub": 0.2,
-            "seen": seen, "unseen": 1 - seen, "seen_acc": 0.9, "seen_shifted_acc": 0.7, "novel_sub_acc": 0.4,
-            "novel_super_acc": 0.8, "accept_shifted": 0.75, "accept_shifted_super": 0.8, "accept_shifted_sub": 0.9,
-            "accept_super": 0.95, "accept_sub": 0.9, "seen_super_acc": 0.9, "unseen_super_acc": 0.5,
-            "seen_sub_acc": 0.8, "unseen_sub_acc": 0.4,
-            "auroc_novel_sub.msp": 0.61, "auroc_novel_sub.vim": 0.72, "auroc_novel_sub.knn": float("nan"),
-            "auroc_novel_super.msp": 0.93, "auroc_novel_super.vim": 0.88, "auroc_novel_super.knn": 0.90}
+def _point(trial: str, score: str, seen: float):
+    aurocs = {"msp": (0.61, 0.93), "vim": (0.72, 0.88), "knn": (float("nan"), 0.90)}
+    return front_point(trial, seen, 1 - seen, score, tau_super=0.1, tau_sub=0.2, seen_acc=0.9, seen_shifted_acc=0.7,
+                       novel_sub_acc=0.4, novel_super_acc=0.8, accept_shifted=0.75, accept_shifted_super=0.8,
+                       accept_shifted_sub=0.9, accept_super=0.95, accept_sub=0.9, seen_super_acc=0.9,
+                       unseen_super_acc=0.5, seen_sub_acc=0.8, unseen_sub_acc=0.4,
+                       by_score={s: {"auroc_novel_sub": sub, "auroc_novel_super": sup}
+                                 for s, (sub, sup) in aurocs.items()})
 
 
 def test_group_table_shows_each_group_and_the_points_own_aurocs():

@@ -8,16 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hiertune.sweep.front import Pick, recommended, render, write_front
+from conftest import epoch, front_point
+from hiertune.sweep.front import Pick, compute_front, recommended, render, write_front
 from hiertune.sweep.reporter import ConsoleReporter
 from hiertune.sweep.state import trial_status
+from hiertune.training.faults import FAILURE_KEY
 
 
-def point(trial: int, seen: float, unseen: float, score: str = "msp") -> dict:
-    return {"trial": f"trial_{trial}", "trial_id": f"id{trial}", "status": "completed", "epochs": 3,
-            "param.lr": 0.01 * (trial + 1), "score": score, "tau_super": 0.9, "tau_sub": 0.8,
-            "seen_super_acc": seen, "unseen_super_acc": unseen, "seen_sub_acc": seen, "unseen_sub_acc": unseen,
-            "seen": seen, "unseen": unseen}
+def point(trial: int, seen: float, unseen: float, score: str = "msp"):
+    return front_point(f"trial_{trial}", seen, unseen, score, params={"lr": 0.01 * (trial + 1)})
 
 
 # A front with a clear knee at (0.7, 0.7): the corners (0.95, 0.1) and (0.05, 1.0) are extremes.
@@ -39,8 +38,8 @@ def test_a_trial_is_stopped_only_before_its_own_last_epoch(iterations, epochs, m
 
 
 def test_the_recommended_point_is_the_knee_unless_the_space_picks_another():
-    assert recommended(FRONT, Pick.parse("knee"))["trial"] == "trial_2"
-    assert recommended(FRONT, Pick.parse("max-unseen"))["trial"] == "trial_4"
+    assert recommended(FRONT, Pick.parse("knee")).trial == "trial_2"
+    assert recommended(FRONT, Pick.parse("max-unseen")).trial == "trial_4"
     assert recommended([], Pick.parse("knee")) is None
     table = render(FRONT, recommended(FRONT, Pick.parse("knee"))).splitlines()
     marked = [line for line in table[1:] if line.startswith("*")]
@@ -86,15 +85,14 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
         a, b, c = trial(0), trial(1, epochs=1), trial(2)
         for t in (a, b, c):
             reporter.on_trial_start(0, [], t)
-        result = {"training_iteration": 1, "seen": 0.61, "unseen": 0.72, "hypervolume": 0.44,
-                  "recommended_score": "energy"}
+        result = {**epoch(1, 0.61, 0.72, 0.44, "energy").flat(), "training_iteration": 1}
         reporter.on_trial_result(0, [], a, result)
         a.last_result = result
         reporter.on_trial_complete(0, [], a)  # after 1 of 4 epochs: the scheduler stopped it
         reporter.on_trial_result(0, [], b, {**result, "seen": 0.5})
         b.last_result = {**result, "seen": 0.5}
         reporter.on_trial_complete(0, [], b)  # its own 1 epoch: finished, not stopped
-        c.last_result = {"hiertune.failure": "diverged"}
+        c.last_result = {FAILURE_KEY: "diverged", "training_iteration": 1}
         reporter.on_trial_error(0, [], c)
         # A resumed sweep's reporter, pickled when the sweep began, sees earlier trials in Tune's list.
         resumed = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=["lr"], stopped_by="ASHA")
@@ -114,7 +112,8 @@ def test_the_console_reports_each_trial_event_and_where_the_sweep_stands():
     assert "trial-01 finished 1 epochs" in text
     status = [line for line in handler.lines if "done," in line]
     assert "1/3 done, 2 running" in status[0] and "2/3 done, 1 running" in status[1]
-    assert "best so far trial-00: seen 0.610, unseen 0.720 (energy)" in status[1] and "ETA ~" in status[1]
+    assert "best so far trial-00: seen 0.610, unseen 0.720" in status[1] and "ETA ~" in status[1]
+    assert "trial-02 failed: diverged" in text
     # The last line leaves the best to the recommended point printed after it (picked from every epoch).
     assert "3/3 done, 0 running" in status[2] and "best so far" not in status[2]
     assert "3/3 done" in status[3]  # 2 trials before the resume, and this one
@@ -129,3 +128,22 @@ def test_the_console_table_spreads_its_rows_along_the_front_and_keeps_the_recomm
     assert shown[:2] == ["trial_0", "trial_10"] and "*" in [line[0] for line in lines[1:-1]]
     assert any("trial_17" in line and line.startswith("*") for line in lines)
     assert "0.0180" not in lines[2] and "0.11" in lines[2]  # lr of trial_10 in 3 significant digits
+
+
+def test_best_so_far_names_the_point_the_sweeps_end_would_recommend():
+    """Ranking each trial's own knee would name trial-00 here; the sweep's end takes the knee of
+    the front over every trial's points, trial-01's (0.61, 0.92), and the console says the same."""
+    fronts = {0: ((0.96, 0.72), (0.16, 0.97)), 1: ((0.62, 0.78), (0.61, 0.92))}
+    reporter = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=[], stopped_by="ASHA")
+    for number, front in fronts.items():
+        own_knee = Pick.parse("knee").rank([front_point("x", s, u) for s, u in front])[0]
+        reporter.on_trial_result(0, [], trial(number), epoch(1, own_knee.seen, own_knee.unseen, front=front).flat())
+    final = recommended(compute_front([front_point(f"trial-{n:02d}", s, u) for n, f in fronts.items() for s, u in f]),
+                        Pick.parse("knee"))
+    assert final.trial == "trial-01" and (final.seen, final.unseen) == (0.61, 0.92)
+    assert "best so far trial-01: seen 0.610, unseen 0.920" in reporter.status()
+    # With sampled thresholds each trial's one point is what the front holds.
+    sampled = ConsoleReporter(total=3, max_t=4, pick=Pick.parse("knee"), sampled=[], stopped_by="ASHA",
+                              sampled_thresholds=True)
+    sampled.on_trial_result(0, [], trial(0), epoch(1, 0.5, 0.5, front=((0.99, 0.99),)).flat())
+    assert "best so far trial-00: seen 0.500, unseen 0.500" in sampled.status()

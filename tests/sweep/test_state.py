@@ -76,3 +76,15 @@ def test_ray_state_of_the_flat_layout_is_refused_in_one_line(tmp_path, protocol)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{tune_dir / 'tuner.pkl'}: written by an older hiertune layout")
     assert "hiertune.tracking.MlflowSweepCallback" in message and "cannot be resumed" in message
+
+
+def test_trial_counts_count_each_status_and_refuse_an_unknown_one():
+    from hiertune.sweep.state import TrialCounts
+
+    counts = TrialCounts.of(["completed", "stopped", "completed", "interrupted"])
+    assert counts.to_dict() == {"completed": 2, "stopped": 1, "failed": 0, "interrupted": 1}
+    assert counts.ended == 3 and counts.nonzero() == {"completed": 2, "stopped": 1, "interrupted": 1}
+    with pytest.raises(ValueError, match="running"):
+        TrialCounts.of(["running"])
+    with pytest.raises(ValueError, match="negative"):
+        TrialCounts(completed=-1)

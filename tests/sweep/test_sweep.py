@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,88 +21,38 @@ from hiertune.novelty.metrics import pareto_front
 from hiertune.sweep.space import load_space
 from hiertune.sweep.front import compute_front, front_points
 from hiertune.sweep.search import FidelityAwareOptunaSearch
-from hiertune.sweep.state import TrialRecord, load_trials
-from hiertune.training import checkpoint as ckpt
-from hiertune.training.checkpoint import read_history
+from hiertune.sweep.state import load_trials
 
 
 @pytest.mark.slow
-def test_small_sweep_end_to_end(cli, small_data, tmp_path):
-    # A GPU share on a machine without one: the local sweep runs on CPUs instead of hanging.
-    result = cli("sweep", str(space_file(tmp_path, small_data, samples=6, max_t=3, gpus=0.25)), "--name", "e2e",
-                 "--storage", str(tmp_path / "sweeps"), "--json")
-    assert result.code == 0, result.err[-3000:]
-    summary = last_json(result.out)
-    counts = summary["trials"]
-    assert sum(counts.values()) == 6 and counts["failed"] == 0
-    assert counts["stopped"] >= 1  # ASHA stopped at least one trial early
-
-    sweep_dir = tmp_path / "sweeps" / "e2e"
-    trials = load_trials(sweep_dir)
-    by_id = {t.trial_id: t for t in trials}
-
-    # The trainable in a real Tune session: each trial reported once per epoch it ran, and its
-    # latest checkpoint holds the model and every epoch's history.
-    for t in trials:
-        assert t.error is None and t.metrics["epoch"] == t.metrics["training_iteration"] == t.epochs >= 1
-        reported = (sweep_dir / "tune" / f"trial_{t.trial_id}" / "result.json").read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in reported] == list(range(1, t.epochs + 1))
-        checkpoint = Path(t.checkpoint)
-        assert [h["epoch"] for h in read_history(t.checkpoint)] == list(range(1, t.epochs + 1))
-        assert (checkpoint / ckpt.MODEL).is_file()
-
-    # MLflow: one experiment, a parent run, a child run per trial with its metrics and status.
-    client = MlflowClient(f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("e2e")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 6
-    parent = parents[0]
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    for child in children:
-        trial = by_id[child.data.tags["hiertune.trial_id"]]
-        assert child.data.tags["hiertune.status"] == trial.status
-        assert child.data.tags["hiertune.family"] == "cnn"
-        assert child.info.status == "FINISHED"
-        history = client.get_metric_history(child.info.run_id, "hypervolume")
-        assert [m.step for m in history] == list(range(1, trial.epochs + 1))
-        assert float(child.data.params["lr"]) == pytest.approx(trial.params["lr"])
-        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert "learning_curves.png" in artifacts
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "trials.json",
-                                                                           "learning_curves.png", "shifted_examples.png"}
-    # Validation's seen_shifted group: what it is, and the best point's accuracy on it.
-    assert parent.data.tags["hiertune.seen_shifted"].startswith("corruptions of the seen validation images")
-    assert 0.0 <= parent.data.metrics["best_seen_shifted_acc"] <= 1.0
-    assert parent.info.status == "FINISHED"
-    assert parent.data.params["search.lr"] == "float log [0.0001, 0.03]"
-
-    # The front: non-empty, non-dominated, and reproducible from the stored per-trial results.
-    points = front_points(trials)
+def test_the_front_is_reproducible_from_the_stored_results_and_pareto_only_reads(cli, finished_sweep):
+    """The shared sweep's front: non-empty, non-dominated, what pareto.csv holds, and what the
+    stored per-trial results give again; `pareto` redraws it without touching the MLflow store."""
+    summary, sweep_dir = finished_sweep.summary, finished_sweep.dir
+    points = front_points(load_trials(sweep_dir))
     front = summary["front"]
     assert front and len(points) > len(front)
-    all_pts = np.array([[p["seen"], p["unseen"]] for p in points])
+    all_pts = np.array([[p.seen, p.unseen] for p in points])
     for p in front:
         dominated = (all_pts[:, 0] >= p["seen"]) & (all_pts[:, 1] >= p["unseen"]) & (
             (all_pts[:, 0] > p["seen"]) | (all_pts[:, 1] > p["unseen"]))
         assert not dominated.any()
-    assert compute_front(points) == front
+    assert json.loads(json.dumps([p.row() for p in compute_front(points)])) == front
     with (sweep_dir / "pareto.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(float(r["seen"]), float(r["unseen"])) for r in rows] == [(p["seen"], p["unseen"]) for p in front]
-    # `pareto` reads: the MLflow store (the parent run's status and metrics) is left as it was.
-    store = tmp_path / "sweeps" / "mlflow.db"
+    assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
+    store = finished_sweep.storage / "mlflow.db"
     before = store.stat().st_mtime_ns, store.read_bytes()
-    again = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--json")
+    storage = str(finished_sweep.storage)
+    again = cli("pareto", "short", "--storage", storage, "--json")
     assert again.code == 0 and last_json(again.out)["front"] == front
     # --groups: the per-group table, and the --pick point with its groups and every score's AUROCs.
-    grouped = cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--groups")
+    grouped = cli("pareto", "short", "--storage", storage, "--groups")
     assert grouped.code == 0 and "seen_shifted_acc" in grouped.out and "auroc novel_sub" in grouped.out
-    picked = last_json(cli("pareto", "e2e", "--storage", str(tmp_path / "sweeps"), "--groups", "--json").out)["picked"]
+    picked = last_json(cli("pareto", "short", "--storage", storage, "--groups", "--json").out)["picked"]
     assert 0.0 <= picked["seen_shifted_acc"] <= 1.0 and "auroc_novel_super.msp" in picked
     assert (store.stat().st_mtime_ns, store.read_bytes()) == before
-    assert len(pareto_front(np.array([[p["seen"], p["unseen"]] for p in front]))) == len(front)
 
 
 @pytest.mark.slow
@@ -188,19 +137,3 @@ def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(sm
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert trials[0].value == 0.7
     assert trials[1].intermediate_values == {1: 0.4}
-
-
-def test_sampled_thresholds_put_one_point_per_trial_on_the_front():
-    def record(i, seen, unseen):
-        metrics = {"point_seen_super_acc": seen, "point_seen_sub_acc": seen, "point_unseen_super_acc": unseen,
-                   "point_unseen_sub_acc": unseen, "point_seen": seen, "point_unseen": unseen,
-                   "point_accept_super": 0.9, "point_accept_sub": 0.5}
-        return TrialRecord(f"id{i}", f"trial_{i}", "completed", 2, {"tau_super": 0.9, "tau_sub": 0.5,
-                                                                     "novelty_score": "energy"},
-                           Path("/nonexistent"), metrics)
-
-    trials = [record(0, 0.8, 0.5), record(1, 0.6, 0.7), record(2, 0.5, 0.4)]
-    points = front_points(trials, sampled_thresholds=True)
-    assert len(points) == 3 and points[0]["score"] == "energy" and points[0]["tau_super"] == 0.9
-    assert points[0]["accept_super"] == 0.9  # what export-best calibrates the retrained model to
-    assert [p["trial"] for p in compute_front(points)] == ["trial_0", "trial_1"]

@@ -5,37 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from hiertune.training.config import TrialConfig
-from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
 from hiertune.models.registry import create_model
 from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.faults import CheckpointUnreadable
-from hiertune.training.loop import heads_for, make_optimizer, run_trial
-
-FAST = dict(family="cnn", epochs=1, batch_size=32, cnn_width=8, threads=1)
-
+from hiertune.training.loop import heads_for, make_optimizer
 
 @pytest.fixture(scope="module")
-def trained(small_data, tmp_path_factory):
+def trained(trained_cnn):
     """One epoch of a small cnn: its config, bundle, last metrics and a copy of its checkpoint."""
-    cfg = TrialConfig(data=str(small_data), **FAST)
-    bundle = load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
-    kept = tmp_path_factory.mktemp("ckpt") / "checkpoint"
-
-    def report(metrics: dict, directory: Path) -> None:
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(directory, kept)
-
-    metrics = run_trial(cfg, bundle, report)
-    return cfg, bundle, metrics, kept
+    return trained_cnn.cfg, trained_cnn.bundle, trained_cnn.metrics, trained_cnn.checkpoint
 
 
 def same(a, b) -> bool:
@@ -47,11 +33,13 @@ def test_checkpoint_holds_what_the_epoch_reported(trained):
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.POSTHOC, ckpt.SCORERS])
     # history: every epoch's metrics, exactly what was reported
-    assert same(ckpt.read_history(str(directory)), [metrics])
+    assert same([h.flat() for h in ckpt.read_history(str(directory))], [metrics.flat()])
     # post-hoc grid: the metrics it produced are the ones reported
     result = ckpt.read_posthoc(str(directory))
-    assert result.recommended["score"] == metrics["recommended_score"]
-    assert same(result.to_metrics(), {k: metrics[k] for k in result.to_metrics()})
+    assert result.recommended.score == metrics.recommended.score and result.hypervolume == metrics.hypervolume
+    assert same(result.recommended.figures(), metrics.recommended.figures())
+    assert same({s: f.figures() for s, f in result.by_score.items()},
+                {s: f.figures() for s, f in metrics.by_score.items()})
     # optimizer/scheduler/RNG state: tensors and numbers only, for the epoch and attempt that wrote it
     state = torch.load(directory / ckpt.STATE, weights_only=True)
     assert (state["epoch"], state["attempt"]) == (1, 1)
@@ -78,7 +66,7 @@ def test_restore_brings_back_the_training_state_as_the_next_attempt(trained):
     restored = fresh_state(cfg, bundle)
     restored.restore(directory)
     # one epoch done by attempt 1: the restored run is attempt 2
-    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics.flat()])
     saved = load_file(directory / ckpt.MODEL)
     assert all(torch.equal(v, saved[k]) for k, v in restored.model.state_dict().items())
     state = torch.load(directory / ckpt.STATE, weights_only=True)
@@ -99,7 +87,7 @@ def test_a_checkpoint_without_the_global_generators_still_restores(trained, tmp_
     restored = fresh_state(cfg, bundle)
     before = torch.get_rng_state()
     restored.restore(older)
-    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics])
+    assert (restored.epoch, restored.attempt) == (1, 2) and same(restored.history, [metrics.flat()])
     assert torch.equal(torch.get_rng_state(), before)
     restored.restore(directory)
     assert torch.equal(torch.get_rng_state(), torch.load(directory / ckpt.STATE, weights_only=True)["torch_rng"])

@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import FAST, trial_bundle
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.corrupt import corrupt_batch
-from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SHIFTED
 from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.errors import UserError
@@ -37,8 +37,9 @@ from hiertune.training.inputs import FeatureInputs, ImageInputs
 
 SIZE = 32
 TINY = SynthConfig(train_per_subclass=4, test_per_subclass=1, novel_superclass_test_images=4, outlier_per_class=6)
-FAST = dict(backbone="resnet10t", finetune="linear", epochs=2, batch_size=16, threads=1, augment=False,
-            layover_hidden=16, image_size=SIZE)
+# Frozen backbones on the tiny set: two epochs read the cached features once computed.
+FEATURES = {**FAST, "finetune": "linear", "epochs": 2, "batch_size": 16, "augment": False, "layover_hidden": 16,
+            "image_size": SIZE}
 COMPARED = ("train_loss", "val_loss", "seen", "unseen", "hypervolume", "closed_seen_sub_acc",
             "hypervolume_mahalanobis", "hypervolume_knn", "super_auroc_msp")
 
@@ -52,17 +53,16 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(data_dir, tmp_path_factory):
-    cfg = TrialConfig(data=str(data_dir))
-    return load_bundle(cfg.data, None, SIZE, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+    return trial_bundle(data_dir, tmp_path_factory.mktemp("cache"), SIZE)
 
 
 def trial(bundle, data_dir, store=None, **overrides):
     reports = []
 
-    def report(metrics: dict, checkpoint: Path) -> None:
-        reports.append((metrics, load_file(checkpoint / ckpt.MODEL)))
+    def report(metrics, checkpoint: Path) -> None:
+        reports.append((metrics.flat(), load_file(checkpoint / ckpt.MODEL)))
 
-    cfg = TrialConfig(data=str(data_dir), **{**FAST, **overrides})
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, **overrides})
     run_trial(cfg, bundle, report, features=store)
     return reports
 
@@ -205,8 +205,8 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
     # With BN in train mode, `linear` would drift the running statistics from the images it sees,
     # and features cached once would no longer be what the backbone computes.
     torch.manual_seed(0)
-    initial = create_model(TrialConfig(**{**FAST, "finetune": "linear"}).model_config(),
-                           heads_for(bundle, TrialConfig(**FAST)))
+    initial = create_model(TrialConfig(**{**FEATURES, "finetune": "linear"}).model_config(),
+                           heads_for(bundle, TrialConfig(**FEATURES)))
     (_, weights), = trial(bundle, data_dir, family="dualhead", feature_views=0, epochs=1)
     for name, tensor in initial.state_dict().items():
         if name.startswith("backbones."):
@@ -214,7 +214,7 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_through_a_training_epo
 
 
 def test_augmented_views_are_seeded_and_the_first_is_the_evaluation_view(bundle, data_dir, tmp_path, caplog):
-    cfg = TrialConfig(**{**FAST, "augment": True, "feature_views": 3})
+    cfg = TrialConfig(**{**FEATURES, "augment": True, "feature_views": 3})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -247,7 +247,7 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
     """What export and predict rely on: the checkpoint holds the whole model, and images through
     it give what the cached features gave."""
     (_, weights), = trial(bundle, data_dir, FeatureStore(tmp_path), family="layover", epochs=1)
-    cfg = TrialConfig(**{**FAST, "family": "layover"})
+    cfg = TrialConfig(**{**FEATURES, "family": "layover"})
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     model.load_state_dict(weights)
     model.eval()
@@ -264,7 +264,7 @@ def test_the_trained_model_runs_end_to_end_from_images_as_on_cached_features(bun
 def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_dir, tmp_path):
     """Validation's seen_shifted images are a pool of their own: their pixels in the key, one
     (clean) view however many the training pools have, and their rows where `assemble` puts them."""
-    cfg = TrialConfig(**{**FAST, "family": "dualhead", "augment": True, "feature_views": 2})
+    cfg = TrialConfig(**{**FEATURES, "family": "dualhead", "augment": True, "feature_views": 2})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg))
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -311,7 +311,7 @@ def test_training_corruptions_keep_a_trial_on_cached_features(bundle, data_dir, 
 
 
 def test_corrupted_views_are_the_corrupted_images_through_the_backbone(bundle):
-    cfg = TrialConfig(**{**FAST, "family": "dualhead"})
+    cfg = TrialConfig(**{**FEATURES, "family": "dualhead"})
     torch.manual_seed(0)
     model = create_model(cfg.model_config(), heads_for(bundle, cfg)).eval()
     augment = BatchAugment(cfg.augment_config(), "cpu")
@@ -400,8 +400,8 @@ def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_pat
     """A scheduler reads rung epochs only: they and the last get every score, the others all
     but vim, and each epoch's metrics say which scores its front covers."""
     reports: list[dict] = []
-    cfg = TrialConfig(data=str(data_dir), **{**FAST, "family": "dualhead", "epochs": 3})
-    run_trial(cfg, bundle, lambda m, _: reports.append(m), features=FeatureStore(tmp_path), rungs=(2,))
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, "family": "dualhead", "epochs": 3})
+    run_trial(cfg, bundle, lambda m, _: reports.append(m.flat()), features=FeatureStore(tmp_path), rungs=(2,))
     assert [m["full_evaluation"] for m in reports] == [0.0, 1.0, 1.0]
     assert "vim" not in reports[0]["evaluated_scores"].split(",") and "hypervolume_vim" not in reports[0]
     assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]

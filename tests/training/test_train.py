@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import FAST
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.sources import synthetic_default
@@ -23,9 +24,9 @@ from hiertune.novelty.registry import list_scores, needs_of, unavailable
 from hiertune.novelty.scores import load_scorers
 from hiertune.training import checkpoint as ckpt
 from hiertune.training.inputs import ImageInputs
+from hiertune.training.records import EpochMetrics
 from hiertune.training.loop import fit_scorers, forward_all, heads_for, run_trial, scorer_rows
 
-FAST = dict(epochs=1, batch_size=32, backbone="resnet10t", layover_hidden=32, cnn_width=8, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,15 @@ def default_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundle(small_data, tmp_path_factory):
-    cfg = TrialConfig(data=str(small_data))
-    return load_bundle(cfg.data, cfg.outliers, 64, cfg.split_config(), tmp_path_factory.mktemp("cache"))
+def bundle(small_bundle):
+    return small_bundle
 
 
 def collect(into: list):
-    def report(metrics: dict, checkpoint: Path) -> None:
+    def report(metrics: EpochMetrics, checkpoint: Path) -> None:
         saved = checkpoint.parent / f"kept-{len(into)}-{checkpoint.name}"
         shutil.copytree(checkpoint, saved)
-        into.append((metrics, saved))
+        into.append((metrics.flat(), saved))
 
     return report
 
@@ -63,12 +63,12 @@ def test_every_family_trains_one_epoch_on_the_synthetic_default(family, default_
     final = run_trial(cfg, default_bundle, collect(reports))
     assert len(reports) == 1
     metrics, checkpoint = reports[0]
-    assert metrics is final and metrics["epoch"] == 1
+    assert json.dumps(metrics) == json.dumps(final.flat()) and final.epoch == 1
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
     for key in ("seen_super_acc", "unseen_super_acc", "seen_sub_acc", "unseen_sub_acc", "seen", "unseen",
                 "hypervolume", "super_auroc_msp", "sub_fpr95_energy", "hypervolume_mahalanobis"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["outlier_images"] > 0 and metrics["recommended_score"] in list_scores()
+    assert final.outlier_images > 0 and final.recommended.score in list_scores()
     for name in (ckpt.MODEL, ckpt.STATE, ckpt.HISTORY, ckpt.SCORERS):
         assert (checkpoint / name).is_file(), name
     assert load_file(checkpoint / ckpt.MODEL)
@@ -181,8 +181,8 @@ def test_the_space_grid_is_what_every_epoch_evaluates(bundle, one_thread):
     grid = PosthocConfig(scores=("vim",), tau_super=(0.1, 0.2), tau_sub=(0.3,))
     reports = []
     run_trial(cfg, bundle, lambda metrics, path: reports.append(metrics), rungs=(2,), posthoc=grid)
-    assert [m["evaluated_scores"] for m in reports] == ["vim", "vim"]
-    assert all(m["tau_super"] in (0.1, 0.2) and m["tau_sub"] == 0.3 for m in reports)
+    assert [m.scores for m in reports] == [("vim",), ("vim",)]
+    assert all(m.recommended.tau_super in (0.1, 0.2) and m.recommended.tau_sub == 0.3 for m in reports)
 
 
 def test_outlier_fraction_selects_a_prefix_of_the_pool(bundle):
