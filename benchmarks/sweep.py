@@ -7,9 +7,11 @@
 linear, 128 px) on cached features, trials of about a second per epoch where orchestration weighs
 most (target ≤ 1.10); the features come from the disk cache, warmed once before either side is timed.
 --only c (with --cached): one such sweep, then `export-best` of its knee, twice: the first as a
-user's first export (retraining on the sweep's cached features; the test set's features computed
-unless an earlier export or predict cached them), the second with every feature cached. Target:
-export ≤ 0.3× the sweep's wall time.
+user's first export (retraining on the sweep's cached features, predicting the test set from the
+features the sweep put in the cache unless an earlier run did), the second finding the point
+exported already with these settings (reused, not retrained). Target: export ≤ 0.3× the sweep's
+wall time. Point HIERTUNE_CACHE_DIR at a cache without the test set's features to see the sweep
+pay for them.
 
 (a) N short trials through `run_sweep` (Ray Tune + Optuna + ASHA + MLflow + checkpoints to
     storage) against the same trials run one after another by `run_trial` in a bare loop;

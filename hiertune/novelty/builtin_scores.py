@@ -78,7 +78,11 @@ def _head_logits(level: LevelInput) -> tuple[Tensor, Tensor]:
 @register_score("fdbd", needs=("head",), bounds=(0.0, np.inf))
 def fdbd(level: LevelInput) -> Tensor:
     z, logits = _head_logits(level)
-    return level.scorer.head.fdbd(level.features, level.argmax, z, logits)
+    stats = level.scorer.head
+    # The distance to the mean head input depends on the features alone (a linear head's mean
+    # input is their mean), so a frozen backbone's is computed once.
+    spread = memo_get(level.memo, "head_input_spread", (z, stats.head_mean), lambda: stats.spread(z))
+    return stats.fdbd(level.features, level.argmax, z, logits, spread)
 
 
 @register_score("scale", needs=("head",))

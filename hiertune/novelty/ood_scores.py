@@ -157,9 +157,10 @@ class HeadStats:
         d = (features.detach().to("cpu", torch.float64) - self.mean) @ self.whiten
         return (d * d).sum(1)
 
-    def fdbd(self, features: Tensor, predicted: Tensor, z: Tensor | None = None, logits: Tensor | None = None
-             ) -> Tensor:
-        """`z` and `logits`, when given, are the head's inputs and logits of `features`."""
+    def fdbd(self, features: Tensor, predicted: Tensor, z: Tensor | None = None, logits: Tensor | None = None,
+             spread: Tensor | None = None) -> Tensor:
+        """`z`, `logits` and `spread`, when given, are the head's inputs and logits of `features`
+        and spread(z)."""
         z = self.head.inputs(features) if z is None else z
         w = self.head.weight
         y = predicted.cpu().long()
@@ -173,7 +174,11 @@ class HeadStats:
         # The predicted class's own term is an exact 0 (a zero margin over a clamped zero), so the
         # sum over the others is the sum over all; NaN with a single class: no boundary.
         mean_dist = dist.sum(1) / (dist.shape[1] - 1) if dist.shape[1] > 1 else torch.full_like(dist[:, 0], torch.nan)
-        return mean_dist / (z - self.head_mean).norm(dim=1).clamp(min=1e-12)
+        return mean_dist / (self.spread(z) if spread is None else spread)
+
+    def spread(self, z: Tensor) -> Tensor:
+        """fdbd's denominator: the distance of head inputs `z` from the mean training head input."""
+        return (z - self.head_mean).norm(dim=1).clamp(min=1e-12)
 
     def scale(self, features: Tensor, mask: Tensor | None = None,
               percentile: float = SCALE_PERCENTILE) -> Tensor:
