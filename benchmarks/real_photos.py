@@ -52,6 +52,7 @@ RECIPES = {
     # The other species' photos weigh in choosing the point (as in a sweep given --shifted-data),
     # the held-out species' never.
     "oe photos choose": {"outlier_mode": "oe", "shifted_weight": 0.5},
+    "oe + 8 dirs photos choose": {"outlier_mode": "oe", "source_directions": 8, "shifted_weight": 0.5},
     "oe + 16 dirs photos choose": {"outlier_mode": "oe", "source_directions": 16, "shifted_weight": 0.5},
 }
 # What an ensemble selects from beside the recipe's own model (--ensemble): what a sweep of one
