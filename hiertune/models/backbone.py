@@ -69,6 +69,9 @@ def create_backbone(config: ModelConfig) -> nn.Module:
     return _from_file(name, Path(config.pretrained))
 
 
+_ANNOUNCED: set[tuple[str, Path]] = set()
+
+
 def _from_file(name: str, path: Path) -> nn.Module:
     # timm honours pretrained_cfg['file'] ahead of its hub and URL sources, reading it with
     # timm.models.load_state_dict (safetensors by extension, else torch.load(weights_only=True)),
@@ -82,7 +85,9 @@ def _from_file(name: str, path: Path) -> nn.Module:
     except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as exc:
         raise UserError(f"pretrained weights file {path} does not fit backbone {name!r}: "
                         f"{type(exc).__name__}: {_one_line(exc)}") from exc
-    log.info("backbone %s: weights from %s", name, path)
+    if (name, path) not in _ANNOUNCED:  # the cost probe and the feature step build it again in one process
+        _ANNOUNCED.add((name, path))
+        log.info("backbone %s: weights from %s", name, path)
     return backbone
 
 
