@@ -5,6 +5,8 @@ Kept here only as the reference the tests and benchmarks/posthoc.py compare the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from scipy.stats import rankdata
@@ -12,7 +14,7 @@ from scipy.stats import rankdata
 from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.models.registry import Heads, ModelOutput
 from hiertune.novelty.metrics import ACCURACIES
-from hiertune.novelty.ood_scores import HeadStats, head_of
+from hiertune.novelty.ood_scores import VIM_FRACTION, HeadStats, head_of
 from hiertune.novelty.posthoc import MEASURES, EvalBatch, PosthocConfig, PosthocResult, _rate, raw_thresholds
 from hiertune.novelty.registry import LEVELS, LevelInput, list_scores, score as score_spec, unavailable
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, LevelScores, subclass_mask
@@ -120,9 +122,24 @@ def reference_fit(out: ModelOutput, sup: torch.Tensor, sub: torch.Tensor, heads:
         bank.update(feats, labels)
         module = getattr(model, f"{level}_head", None)
         head = head_of(module, n) if module is not None else None
-        stats = HeadStats.fit(feats[labels < n], head) if head is not None else None
+        stats = reference_vim(HeadStats.fit(feats[labels < n], head), feats[labels < n]) if head is not None else None
         scorers[level] = bank.fit(head=stats)
     return scorers
+
+
+def reference_vim(stats: HeadStats, features: torch.Tensor, fraction: float = VIM_FRACTION) -> HeadStats:
+    """`stats` with vim's origin, residual subspace and α fitted from their definition: the
+    eigendecomposition of the second moment of the head inputs about the origin, in one piece."""
+    head = stats.head
+    z = head.inputs(features)
+    origin = -torch.linalg.pinv(head.weight) @ head.bias
+    shifted = z - origin
+    dim = z.shape[1]
+    keep = min(dim - 1, max(1, round(fraction * dim)))
+    residual = torch.linalg.eigh(shifted.T @ shifted / len(z))[1][:, : dim - keep]
+    virtual = (shifted @ residual).norm(dim=1)
+    alpha = head.logits(z).amax(1).mean() / virtual.mean().clamp(min=1e-12)
+    return dataclasses.replace(stats, vim_origin=origin, vim_residual=residual, vim_alpha=alpha)
 
 
 def reference_levels(output, heads: Heads, score: str, scorers: dict[str, FeatureScorer] | None = None,
