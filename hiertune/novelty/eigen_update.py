@@ -54,6 +54,9 @@ def rank_one_eigh(values: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
                 rotations.append((prev, j, c, s))
                 kept.pop()
         kept.append(j)
+    if len(kept) == dim:  # nothing deflated (nor rotated): the secular equation is the whole problem
+        mu, vectors = _secular(d, z, rho)
+        return torch.from_numpy(mu), torch.from_numpy(vectors)
     vectors = np.zeros((dim, dim))
     deflated = np.setdiff1d(np.arange(dim), kept)
     vectors[deflated, deflated] = 1.0
@@ -78,20 +81,21 @@ def _secular(d: np.ndarray, z: np.ndarray, rho: float) -> tuple[np.ndarray, np.n
     # (s_j = sqrt(d_j - shift), σ_i² = μ_i - shift): their product is d_j - μ_i without cancellation.
     shift = d[0]
     s = np.sqrt(np.maximum(d - shift, 0.0))
-    gaps = np.empty((k, k))  # gaps[j, i] = d_j - μ_i
+    gaps = np.empty((k, k))  # gaps[i, j] = d_j - μ_i
     mu = np.empty(k)
     for i in range(k):
         delta, sigma, work, info = dlasd4(i, s, z, rho)
         if info != 0:
             raise np.linalg.LinAlgError(f"dlasd4 did not converge for root {i} of {k} (info {info})")
-        gaps[:, i] = delta * work
+        np.multiply(delta, work, out=gaps[i])
         mu[i] = sigma * sigma + shift
     # The z for which the computed roots are exact (dlasd3's products, each factor in (0, 1]):
     # ẑ_j² = (μ_{k-1} - d_j) Π_{i<j} (μ_i - d_j)/(d_i - d_j) Π_{j≤i<k-1} (μ_i - d_j)/(d_{i+1} - d_j).
-    poles = (s[None, :] - s[:, None]) * (s[None, :] + s[:, None])  # [j, i] d_i - d_j, from the s the gaps use
-    further = np.arange(k - 1)[None, :] >= np.arange(k)[:, None]  # i ≥ j: the pole one further on
-    denominators = np.where(further, poles[:, 1:], poles[:, :-1])
-    z_hat = np.sqrt(-gaps[:, -1] * np.prod(-gaps[:, :-1] / denominators, axis=1))
-    vectors = np.copysign(z_hat, z)[:, None] / gaps
-    vectors /= np.linalg.norm(vectors, axis=0)
-    return mu, vectors
+    g, st = torch.from_numpy(gaps), torch.from_numpy(s)
+    poles = (st[:, None] - st) * (st[:, None] + st)  # [i, j] d_i - d_j, from the s the gaps use
+    further = torch.ones(k - 1, k, dtype=torch.bool).tril()  # i ≥ j: the pole one further on
+    ratios = torch.where(further, poles[1:], poles[:-1]).reciprocal_().mul_(g[:-1]).neg_()
+    z_hat = (ratios.prod(0) * -g[-1]).sqrt_().copysign_(torch.from_numpy(z))
+    vectors = z_hat / g  # [i, j]: eigenvector i's component j
+    vectors /= torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
+    return mu, vectors.T.numpy()
