@@ -161,7 +161,8 @@ def main() -> None:
         a[:3] == b[:3] and abs(a[3] - b[3]) <= 1e-6 and abs(a[4] - b[4]) <= 1e-6 for a, b in zip(front_old, front_new))
     same = new.scores == old.scores and all(v <= 1e-6 for v in worst.values()) and same_front
     print("  largest difference: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items())
-          + f"; front ({len(front_new)} points) {'identical' if same_front else 'DIFFERENT'}")
+          + f"; front ({len(front_new)} points) {'identical' if same_front else 'DIFFERENT'}"
+          + f", {sum(p[0] == 'vim' for p in front_new)} of them vim's")
     print("  AUROC per score (seen vs novel_sub on the sub score, seen vs novel_super on the super score):")
     for s, name in enumerate(new.scores):
         print(f"    {name:<12} {new.group_auroc[s, 0]:.6f} (ref {old.group_auroc[s, 0]:.6f})  "
