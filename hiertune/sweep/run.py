@@ -117,19 +117,20 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if fitted is None:
             fitted = resources.fit_connected(space.resources.cpus_per_trial, space.resources.gpus_per_trial, address)
             space = _fitted_space(space, fitted)
+        inputs = None if resume else data_inputs(bundle)
         if not resume:
             write_meta(place.dir, SweepMeta(str(space.path.resolve()), space.family, space.samples_thresholds,
                                             space.resources.cpus_per_trial, space.resources.gpus_per_trial,
                                             pick=space.pick, objectives=tuple(_study_objectives(space)),
                                             overrides=overrides, cache_dir=str(Path(cache_root).resolve()),
-                                            inputs=data_inputs(bundle)))
+                                            inputs=inputs))
             place.publish(place.dir / SWEEP_JSON)
         # A local Ray without GPUs runs its tasks on these same CPUs: the driver's own work then
         # runs here, sparing a worker's start (importing torch and timm) and the copies back.
         here = address is None and not fitted.gpus
         features = shared_features(space, bundle, cache_root, here)
         if not resume:
-            space = _cost_plan(space, bundle, features, fitted, here)
+            space = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
         return _run(space, place, bundle, features, recorder, resume, verbose)
 
 
@@ -146,15 +147,18 @@ def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
     return space.with_overrides({"resources.cpus_per_trial": fitted.cpus, "resources.gpus_per_trial": fitted.gpus})
 
 
-def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool) -> SearchSpace:
+def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool, local: bool,
+               data: dict) -> SearchSpace:
     """What the space costs here, said before the first trial; with a budget, the space without
-    what it cannot afford."""
+    what it cannot afford. `local`: the probe runs on this machine, so an earlier sweep's figures
+    for the same kinds, `data` and resources stand (hiertune.sweep.cost.measure)."""
     start = time.perf_counter()
     kinds = cost.space_kinds(space)
-    costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
-                         space.resources.gpus_per_trial, here,
-                         cost.full_share(space, space.trial_config().epochs), space.posthoc_grid())
-    result = cost.plan(space, kinds, costs, fitted.parallel)
+    costs, measured = cost.measure(kinds, shared_frozen_config(space), bundle, features,
+                                   space.resources.cpus_per_trial, space.resources.gpus_per_trial, here,
+                                   cost.full_share(space, space.trial_config().epochs), space.posthoc_grid(),
+                                   data if local else None)
+    result = cost.plan(space, kinds, costs, fitted.parallel, measured)
     for line in result.lines:
         log.info(line)
     if result.refusal:
