@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,6 +59,8 @@ from hiertune.sweep.state import (
     write_meta,
 )
 from hiertune.sweep.sweeplog import sweep_log
+from hiertune.fsutil import check_writable
+from hiertune.sweep.mlstore import sqlite_path
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
@@ -93,8 +96,9 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         check_same_data(meta.inputs, bundle, place.name)
     _check_outlier_ranges(space, bundle.splits)
     # Before anything is written or Ray starts: the trial → run map must be readable, and the
-    # MLflow store reachable.
-    recorder = SweepRecorder(place)
+    # MLflow store reachable. A new SQLite store (its folder found writable) has nothing left to
+    # refuse, and its tables take MLflow's migrations, seconds: created while Ray starts.
+    opening = _open_recorder(place, new_store=not resume and _new_sqlite(place))
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
              place.uri, secrets.redact_uri(place.mlflow_uri))
     summary = bundle.summary()
@@ -114,6 +118,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Ray's check that every result carries the scheduler's metric would reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with ray_session(address, space.resources.cpus_per_trial), sweep_log(place.dir, verbose):
+        recorder = opening.result()
         if fitted is None:
             fitted = resources.fit_connected(space.resources.cpus_per_trial, space.resources.gpus_per_trial, address)
             space = _fitted_space(space, fitted)
@@ -132,6 +137,26 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         if not resume:
             space = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
         return _run(space, place, bundle, features, recorder, resume, verbose)
+
+
+def _new_sqlite(place: SweepPlace) -> bool:
+    db = sqlite_path(place.mlflow_uri)
+    return db is not None and not db.exists()
+
+
+def _open_recorder(place: SweepPlace, new_store: bool) -> Future:
+    """The sweep's MLflow recorder: opened now, or (`new_store`) in a thread, its folder checked
+    writable first."""
+    if not new_store:
+        done: Future = Future()
+        done.set_result(SweepRecorder(place))
+        return done
+    check_writable(sqlite_path(place.mlflow_uri), "MLflow store", folder=False)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="hiertune-mlflow")
+    try:
+        return pool.submit(SweepRecorder, place)
+    finally:
+        pool.shutdown(wait=False)  # its thread ends with its one task
 
 
 def _fit_resources(space: SearchSpace, node: resources.Node) -> tuple[SearchSpace, resources.Fit]:
