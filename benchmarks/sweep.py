@@ -172,9 +172,12 @@ def _probe_files(cache: Path) -> set[str]:
 def export(args, common: dict, tmp: Path, cache: Path) -> None:
     """(c) export-best of the knee against the sweep that found it."""
     space = make_space(tmp, "found", posthoc="true", grace=max(1, args.epochs // 2), cpus=2, **common)
+    probes = _probe_files(cache)
     t_sweep, res = sweep(space, tmp, "found", cache)
+    measured = sorted(p.split("-")[0] for p in _probe_files(cache) - probes)
     place = SweepPlace.resolve("found", str(tmp / "sweeps"), None)
-    print(f"(c) sweep of {args.trials} trials x <= {args.epochs} epochs: {t_sweep:.1f} s")
+    print(f"(c) sweep of {args.trials} trials x <= {args.epochs} epochs: {t_sweep:.1f} s "
+          f"(probes it measured: {', '.join(measured) or 'none, read from the cache'})")
     for attempt in ("first", "second"):
         start = time.perf_counter()
         out = export_best(place, Pick.parse("knee"), 1, cache)
