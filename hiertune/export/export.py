@@ -191,6 +191,8 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
     if address is None and not ray.is_initialized():
         fitted = resources.fit(cpus, gpus, resources.local_node())
         if not fitted.gpus and (len(jobs) == 1 or fitted.parallel == 1):
+            if fitted.changed:
+                log.info(fitted.line())
             return _retrain_here(jobs, bundle, fitted.cpus)
     outputs: dict[int, RetrainOutput] = {}
     failures: list[str] = []
