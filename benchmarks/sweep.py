@@ -145,8 +145,8 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
     print(f"    hiertune sweep, {meta.cpus_per_trial:g} CPU(s) per trial, "
           f"{int(len(os.sched_getaffinity(0)) // meta.cpus_per_trial)} at a time     {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
           f"(target <= {target}: {'OK' if t_sweep / t_bare <= target else 'ABOVE'})")
-    print(f"      probes measured by this sweep: {', '.join(measured) or 'none (read from the cache an earlier '
-                                                   'sweep on this data wrote)'}")
+    cached = "none (read from the cache an earlier sweep on this data wrote)"
+    print(f"      probes measured by this sweep: {', '.join(measured) or cached}")
     # Where the sweep's time went: Tune's run of the trials, and what comes before and after it
     # (Ray's start, the shared features, the cost probe, MLflow; the front, plots and importance).
     print(f"      of which Ray Tune running the trials {res.wall_seconds:6.1f} s, before and after it "
