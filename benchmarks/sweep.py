@@ -17,7 +17,11 @@ pay for them.
     storage) against the same trials run one after another by `run_trial` in a bare loop;
     ratio of wall times, target ≤ 1.15 at N = 8 on 2 CPUs. ASHA's grace period is set to max_t so
     both sides do the same epochs, and the sweep runs one trial at a time on both CPUs, as the
-    loop does; a second sweep packs two 1-CPU trials side by side.
+    loop does; a second sweep packs two 1-CPU trials side by side. The loop runs the configs Tune
+    gave the sweep's trials, with the sweep's CPUs per trial, rungs and post-hoc grid. The sweep's
+    probes (what an epoch costs, the source separability) are measured by the first sweep on the
+    data and read from the cache root after, as a user's next sweep reads them: the benchmark
+    says which ones its sweep measured.
 (b) The hypervolume of the front at equal trial count when thresholds and score are post-hoc
     (every trial contributes its whole τ grid) vs sampled by Optuna (one point per trial).
 Runs on the synthetic default unless --data is given. Run it on an idle machine.
@@ -26,6 +30,7 @@ Runs on the synthetic default unless --data is given. Run it on an idle machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -42,7 +47,8 @@ from hiertune.novelty.metrics import hypervolume_2d
 from hiertune.sweep.space import load_space
 from hiertune.sweep.front import Pick
 from hiertune.sweep.run import SweepPlace, run_sweep
-from hiertune.sweep.state import load_trials
+from hiertune.sweep.state import load_trials, read_meta
+from hiertune.training.config import TrialConfig
 from hiertune.training.features import FeatureStore
 from hiertune.training.loop import precompute_features, run_trial
 
@@ -117,20 +123,30 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
         bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache,
                              base.shift_config())
         precompute_features(base, bundle, FeatureStore(cache), cpus=2)
+    probes = _probe_files(cache)
     t_sweep, res = sweep(one, tmp, "one", cache)
+    measured = sorted(p.split("-")[0] for p in _probe_files(cache) - probes)
     trials = load_trials(Path(res.dir))
+    meta = read_meta(Path(res.dir))
+    # The sweep's own trials: each as Tune gave it its config, with the sweep's CPUs per trial (its
+    # torch threads), rungs and post-hoc grid, one after another in this process.
     start = time.perf_counter()
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache, base.shift_config())
     store = FeatureStore(cache)  # as the sweep's trials share the driver's features
     for t in trials:
-        run_trial(one.trial_config({**t.params, "threads": 2}), bundle, lambda m, c: None, features=store,
-                  rungs=one.scheduler.rungs)
+        run_trial(TrialConfig.from_dict(t.config), bundle, lambda m, c: None, cpus=meta.cpus_per_trial,
+                  features=store, rungs=one.scheduler.rungs, posthoc=one.posthoc_grid())
     t_bare = time.perf_counter() - start
+    threads = {TrialConfig.from_dict(t.config).torch_threads(meta.cpus_per_trial) for t in trials}
     target = 1.10 if args.cached else 1.15
-    print(f"(a) {len(trials)} trials x {args.epochs} epochs")
-    print(f"    bare loop, one after another   {t_bare:7.1f} s")
-    print(f"    hiertune sweep, 1 x 2-CPU trial {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
+    print(f"(a) {len(trials)} trials x {args.epochs} epochs, the same configs on both sides "
+          f"(torch threads per trial: {sorted(threads)})")
+    print(f"    bare loop, one after another in one process           {t_bare:7.1f} s")
+    print(f"    hiertune sweep, {meta.cpus_per_trial:g} CPU(s) per trial, "
+          f"{int(len(os.sched_getaffinity(0)) // meta.cpus_per_trial)} at a time     {t_sweep:7.1f} s   ratio {t_sweep / t_bare:5.2f}  "
           f"(target <= {target}: {'OK' if t_sweep / t_bare <= target else 'ABOVE'})")
+    cached = "none (read from the cache an earlier sweep on this data wrote)"
+    print(f"      probes measured by this sweep: {', '.join(measured) or cached}")
     # Where the sweep's time went: Tune's run of the trials, and what comes before and after it
     # (Ray's start, the shared features, the cost probe, MLflow; the front, plots and importance).
     print(f"      of which Ray Tune running the trials {res.wall_seconds:6.1f} s, before and after it "
@@ -149,12 +165,19 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
 
 
 
+def _probe_files(cache: Path) -> set[str]:
+    return {p.name for p in (cache / "probes").glob("*.json")}
+
+
 def export(args, common: dict, tmp: Path, cache: Path) -> None:
     """(c) export-best of the knee against the sweep that found it."""
     space = make_space(tmp, "found", posthoc="true", grace=max(1, args.epochs // 2), cpus=2, **common)
+    probes = _probe_files(cache)
     t_sweep, res = sweep(space, tmp, "found", cache)
+    measured = sorted(p.split("-")[0] for p in _probe_files(cache) - probes)
     place = SweepPlace.resolve("found", str(tmp / "sweeps"), None)
-    print(f"(c) sweep of {args.trials} trials x <= {args.epochs} epochs: {t_sweep:.1f} s")
+    print(f"(c) sweep of {args.trials} trials x <= {args.epochs} epochs: {t_sweep:.1f} s "
+          f"(probes it measured: {', '.join(measured) or 'none, read from the cache'})")
     for attempt in ("first", "second"):
         start = time.perf_counter()
         out = export_best(place, Pick.parse("knee"), 1, cache)

@@ -36,6 +36,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import ray
+import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from tqdm.auto import tqdm
@@ -184,6 +185,15 @@ def retrain_config(trial: TrialRecord, point: FrontPoint, calibration_fraction: 
 
 def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: float,
                  address: str | None) -> tuple[dict[int, RetrainOutput], list[str]]:
+    """Each job as a Ray task with the sweep's per-trial resources; or, where a Ray this process
+    would start has no GPU and would run the jobs one after another on these CPUs anyway, here,
+    one after another, sparing Ray's start and a worker's (they train exactly as a task does)."""
+    if address is None and not ray.is_initialized():
+        fitted = resources.fit(cpus, gpus, resources.local_node())
+        if not fitted.gpus and (len(jobs) == 1 or fitted.parallel == 1):
+            if fitted.changed:
+                log.info(fitted.line())
+            return _retrain_here(jobs, bundle, fitted.cpus)
     outputs: dict[int, RetrainOutput] = {}
     failures: list[str] = []
     with ray_session(address, cpus):
@@ -200,10 +210,31 @@ def _retrain_all(jobs: list[RetrainJob], bundle: DataBundle, cpus: float, gpus: 
                     outputs[job.k] = ray.get(done[0])
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None) or exc
-                    reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                    failures.append(f"export {job.k} ({job.point.trial}) failed: {reason[:300]}")
+                    failures.append(_failure(job, cause))
                 bar.update()
     return outputs, failures
+
+
+def _retrain_here(jobs: list[RetrainJob], bundle: DataBundle, cpus: float) -> tuple[dict[int, RetrainOutput], list[str]]:
+    outputs: dict[int, RetrainOutput] = {}
+    failures: list[str] = []
+    threads = torch.get_num_threads()  # a retraining sets its own (run_trial); the driver's come back after
+    try:
+        with tqdm(total=len(jobs), desc="retraining", unit="model", disable=None) as bar:
+            for job in jobs:
+                try:
+                    outputs[job.k] = retrain(job, bundle, cpus)
+                except Exception as exc:  # noqa: BLE001 - as a Ray task's failure: that export fails, the others go on
+                    failures.append(_failure(job, exc))
+                bar.update()
+    finally:
+        torch.set_num_threads(threads)
+    return outputs, failures
+
+
+def _failure(job: RetrainJob, cause: BaseException) -> str:
+    reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    return f"export {job.k} ({job.point.trial}) failed: {reason[:300]}"
 
 
 @dataclass

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
+import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 from hiertune.models.registry import family
 from hiertune.novelty.posthoc import PosthocConfig
@@ -28,6 +32,7 @@ from hiertune.training.config import TrialConfig
 from hiertune.sweep.space import SearchSpace
 from hiertune.progress import duration
 from hiertune.training.probe import EpochCost
+from hiertune.training.probe_cache import cached_probe
 
 log = logging.getLogger("hiertune")
 
@@ -92,12 +97,18 @@ def full_share(space: SearchSpace, epochs: int) -> float:
 
 
 def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
-            here: bool, share: float = 1.0, grid: PosthocConfig | None = None) -> dict[tuple, EpochCost]:
+            here: bool, share: float = 1.0, grid: PosthocConfig | None = None, data: dict | None = None
+            ) -> tuple[dict[tuple, EpochCost], str | None]:
     """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
     `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
     with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
     shared features are (`frozen`: their backbone and size); the others would extract features
-    just to be timed. Evaluation is timed on the space's post-hoc `grid`."""
+    just to be timed. Evaluation is timed on the space's post-hoc `grid`.
+
+    `data`: what the trials read (hiertune.sweep.resume.data_inputs), given when the probe runs
+    on this machine: the figures are then kept in the cache root (hiertune.training.probe_cache),
+    and a sweep of the same kinds on the same data, machine and resources reads them. Returns
+    the costs, and when they were measured if an earlier sweep did (else None)."""
     import ray
     import torch
 
@@ -108,14 +119,51 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
         if k.cached and (frozen is None or (k.cfg.backbone, k.cfg.image_size) != (frozen.backbone, frozen.image_size)):
             continue
         todo[k.identity] = k.cfg
-    if here:
-        threads = torch.get_num_threads()
-        try:
-            return _measure_all(todo, bundle, store, cpus, share, grid)
-        finally:
-            torch.set_num_threads(threads)
-    task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    return ray.get(task.remote(todo, bundle, store, cpus, share, grid))
+
+    def run() -> dict[tuple, EpochCost]:
+        if here:
+            threads = torch.get_num_threads()
+            try:
+                return _measure_all(todo, bundle, store, cpus, share, grid)
+            finally:
+                torch.set_num_threads(threads)
+        task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        return ray.get(task.remote(todo, bundle, store, cpus, share, grid))
+
+    if data is None or not todo:
+        return run(), None
+    names = {json.dumps(identity): identity for identity in todo}
+    inputs = {"kinds": {name: todo[identity].to_dict() for name, identity in names.items()}, "data": data,
+              "cpus": cpus, "gpus": gpus, "here": here, "share": share,
+              "grid": dataclasses.asdict(grid) if grid is not None else None, "machine": _machine()}
+    result = cached_probe(store.cache_root, "cost", inputs, lambda: {
+        json.dumps(identity): _record(c) for identity, c in run().items()}, names)
+    costs = {names[name]: EpochCost(r["train_seconds"], r["eval_seconds"], r["posthoc_seconds"], bool(r["cached"]))
+             for name, r in result.records.items()}
+    return costs, result.measured if result.cached else None
+
+
+def _record(c: EpochCost) -> dict[str, float]:
+    return {"train_seconds": c.train_seconds, "eval_seconds": c.eval_seconds, "posthoc_seconds": c.posthoc_seconds,
+            "cached": float(c.cached)}
+
+
+def _machine() -> dict:
+    """What an epoch's cost here depends on beyond the trial: the CPUs this process may use, their
+    model, torch's build, and the GPUs."""
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                 platform.processor())
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpus": sorted(os.sched_getaffinity(0)), "cpu": model, "torch": torch.__version__, "gpus": gpus}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _measure_all(todo: dict, bundle, store, cpus: float, share: float, grid: PosthocConfig | None
@@ -161,8 +209,11 @@ class Plan:
     refusal: str | None = None  # why no sweep fits the budget at all
 
 
-def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int) -> Plan:
-    lines = [f"cost here, one epoch measured on a few batches ({parallel} trial(s) at a time, "
+def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int,
+         measured: str | None = None) -> Plan:
+    """`measured`: when an earlier sweep measured `costs` (None: this one did)."""
+    when = f", by an earlier sweep at {measured}" if measured else ""
+    lines = [f"cost here, one epoch measured on a few batches{when} ({parallel} trial(s) at a time, "
              f"{space.resources.cpus_per_trial:g} CPU(s) each):"]
     shown = set()
     for k in kinds:

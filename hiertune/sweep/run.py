@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,6 +59,8 @@ from hiertune.sweep.state import (
     write_meta,
 )
 from hiertune.sweep.sweeplog import sweep_log
+from hiertune.fsutil import check_writable
+from hiertune.sweep.mlstore import sqlite_path
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history
@@ -93,8 +96,9 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         check_same_data(meta.inputs, bundle, place.name)
     _check_outlier_ranges(space, bundle.splits)
     # Before anything is written or Ray starts: the trial → run map must be readable, and the
-    # MLflow store reachable.
-    recorder = SweepRecorder(place)
+    # MLflow store reachable. A new SQLite store (its folder found writable) has nothing left to
+    # refuse, and its tables take MLflow's migrations, seconds: created while Ray starts.
+    opening = _open_recorder(place, new_store=not resume and _new_sqlite(place))
     log.info("sweep %s: %s, %d trials; results in %s; MLflow at %s", place.name, space.path, space.tune.num_samples,
              place.uri, secrets.redact_uri(place.mlflow_uri))
     summary = bundle.summary()
@@ -114,23 +118,45 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # Ray's check that every result carries the scheduler's metric would reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with ray_session(address, space.resources.cpus_per_trial), sweep_log(place.dir, verbose):
+        recorder = opening.result()
         if fitted is None:
             fitted = resources.fit_connected(space.resources.cpus_per_trial, space.resources.gpus_per_trial, address)
             space = _fitted_space(space, fitted)
+        inputs = None if resume else data_inputs(bundle)
         if not resume:
             write_meta(place.dir, SweepMeta(str(space.path.resolve()), space.family, space.samples_thresholds,
                                             space.resources.cpus_per_trial, space.resources.gpus_per_trial,
                                             pick=space.pick, objectives=tuple(_study_objectives(space)),
                                             overrides=overrides, cache_dir=str(Path(cache_root).resolve()),
-                                            inputs=data_inputs(bundle)))
+                                            inputs=inputs))
             place.publish(place.dir / SWEEP_JSON)
         # A local Ray without GPUs runs its tasks on these same CPUs: the driver's own work then
         # runs here, sparing a worker's start (importing torch and timm) and the copies back.
         here = address is None and not fitted.gpus
         features = shared_features(space, bundle, cache_root, here)
         if not resume:
-            space = _cost_plan(space, bundle, features, fitted, here)
+            space = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
         return _run(space, place, bundle, features, recorder, resume, verbose)
+
+
+def _new_sqlite(place: SweepPlace) -> bool:
+    db = sqlite_path(place.mlflow_uri)
+    return db is not None and not db.exists()
+
+
+def _open_recorder(place: SweepPlace, new_store: bool) -> Future:
+    """The sweep's MLflow recorder: opened now, or (`new_store`) in a thread, its folder checked
+    writable first."""
+    if not new_store:
+        done: Future = Future()
+        done.set_result(SweepRecorder(place))
+        return done
+    check_writable(sqlite_path(place.mlflow_uri), "MLflow store", folder=False)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="hiertune-mlflow")
+    try:
+        return pool.submit(SweepRecorder, place)
+    finally:
+        pool.shutdown(wait=False)  # its thread ends with its one task
 
 
 def _fit_resources(space: SearchSpace, node: resources.Node) -> tuple[SearchSpace, resources.Fit]:
@@ -146,15 +172,18 @@ def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
     return space.with_overrides({"resources.cpus_per_trial": fitted.cpus, "resources.gpus_per_trial": fitted.gpus})
 
 
-def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool) -> SearchSpace:
+def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool, local: bool,
+               data: dict) -> SearchSpace:
     """What the space costs here, said before the first trial; with a budget, the space without
-    what it cannot afford."""
+    what it cannot afford. `local`: the probe runs on this machine, so an earlier sweep's figures
+    for the same kinds, `data` and resources stand (hiertune.sweep.cost.measure)."""
     start = time.perf_counter()
     kinds = cost.space_kinds(space)
-    costs = cost.measure(kinds, shared_frozen_config(space), bundle, features, space.resources.cpus_per_trial,
-                         space.resources.gpus_per_trial, here,
-                         cost.full_share(space, space.trial_config().epochs), space.posthoc_grid())
-    result = cost.plan(space, kinds, costs, fitted.parallel)
+    costs, measured = cost.measure(kinds, shared_frozen_config(space), bundle, features,
+                                   space.resources.cpus_per_trial, space.resources.gpus_per_trial, here,
+                                   cost.full_share(space, space.trial_config().epochs), space.posthoc_grid(),
+                                   data if local else None)
+    result = cost.plan(space, kinds, costs, fitted.parallel, measured)
     for line in result.lines:
         log.info(line)
     if result.refusal:

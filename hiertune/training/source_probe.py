@@ -17,8 +17,9 @@ from hiertune.data.corrupt import ShiftConfig
 from hiertune.errors import UserError
 from hiertune.novelty.source import source_auroc
 from hiertune.training.device import autocast, pick_device, precision
-from hiertune.training.features import FeatureStore, bundle_pools, pool_features
+from hiertune.training.features import FeatureStore, bundle_pools, images_digest, pool_features
 from hiertune.training.loop import build, heads_for
+from hiertune.training.probe_cache import cached_probe
 from hiertune.training.source_nullspace import source_basis
 
 PROBE_BACKBONE = "tf_efficientnet_lite0"  # the weights that install with hiertune: works offline
@@ -47,8 +48,13 @@ def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
             raise UserError("the source probe's directions are fitted against the outliers: give --outliers")
         basis = source_basis(flat["labeled"], flat["outliers"], directions, cfg.seed)
         flat = {pool: None if f is None else f - (f @ basis.T) @ basis for pool, f in flat.items()}
-    return {name: source_auroc(flat[a], flat[b], seed=cfg.seed) for name, (a, b) in PAIRS.items()
-            if flat.get(a) is not None and flat.get(b) is not None}
+    pairs = {name: (a, b) for name, (a, b) in PAIRS.items() if flat.get(a) is not None and flat.get(b) is not None}
+    # A pure function of these features and the seed: the next sweep on them reads it (probe_cache).
+    inputs = {"features": {pool: images_digest(f) for pool, f in flat.items() if f is not None}, "seed": cfg.seed,
+              "pairs": pairs}
+    result = cached_probe(store.cache_root, "source", inputs, lambda: {
+        name: {"auroc": source_auroc(flat[a], flat[b], seed=cfg.seed)} for name, (a, b) in pairs.items()}, pairs)
+    return {name: record["auroc"] for name, record in result.records.items()}
 
 
 def source_report(data: str, outliers: str | None, shifted_data: str | None, data_size: int, image_size: int,

@@ -167,6 +167,41 @@ def test_a_failed_export_leaves_the_previous_one_intact(finished_sweep):
 
 
 @pytest.mark.slow
+def test_a_retraining_in_this_process_is_the_one_a_ray_task_made(exported, monkeypatch):
+    """Export 1 was retrained in a Ray task (the fixture's Ray). Without a Ray, on a machine
+    without GPUs where the retrainings would run one at a time, export-best retrains here: the
+    same job gives the same weights, scorers, thresholds and calibration, and starts no Ray."""
+    import ray
+
+    from hiertune.data.bundle import load_bundle
+    from hiertune.export import export as export_module
+    from hiertune.export.predictor import CONFIG, MODEL, SCORERS, THRESHOLDS
+    from hiertune.export.retrain import RetrainJob
+    from hiertune.sweep.front import Pick, sweep_front
+    from hiertune.sweep.state import load_trials, read_meta
+
+    trials = {t.trial_id: t for t in load_trials(exported["sweep"])}
+    meta = read_meta(exported["sweep"])
+    point = Pick.parse(meta.pick).choose(sweep_front(list(trials.values()), False)[1], 1)[0]
+    done = exported["sweep"] / "export" / "1"
+    assert json.loads((done / "source.json").read_text())["trial_id"] == point.trial_id
+    job = RetrainJob(1, point, export_module.retrain_config(trials[point.trial_id], point, 0.1), Path(exported["cache"]))
+    cfg = job.cfg
+    bundle = load_bundle(cfg.data, cfg.outliers, cfg.data_size, cfg.split_config(), Path(exported["cache"]),
+                         cfg.shift_config())
+    assert not ray.is_initialized()
+    outputs, failures = export_module._retrain_all([job], bundle, meta.cpus_per_trial, meta.gpus_per_trial, None)
+    assert not failures and not ray.is_initialized()
+    files = outputs[1].files
+    for name in (MODEL, SCORERS, CONFIG, THRESHOLDS):
+        assert files[name] == (done / name).read_bytes(), name
+    assert json.loads(files["metrics.json"])["calibration"] == json.loads((done / "metrics.json").read_text())["calibration"]
+    # A retraining that fails here fails its export in one line, as a failed task does.
+    monkeypatch.setattr(export_module, "retrain", lambda *a: (_ for _ in ()).throw(ValueError("no room\nleft (test)")))
+    assert export_module._retrain_all([job], bundle, 1, 0, None) == ({}, [f"export 1 ({point.trial}) failed: left (test)"])
+
+
+@pytest.mark.slow
 def test_exporting_points_already_exported_reuses_them(exported, cli):
     """export-best --top 2 again: both points are exported with these settings, so nothing is
     retrained, overwritten or registered again."""

@@ -51,11 +51,15 @@ def test_source_auroc_separates_sources_only_when_they_differ():
         source_auroc(rng.normal(size=(3, 4)), rng.normal(size=(30, 4)))
 
 
-def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outliers, tmp_path):
+def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outliers, tmp_path, monkeypatch):
+    from hiertune.training import source_probe
     from hiertune.training.config import TrialConfig
     from hiertune.data.bundle import load_bundle
     from hiertune.training.features import FeatureStore
     from hiertune.training.source_probe import source_separability
+
+    fits = []
+    monkeypatch.setattr(source_probe, "source_auroc", lambda *a, **k: fits.append(1) or source_auroc(*a, **k))
 
     cfg = TrialConfig(family="dualhead", backbone="resnet10t", finetune="linear", data_size=32, image_size=32,
                       threads=1, shifted="data", shifted_data=str(tiny_data), pseudo_novel_fraction=0.0)
@@ -67,8 +71,13 @@ def test_source_separability_reads_each_pool_of_a_bundle(tiny_data, tiny_outlier
     # The photos here are the labeled images themselves: no probe can tell them apart better
     # than it tells the outliers from either.
     assert aurocs["labeled_vs_photos"] < min(aurocs["labeled_vs_outliers"], aurocs["outliers_vs_photos"])
-    computed = store.computed
-    assert source_separability(cfg, bundle, store) == aurocs and store.computed == computed  # from the cache
-    # The directions that tell the labeled images from the outliers, projected out: the probe is blinder.
+    assert len(fits) == 3
+    # The features from the disk cache, and the probe's figures too: a second sweep on them fits nothing.
+    fresh = FeatureStore(tmp_path)
+    assert source_separability(cfg, bundle, fresh) == aurocs and fresh.computed == 0
+    assert len(fits) == 3 and len(list((tmp_path / "probes").glob("source-*.json"))) == 1
+    # The directions that tell the labeled images from the outliers, projected out: the probe is
+    # blinder, on other features, so measured (and kept) anew.
     projected = source_separability(cfg, bundle, store, directions=4)
     assert projected["labeled_vs_outliers"] < aurocs["labeled_vs_outliers"]
+    assert len(fits) == 6 and len(list((tmp_path / "probes").glob("source-*.json"))) == 2

@@ -49,3 +49,25 @@ def test_the_cost_plan_calls_frozen_what_the_model_does(fixed):
     (kind,) = cost.space_kinds(space(fixed=fixed))
     frozen = kind.cfg.model_config().backbone_frozen
     assert kind.cached == frozen and ("(cached features)" in kind.label()) == frozen
+
+
+def test_a_new_sqlite_store_opens_in_a_thread_and_an_unwritable_one_is_refused_at_once(tmp_path):
+    """A new store's tables (MLflow's migrations, seconds) are made while Ray starts; a folder that
+    cannot hold the store is still refused before anything starts, in this thread."""
+    from hiertune.errors import UserError
+    from hiertune.sweep import run
+    from hiertune.sweep.place import SweepPlace
+
+    place = SweepPlace.resolve("s", str(tmp_path / "sweeps"), None)
+    assert run._new_sqlite(place)
+    opening = run._open_recorder(place, new_store=True)
+    recorder = opening.result(timeout=120)
+    assert recorder.client.get_experiment_by_name("s") is not None and (tmp_path / "sweeps" / "mlflow.db").is_file()
+    assert not run._new_sqlite(place)
+    # The store now exists: opened here, as before.
+    assert run._open_recorder(place, new_store=False).result().experiment_id == recorder.experiment_id
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(UserError, match="MLflow store .*is not a folder"):
+        run._open_recorder(SweepPlace.resolve("s", str(blocked / "sweeps"), None), new_store=True)
