@@ -49,8 +49,7 @@ from hiertune.novelty.registry import list_scores, score, unavailable
 from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device, precision
-from hiertune.training.features import FeatureStore, image_features
-from hiertune.training.inputs import FeatureInputs, ImageInputs
+from hiertune.training.features import FeatureStore, predict_inputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -197,12 +196,9 @@ class ExportedModel:
         """Both heads' outputs; a frozen backbone's features are read from (and kept in) the
         feature cache when `cached`, so a test set runs through the backbone once."""
         amp = autocast(self.device, self.cfg.amp)
-        if cached and self.features is not None and getattr(self.model, "backbone_frozen", False):
-            feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
-                                   str(precision(self.device, self.cfg.amp)), self.features, "images to predict")
-            inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
-        else:
-            inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
+        inputs = predict_inputs(self.model, images, self.augment, self.cfg.image_size, self.device, amp,
+                                str(precision(self.device, self.cfg.amp)), self.features if cached else None,
+                                "images to predict")
         return forward_all(self.model, inputs, self.device, amp, progress=progress)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None

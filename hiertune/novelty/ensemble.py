@@ -40,6 +40,23 @@ def combine(batches: list[EvalBatch], weights: list[float]) -> EvalBatch:
                      first.super_features, first.sub_features, first.super_target, first.sub_target, first.group)
 
 
+def average_views(batches: list[EvalBatch]) -> EvalBatch:
+    """One model's outputs of the same images under test-time views, averaged: logits and
+    features alike (on linear heads over frozen features the two agree), so every score reads
+    the views' mean."""
+    first = batches[0]
+
+    def mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.double() for t in tensors]).mean(0).float()
+
+    super_features = mean([b.super_features for b in batches])
+    # Both levels reading one feature (dualhead) keep one tensor, as evaluation made it.
+    shared = all(b.sub_features is b.super_features for b in batches)
+    sub_features = super_features if shared else mean([b.sub_features for b in batches])
+    return EvalBatch(mean([b.super_logits for b in batches]), mean([b.sub_logits for b in batches]),
+                     super_features, sub_features, first.super_target, first.sub_target, first.group)
+
+
 def logit_scores(names=None) -> tuple[str, ...]:
     """The scores among `names` (default: every registered one) that read logits alone."""
     return tuple(n for n in (names or list_scores()) if score(n).logits_only)
