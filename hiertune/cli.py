@@ -361,6 +361,9 @@ def _ls(args: argparse.Namespace) -> dict:
 
 
 def _export_best(args: argparse.Namespace) -> dict:
+    from hiertune.data.views import parse_views
+
+    views = parse_views(args.views)
     storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.export.export import export_best
     from hiertune.sweep.front import Pick
@@ -369,7 +372,8 @@ def _export_best(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(name, storage, args.mlflow_uri)
     pick = Pick.parse(args.pick) if args.pick else None
     return export_best(place, pick, args.top, _cache_root(args), test_images=args.test_images,
-                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble)
+                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble,
+                       views=views)
 
 
 def _predict(args: argparse.Namespace) -> dict:
@@ -476,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="export one ensemble instead: N picks with replacement (Caruana's greedy selection on "
                              "validation) among the trials sharing the pick's frozen backbone features")
+    export.add_argument("--views", default="", metavar="flip[,zoom]",
+                        help="test-time augmentation: the model's outputs averaged over each image and these views "
+                             "of it (flip: mirrored; zoom: its centre enlarged), thresholds calibrated on them")
     export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
     export.add_argument("--calibration-fraction", type=float, default=0.1,
                         help="labeled images held out to calibrate thresholds (default: %(default)s)")

@@ -432,6 +432,14 @@ CASES = [
     Case("ensemble-score", "", "", "an ensemble scores with",
          lambda c: _ensemble(c, lambda e: e.update(score="mahalanobis", thr_super=-1.0, thr_sub=-1.0))),
     Case("ensemble-nan", "", "", "thr_sub must be a number", lambda c: _ensemble(c, lambda e: e.update(thr_sub="nan"))),
+    Case("model-views", "test-time views that are not `flip` or `zoom`, or repeated: `export-best --views`, an "
+         "exported `thresholds.json` or `ensemble.json`", "`--views: test-time views must be distinct names among "
+         "flip, zoom, got ['mirror']`", "--views: test-time views must be distinct names",
+         lambda c: ["export-best", "anything", "--storage", str(c.tmp / "sweeps"), "--views", "mirror"]),
+    Case("model-views-file", "", "", "thresholds.json: test-time views must be distinct names",
+         lambda c: _model_json(c, "thresholds.json", lambda t: t.update(views=["flip", "flip"]))),
+    Case("ensemble-views", "", "", "ensemble.json: test-time views must be distinct names",
+         lambda c: _ensemble(c, lambda e: e.update(views="flip"))),
     Case("predict-link", "", "", "resolves outside",
          lambda c: (shutil.copytree(c.data / "test_images", c.tmp / "pics"),
                     _link_outside(c.tmp / "pics" / "8.jpg", c),

@@ -34,10 +34,14 @@ def zoom(images: np.ndarray) -> np.ndarray:
 VIEWS = {"flip": flip, "zoom": zoom}
 
 
+def check_views(names: object, where: str) -> tuple[str, ...]:
+    """A list of view names, each known and each once, as a tuple; else one UserError naming `where`."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(v, str) and v in VIEWS for v in names) \
+            or len(set(names)) != len(names):
+        raise UserError(f"{where}: test-time views must be distinct names among {', '.join(VIEWS)}, got {names!r}")
+    return tuple(names)
+
+
 def parse_views(text: str) -> tuple[str, ...]:
-    """`flip`, `zoom`, `flip,zoom` (or empty: none) as view names, each once."""
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in names if v not in VIEWS]
-    if unknown or len(set(names)) != len(names):
-        raise UserError(f"test-time views must be distinct names among {', '.join(VIEWS)}, got {text!r}")
-    return names
+    """`flip`, `zoom`, `flip,zoom` (or empty: none) as view names."""
+    return check_views([v.strip() for v in text.split(",") if v.strip()], "--views")
