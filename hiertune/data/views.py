@@ -10,8 +10,6 @@ feature cache (hiertune.training.features) and computed once.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from hiertune.errors import UserError
 
@@ -23,6 +21,11 @@ def flip(images: np.ndarray) -> np.ndarray:
 
 
 def zoom(images: np.ndarray) -> np.ndarray:
+    # torch here, not at the top: the CLI checks --views before torch is imported (a wrong
+    # sweep name or view must fail in a blink).
+    import torch
+    import torch.nn.functional as F
+
     n, h, w, _ = images.shape
     ch, cw = max(1, round(h * ZOOM_KEEP)), max(1, round(w * ZOOM_KEEP))
     top, left = (h - ch) // 2, (w - cw) // 2
