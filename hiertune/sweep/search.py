@@ -11,6 +11,8 @@ ones by how far it got), and NSGA-II, which selects only among completed trials,
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from hiertune.sweep.space import SearchSpace
 from hiertune.sweep.records import TrialOutcome
+from hiertune.sweep.space import SearchSpace
 from hiertune.training.faults import FAILURE_KEY
 from hiertune.training.records import HYPERVOLUME, POINT, POINT_OBJECTIVE
 
@@ -74,6 +76,17 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+@contextmanager
+def _replayed_steps_quiet():
+    """A trial resumed from its last checkpoint reports again the epochs it had run after it;
+    Optuna keeps the value first reported at a step, which is what we want, but warns on the
+    user's console for every replayed one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=",
+                                category=UserWarning)
+        yield
+
+
 class FidelityAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna a trial ASHA stopped was PRUNED (see above)."""
 
@@ -99,7 +112,8 @@ class FidelityAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if FAILURE_KEY not in result:  # a final failure's report has no metrics; its error follows
-            super().on_trial_result(trial_id, result)
+            with _replayed_steps_quiet():
+                super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -117,6 +131,7 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             return
         value = result.get(self._scalar)  # the metric Optuna was given, by the name it was given
         if value is not None and not self._multi:  # Optuna has no intermediate values for several objectives
-            ot_trial.report(float(value), step=outcome.epochs)
+            with _replayed_steps_quiet():
+                ot_trial.report(float(value), step=outcome.epochs)
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -130,10 +131,16 @@ def test_optuna_learns_stopped_trials_as_pruned_and_finished_ones_as_complete(sm
     searcher = FidelityAwareOptunaSearch(space)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert all(c["family"] == "cnn" and 1e-4 <= c["lr"] <= 3e-2 and "novelty_score" in c for c in configs)
+    # A trial resumed from its epoch-1 checkpoint reports epoch 2 again: Optuna keeps the first
+    # value, and the user's console gets no warning per replayed epoch.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step, value in ((1, 0.5), (2, 0.6), (2, 0.1)):
+            searcher.on_trial_result("t0", {"hypervolume": value, "training_iteration": step})
     searcher.on_trial_complete("t0", {"hypervolume": 0.7, "training_iteration": 4})
     searcher.on_trial_complete("t1", {"hypervolume": 0.4, "training_iteration": 1})  # stopped by ASHA
     searcher.on_trial_complete("t2", None, error=True)
     trials = searcher._ot_study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
-    assert trials[0].value == 0.7
+    assert trials[0].value == 0.7 and trials[0].intermediate_values == {1: 0.5, 2: 0.6}
     assert trials[1].intermediate_values == {1: 0.4}
