@@ -75,8 +75,10 @@ def plan_ensemble(trials: dict[str, TrialRecord], anchor: FrontPoint, pick: Pick
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
     store = FeatureStore(cache_root)
-    log.info("ensemble: replaying the validation outputs of %d trial(s) sharing %s's frozen features",
-             len(library), first.name)
+    others = sum(1 for t in trials.values() if t.checkpoint and t.status != "failed") - len(library)
+    log.info("ensemble: replaying the validation outputs of %d trial(s) sharing %s's frozen features, outlier mode "
+             "(%s) and data settings%s", len(library), first.name, base.outlier_mode,
+             f" ({others} other trial(s) with a checkpoint do not)" if others else "")
     replayed = [replay_validation(TrialConfig.from_dict(t.config), bundle, Path(t.checkpoint), store) for t in library]
     heads = replayed[0].heads
     # The grid the sweep evaluated (its space's), as the picked trial's checkpoint holds it.
