@@ -68,7 +68,8 @@ EXAMPLES = {
   hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
   hiertune export-best cnn1 --pick max-seen
   hiertune export-best cnn1 --top 3 --pick weight=0.7
-  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone""",
+  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone
+  hiertune export-best lin1 --views flip        # test-time augmentation: each image averaged with its mirror""",
     "predict": """examples:
   hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
     "train": """examples:
