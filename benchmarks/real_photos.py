@@ -22,6 +22,7 @@ from pathlib import Path
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
+from hiertune.data.views import parse_views
 from hiertune.sweep.space import load_space, parse_assignments
 from hiertune.training.features import FeatureStore
 from hiertune.training.leave_out import leave_species_out, mean_figures
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="also an ensemble of N picks (Caruana selection on validation) from the recipe's "
                              "model and LIBRARY's variations of it, per fold")
+    parser.add_argument("--views", type=parse_views, default=(), metavar="flip[,zoom]",
+                        help="also each model (and ensemble) on its outputs averaged over the validation images "
+                             "and these test-time views (hiertune.data.views)")
     args = parser.parse_args()
     cache_root = default_cache_root()
     cfg = TrialConfig.from_dict({**BASE, "data": args.data, "outliers": args.outliers, "shifted": "data",
@@ -99,9 +103,13 @@ def main() -> None:
     for name in args.recipes.split(","):
         t = time.perf_counter()
         result = leave_species_out(TrialConfig.from_dict({**cfg.to_dict(), **RECIPES[name]}), cache_root, store,
-                                   posthoc=grid, library=LIBRARY if args.ensemble else (), ensemble=args.ensemble)
+                                   posthoc=grid, library=LIBRARY if args.ensemble else (), ensemble=args.ensemble,
+                                   views=args.views)
         seconds = time.perf_counter() - t
-        for label, species in ((name, result.species), (f"  ensemble of {args.ensemble}", result.ensemble)):
+        tta = f" + {'+'.join(args.views)}"
+        for label, species in ((name, result.species), (f"  {tta}", result.views),
+                               (f"  ensemble of {args.ensemble}", result.ensemble),
+                               (f"  ensemble of {args.ensemble}{tta}", result.ensemble_views)):
             if not species:
                 continue
             mean = mean_figures(species)

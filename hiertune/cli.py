@@ -68,7 +68,8 @@ EXAMPLES = {
   hiertune export-best cnn1                     # the recommended point (the knee unless the space picks)
   hiertune export-best cnn1 --pick max-seen
   hiertune export-best cnn1 --top 3 --pick weight=0.7
-  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone""",
+  hiertune export-best lin1 --ensemble 5        # an ensemble of the trials' heads on one frozen backbone
+  hiertune export-best lin1 --views flip        # test-time augmentation: each image averaged with its mirror""",
     "predict": """examples:
   hiertune predict sweeps/cnn1/export/1 DATA_DIR/test_images -o predictions.csv""",
     "train": """examples:
@@ -361,6 +362,9 @@ def _ls(args: argparse.Namespace) -> dict:
 
 
 def _export_best(args: argparse.Namespace) -> dict:
+    from hiertune.data.views import parse_views
+
+    views = parse_views(args.views)
     storage, name = find_sweep(args.name, args.storage)  # before the heavy imports: a wrong name fails fast
     from hiertune.export.export import export_best
     from hiertune.sweep.front import Pick
@@ -369,7 +373,8 @@ def _export_best(args: argparse.Namespace) -> dict:
     place = SweepPlace.resolve(name, storage, args.mlflow_uri)
     pick = Pick.parse(args.pick) if args.pick else None
     return export_best(place, pick, args.top, _cache_root(args), test_images=args.test_images,
-                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble)
+                       address=args.address, calibration_fraction=args.calibration_fraction, ensemble=args.ensemble,
+                       views=views)
 
 
 def _predict(args: argparse.Namespace) -> dict:
@@ -476,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ensemble", type=int, default=0, metavar="N",
                         help="export one ensemble instead: N picks with replacement (Caruana's greedy selection on "
                              "validation) among the trials sharing the pick's frozen backbone features")
+    export.add_argument("--views", default="", metavar="flip[,zoom]",
+                        help="test-time augmentation: the model's outputs averaged over each image and these views "
+                             "of it (flip: mirrored; zoom: its centre enlarged), thresholds calibrated on them")
     export.add_argument("--test-images", help="folder to write submission.csv for (default: the data's test_images/)")
     export.add_argument("--calibration-fraction", type=float, default=0.1,
                         help="labeled images held out to calibrate thresholds (default: %(default)s)")

@@ -137,6 +137,19 @@ def _model_json(ctx: Ctx, name: str, edit: Callable[[dict], object]) -> list[str
     return _model_file(ctx, name, change)
 
 
+def _ensemble(ctx: Ctx, edit: Callable[[dict], object]) -> list[str]:
+    """An ensemble directory of one member (the small exported model) whose ensemble.json,
+    valid as written here, is then changed by `edit`."""
+    import json
+
+    root = ctx.tmp / "ensemble"
+    shutil.copytree(ctx.model, root / "members" / "1")
+    raw = {"members": [{"dir": "members/1", "weight": 1}], "score": "msp", "thr_super": 0.3, "thr_sub": 0.2}
+    edit(raw)
+    (root / "ensemble.json").write_text(json.dumps(raw))
+    return _predict(ctx, root)
+
+
 def _model_tensors(ctx: Ctx, name: str, edit: Callable[[dict], object]) -> list[str]:
     from safetensors.torch import load_file, save_file
 
@@ -408,6 +421,25 @@ CASES = [
     Case("model-heads", "", "", "heads.sub_to_super must list", lambda c: _model_file(c, "config.json", _heads_mismatch)),
     Case("model-input", "", "", "no usable input pipeline",
          lambda c: _model_file(c, "config.json", _no_input)),
+    Case("ensemble-outside", "an exported `ensemble.json` that is damaged: a member outside `members/` or missing, "
+         "a weight ≤ 0, no members, a feature score, a NaN threshold",
+         "`PATH/ensemble.json: not an ensemble (needs members: a list of {dir: members/<n>, weight > 0})`",
+         "not an ensemble", lambda c: _ensemble(c, lambda e: e["members"][0].update(dir="../elsewhere"))),
+    Case("ensemble-missing-member", "", "", "no such model directory",
+         lambda c: _ensemble(c, lambda e: e["members"].append({"dir": "members/2", "weight": 1}))),
+    Case("ensemble-weight", "", "", "not an ensemble", lambda c: _ensemble(c, lambda e: e["members"][0].update(weight=0))),
+    Case("ensemble-empty", "", "", "not an ensemble", lambda c: _ensemble(c, lambda e: e.update(members=[]))),
+    Case("ensemble-score", "", "", "an ensemble scores with",
+         lambda c: _ensemble(c, lambda e: e.update(score="mahalanobis", thr_super=-1.0, thr_sub=-1.0))),
+    Case("ensemble-nan", "", "", "thr_sub must be a number", lambda c: _ensemble(c, lambda e: e.update(thr_sub="nan"))),
+    Case("model-views", "test-time views that are not `flip` or `zoom`, or repeated: `export-best --views`, an "
+         "exported `thresholds.json` or `ensemble.json`", "`--views: test-time views must be distinct names among "
+         "flip, zoom, got ['mirror']`", "--views: test-time views must be distinct names",
+         lambda c: ["export-best", "anything", "--storage", str(c.tmp / "sweeps"), "--views", "mirror"]),
+    Case("model-views-file", "", "", "thresholds.json: test-time views must be distinct names",
+         lambda c: _model_json(c, "thresholds.json", lambda t: t.update(views=["flip", "flip"]))),
+    Case("ensemble-views", "", "", "ensemble.json: test-time views must be distinct names",
+         lambda c: _ensemble(c, lambda e: e.update(views="flip"))),
     Case("predict-link", "", "", "resolves outside",
          lambda c: (shutil.copytree(c.data / "test_images", c.tmp / "pics"),
                     _link_outside(c.tmp / "pics" / "8.jpg", c),

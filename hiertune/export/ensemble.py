@@ -75,8 +75,10 @@ def plan_ensemble(trials: dict[str, TrialRecord], anchor: FrontPoint, pick: Pick
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache_root,
                          base.shift_config())
     store = FeatureStore(cache_root)
-    log.info("ensemble: replaying the validation outputs of %d trial(s) sharing %s's frozen features",
-             len(library), first.name)
+    others = sum(1 for t in trials.values() if t.checkpoint and t.status != "failed") - len(library)
+    log.info("ensemble: replaying the validation outputs of %d trial(s) sharing %s's frozen features, outlier mode "
+             "(%s) and data settings%s", len(library), first.name, base.outlier_mode,
+             f" ({others} other trial(s) with a checkpoint do not)" if others else "")
     replayed = [replay_validation(TrialConfig.from_dict(t.config), bundle, Path(t.checkpoint), store) for t in library]
     heads = replayed[0].heads
     # The grid the sweep evaluated (its space's), as the picked trial's checkpoint holds it.
@@ -106,9 +108,10 @@ def member_point(plan: EnsemblePlan, trial: TrialRecord) -> FrontPoint:
 
 
 def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundle, heads: Heads,
-             calib_cfg: TrialConfig, cache_root: Path) -> RetrainOutput:
+             calib_cfg: TrialConfig, cache_root: Path, views: tuple[str, ...] = ()) -> RetrainOutput:
     """The ensemble's directory, as the files of one export: its members' retrained directories
-    under members/<i>/, its thresholds calibrated on its own scores of the calibration split."""
+    under members/<i>/, its thresholds calibrated on its own scores of the calibration split
+    (averaged over the test-time `views` too, which it then keeps)."""
     with tempfile.TemporaryDirectory(prefix="hiertune-ensemble-") as tmp:
         root = Path(tmp)
         dirs = []
@@ -125,7 +128,7 @@ def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundl
                    for d, (t, w) in zip(dirs, plan.members)]
         # Thresholds that accept everything until calibrated: the ensemble loads as it will be predicted.
         write_json(root / ENSEMBLE, {"members": entries, "score": point.score, "thr_super": "-inf",
-                                     "thr_sub": "-inf"})
+                                     "thr_sub": "-inf", "views": list(views)})
         model = ExportedModel.load(root, device=calib_cfg.device, features=FeatureStore(cache_root))
         calib = bundle.for_trial(calib_cfg.outlier_count, calib_cfg.outlier_fraction)
         out = model.forward_images(calib.val_images)
@@ -133,7 +136,7 @@ def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundl
         thr_super, thr_sub, calibration = calibrate_point(scores, calib, heads, point, calib_cfg.shifted_weight)
         figures = point.figures()
         write_json(root / ENSEMBLE, {
-            "members": entries, "score": point.score, "thr_super": thr_super, "thr_sub": thr_sub,
+            "members": entries, "score": point.score, "thr_super": thr_super, "thr_sub": thr_sub, "views": list(views),
             "rule": "the members' logits averaged with their weights; each level's threshold accepts the fraction "
                     "of seen calibration images that the ensemble's point accepted of seen validation images",
             "selection": {"picks": sum(w for _, w in plan.members), "hypervolume": plan.selection.hypervolume,
@@ -146,5 +149,5 @@ def assemble(plan: EnsemblePlan, outputs: list[RetrainOutput], bundle: DataBundl
             "calibration": calibration.to_dict(),
             "members": [json.loads(o.files[METRICS]) for o in outputs]})
         files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    return RetrainOutput(files, calibration, Thresholds(point.score, thr_super, thr_sub),
+    return RetrainOutput(files, calibration, Thresholds(point.score, thr_super, thr_sub, views),
                          sum(o.seconds for o in outputs))

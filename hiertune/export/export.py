@@ -76,7 +76,7 @@ MLFLOW_MODEL = Path(__file__).with_name("mlflow_model.py")
 
 def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path, test_images: str | None = None,
                 address: str | None = None, calibration_fraction: float = CALIBRATION_FRACTION,
-                ensemble: int = 0) -> ExportResult:
+                ensemble: int = 0, views: tuple[str, ...] = ()) -> ExportResult:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
     if ensemble and top != 1:
@@ -90,11 +90,13 @@ def export_best(place: SweepPlace, pick: Pick | None, top: int, cache_root: Path
     held = place.dir.parent if place.remote else place.dir
     held.mkdir(parents=True, exist_ok=True)
     with exclusive(held, f"export-best {place.name} is already running (it holds {held}); wait for it to finish"):
-        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction, ensemble)
+        return _export_best(place, pick, top, cache_root, test_images, address, calibration_fraction, ensemble,
+                            views)
 
 
 def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test_images: str | None,
-                 address: str | None, calibration_fraction: float, ensemble: int) -> ExportResult:
+                 address: str | None, calibration_fraction: float, ensemble: int,
+                 views: tuple[str, ...]) -> ExportResult:
     place.prepare()  # an S3 sweep: its own files, pulled into the working copy
     if not place.dir.is_dir():
         raise UserError(f"{place.uri}: no such sweep")
@@ -117,7 +119,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
     if place.remote:  # the exports already on S3: their records, so that none is overwritten
         storage.sync_down(storage.join(place.uri, "export"), place.dir / "export",
                           keep=lambda name: name.count("/") == 1 and name.endswith((f"/{SOURCE}", f"/{versions.SUMMARY}")))
-    slots = versions.assign(place.dir / "export", chosen, calibration_fraction, test_images)
+    slots = versions.assign(place.dir / "export", chosen, calibration_fraction, test_images, views)
     # The MLflow store named for this export must answer before anything is said or retrained, also
     # when every point is reused: an unreachable store is a mistake in the command either way.
     SweepRecorder(place)
@@ -131,7 +133,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
                        cache_root) for i, (t, _) in enumerate(plan.members, 1)]
     else:
         jobs = [RetrainJob(slot.number, slot.point, retrain_config(trials[slot.point.trial_id], slot.point,
-                                                                   calibration_fraction), cache_root)
+                                                                   calibration_fraction), cache_root, views)
                 for slot in slots if not slot.reused]
     if not jobs:
         return ExportResult(place.name, str(pick), 0.0, [slot.reused for slot in slots])
@@ -152,10 +154,12 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         if failures:
             raise UserError(f"export-best {place.name} --ensemble: " + "; ".join(failures))
         slot = slots[0]
-        output = assemble(plan, [outputs[job.k] for job in jobs], bundle, heads_for(bundle, base), base, cache_root)
+        output = assemble(plan, [outputs[job.k] for job in jobs], bundle, heads_for(bundle, base), base, cache_root,
+                          views)
         output.files[ENSEMBLE_FRONT] = _front_png(points, front, plan, place.name)
         summary = _write_export(place, RetrainJob(slot.number, plan.point, base, cache_root), slot.rank, pick, output,
-                                test_set, versions.settings(slot.point, calibration_fraction, test_images), cache_root)
+                                test_set, versions.settings(slot.point, calibration_fraction, test_images, views),
+                                cache_root)
         return ExportResult(place.name, str(pick), retrain_wall, [summary])
     exports = []
     for slot in slots:
@@ -164,7 +168,7 @@ def _export_best(place: SweepPlace, pick: Pick, top: int, cache_root: Path, test
         elif slot.number in outputs:
             job = next(j for j in jobs if j.k == slot.number)
             exports.append(_write_export(place, job, slot.rank, pick, outputs[job.k], test_set,
-                                         versions.settings(slot.point, calibration_fraction, test_images),
+                                         versions.settings(slot.point, calibration_fraction, test_images, views),
                                          cache_root))
     if failures:
         done = ", ".join(str(e.k) for e in exports) or "none"

@@ -43,14 +43,14 @@ from hiertune.data.images import FixCounts, check_submission_names, list_image_f
 from hiertune.errors import UserError, first_line
 from hiertune.fsutil import atomic_file
 from hiertune.models.registry import Heads, ModelOutput, create_model
-from hiertune.novelty.ensemble import logit_scores, mean_logits
+from hiertune.data.views import VIEWS, check_views
+from hiertune.novelty.ensemble import average_views, logit_scores, mean_logits
 from hiertune.novelty.posthoc import decide
 from hiertune.novelty.registry import list_scores, score, unavailable
 from hiertune.novelty.scores import FeatureScorer, LevelScores, load_scorers, score_levels
 from hiertune.training import checkpoint
 from hiertune.training.device import autocast, pick_device, precision
-from hiertune.training.features import FeatureStore, image_features
-from hiertune.training.inputs import FeatureInputs, ImageInputs
+from hiertune.training.features import FeatureStore, predict_inputs
 from hiertune.training.loop import forward_all
 
 MODEL, SCORERS, CONFIG, THRESHOLDS = "model.safetensors", "scorers.safetensors", "config.json", "thresholds.json"
@@ -67,6 +67,9 @@ class Thresholds:
     score: str
     thr_super: float  # raw: a level is accepted when its score >= its threshold
     thr_sub: float
+    # Test-time views (hiertune.data.views) the outputs are averaged over beside the images: the
+    # thresholds were calibrated on those averaged scores, so they travel together.
+    views: tuple[str, ...] = ()
 
 
 @dataclass
@@ -194,15 +197,18 @@ class ExportedModel:
         return out, score_levels(out, self.heads, self.thresholds.score, self.scorers)
 
     def forward_images(self, images: np.ndarray, progress: str | None = None, cached: bool = True) -> ModelOutput:
-        """Both heads' outputs; a frozen backbone's features are read from (and kept in) the
-        feature cache when `cached`, so a test set runs through the backbone once."""
+        """Both heads' outputs, averaged over the images and the thresholds' test-time views."""
+        outs = [self._forward(VIEWS[v](images) if v else images, progress, cached)
+                for v in (None, *self.thresholds.views)]
+        return average_views(outs) if len(outs) > 1 else outs[0]
+
+    def _forward(self, images: np.ndarray, progress: str | None, cached: bool) -> ModelOutput:
+        """Both heads' outputs of the images as given; a frozen backbone's features are read from
+        (and kept in) the feature cache when `cached`, so a test set runs through the backbone once."""
         amp = autocast(self.device, self.cfg.amp)
-        if cached and self.features is not None and getattr(self.model, "backbone_frozen", False):
-            feats = image_features(self.model, images, self.augment, self.cfg.image_size, 1, self.device, amp,
-                                   str(precision(self.device, self.cfg.amp)), self.features, "images to predict")
-            inputs = FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, self.device)
-        else:
-            inputs = ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), self.augment)
+        inputs = predict_inputs(self.model, images, self.augment, self.cfg.image_size, self.device, amp,
+                                str(precision(self.device, self.cfg.amp)), self.features if cached else None,
+                                "images to predict")
         return forward_all(self.model, inputs, self.device, amp, progress=progress)
 
     def level_scores(self, images: np.ndarray, progress: str | None = None, names: list[str] | None = None
@@ -263,8 +269,9 @@ class EnsembleModel(ExportedModel):
                 raise UserError(f"{root / m['dir']}: its classes differ from {members[0]['dir']}'s: not one ensemble")
         return cls(root, loaded, [float(m["weight"]) for m in members], thresholds)
 
-    def forward_images(self, images: np.ndarray, progress: str | None = None, cached: bool = True) -> ModelOutput:
-        outs = [m.forward_images(images, progress, cached) for m in self.members]
+    def _forward(self, images: np.ndarray, progress: str | None, cached: bool) -> ModelOutput:
+        # The ensemble's views apply (in forward_images), not the members' own.
+        outs = [m._forward(images, progress, cached) for m in self.members]
         return ModelOutput(mean_logits([o.super_logits for o in outs], self.weights),
                            mean_logits([o.sub_logits for o in outs], self.weights),
                            outs[0].super_features, outs[0].sub_features)
@@ -329,7 +336,7 @@ def _thresholds(path: Path, raw) -> Thresholds:
             raise UserError(f"{path}: {key} {value:g} is outside what score {raw['score']!r} can take "
                             f"([{low:g}, {high:g}]): thresholds of another score?")
         values.append(value)
-    return Thresholds(raw["score"], *values)
+    return Thresholds(raw["score"], *values, check_views(raw.get("views", []), str(path)))
 
 
 def _check_source(path: Path, raw, thresholds: Thresholds) -> None:
@@ -382,7 +389,7 @@ def calibrate(scores: np.ndarray, accept: float) -> float:
 
 
 def write_model_dir(out: Path, trained: Path, cfg: TrialConfig, heads: Heads, superclasses, subclasses,
-                    score: str) -> None:
+                    score: str, views: tuple[str, ...] = ()) -> None:
     """A model directory from a trial's last checkpoint `trained`: its weights, scorers and history,
     the label maps, the config, and thresholds that accept everything until `write_thresholds`."""
     out.mkdir()
@@ -393,13 +400,13 @@ def write_model_dir(out: Path, trained: Path, cfg: TrialConfig, heads: Heads, su
     write_mapping(out / SUPER_MAP, superclasses)
     write_mapping(out / SUB_MAP, subclasses)
     write_config(out, cfg, heads)
-    write_thresholds(out, Thresholds(score, -math.inf, -math.inf))
+    write_thresholds(out, Thresholds(score, -math.inf, -math.inf, views))
 
 
 def write_thresholds(out: Path, thresholds: Thresholds, how: dict | None = None) -> None:
     """thresholds.json: the raw thresholds `load` reads, and (`how`) how they were calibrated."""
     write_json(out / THRESHOLDS, {"score": thresholds.score, "thr_super": thresholds.thr_super,
-                                  "thr_sub": thresholds.thr_sub, **(how or {})})
+                                  "thr_sub": thresholds.thr_sub, "views": list(thresholds.views), **(how or {})})
 
 
 def write_json(path: Path, obj) -> None:

@@ -37,6 +37,7 @@ class RetrainJob:
     point: FrontPoint  # the trial, its score, thresholds, seen acceptance, accuracies
     cfg: TrialConfig  # the trial's configuration with the retraining split and epochs
     cache_root: Path | None = None  # the sweep's cache: frozen features are read from it, not computed again
+    views: tuple[str, ...] = ()  # test-time views the model averages over, its thresholds calibrated with them
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,13 @@ def retrain(job: RetrainJob, bundle: DataBundle, cpus: float) -> RetrainOutput:
         seconds = time.perf_counter() - start
 
         h = bundle.data.hierarchy
-        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point.score)
+        write_model_dir(out, last, cfg, heads, h.superclasses, h.subclasses, point.score, job.views)
 
         model = ExportedModel.load(out, device=cfg.device, threads=cfg.torch_threads(cpus), features=store)
         calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
         scores, _, _ = model.level_scores(calib.val_images)
         thr_super, thr_sub, calibration = calibrate_point(scores, calib, heads, point, cfg.shifted_weight)
-        thresholds = Thresholds(point.score, thr_super, thr_sub)
+        thresholds = Thresholds(point.score, thr_super, thr_sub, job.views)
         figures = point.figures()
         write_thresholds(out, thresholds, {
             "rule": "each level's threshold accepts the fraction of seen calibration images that the sweep's "

@@ -29,18 +29,21 @@ class Slot:
     reused: ExportSummary | None  # the earlier export's summary, when it is reused
 
 
-def settings(point: FrontPoint, calibration_fraction: float, test_images: str | None) -> dict:
+def settings(point: FrontPoint, calibration_fraction: float, test_images: str | None,
+             views: tuple[str, ...] = ()) -> dict:
     """What makes two exports the same: recorded in source.json."""
-    return {"point": point.row(), "calibration_fraction": calibration_fraction, "test_images": test_images}
+    return {"point": point.row(), "calibration_fraction": calibration_fraction, "test_images": test_images,
+            "views": list(views)}
 
 
-def assign(export_dir: Path, points: list[FrontPoint], calibration_fraction: float, test_images: str | None) -> list[Slot]:
+def assign(export_dir: Path, points: list[FrontPoint], calibration_fraction: float, test_images: str | None,
+           views: tuple[str, ...] = ()) -> list[Slot]:
     found = _existing(export_dir)
     taken = [int(f.name) for f in export_dir.glob("*") if f.name.isdigit()]
     free = max(taken, default=0) + 1
     slots = []
     for rank, point in enumerate(points, start=1):
-        wanted = settings(point, calibration_fraction, test_images)
+        wanted = settings(point, calibration_fraction, test_images, views)
         match = next((n for n, (source, _) in sorted(found.items()) if {k: source.get(k) for k in wanted} == wanted
                       and found[n][1] is not None), None)
         if match is not None:

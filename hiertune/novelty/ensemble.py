@@ -17,11 +17,12 @@ post-hoc front: the threshold-free scalar the sweep ranks trials by.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from hiertune.models.registry import Heads
+from hiertune.models.registry import Heads, ModelOutput
 from hiertune.novelty.posthoc import EvalBatch, PosthocConfig, PosthocResult, posthoc_grid
 from hiertune.novelty.registry import list_scores, score
 
@@ -38,6 +39,25 @@ def combine(batches: list[EvalBatch], weights: list[float]) -> EvalBatch:
     return EvalBatch(mean_logits([b.super_logits for b in batches], weights),
                      mean_logits([b.sub_logits for b in batches], weights),
                      first.super_features, first.sub_features, first.super_target, first.sub_target, first.group)
+
+
+Outputs = TypeVar("Outputs", EvalBatch, ModelOutput)
+
+
+def average_views(outputs: list[Outputs]) -> Outputs:
+    """One model's outputs (validation's EvalBatch, or a prediction's ModelOutput) of the same
+    images under test-time views, averaged: logits and features alike (on linear heads over
+    frozen features the two agree), so every score reads the views' mean."""
+
+    def mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.double() for t in tensors]).mean(0).float()
+
+    super_features = mean([o.super_features for o in outputs])
+    # Both levels reading one feature (dualhead) keep one tensor, as evaluation made it.
+    shared = all(o.sub_features is o.super_features for o in outputs)
+    return replace(outputs[0], super_logits=mean([o.super_logits for o in outputs]),
+                   sub_logits=mean([o.sub_logits for o in outputs]), super_features=super_features,
+                   sub_features=super_features if shared else mean([o.sub_features for o in outputs]))
 
 
 def logit_scores(names=None) -> tuple[str, ...]:

@@ -20,12 +20,13 @@ from hiertune.data.splits import GROUPS
 from hiertune.errors import UserError
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, rank_points
+from hiertune.novelty.photos import PHOTO_KEYS
 from hiertune.novelty.records import NOVEL_GROUPS
 from hiertune.sweep.plots import front_html, plot_front
-from hiertune.sweep.records import FrontPoint
+from hiertune.sweep.records import FrontPoint, PointPhotos
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
-from hiertune.training.records import EpochMetrics
+from hiertune.training.records import RECOMMENDED_SCORE, EpochMetrics
 
 
 def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[FrontPoint]:
@@ -48,6 +49,23 @@ def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) ->
             if p.measured():
                 points.append(p)
     return points
+
+
+def point_photos(trials: list[TrialRecord], best: FrontPoint | None) -> PointPhotos | None:
+    """The real photos' figures that `best`'s trial logged at its last evaluation (the epoch its
+    front points come from), or None without photos in its validation."""
+    trial = next((t for t in trials if best is not None and t.trial_id == best.trial_id), None)
+    if trial is None or not all(isinstance(trial.metrics.get(k), (int, float)) for k in PHOTO_KEYS):
+        return None
+    m = trial.metrics
+    prefix = [f"{k}." for k in PHOTO_KEYS]
+    names = [k[len(prefix[0]):] for k in m if k.startswith(prefix[0])]
+    species = {n: tuple(float(m.get(f"{p}{n}", math.nan)) for p in prefix) for n in names}
+    own = (m.get(RECOMMENDED_SCORE), m.get("tau_super"), m.get("tau_sub"))
+    same = own[0] == best.score and all(isinstance(v, (int, float)) and math.isclose(v, w, abs_tol=1e-9)
+                                        for v, w in zip(own[1:], (best.point.tau_super, best.point.tau_sub)))
+    other = None if same else f"{own[0]} with τ_super {float(own[1]):.3f}, τ_sub {float(own[2]):.3f}"
+    return PointPhotos(*(float(m[k]) for k in PHOTO_KEYS), species, other)
 
 
 def compute_front(points: list) -> list:

@@ -134,6 +134,33 @@ class FrontPoint:
                 **{f"auroc_{g}.{s}": f.auroc(g) for g in NOVEL_GROUPS for s, f in self.by_score.items()}}
 
 
+@dataclass(frozen=True)
+class PointPhotos:
+    """Real photos of known species (`--shifted-data`) as the recommended point's trial logged
+    them at its last evaluation (hiertune.novelty.photos): superclass and subclass accuracy and
+    the share called a novel superclass, overall and per species (name -> the three). They were
+    measured at the trial's own recommended point; `other_point` names it when that is not the
+    sweep's recommended point (another score or τ of the same trial)."""
+
+    super_acc: float
+    sub_acc: float
+    called_novel: float
+    species: dict[str, tuple[float, float, float]]
+    other_point: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"photos_super_acc": self.super_acc, "photos_sub_acc": self.sub_acc,
+                "photos_called_novel": self.called_novel, "species": {k: list(v) for k, v in self.species.items()},
+                "other_point": self.other_point}
+
+    def render(self) -> str:
+        at = f"at {self.other_point}, the trial's own recommended point" if self.other_point else "at this point"
+        each = ", ".join(f"{name} {1 - v[2]:.0%}/{v[0]:.0%}/{v[1]:.0%}" for name, v in self.species.items())
+        return (f"  real photos of known species (--shifted-data, validation), {at}: {1 - self.called_novel:.1%} "
+                f"accepted as a known superclass, {self.super_acc:.1%} right superclass, {self.sub_acc:.1%} right "
+                f"subclass" + (f"\n  per species (accepted/superclass/subclass): {each}" if each else ""))
+
+
 # pareto.csv's figure columns, in their order: thresholds, the leaderboard's accuracies and the
 # objectives, seen acceptance, then each validation group.
 _ROW_FIGURES = ("tau_super", "tau_sub", "thr_super", "thr_sub", "seen_super_acc", "unseen_super_acc", "seen_sub_acc",

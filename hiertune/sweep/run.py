@@ -31,7 +31,7 @@ from hiertune.training.config import TrialConfig
 from hiertune.errors import SweepInterrupted, UserError
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.sweep.space import SearchSpace
-from hiertune.sweep.front import Pick, recommended, sweep_front, write_front
+from hiertune.sweep.front import Pick, point_photos, recommended, sweep_front, write_front
 from hiertune.sweep.importance import param_importances, write_importances
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
@@ -361,7 +361,8 @@ def front_files(place: SweepPlace, trials: list[TrialRecord]) -> SweepFront:
     pick = Pick.parse(meta.pick if meta else "knee")  # sweeps from before `pick:`: the knee
     best = recommended(front, pick)
     csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
-    return SweepFront(len(points), front, str(pick), best, str(csv_path), str(png_path), str(html_path))
+    return SweepFront(len(points), front, str(pick), best, str(csv_path), str(png_path), str(html_path),
+                      point_photos(trials, best))
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: str

@@ -40,7 +40,7 @@ from hiertune.data.splits import take_rows
 from hiertune.fsutil import atomic_file
 from hiertune.progress import Progress
 from hiertune.training.feature_check import DIGEST_KEY, content_digest, problem
-from hiertune.training.inputs import FeatureInputs
+from hiertune.training.inputs import FeatureInputs, ImageInputs
 
 log = logging.getLogger("hiertune")
 
@@ -284,6 +284,18 @@ def image_features(model: torch.nn.Module, images: np.ndarray, augment: BatchAug
         store.fill(key, compute)
         return None
     return store.get(key, len(images), compute)
+
+
+def predict_inputs(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, image_size: int,
+                   device: torch.device, autocast: Callable, precision: str, store: FeatureStore | None,
+                   label: str) -> FeatureInputs | ImageInputs:
+    """What `model` reads to predict `images` (evaluation's view): with a frozen backbone and a
+    `store`, their features, read from and kept in its cache (a test set or a test-time view runs
+    through the backbone once); otherwise the images themselves."""
+    if store is not None and getattr(model, "backbone_frozen", False):
+        feats = image_features(model, images, augment, image_size, 1, device, autocast, precision, store, label)
+        return FeatureInputs({name: torch.from_numpy(a) for name, a in feats.items()}, device)
+    return ImageInputs(torch.from_numpy(np.ascontiguousarray(images)), augment)
 
 
 def corruption_key(views_key: str, corruption: Corruption) -> str:

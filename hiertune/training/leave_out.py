@@ -11,7 +11,9 @@ choose (both settings 0) needs one run, where every species is held out at once.
 Each fold's model is replayed on validation from its checkpoint (hiertune.training.replay); the
 point is chosen on validation without the held-out species' photos, and those photos are then
 classified at it. With a library of variations of the recipe, each fold also selects an
-ensemble of its models the same way (hiertune.novelty.ensemble) and reports it beside.
+ensemble of its models the same way (hiertune.novelty.ensemble) and reports it beside. With
+test-time views (hiertune.data.views), the fold's model (and its ensemble) are reported again on
+their outputs averaged over the images and those views, the point chosen on them the same way.
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ GROUP_KEYS = ("seen_acc", "novel_sub_acc", "novel_super_acc")
 class LeaveOut:
     """Per held-out species: PHOTO_KEYS at the fold's recommended point, and that fold's
     GROUP_KEYS; `mean` averages the species. `ensemble`: the same for each fold's selected
-    ensemble, `members` its weights per fold (library order, the recipe's own model first)."""
+    ensemble, `members` its weights per fold (library order, the recipe's own model first);
+    `views`, `ensemble_views`: the same with test-time views."""
 
     species: dict[str, dict[str, float]]
     ensemble: dict[str, dict[str, float]] = field(default_factory=dict)
+    views: dict[str, dict[str, float]] = field(default_factory=dict)
+    ensemble_views: dict[str, dict[str, float]] = field(default_factory=dict)
     members: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -83,11 +88,12 @@ def mean_figures(species: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | None = None,
                       posthoc: PosthocConfig | None = None, library: tuple[dict, ...] = (),
-                      ensemble: int = 0) -> LeaveOut:
+                      ensemble: int = 0, views: tuple[str, ...] = ()) -> LeaveOut:
     """Run the folds of `cfg` (which names --shifted-data in `shifted_data`) on its space's
     `posthoc` grid and collect them.
     With a `library` (settings that vary `cfg`, one model each beside `cfg`'s own) and `ensemble`
-    picks, each fold also selects an ensemble of those models on its validation images."""
+    picks, each fold also selects an ensemble of those models on its validation images. With
+    test-time `views`, each is also reported on its outputs averaged over them."""
     if not cfg.shifted_data:
         raise UserError("leave-species-out needs real photos of known species: --shifted-data DIR")
     store = store or FeatureStore(cache_root)
@@ -103,34 +109,40 @@ def leave_species_out(cfg: TrialConfig, cache_root: Path, store: FeatureStore | 
                  len(bundle.shifted.train_rows))
         names = [held] if held else species
         with tempfile.TemporaryDirectory(prefix="hiertune-lso-") as tmp:
-            models = [_train(fold, bundle, store, posthoc, Path(tmp) / "0")]
+            models = [_train(fold, bundle, store, posthoc, Path(tmp) / "0", views)]
             if library and ensemble:
                 models += [_train(TrialConfig.from_dict({**fold.to_dict(), **overrides}), bundle, store, posthoc,
-                                  Path(tmp) / str(k)) for k, overrides in enumerate(library, 1)]
+                                  Path(tmp) / str(k), views) for k, overrides in enumerate(library, 1)]
         first = models[0]
         held_rows = first.photos & np.isin(first.batch.sub_target.numpy(),
                                            [bundle.data.hierarchy.subclasses.index(n) for n in names])
         grid = replace(posthoc or PosthocConfig(), shifted_weight=fold.shifted_weight)
         out.species.update(_figures(first.batch, first.scorers, first, held_rows, grid, names))
+        if views:
+            out.views.update(_figures(first.views, first.scorers, first, held_rows, grid, names))
         if library and ensemble:
             keep = ~held_rows
             chosen = select([_rows(m.batch, keep) for m in models], first.heads, ensemble, grid)
             out.members[held or "every species"] = list(chosen.counts)
             log.info("leave-species-out ensemble: weights %s (hypervolume %.3f, best single %.3f)", chosen.counts,
                      chosen.hypervolume, chosen.single)
-            joint = combine([models[i].batch for i in chosen.members], [chosen.counts[i] for i in chosen.members])
+            weights = [chosen.counts[i] for i in chosen.members]
+            joint = combine([models[i].batch for i in chosen.members], weights)
             out.ensemble.update(_figures(joint, None, first, held_rows, grid, names))
+            if views:  # the same members, on their view-averaged outputs
+                joint = combine([models[i].views for i in chosen.members], weights)
+                out.ensemble_views.update(_figures(joint, None, first, held_rows, grid, names))
     return out
 
 
 def _train(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore, posthoc: PosthocConfig | None,
-           into: Path) -> Replayed:
+           into: Path, views: tuple[str, ...]) -> Replayed:
     """One model of a fold, trained, and its validation outputs replayed from its last checkpoint."""
     def keep(metrics: dict, directory: Path) -> None:
         shutil.copytree(directory, into)
 
     run_trial(cfg, bundle, keep, features=store, last_only=True, posthoc=posthoc)
-    return replay_validation(cfg, bundle, into, store)
+    return replay_validation(cfg, bundle, into, store, views)
 
 
 def _rows(batch: EvalBatch, keep: np.ndarray) -> EvalBatch:

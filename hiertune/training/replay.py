@@ -3,7 +3,9 @@ combines (hiertune.novelty.ensemble), for a sweep's trials or a leave-species-ou
 
 The model is built as the trial built it and its weights loaded; with a frozen backbone the
 validation images are read from the feature cache the trial filled, so this costs a pass of the
-heads, not of the backbone.
+heads, not of the backbone. With test-time `views` (hiertune.data.views) the validation images'
+views are evaluated too, their features computed once into the same cache, and the outputs
+averaged over the images and their views (hiertune.novelty.ensemble.average_views).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from safetensors.torch import load_file
 
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
+from hiertune.data.views import VIEWS
 from hiertune.models.registry import Heads
+from hiertune.novelty.ensemble import average_views
 from hiertune.novelty.posthoc import EvalBatch
 from hiertune.novelty.scores import FeatureScorer, load_scorers
 from hiertune.training import checkpoint
-from hiertune.training.device import autocast, pick_device
-from hiertune.training.features import FeatureStore
+from hiertune.training.device import autocast, pick_device, precision
+from hiertune.training.features import FeatureStore, predict_inputs
 from hiertune.training.loop import build, evaluate, heads_for, trial_data
 
 
@@ -33,10 +37,13 @@ class Replayed:
     heads: Heads
     photos: np.ndarray  # [validation rows] bool: the --shifted-data photos
     subclass_names: tuple[str, ...]
+    views: EvalBatch | None = None  # averaged over the images and their test-time views, when asked
 
 
-def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store: FeatureStore) -> Replayed:
-    """`cfg`'s validation outputs with the weights in the checkpoint directory `trained`."""
+def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store: FeatureStore,
+                      views: tuple[str, ...] = ()) -> Replayed:
+    """`cfg`'s validation outputs with the weights in the checkpoint directory `trained`; with
+    `views`, also their average over the images and those test-time views."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)  # as the trial built it: the feature cache key holds the backbone's weights
     heads = heads_for(bundle, cfg)
@@ -44,7 +51,14 @@ def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store
     split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
     data = trial_data(cfg, bundle, split, heads, model, augment, store)
     model.load_state_dict(load_file(str(trained / checkpoint.MODEL)))
-    batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device,
-                        autocast(device, cfg.amp), split.val_group)
+    amp = autocast(device, cfg.amp)
+    batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device, amp,
+                        split.val_group)
+    viewed = [evaluate(model, predict_inputs(model, VIEWS[v](split.val_images), augment, cfg.image_size, device,
+                                             amp, str(precision(device, cfg.amp)),
+                                             store if cfg.feature_views else None, f"validation images, {v}"),
+                       split.val_superclass, split.val_subclass, heads, cfg, device, amp, split.val_group)[0]
+              for v in views]
     scorers = load_scorers(trained / checkpoint.SCORERS) if (trained / checkpoint.SCORERS).is_file() else None
-    return Replayed(batch, scorers, heads, data.photos, data.subclass_names)
+    return Replayed(batch, scorers, heads, data.photos, data.subclass_names,
+                    average_views([batch, *viewed]) if views else None)

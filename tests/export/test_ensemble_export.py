@@ -1,6 +1,7 @@
 """An ensemble of heads on one frozen backbone, as export-best --ensemble builds it: members
 selected on validation, retrained, thresholds calibrated on the ensemble's own scores; and the
-ensemble directory as predict loads it."""
+ensemble directory as predict loads it. It is exported with a test-time view (export-best
+--views), and its first member retrained with one, as a single export would be."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import write_image, write_tiny_data
+from hiertune.data.views import flip
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.errors import UserError
@@ -57,9 +59,10 @@ def ensemble_dir(tmp_path_factory):
     for i, (trial, _) in enumerate(plan.members, 1):
         cfg = retrain_config(trial, member_point(plan, trial), 0.3)
         bundle = load_bundle(cfg.data, cfg.outliers, 32, cfg.split_config(), tmp_path / "cache", cfg.shift_config())
-        outputs.append(retrain(RetrainJob(i, member_point(plan, trial), cfg, tmp_path / "cache"), bundle, 1))
+        outputs.append(retrain(RetrainJob(i, member_point(plan, trial), cfg, tmp_path / "cache",
+                                          ("flip",) if i == 1 else ()), bundle, 1))
         cfgs.append(cfg)
-    output = assemble(plan, outputs, bundle, heads_for(bundle, cfgs[0]), cfgs[0], tmp_path / "cache")
+    output = assemble(plan, outputs, bundle, heads_for(bundle, cfgs[0]), cfgs[0], tmp_path / "cache", ("flip",))
     root = tmp_path / "ensemble"
     for name, data in output.files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -75,16 +78,28 @@ def test_an_ensemble_export_averages_its_members_and_calibrates_on_its_own_score
     model = ExportedModel.load(root, features=None)
     assert isinstance(model, EnsembleModel) and len(model.members) == len(plan.members)
     images = bundle.data.train.images[:7]
-    outs = [m.forward_images(images) for m in model.members]
+    # Each image: the members' logits averaged with their weights (the members' own views aside),
+    # then averaged with those of its flipped view.
+    outs = [m._forward(images, None, True) for m in model.members]
     weights = np.array(model.weights) / sum(model.weights)
-    joint = model.forward_images(images)
+    joint = model._forward(images, None, True)
     assert torch.allclose(joint.sub_logits, sum(w * o.sub_logits for w, o in zip(weights, outs)), atol=1e-5)
+    flipped = model._forward(flip(images), None, True)
+    assert model.thresholds.views == ("flip",) and torch.allclose(
+        model.forward_images(images).sub_logits, (joint.sub_logits + flipped.sub_logits) / 2, atol=1e-5)
     # The thresholds: the ensemble's own scores of the calibration split at its point's acceptance.
     calib = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
     scores = score_levels(model.forward_images(calib.val_images), model.heads, plan.point.score)
     saved = json.loads((root / ENSEMBLE).read_text())
     expected = calibrate_point(scores, calib, model.heads, plan.point.point, cfg.shifted_weight)
-    assert (float(saved["thr_super"]), float(saved["thr_sub"])) == expected[:2]
+    assert (float(saved["thr_super"]), float(saved["thr_sub"])) == expected[:2] and saved["views"] == ["flip"]
+    # A single export's retraining with a view: its thresholds calibrated on its own averaged scores.
+    member = ExportedModel.load(root / "members" / "1", features=None)
+    member_scores = score_levels(member.forward_images(calib.val_images), member.heads, plan.point.score)
+    member_saved = json.loads((root / "members" / "1" / "thresholds.json").read_text())
+    assert member.thresholds.views == ("flip",) and member_saved["views"] == ["flip"]
+    assert (member.thresholds.thr_super, member.thresholds.thr_sub) == calibrate_point(
+        member_scores, calib, member.heads, plan.point.point, cfg.shifted_weight)[:2]
     assert saved["selection"]["library"] == plan.library
     predictions = model.predict_images([f"{i}.jpg" for i in range(7)], images)
     assert len(predictions.superclass) == 7 and np.all(predictions.subclass[predictions.superclass == 2] == 6)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import front_point
+from hiertune.sweep.front import point_photos
 from hiertune.sweep.results import Importance, ParetoResult, SweepFront, SweepResult
-from hiertune.sweep.state import TrialCounts
+from hiertune.sweep.state import TrialCounts, TrialRecord
 
 FRONT = [front_point("trial-00", 0.9, 0.3), front_point("trial-01", 0.7, 0.7), front_point("trial-02", 0.2, 0.95)]
 
@@ -51,3 +52,27 @@ def test_pareto_with_groups_details_the_picked_point():
     result = ParetoResult("s", front, True, FRONT[2], "max-unseen")
     assert "max-unseen point:\ntrial-02 (epochs 3)" in result.render()
     assert result.to_dict()["picked"]["trial"] == "trial-02" and result.to_dict()["picked_by"] == "max-unseen"
+
+
+def _trial(**metrics) -> TrialRecord:
+    return TrialRecord("id-trial-01", "trial-01", "completed", 3, {}, "/ckpt", metrics)
+
+
+def test_the_recommended_points_photo_figures_are_the_ones_its_trial_logged():
+    logged = {"recommended_score": "msp", "tau_super": 0.9, "tau_sub": 0.8, "photos_super_acc": 0.75,
+              "photos_sub_acc": 0.5, "photos_called_novel": 0.125, "photos_super_acc.king_penguin": 1.0,
+              "photos_sub_acc.king_penguin": 0.5, "photos_called_novel.king_penguin": 0.0}
+    photos = point_photos([_trial(**logged)], FRONT[1])
+    front = SweepFront(30, FRONT, "knee", FRONT[1], "a", "b", "c", photos)
+    text = sweep(front).render()
+    assert ("real photos of known species (--shifted-data, validation), at this point: 87.5% accepted as a known "
+            "superclass, 75.0% right superclass, 50.0% right subclass") in text
+    assert "per species (accepted/superclass/subclass): king_penguin 100%/100%/50%" in text
+    assert json.loads(json.dumps(front.to_dict()))["recommended_photos"]["photos_called_novel"] == 0.125
+    # Measured at another τ of the same trial: said so, with that point.
+    other = point_photos([_trial(**{**logged, "tau_sub": 0.1})], FRONT[1])
+    assert "at msp with τ_super 0.900, τ_sub 0.100, the trial's own recommended point" in other.render()
+    # No photos in validation (no --shifted-data), or another trial: nothing to say.
+    assert point_photos([_trial(recommended_score="msp")], FRONT[1]) is None
+    assert point_photos([_trial(**logged)], FRONT[0]) is None
+    assert "real photos" not in SweepFront(30, FRONT, "knee", FRONT[1], "a", "b", "c").render_recommended()
