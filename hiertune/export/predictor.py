@@ -410,15 +410,15 @@ def write_thresholds(out: Path, thresholds: Thresholds, how: dict | None = None)
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_plain(obj), indent=1))
+    path.write_text(json.dumps(plain(obj), indent=1))
 
 
-def _plain(obj):
+def plain(obj):
     """Strict JSON has no NaN or infinity: those become "nan" / "inf" / "-inf", which float() reads."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else str(float(obj))
     if isinstance(obj, np.integer):

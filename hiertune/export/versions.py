@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hiertune.errors import UserError
-from hiertune.export.predictor import SOURCE
+from hiertune.export.predictor import SOURCE, plain
 from hiertune.export.results import ExportSummary
 from hiertune.sweep.records import FrontPoint
 
@@ -43,7 +43,8 @@ def assign(export_dir: Path, points: list[FrontPoint], calibration_fraction: flo
     free = max(taken, default=0) + 1
     slots = []
     for rank, point in enumerate(points, start=1):
-        wanted = settings(point, calibration_fraction, test_images, views)
+        # As source.json holds it (write_json): a NaN figure reads back as "nan", never equal to NaN.
+        wanted = json.loads(json.dumps(plain(settings(point, calibration_fraction, test_images, views))))
         match = next((n for n, (source, _) in sorted(found.items()) if {k: source.get(k) for k in wanted} == wanted
                       and found[n][1] is not None), None)
         if match is not None:
