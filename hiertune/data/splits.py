@@ -13,7 +13,9 @@ trial, and a larger count is a superset of a smaller one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
+from typing import Callable
 
 import numpy as np
 
@@ -132,15 +134,29 @@ def _outliers(outlier_class: np.ndarray, config: SplitConfig, rng: np.random.Gen
 
 @dataclass
 class SplitData:
-    """Images and targets ready for a trainer: novel targets use the mappings' novel indices."""
+    """Targets ready for a trainer (novel targets use the mappings' novel indices), and the images
+    they belong to, laid out on first use: a trial on cached features never reads them, and
+    copying them out of a bundle in Ray's object store (a few hundred MB) was most of such a
+    trial's start-up."""
 
-    train_images: np.ndarray
     train_superclass: np.ndarray
     train_subclass: np.ndarray
-    val_images: np.ndarray
     val_superclass: np.ndarray
     val_subclass: np.ndarray
     val_group: np.ndarray  # index into GROUPS per validation image
+    layout: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False)  # -> (training, validation) images
+
+    @cached_property
+    def _images(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.layout()
+
+    @property
+    def train_images(self) -> np.ndarray:
+        return self._images[0]
+
+    @property
+    def val_images(self) -> np.ndarray:
+        return self._images[1]
 
 
 def take_rows(labeled: np.ndarray, outliers: np.ndarray | None, splits: Splits,
@@ -188,12 +204,12 @@ def assemble(data: CompetitionData, outliers: OutlierSet | None, splits: Splits,
             parts_sup[k].append(np.full(len(idx), h.novel_superclass, dtype=np.int64))
             parts_sub[k].append(np.full(len(idx), h.novel_subclass, dtype=np.int64))
     groups.append(np.full(len(splits.outlier_val) if outliers is not None else 0, NOVEL_SUPER))
-    train_x, val_x = take_rows(t.images, outliers.images if outliers is not None else None, splits,
-                               shifted[0] if shifted is not None else None,
-                               shifted_train[0] if shifted_train is not None else None)
+    layout = partial(take_rows, t.images, outliers.images if outliers is not None else None, splits,
+                     shifted[0] if shifted is not None else None,
+                     shifted_train[0] if shifted_train is not None else None)
     train_sup, val_sup = (np.concatenate(p) for p in parts_sup)
     train_sub, val_sub = (np.concatenate(p) for p in parts_sub)
-    return SplitData(train_x, train_sup, train_sub, val_x, val_sup, val_sub, np.concatenate(groups).astype(np.int64))
+    return SplitData(train_sup, train_sub, val_sup, val_sub, np.concatenate(groups).astype(np.int64), layout)
 
 
 def seen_val(data: CompetitionData, splits: Splits) -> np.ndarray:

@@ -84,6 +84,9 @@ def test_assemble_labels_novel_targets(tiny_data, tiny_outliers, cache_root):
                     SplitConfig(pseudo_novel_fraction=0.34, outlier_val_fraction=0.5, outlier_count=4))
     d = assemble(data, outliers, s)
     h = data.hierarchy
+    # The images are laid out on first use only (a trial on cached features never reads them), once.
+    assert "_images" not in vars(d)
+    assert d.train_images is d.train_images and "_images" in vars(d)
     assert len(d.train_images) == len(s.train) + 4
     assert len(d.val_images) == len(s.val) + len(s.outlier_val)
     # Training: seen labels, then outliers as the novel class of both heads.
