@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from hiertune.novelty.memo import memo_get
-from hiertune.novelty.ood_scores import allowed_logits, energy, gen
+from hiertune.novelty.ood_scores import allowed_logits, energy, gen, scale_ratio
 from hiertune.novelty.registry import LevelInput, register_score
 
 
@@ -67,17 +67,19 @@ def rmds(level: LevelInput) -> Tensor:
     return mahalanobis(level) + background
 
 
-def _head_logits(level: LevelInput) -> tuple[Tensor, Tensor]:
-    """The head's inputs (features alone decide them) and its logits on them, shared within an
-    epoch by fdbd and vim (the head, hence its weight tensor, is new every epoch)."""
+def _head_outputs(level: LevelInput) -> tuple[Tensor, Tensor, Tensor]:
+    """The head's inputs (features alone decide them), their products with its weights and its
+    logits, shared within an epoch by fdbd, scale and vim (the head, hence its weight tensor, is
+    new every epoch)."""
     f, head = level.features, level.scorer.head.head
     z = memo_get(level.memo, f"head_inputs{head.normalize}", (f,), lambda: head.inputs(f))
-    return z, memo_get(level.memo, "head_logits", (z, head.weight, head.bias), lambda: head.logits(z))
+    products = memo_get(level.memo, "head_products", (z, head.weight), lambda: head.products(z))
+    return z, products, memo_get(level.memo, "head_logits", (products, head.bias), lambda: products + head.bias)
 
 
 @register_score("fdbd", needs=("head",), bounds=(0.0, np.inf))
 def fdbd(level: LevelInput) -> Tensor:
-    z, logits = _head_logits(level)
+    z, _, logits = _head_outputs(level)
     stats = level.scorer.head
     # The distance to the mean head input depends on the features alone (a linear head's mean
     # input is their mean), so a frozen backbone's is computed once.
@@ -87,12 +89,12 @@ def fdbd(level: LevelInput) -> Tensor:
 
 @register_score("scale", needs=("head",))
 def scale(level: LevelInput) -> Tensor:
-    f, stats = level.features, level.scorer.head
-    scaled = memo_get(level.memo, f"scale_inputs{stats.head.normalize}", (f,), lambda: stats.scaled_inputs(f))
-    return energy(stats.head.logits(scaled), level.mask)
+    z, products, _ = _head_outputs(level)
+    ratio = memo_get(level.memo, "scale_ratio", (z,), lambda: scale_ratio(z))
+    return level.scorer.head.scale(level.features, level.mask, z=z, products=products, ratio=ratio)
 
 
 @register_score("vim", needs=("head", "principal_subspace"))
 def vim(level: LevelInput) -> Tensor:
-    z, logits = _head_logits(level)
+    z, _, logits = _head_outputs(level)
     return level.scorer.head.vim(level.features, level.mask, z, logits)

@@ -50,8 +50,11 @@ class LinearHead:
         z = features.detach().to("cpu", torch.float64)
         return F.normalize(z, dim=1) if self.normalize else z
 
+    def products(self, z: Tensor) -> Tensor:
+        return z @ self.weight.T
+
     def logits(self, z: Tensor) -> Tensor:
-        return z @ self.weight.T + self.bias
+        return self.products(z) + self.bias
 
 
 def head_of(module: nn.Module, n_seen: int) -> LinearHead | None:
@@ -90,6 +93,13 @@ def gen(logits: Tensor, gamma: float = GEN_GAMMA, top: int | None = None) -> Ten
 
 def energy(logits: Tensor, mask: Tensor | None) -> Tensor:
     return allowed_logits(logits, mask).logsumexp(1)
+
+
+def scale_ratio(z: Tensor, percentile: float = SCALE_PERCENTILE) -> Tensor:
+    """SCALE's factor per head input: exp of its sum over the sum of its top-(100 - percentile)%."""
+    dim = z.shape[1]
+    k = max(1, dim - round(dim * percentile / 100.0))
+    return (z.sum(1) / z.topk(k, dim=1).values.sum(1)).exp()
 
 
 def background(cov: Tensor, shrinkage: float) -> Tensor:
@@ -181,17 +191,18 @@ class HeadStats:
         """fdbd's denominator: the distance of head inputs `z` from the mean training head input."""
         return (z - self.head_mean).norm(dim=1).clamp(min=1e-12)
 
-    def scale(self, features: Tensor, mask: Tensor | None = None,
-              percentile: float = SCALE_PERCENTILE) -> Tensor:
-        return energy(self.head.logits(self.scaled_inputs(features, percentile)), mask)
-
-    def scaled_inputs(self, features: Tensor, percentile: float = SCALE_PERCENTILE) -> Tensor:
-        """scale's head inputs, each rescaled by exp of its sum over its top-(100 - percentile)%."""
-        z = self.head.inputs(features)
-        dim = z.shape[1]
-        k = max(1, dim - round(dim * percentile / 100.0))
-        r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
-        return z * r.exp()[:, None]
+    def scale(self, features: Tensor, mask: Tensor | None = None, percentile: float = SCALE_PERCENTILE,
+              z: Tensor | None = None, products: Tensor | None = None, ratio: Tensor | None = None) -> Tensor:
+        """`z`, `products` and `ratio`, when given, are the head's inputs of `features`, their
+        products with its weights (z·Wᵀ) and scale_ratio(z)."""
+        z = self.head.inputs(features) if z is None else z
+        products = self.head.products(z) if products is None else products
+        ratio = scale_ratio(z, percentile) if ratio is None else ratio
+        # The head is linear and the rescaling one factor per image: its logits of z·exp(r) are
+        # exp(r)·(z·Wᵀ) + b, with no second product over the feature width. A factor that
+        # overflowed leaves the score undefined (NaN, the least familiar), as rescaling by it would.
+        score = energy(ratio[:, None] * products + self.head.bias, mask)
+        return score.where(ratio.isfinite(), torch.nan)
 
     def vim(self, features: Tensor, mask: Tensor | None = None, z: Tensor | None = None,
             logits: Tensor | None = None) -> Tensor:

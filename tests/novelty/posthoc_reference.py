@@ -14,7 +14,7 @@ from scipy.stats import rankdata
 from hiertune.data.splits import GROUPS, NOVEL_SUB, NOVEL_SUPER, SEEN, SHIFTED
 from hiertune.models.registry import Heads, ModelOutput
 from hiertune.novelty.metrics import ACCURACIES
-from hiertune.novelty.ood_scores import VIM_FRACTION, HeadStats, head_of
+from hiertune.novelty.ood_scores import SCALE_PERCENTILE, VIM_FRACTION, HeadStats, energy, head_of
 from hiertune.novelty.posthoc import MEASURES, EvalBatch, PosthocConfig, PosthocResult, _rate, raw_thresholds
 from hiertune.novelty.registry import LEVELS, LevelInput, list_scores, score as score_spec, unavailable
 from hiertune.novelty.scores import FeatureBank, FeatureScorer, LevelScores, subclass_mask
@@ -172,8 +172,8 @@ def reference_levels(output, heads: Heads, score: str, scorers: dict[str, Featur
             super_score = sup.head.fdbd(f_super, super_argmax)
             sub_score = sub.head.fdbd(f_sub, sub_argmax)
         elif score == "scale":
-            super_score = sup.head.scale(f_super)
-            sub_score = sub.head.scale(f_sub, mask)
+            super_score = _scale(sup.head, f_super)
+            sub_score = _scale(sub.head, f_sub, mask)
         elif score == "vim":
             super_score = sup.head.vim(f_super)
             sub_score = sub.head.vim(f_sub, mask)
@@ -184,6 +184,15 @@ def reference_levels(output, heads: Heads, score: str, scorers: dict[str, Featur
         raise ValueError(f"unknown score {score!r} (known: {', '.join(list_scores())})")
     # float64 so that predict() and the grid compare the same numbers with the same thresholds.
     return LevelScores(super_argmax, sub_argmax, super_score.double(), sub_score.double())
+
+
+def _scale(stats, features, mask=None):
+    """SCALE by its definition: the head's energy on its inputs, each rescaled by exp of its sum
+    over the sum of its top 15%."""
+    z = stats.head.inputs(features)
+    k = max(1, z.shape[1] - round(z.shape[1] * SCALE_PERCENTILE / 100.0))
+    r = z.sum(1) / z.topk(k, dim=1).values.sum(1)
+    return energy(stats.head.logits(z * r.exp()[:, None]), mask)
 
 
 def _threshold_free(score: np.ndarray, seen: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
