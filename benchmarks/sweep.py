@@ -129,13 +129,14 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
     trials = load_trials(Path(res.dir))
     meta = read_meta(Path(res.dir))
     # The sweep's own trials: each as Tune gave it its config, with the sweep's CPUs per trial (its
-    # torch threads), rungs and post-hoc grid, one after another in this process.
+    # torch threads), rungs and post-hoc grid, one after another in this process, writing the
+    # checkpoints a sweep's trial writes.
     start = time.perf_counter()
     bundle = load_bundle(base.data, base.outliers, base.data_size, base.split_config(), cache, base.shift_config())
     store = FeatureStore(cache)  # as the sweep's trials share the driver's features
     for t in trials:
         run_trial(TrialConfig.from_dict(t.config), bundle, lambda m, c: None, cpus=meta.cpus_per_trial,
-                  features=store, rungs=one.scheduler.rungs, posthoc=one.posthoc_grid())
+                  features=store, rungs=one.scheduler.rungs, posthoc=one.posthoc_grid(), keep_scorers=False)
     t_bare = time.perf_counter() - start
     threads = {TrialConfig.from_dict(t.config).torch_threads(meta.cpus_per_trial) for t in trials}
     target = 1.10 if args.cached else 1.15

@@ -84,8 +84,8 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
-              rungs: tuple[int, ...] | None = None, last_only: bool = False, posthoc: PosthocConfig | None = None
-              ) -> EpochMetrics | None:
+              rungs: tuple[int, ...] | None = None, last_only: bool = False, posthoc: PosthocConfig | None = None,
+              keep_scorers: bool = True) -> EpochMetrics | None:
     """The last epoch's metrics (None when the trial had no epoch left to run). `features`: where
     frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
@@ -93,7 +93,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     scheduler reads; they and the last epoch get the full evaluation, the others every score but
     vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
     last epoch only, for a caller that reads nothing between (a leave-species-out fold). `posthoc`:
-    the grid its search space declares (SearchSpace.posthoc_grid; None: every score, τ over [0, 1])."""
+    the grid its search space declares (SearchSpace.posthoc_grid; None: every score, τ over [0, 1]).
+    `keep_scorers`: the last epoch's checkpoint keeps the feature scorers, for a caller that
+    writes a model from it (an export's retraining, a leave-species-out fold)."""
     setup = setup_trial(cfg, bundle, cpus)
     device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
                                                      setup.model, setup.state)
@@ -120,7 +122,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
             # The feature scorers (a hundred MB with a 1280-wide feature) only with the last epoch,
             # the one an export writes out: every epoch's would cost about as much as training it.
-            state.save(Path(tmp), evaluation.result, evaluation.scorers if epoch + 1 == cfg.epochs else None)
+            last = keep_scorers and epoch + 1 == cfg.epochs
+            state.save(Path(tmp), evaluation.result, evaluation.scorers if last else None)
             report(metrics, Path(tmp))
     return metrics
 

@@ -373,11 +373,16 @@ resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
     assert len(records) == 3 and all(r.status == "completed" for r in records)
     for record in records:
         assert record.metrics["features_computed"] == 0, record.metrics
+        # A sweep's checkpoints keep no feature scorers (nothing writes a model from them).
+        assert (Path(record.checkpoint) / "posthoc.npz").is_file()
+        assert not (Path(record.checkpoint) / "scorers.safetensors").exists()
     # The export's predictions on the test set read what the sweep computed (its retraining
     # computes the seen_shifted pool of its own calibration split).
     exported = cli("export-best", "frozen", "--storage", str(tmp_path / "sweeps"), "--json")
     assert exported.code == 0, exported.err[-3000:]
     rows = json.loads(exported.out)["exports"][0]["rows"]
+    # Its retraining's checkpoint does keep them, and the model directory has them.
+    assert (Path(json.loads(exported.out)["exports"][0]["dir"]) / "scorers.safetensors").is_file()
     new = set((cache_root / "features").glob("*.safetensors")) - set(cached)
     assert rows > 0 and rows in {len(load_file(path)["pooled"]) for path in cached}
     assert rows not in {len(load_file(path)["pooled"]) for path in new}
