@@ -21,6 +21,7 @@ Per chosen point (distinct trials, best first under `--pick`):
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ import ray
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
+from packaging.requirements import Requirement
 from tqdm.auto import tqdm
 
 from hiertune import storage
@@ -335,6 +337,14 @@ def _score(predictions, truth: dict[str, tuple[int, int]], model: ExportedModel)
                                model.heads.n_super, model.heads.n_sub)
 
 
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements: hiertune's own runtime dependencies as it pins them
+    (its code travels in the model, as a code path). MLflow would otherwise infer them by loading
+    the model in a subprocess, seconds per export, and name `hiertune` itself, which no package
+    index has, in place of torch and timm."""
+    return [r for r in importlib.metadata.requires("hiertune") or [] if Requirement(r).marker is None]
+
+
 def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, output: RetrainOutput,
                    test: dict | None) -> LoggedModel:
     """A child run of the sweep's parent with the directory, and the pyfunc model, registered."""
@@ -370,7 +380,7 @@ def _log_to_mlflow(place: SweepPlace, job: RetrainJob, pick: Pick, stage: Path, 
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MLFLOW_MODEL),
                                        artifacts={"model_dir": str(stage)}, signature=signature,
                                        code_paths=[str(MLFLOW_MODEL.parents[1])],
-                                       registered_model_name=name)
+                                       pip_requirements=model_requirements(), registered_model_name=name)
     recorder.client.set_terminated(run_id, "FINISHED")
     version = str(info.registered_model_version)
     for key, value in tags.items():

@@ -124,7 +124,13 @@ def test_predict_and_mlflow_pyfunc_agree_with_the_export(exported, cli, tmp_path
     info = json.loads((export_dir / "mlflow.json").read_text())
     mlflow.set_tracking_uri(exported["uri"])
     mlflow.set_registry_uri(exported["uri"])
-    model = mlflow.pyfunc.load_model(f"models:/{info['registered_model']}/{info['version']}")
+    uri = f"models:/{info['registered_model']}/{info['version']}"
+    model = mlflow.pyfunc.load_model(uri)
+    # Its environment installs what the model's code imports, pinned as hiertune pins them; not
+    # `hiertune`, which no package index has (its code travels in the model).
+    requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt")).read_text().split()
+    pinned = dict(r.split("==") for r in requirements)
+    assert {"torch", "torchvision", "timm", "safetensors", "mlflow"} <= set(pinned) and "hiertune" not in pinned
     paths = [str(folder / r["image"]) for r in rows]
     frame = model.predict(pd.DataFrame({"image": paths}))
     assert frame["superclass_index"].tolist() == [int(r["superclass_index"]) for r in rows]
