@@ -18,7 +18,6 @@ about 20 s per 15-epoch cached-feature trial.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time

@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from hiertune.novelty.memo import memo_get
-from hiertune.novelty.ood_scores import allowed_logits, energy, gen, scale_ratio
+from hiertune.novelty.ood_scores import allowed_logits, gen, scale_ratio
 from hiertune.novelty.registry import LevelInput, register_score
 
 

@@ -29,10 +29,12 @@ from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
 from hiertune.training.config import TrialConfig
 from hiertune.errors import SweepInterrupted, UserError
+from hiertune.fsutil import check_writable
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.sweep.space import SearchSpace
 from hiertune.sweep.front import Pick, point_photos, recommended, sweep_front, write_front
 from hiertune.sweep.importance import param_importances, write_importances
+from hiertune.sweep.mlstore import sqlite_path
 from hiertune.sweep.place import SweepPlace
 from hiertune.sweep.plots import plot_shifted_examples, plot_sweep_curves
 from hiertune.sweep.reporter import ConsoleReporter
@@ -59,8 +61,6 @@ from hiertune.sweep.state import (
     write_meta,
 )
 from hiertune.sweep.sweeplog import sweep_log
-from hiertune.fsutil import check_writable
-from hiertune.sweep.mlstore import sqlite_path
 from hiertune.sweep.tracking import MlflowSweepCallback, SweepRecorder
 from hiertune.sweep.trainable import FinalFailures, tune_trainable
 from hiertune.training.checkpoint import read_history

@@ -204,14 +204,16 @@ class TrialData:
 
 
 def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: Heads, model: torch.nn.Module,
-               augment: BatchAugment, features: FeatureStore) -> TrialData:
+               augment: BatchAugment, features: FeatureStore, fit_projection: bool = True) -> TrialData:
+    """`fit_projection` False: `source_directions`' basis is not fitted, for a caller that loads
+    trained weights (which hold it) after this."""
     # A frozen backbone's outputs are the same every epoch: then the epochs read them, computed once.
     computed_before, t0 = features.computed, time.perf_counter()
     cached = cached_inputs(cfg, bundle, model, augment, features)
     feature_seconds = time.perf_counter() - t0
     photos_train = len(bundle.shifted.train_rows) if bundle.shifted is not None else 0
     outlier_images = int((split.train_superclass == heads.n_super).sum())
-    if cfg.source_directions:
+    if cfg.source_directions and fit_projection:
         if cached is None:
             raise UserError(f"source_directions {cfg.source_directions} needs cached frozen features "
                             f"(feature_views >= 1): the directions are fitted on them once")

@@ -49,7 +49,9 @@ def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store
     heads = heads_for(bundle, cfg)
     model, augment = build(cfg, heads, device, trains=False)
     split = bundle.for_trial(cfg.outlier_count, cfg.outlier_fraction)
-    data = trial_data(cfg, bundle, split, heads, model, augment, store)
+    # The checkpoint's weights hold the source projection's basis: fitting it again (seconds per
+    # model with 16 directions, for every member an ensemble replays) would be overwritten.
+    data = trial_data(cfg, bundle, split, heads, model, augment, store, fit_projection=False)
     model.load_state_dict(load_file(str(trained / checkpoint.MODEL)))
     amp = autocast(device, cfg.amp)
     batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device, amp,
