@@ -8,12 +8,14 @@ a sha256 over everything they depend on: what the frozen part computes (family, 
 the digest of its weights, the input pipeline (the augmentation config's evaluation view: mean,
 std, and whatever else the config gains, such as an input size; all of it with augmented
 views), the image size, the number of views and their seed, the pixels' digest and the numeric
-precision. A trial's split then takes rows of these arrays in the order `assemble` lays images
-out, and trains only the heads (hiertune.training.inputs.FeatureInputs). Training corruptions
-(corrupt_p) read corrupted views of the training pools, cached under keys of their own.
+precision. The pools are then joined into one array per feature, whose rows a trial's split
+indexes in the order `assemble` lays images out, and only the heads train
+(hiertune.training.inputs.FeatureInputs). Training corruptions (corrupt_p) read corrupted views
+of the training pools, cached under keys of their own.
 
-In a sweep the driver computes the base configuration's features before trials start and they
-travel with the data bundle through Ray's object store (`FeatureStore.sets`); a trial whose key
+In a sweep the driver computes the base configuration's features and their joined layout before
+trials start and they travel with the data bundle through Ray's object store (`FeatureStore.sets`),
+where trials read them in place; a trial whose key
 differs (another backbone, seed or input size) reads or fills the disk cache on its node. Export
 and predict read the same cache for the images they run a frozen backbone on.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -246,22 +249,33 @@ class Corruption:
     augmented: bool
 
 
+def pool_keys(model: torch.nn.Module, pools: Pools, augment: BatchAugment, image_size: int, views: int,
+              precision: str, store: FeatureStore, corruption: Corruption | None = None
+              ) -> dict[str, tuple[str, str | None]]:
+    """Each pool's cache key, and with a `corruption` the key of a training pool's corrupted views."""
+    weights = weights_digest(model)
+    keys = {}
+    for pool, images in pools.items():
+        n_views = 1 if pool in EVAL_POOLS else views
+        clean = feature_key(model, weights, augment.config, image_size, n_views, store.digest(pool, images), precision)
+        keys[pool] = (clean, corruption_key(clean, corruption)
+                      if corruption is not None and pool not in EVAL_POOLS else None)
+    return keys
+
+
 def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, image_size: int, views: int,
                   device: torch.device, autocast: Callable, precision: str, store: FeatureStore,
                   corruption: Corruption | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Each pool's frozen features (pool -> name -> [N, views, ...]), through `store`; with a
     `corruption`, the training pools' corrupted views follow their own views on axis 1, cached
     under keys of their own (the clean pools' keys stay as they are)."""
-    weights = weights_digest(model)
+    keys = pool_keys(model, pools, augment, image_size, views, precision, store, corruption)
     out = {}
     for pool, images in pools.items():
-        n_views = 1 if pool in EVAL_POOLS else views
-        digest = store.digest(pool, images)
-        out[pool] = image_features(model, images, augment, image_size, n_views, device, autocast, precision, store,
-                                   pool, weights, digest)
-        if corruption is not None and pool not in EVAL_POOLS:
-            bad = corruption_key(feature_key(model, weights, augment.config, image_size, views, digest, precision),
-                                 corruption)
+        (clean, bad), n_views = keys[pool], 1 if pool in EVAL_POOLS else views
+        out[pool] = store.get(clean, len(images), lambda: extract(
+            model, images, augment, n_views, device, autocast, label=f"{pool} ({len(images)} images)"))
+        if bad is not None:
             extra = store.get(bad, len(images), lambda: extract(
                 model, images, augment, corruption.views, device, autocast, corruption=corruption,
                 label=f"{pool}, corrupted ({len(images)} images)"))
@@ -305,31 +319,48 @@ def corruption_key(views_key: str, corruption: Corruption) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def joined_pools(feats: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every pool's rows in one array per feature name ([labeled + shifted + outliers, views,
+    ...]), which a trial's training and validation rows index without copying: the shifted pool's
+    one clean view is repeated over the training views, so the photos that train read it as every
+    view."""
+    order = [pool for pool in ("labeled", "shifted", "outliers") if pool in feats]
+    views = feats["labeled"][next(iter(feats["labeled"]))].shape[1]
+    return {name: np.concatenate([np.broadcast_to(feats[pool][name][:, :1], (len(feats[pool][name]), views,
+                                                                          *feats[pool][name].shape[2:]))
+                                  if pool in EVAL_POOLS else feats[pool][name] for pool in order])
+            for name in feats["labeled"]}
+
+
 def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None, fraction: float | None,
                   augment: BatchAugment, image_size: int, views: int, device: torch.device, autocast: Callable,
                   precision: str, store: FeatureStore, corruption: Corruption | None = None,
                   corrupt_p: float = 0.0) -> tuple[FeatureInputs, FeatureInputs] | None:
     """A trial's training and validation inputs as cached features, or None when it has to go
     through the backbone: the backbone trains (some epoch), or views is 0. With a `corruption`,
-    training draws a corrupted view for a share `corrupt_p` of images each epoch."""
+    training draws a corrupted view for a share `corrupt_p` of images each epoch.
+
+    Both index one joined array of every pool (`joined_pools`), kept in `store` under a key of
+    the pools' keys: a sweep's driver lays it out once and its trials read it from Ray's object
+    store as it is (a trial that copied its rows out spent up to seconds there)."""
     if views == 0 or not getattr(model, "backbone_frozen", False):
         return None
-    feats = pool_features(model, bundle_pools(bundle), augment, image_size, views, device, autocast, precision,
-                          store, corruption)
-    splits = bundle.trial_splits(count, fraction)
-    train, val = {}, {}
-    for name in feats["labeled"]:
-        labeled = feats["labeled"][name]
-        outliers = feats["outliers"][name] if "outliers" in feats else None
-        shifted = shifted_train = None
-        if "shifted" in feats:
-            shifted = feats["shifted"][name][bundle.shifted.val_rows]
-            # The shifted pool has the clean view only: the photos that train read it as every view.
-            photos = feats["shifted"][name][bundle.shifted.train_rows]
-            shifted_train = np.repeat(photos[:, :1], labeled.shape[1], axis=1)
-        train[name] = torch.from_numpy(take_rows(labeled, outliers, splits, None, shifted_train)[0])
-        # Validation reads the clean view only (the shifted pool has no other).
-        va = take_rows(labeled[:, :1], None if outliers is None else outliers[:, :1], splits, shifted)[1]
-        val[name] = torch.from_numpy(np.ascontiguousarray(va))
+    pools = bundle_pools(bundle)
+    keys = pool_keys(model, pools, augment, image_size, views, precision, store, corruption)
+    layout = hashlib.sha256(json.dumps(["joined", keys], sort_keys=True).encode()).hexdigest()
+    if layout not in store.sets:
+        store.sets[layout] = joined_pools(pool_features(model, pools, augment, image_size, views, device, autocast,
+                                                        precision, store, corruption))
+    with warnings.catch_warnings():  # read-only when read from Ray's object store: nothing writes features
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        joined = {name: torch.from_numpy(a).to(device) for name, a in store.sets[layout].items()}
+    # The rows take_rows would copy out, as indices into the joined pools (its order is the layout's).
+    labeled = np.arange(len(pools["labeled"]))
+    shifted = len(labeled) + np.arange(len(pools.get("shifted", ())))
+    outliers = len(labeled) + len(shifted) + np.arange(len(pools["outliers"])) if "outliers" in pools else None
+    train_rows, val_rows = take_rows(labeled, outliers, bundle.trial_splits(count, fraction),
+                                     shifted[bundle.shifted.val_rows] if bundle.shifted is not None else None,
+                                     shifted[bundle.shifted.train_rows] if bundle.shifted is not None else None)
     corrupted = corruption.views if corruption is not None else 0
-    return FeatureInputs(train, device, corrupted, corrupt_p), FeatureInputs(val, device)
+    return (FeatureInputs(joined, device, corrupted, corrupt_p, torch.from_numpy(train_rows)),
+            FeatureInputs(joined, device, corrupted, index=torch.from_numpy(val_rows)))

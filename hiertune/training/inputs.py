@@ -53,20 +53,23 @@ class ImageInputs:
 
 
 class FeatureInputs:
-    """A frozen backbone's outputs per image: name -> [N, K + C views, ...] float32, view 0 the
-    clean (evaluation) one, the last `corrupted` views corrupted ones. Training draws one of the K
-    views per image each epoch from `aug_gen`, the generator that would otherwise draw the
-    augmentation, and for a share `corrupt_p` of images one of the corrupted views instead, as
-    ImageInputs corrupts that share of each batch; evaluation reads view 0."""
+    """A frozen backbone's outputs per image: name -> [M, K + C views, ...] float32, view 0 the
+    clean (evaluation) one, the last `corrupted` views corrupted ones; these inputs are the rows
+    `index` of them (default all, in order), so a trial's training and validation share one array
+    and copy nothing. Training draws one of the K views per image each epoch from `aug_gen`, the
+    generator that would otherwise draw the augmentation, and for a share `corrupt_p` of images
+    one of the corrupted views instead, as ImageInputs corrupts that share of each batch;
+    evaluation reads view 0."""
 
     EVAL_BATCH = 4096  # a head's pass over features is cheap: few, large evaluation batches
 
     def __init__(self, features: dict[str, torch.Tensor], device: torch.device, corrupted: int = 0,
-                 corrupt_p: float = 0.0):
+                 corrupt_p: float = 0.0, index: torch.Tensor | None = None):
         # On the device once: a batch is then a gather there, with no host copy per step.
         self.features = {name: t.to(device) for name, t in features.items()}
         first = next(iter(self.features.values()))
-        self.n, self.views = first.shape[0], first.shape[1] - corrupted
+        self.index = (torch.arange(first.shape[0]) if index is None else index).to(first.device)
+        self.n, self.views = len(self.index), first.shape[1] - corrupted
         self.corrupted, self.corrupt_p = corrupted, corrupt_p
 
     def __len__(self) -> int:
@@ -74,16 +77,17 @@ class FeatureInputs:
 
     def rows(self, idx: torch.Tensor) -> FeatureInputs:
         """These rows' clean view (view 0), for evaluation-view passes: no backbone runs again."""
-        device = next(iter(self.features.values())).device
-        return FeatureInputs({name: t[idx.to(device), :1] for name, t in self.features.items()}, device)
+        rows = self.index[idx.to(self.index.device)]
+        return FeatureInputs({name: t[rows, :1] for name, t in self.features.items()}, self.index.device)
 
     def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
                 order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
                 ) -> Iterator[tuple[Inputs, ...]]:
-        if not train:  # the clean view in order: slices, no gather
+        if not train:  # the clean view in order
             for start in range(0, self.n, batch_size):
                 stop = min(start + batch_size, self.n)
-                yield ({name: t[start:stop, 0] for name, t in self.features.items()},
+                rows = self.index[start:stop]
+                yield ({name: t[rows, 0] for name, t in self.features.items()},
                        *(y[start:stop].to(device) for y in labels))
             return
         rows = torch.arange(self.n)  # on the CPU, where order_gen draws the permutation
@@ -97,7 +101,7 @@ class FeatureInputs:
             view = torch.where(u[:, 0] < self.corrupt_p, pick, view)
         for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=True, generator=order_gen, device=device,
                                         drop_last=True):
-            yield ({name: t[idx, view[idx]] for name, t in self.features.items()}, *ys)
+            yield ({name: t[self.index[idx], view[idx]] for name, t in self.features.items()}, *ys)
 
     @staticmethod
     def forward(model, features: dict[str, torch.Tensor]) -> ModelOutput:

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 from conftest import FAST, trial_bundle
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import AugmentConfig, BatchAugment
-from hiertune.data.corrupt import corrupt_batch
-from hiertune.data.splits import SHIFTED
+from hiertune.data.bundle import load_bundle
+from hiertune.data.corrupt import ShiftConfig, corrupt_batch
+from hiertune.data.splits import SHIFTED, take_rows
 from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.errors import UserError
 from hiertune.models.dualhead import DualHead
@@ -31,8 +32,8 @@ from hiertune.novelty.memo import Memo
 from hiertune.training import checkpoint as ckpt
 from hiertune.training import loop
 from hiertune.training.loop import forward_all, heads_for, run_trial
-from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract, feature_key, frozen_inputs, images_digest,
-                                        weights_digest)
+from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract,
+                                        feature_key, frozen_inputs, images_digest, pool_features, weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
 
 SIZE = 32
@@ -273,7 +274,7 @@ def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_
     train, val = frozen_inputs(model, bundle, None, None, augment, SIZE, 2, torch.device("cpu"), nullcontext,
                                "float32", store)
     split = bundle.for_trial(None)
-    assert store.computed == len(bundle_pools(bundle)) and train.views == 2 and val.views == 1
+    assert store.computed == len(bundle_pools(bundle)) and train.views == 2
     assert len(train) == len(split.train_images) and len(val) == len(split.val_images)
     shifted_rows = torch.from_numpy(np.flatnonzero(split.val_group == SHIFTED))
     want = extract(model, bundle.shifted.images, augment, 1, torch.device("cpu"), nullcontext)
@@ -286,6 +287,55 @@ def test_seen_shifted_is_a_cached_pool_read_through_its_clean_view(bundle, data_
     frozen_inputs(model, other, None, None, augment, SIZE, 2, torch.device("cpu"), nullcontext, "float32",
                   FeatureStore(tmp_path))
     assert len(list((tmp_path / "features").glob("*.safetensors"))) == len(bundle_pools(bundle)) + 1
+
+
+def test_a_trials_inputs_index_the_joined_pools_as_take_rows_would_copy_them(data_dir, tmp_path):
+    """Training and validation read rows of one array of every pool, in place: the same rows,
+    views and batches as copies laid out by take_rows (labeled, photos that train with their one
+    clean view as every view, the trial's outliers; corrupted views after the clean ones)."""
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, "family": "dualhead", "augment": True, "feature_views": 2})
+    shift = ShiftConfig(source="both", data=str(data_dir), train_fraction=0.5)
+    bundle = load_bundle(cfg.data, cfg.outliers, SIZE, cfg.split_config(), tmp_path, shift)
+    assert len(bundle.shifted.train_rows) and bundle.outliers is not None
+    torch.manual_seed(0)
+    model = create_model(cfg.model_config(), heads_for(bundle, cfg))
+    augment = BatchAugment(cfg.augment_config(), "cpu")
+    corruption = Corruption(views=2, severity=0.5, augmented=True)
+    store, cpu = FeatureStore(tmp_path), torch.device("cpu")
+    count = len(bundle.splits.outlier_pool) // 2
+    train, val = frozen_inputs(model, bundle, count, None, augment, SIZE, 2, cpu, nullcontext, "float32", store,
+                               corruption, corrupt_p=0.4)
+    feats = pool_features(model, bundle_pools(bundle), augment, SIZE, 2, cpu, nullcontext, "float32", store,
+                          corruption)
+    splits = bundle.trial_splits(count, None)
+    shifted = feats["shifted"]
+    want_train, want_val = {}, {}
+    for name, labeled in feats["labeled"].items():
+        photos = np.repeat(shifted[name][bundle.shifted.train_rows][:, :1], labeled.shape[1], axis=1)
+        want_train[name] = take_rows(labeled, feats["outliers"][name], splits, None, photos)[0]
+        want_val[name] = take_rows(labeled[:, :1], feats["outliers"][name][:, :1], splits,
+                                   shifted[name][bundle.shifted.val_rows])[1]
+    reference = FeatureInputs({k: torch.from_numpy(v) for k, v in want_train.items()}, cpu, 2, 0.4)
+    assert (len(train), train.views, len(val)) == (len(reference), 2, len(next(iter(want_val.values()))))
+    labels = (torch.arange(len(train)),)
+    draws = dict(order_gen=torch.Generator().manual_seed(0), aug_gen=torch.Generator().manual_seed(1))
+    again = dict(order_gen=torch.Generator().manual_seed(0), aug_gen=torch.Generator().manual_seed(1))
+    for (x, y), (rx, ry) in zip(train.batches(labels, 16, cpu, train=True, **draws),
+                                reference.batches(labels, 16, cpu, train=True, **again), strict=True):
+        assert torch.equal(y, ry) and all(torch.equal(x[k], rx[k]) for k in rx)
+    got = {k: torch.cat([x[k] for x, in val.batches((), 7, cpu, train=False)]) for k in want_val}
+    for name in want_val:
+        np.testing.assert_array_equal(got[name].numpy(), want_val[name][:, 0])
+        rows = torch.tensor([0, len(train) - 1])
+        np.testing.assert_array_equal(train.rows(rows).features[name].numpy(), want_train[name][[0, -1], :1])
+    # One joined array in the store, shared by both and by the next trial of these features.
+    before = len(store.sets)
+    other, _ = frozen_inputs(model, bundle, None, None, augment, SIZE, 2, cpu, nullcontext, "float32", store,
+                             corruption, corrupt_p=0.2)
+    assert len(store.sets) == before and all(other.features[k] is train.features[k] or
+                                             other.features[k].data_ptr() == train.features[k].data_ptr()
+                                             for k in want_val)
+    assert len(other) == len(train) + len(bundle.splits.outlier_pool) - count
 
 
 def test_training_corruptions_keep_a_trial_on_cached_features(bundle, data_dir, tmp_path, count_backbone):
