@@ -159,6 +159,9 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
               f"{statistics.mean(m.epoch_seconds for m in last):.2f} s, scorer fit "
               f"{statistics.mean(m.scorer_fit_seconds for m in last):.2f} s, "
               f"grid {statistics.mean(m.posthoc_seconds for m in last):.2f} s")
+        inputs = [m.feature_seconds for m in last]
+        print(f"    trials' cached inputs (feature_seconds), in Ray's workers: mean {statistics.mean(inputs):.2f} s, "
+              f"max {max(inputs):.2f} s")
     if not args.cached:
         packed = make_space(tmp, "packed", posthoc="true", grace=args.epochs, cpus=1, **common)
         t_packed, _ = sweep(packed, tmp, "packed", cache)

@@ -128,7 +128,7 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
             finally:
                 torch.set_num_threads(threads)
         task = ray.remote(_measure_all).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        return ray.get(task.remote(todo, bundle, store, cpus, share, grid))
+        return ray.get(task.remote(todo, bundle, store.for_trials(), cpus, share, grid))
 
     if data is None or not todo:
         return run(), None

@@ -283,7 +283,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
     resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, bundle=bundle, cpus_per_trial=space.resources.cpus_per_trial,
-                             features=features, rungs=space.scheduler.rungs, posthoc=space.posthoc_grid()),
+                             features=features.for_trials(), rungs=space.scheduler.rungs,
+                             posthoc=space.posthoc_grid()),
         resources)
 
     storage_path, filesystem = storage.tune_storage(place.uri)

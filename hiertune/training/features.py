@@ -14,8 +14,8 @@ indexes in the order `assemble` lays images out, and only the heads train
 of the training pools, cached under keys of their own.
 
 In a sweep the driver computes the base configuration's features and their joined layout before
-trials start and they travel with the data bundle through Ray's object store (`FeatureStore.sets`),
-where trials read them in place; a trial whose key
+trials start, and the layout travels with the data bundle through Ray's object store
+(`FeatureStore.for_trials`), where trials read it in place; a trial whose key
 differs (another backbone, seed or input size) reads or fills the disk cache on its node. Export
 and predict read the same cache for the images they run a frozen backbone on.
 """
@@ -173,15 +173,23 @@ def extract(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, v
 
 @dataclass
 class FeatureStore:
-    """Where a trial gets frozen features. `sets` (key -> name -> [N, views, ...]) holds what the
-    sweep's driver computed; it reaches trials with the bundle through Ray's object store. Other
-    keys are read from, or computed into, `cache_root`/features (None: computed, kept in memory
-    for this trial only). `digests` memoises the image pools' sha256 (the driver's travel too)."""
+    """Where a trial gets frozen features. `sets` (key -> name -> [N, views, ...]) holds the
+    pools' features read or computed here; other keys are read from, or computed into,
+    `cache_root`/features (None: computed, kept in memory for this process only). `layouts` holds
+    pools joined for trials to index (`frozen_inputs`): what the sweep's driver laid out reaches
+    its trials with the bundle through Ray's object store (`for_trials`). `digests` memoises the
+    image pools' sha256 (the driver's travel too)."""
 
     cache_root: Path | None = None
     sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    layouts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     computed: int = 0  # image pools this store ran through the backbone (tests and logs read it)
+
+    def for_trials(self) -> FeatureStore:
+        """What trials read: the joined layouts and the digests, not the pools they were joined
+        from (which would double what Ray's object store holds and copies)."""
+        return FeatureStore(self.cache_root, layouts=self.layouts, digests=self.digests)
 
     def digest(self, pool: str, images: np.ndarray) -> str:
         if pool not in self.digests:
@@ -340,20 +348,20 @@ def frozen_inputs(model: torch.nn.Module, bundle: DataBundle, count: int | None,
     through the backbone: the backbone trains (some epoch), or views is 0. With a `corruption`,
     training draws a corrupted view for a share `corrupt_p` of images each epoch.
 
-    Both index one joined array of every pool (`joined_pools`), kept in `store` under a key of
-    the pools' keys: a sweep's driver lays it out once and its trials read it from Ray's object
-    store as it is (a trial that copied its rows out spent up to seconds there)."""
+    Both index one joined array of every pool (`joined_pools`), kept in `store.layouts` under a
+    key of the pools' keys: a sweep's driver lays it out once and its trials read it from Ray's
+    object store as it is (a trial that copied its rows out spent up to seconds there)."""
     if views == 0 or not getattr(model, "backbone_frozen", False):
         return None
     pools = bundle_pools(bundle)
     keys = pool_keys(model, pools, augment, image_size, views, precision, store, corruption)
     layout = hashlib.sha256(json.dumps(["joined", keys], sort_keys=True).encode()).hexdigest()
-    if layout not in store.sets:
-        store.sets[layout] = joined_pools(pool_features(model, pools, augment, image_size, views, device, autocast,
-                                                        precision, store, corruption))
+    if layout not in store.layouts:
+        store.layouts[layout] = joined_pools(pool_features(model, pools, augment, image_size, views, device,
+                                                           autocast, precision, store, corruption))
     with warnings.catch_warnings():  # read-only when read from Ray's object store: nothing writes features
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        joined = {name: torch.from_numpy(a).to(device) for name, a in store.sets[layout].items()}
+        joined = {name: torch.from_numpy(a).to(device) for name, a in store.layouts[layout].items()}
     # The rows take_rows would copy out, as indices into the joined pools (its order is the layout's).
     labeled = np.arange(len(pools["labeled"]))
     shifted = len(labeled) + np.arange(len(pools.get("shifted", ())))

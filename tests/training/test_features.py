@@ -329,12 +329,13 @@ def test_a_trials_inputs_index_the_joined_pools_as_take_rows_would_copy_them(dat
         rows = torch.tensor([0, len(train) - 1])
         np.testing.assert_array_equal(train.rows(rows).features[name].numpy(), want_train[name][[0, -1], :1])
     # One joined array in the store, shared by both and by the next trial of these features.
-    before = len(store.sets)
-    other, _ = frozen_inputs(model, bundle, None, None, augment, SIZE, 2, cpu, nullcontext, "float32", store,
+    # What a sweep's trials get: the layout alone, read in place; they run nothing through the backbone.
+    assert len(store.layouts) == 1
+    shipped = store.for_trials()
+    other, _ = frozen_inputs(model, bundle, None, None, augment, SIZE, 2, cpu, nullcontext, "float32", shipped,
                              corruption, corrupt_p=0.2)
-    assert len(store.sets) == before and all(other.features[k] is train.features[k] or
-                                             other.features[k].data_ptr() == train.features[k].data_ptr()
-                                             for k in want_val)
+    assert not shipped.sets and shipped.computed == 0 and len(shipped.layouts) == 1
+    assert all(other.features[k].data_ptr() == train.features[k].data_ptr() for k in want_val)
     assert len(other) == len(train) + len(bundle.splits.outlier_pool) - count
 
 
