@@ -293,13 +293,12 @@ def pool_features(model: torch.nn.Module, pools: Pools, augment: BatchAugment, i
 
 def image_features(model: torch.nn.Module, images: np.ndarray, augment: BatchAugment, image_size: int, views: int,
                    device: torch.device, autocast: Callable, precision: str, store: FeatureStore, label: str,
-                   weights: str | None = None, digest: str | None = None, keep: bool = True
-                   ) -> dict[str, np.ndarray] | None:
-    """The frozen features of `images` (name -> [N, views, ...]) through `store`: a pool of a
-    trial, or the images export and predict run a model with a frozen backbone on. `keep` False:
-    only into the disk cache, for another process (returns None)."""
-    key = feature_key(model, weights or weights_digest(model), augment.config, image_size, views,
-                      digest or images_digest(images), precision)
+                   keep: bool = True) -> dict[str, np.ndarray] | None:
+    """The frozen features of `images` (name -> [N, views, ...]) through `store`: the images
+    export and predict run a model with a frozen backbone on. `keep` False: only into the disk
+    cache, for another process (returns None)."""
+    key = feature_key(model, weights_digest(model), augment.config, image_size, views, images_digest(images),
+                      precision)
     compute = lambda: extract(model, images, augment, views, device, autocast,  # noqa: E731
                               label=f"{label} ({len(images)} images)")
     if not keep:
