@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import AWS_KEY_ID, AWS_SECRET, last_json, space_file
 
+from hiertune.data.dataset import load_competition, load_test_images
 from hiertune.data.bundle import load_bundle
 from hiertune.data.splits import SplitConfig
 
@@ -23,6 +24,11 @@ def test_pushed_data_loads_from_s3_alone_exactly_as_from_its_folder(cli, small_d
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
     local = load_bundle(str(data), None, 64, SplitConfig(), tmp_path / "local-cache")
+    local_test = load_competition(data, 64, tmp_path / "local-cache").test_images
+    # The test images alone, for a caller that has the training images (export): the same pixels.
+    alone, report = load_test_images(local.data.root, local.data.test_names, 64, tmp_path / "local-cache")
+    np.testing.assert_array_equal(alone, local_test)
+    assert report is not None and len(local_test) == len(local.data.test_names) > 0
     pushed = cli("data", "push", str(data), s3.uri("nndl"), "--cache-dir", str(tmp_path / "local-cache"), "--json")
     assert pushed.code == 0, pushed.err
     summary = last_json(pushed.out)
@@ -40,6 +46,9 @@ def test_pushed_data_loads_from_s3_alone_exactly_as_from_its_folder(cli, small_d
     assert remote.data.train.names == local.data.train.names
     np.testing.assert_array_equal(remote.data.train.images, local.data.train.images)
     np.testing.assert_array_equal(remote.data.train.subclass, local.data.train.subclass)
+    assert remote.data.test_names == local.data.test_names
+    np.testing.assert_array_equal(load_test_images(remote.data.root, remote.data.test_names, 64,
+                                                   tmp_path / "remote-cache")[0], local_test)
     assert remote.outliers.names == local.outliers.names and remote.outliers.classes == local.outliers.classes
     np.testing.assert_array_equal(remote.outliers.images, local.outliers.images)
     np.testing.assert_array_equal(remote.outliers.class_index, local.outliers.class_index)

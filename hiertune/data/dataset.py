@@ -80,7 +80,7 @@ def load_competition(root: str | Path, image_size: int, cache_root: Path, with_t
     hierarchy = Hierarchy(tuple(superclasses), tuple(subclasses), sub_to_super)
 
     train_dir = root / "train_images"
-    if not train_dir.is_dir() and is_packed(root, "train_images"):
+    if _pushed(root):
         return _load_packed(root, hierarchy, names, sup, sub, image_size, with_test)
     if not train_dir.is_dir():
         raise UserError(f"{train_dir}: folder not found")
@@ -95,10 +95,25 @@ def load_competition(root: str | Path, image_size: int, cache_root: Path, with_t
                                           sources=sources, desc="decoding train_images", pending=pending)
     test_images = None
     if with_test and test_names:
-        test_images, caches["test"] = load_images(test_dir, test_names, image_size, cache_root,
-                                                  desc="decoding test_images", pending=pending)
+        test_images, caches["test"] = load_test_images(root, test_names, image_size, cache_root, pending)
     train = LabeledImages(list(names), images, sup, sub)
     return CompetitionData(root, hierarchy, train, test_names, test_images, caches)
+
+
+def load_test_images(root: Path, test_names: list[str], image_size: int, cache_root: Path,
+                     pending: PendingWrites | None = None) -> tuple[np.ndarray, CacheReport | None]:
+    """The pixels of `test_names` (a loaded CompetitionData's, in its order) from `root`'s test
+    images, a folder or pushed (no cache report then): for a caller that has the training images
+    already and should not load them again (export, the sweep's feature step)."""
+    if _pushed(root):
+        return read_packed(root, "test_images", image_size, test_names), None
+    return load_images(root / "test_images", test_names, image_size, cache_root, desc="decoding test_images",
+                       pending=pending)
+
+
+def _pushed(root: Path) -> bool:
+    """Whether `root` is a pushed dataset (hiertune.data.packed): its images are Parquet files."""
+    return not (root / "train_images").is_dir() and is_packed(root, "train_images")
 
 
 def _load_packed(root: Path, hierarchy: Hierarchy, names: dict[str, int], sup: np.ndarray, sub: np.ndarray,

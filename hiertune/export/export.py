@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from hiertune import storage
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
-from hiertune.data.dataset import load_competition
+from hiertune.data.dataset import load_test_images
 from hiertune.data.images import FixCounts
 from hiertune.errors import UserError
 from hiertune.export.predictor import (METRICS, SOURCE, SUBMISSION, ExportedModel, read_folder,
@@ -260,10 +260,10 @@ def _test_set(bundle: DataBundle, image_size: int, cache_root: Path, folder: str
     if not bundle.data.test_names:
         log.warning("%s has no test images: exporting models without a submission", bundle.data.root)
         return None
-    data = load_competition(bundle.data.root, image_size, cache_root, with_test=True)
-    report = data.caches.get("test")
-    return TestImages(f"{data.root}/test_images", data.test_names, data.test_images,
-                   report.fixes if report else FixCounts(), _hidden_labels(data.root / "test_labels.csv"))
+    root = bundle.data.root
+    images, report = load_test_images(root, bundle.data.test_names, image_size, cache_root)
+    return TestImages(f"{root}/test_images", bundle.data.test_names, images, report.fixes if report else FixCounts(),
+                      _hidden_labels(root / "test_labels.csv"))
 
 
 def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, output: RetrainOutput,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.bundle import DataBundle
-from hiertune.data.dataset import load_competition
+from hiertune.data.dataset import load_test_images
 from hiertune.data.splits import SHIFTED, SplitData
 from hiertune.errors import UserError
 from hiertune.models.registry import Heads, ModelOutput, create_model, family
@@ -372,7 +372,7 @@ def precompute_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
         # export-best predicts the test set through the same frozen backbone: its features go to
         # the disk cache with the pools', where the export reads them (kept out of `store`, which
         # travels to every trial).
-        test = load_competition(bundle.data.root, cfg.data_size, store.cache_root, with_test=True).test_images
+        test = load_test_images(bundle.data.root, bundle.data.test_names, cfg.data_size, store.cache_root)[0]
         device = augment.device
         image_features(model, test, augment, cfg.image_size, 1, device, amp_autocast(device, cfg.amp),
                        str(precision(device, cfg.amp)), store, "test_images", keep=False)
