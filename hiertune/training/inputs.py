@@ -68,25 +68,31 @@ class FeatureInputs:
         # On the device once: a batch is then a gather there, with no host copy per step.
         self.features = {name: t.to(device) for name, t in features.items()}
         first = next(iter(self.features.values()))
-        self.index = (torch.arange(first.shape[0]) if index is None else index).to(first.device)
-        self.n, self.views = len(self.index), first.shape[1] - corrupted
+        self.device = first.device
+        self.index = None if index is None else index.to(self.device)
+        self.n, self.views = first.shape[0] if index is None else len(index), first.shape[1] - corrupted
         self.corrupted, self.corrupt_p = corrupted, corrupt_p
+
+    def _source(self, rows: torch.Tensor | slice) -> torch.Tensor | slice:
+        """Rows of these inputs as rows of `features` (all of them in order: as they are, so that
+        a slice stays a view)."""
+        return rows if self.index is None else self.index[rows]
 
     def __len__(self) -> int:
         return self.n
 
     def rows(self, idx: torch.Tensor) -> FeatureInputs:
         """These rows' clean view (view 0), for evaluation-view passes: no backbone runs again."""
-        rows = self.index[idx.to(self.index.device)]
-        return FeatureInputs({name: t[rows, :1] for name, t in self.features.items()}, self.index.device)
+        rows = self._source(idx.to(self.device))
+        return FeatureInputs({name: t[rows, :1] for name, t in self.features.items()}, self.device)
 
     def batches(self, labels: tuple[torch.Tensor, ...], batch_size: int, device: torch.device, *, train: bool,
                 order_gen: torch.Generator | None = None, aug_gen: torch.Generator | None = None
                 ) -> Iterator[tuple[Inputs, ...]]:
-        if not train:  # the clean view in order
+        if not train:  # the clean view in order: without an index, slices (views, no copy)
             for start in range(0, self.n, batch_size):
                 stop = min(start + batch_size, self.n)
-                rows = self.index[start:stop]
+                rows = self._source(slice(start, stop))
                 yield ({name: t[rows, 0] for name, t in self.features.items()},
                        *(y[start:stop].to(device) for y in labels))
             return
@@ -101,7 +107,8 @@ class FeatureInputs:
             view = torch.where(u[:, 0] < self.corrupt_p, pick, view)
         for idx, *ys in iterate_batches(rows, labels, batch_size, shuffle=True, generator=order_gen, device=device,
                                         drop_last=True):
-            yield ({name: t[self.index[idx], view[idx]] for name, t in self.features.items()}, *ys)
+            source = self._source(idx)
+            yield ({name: t[source, view[idx]] for name, t in self.features.items()}, *ys)
 
     @staticmethod
     def forward(model, features: dict[str, torch.Tensor]) -> ModelOutput:
