@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from ray import tune
@@ -37,9 +38,19 @@ class EndWatch(tune.Callback):
 def worker_setup() -> None:
     """A local Ray worker's start (runtime_env worker_process_setup_hook): Ctrl+C is the driver's,
     and Ray's note on each trial restored from a checkpoint stays out of the console (the
-    sweep's own lines say which trials continue)."""
+    sweep's own lines say which trials continue), as does the exit Ray asks of it (`_quiet_exit`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("ray.tune.trainable").setLevel(logging.WARNING)
+    sys.unraisablehook = _quiet_exit
+
+
+def _quiet_exit(unraisable) -> None:
+    """Ray stops a worker with SIGTERM, whose handler raises SystemExit. When the signal lands in a
+    weakref callback, Python cannot raise it there and prints "Exception ignored in ...
+    SystemExit" with a traceback to the sweep's console (cpython #95959): Ray's exit, not an
+    error, so it goes unprinted; any other unraisable exception is printed as Python would."""
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
 
 
 def how_it_ended(unfinished: int, budget: float | None) -> str:
