@@ -217,8 +217,8 @@ def trial_data(cfg: TrialConfig, bundle: DataBundle, split: SplitData, heads: He
         if cached is None:
             raise UserError(f"source_directions {cfg.source_directions} needs cached frozen features "
                             f"(feature_views >= 1): the directions are fitted on them once")
-        train_rows = cached[0].rows(torch.arange(len(cached[0]))).features
-        fit_source_projection(model, train_rows, len(split.train_subclass) - photos_train - outlier_images, cfg.seed)
+        clean = cached[0].rows(torch.arange(len(cached[0]))).features  # the training rows' clean view
+        fit_source_projection(model, clean, len(split.train_subclass) - photos_train - outlier_images, cfg.seed)
     train, val = cached or (ImageInputs(torch.from_numpy(split.train_images), augment, cfg.corrupt_p,
                                         cfg.corrupt_severity),
                             ImageInputs(torch.from_numpy(split.val_images), augment))
