@@ -226,8 +226,11 @@ def read_cache(path: Path, size: int) -> dict | None:
 
 def _numeric(table: pa.Table, column: str, dtype: type, count: int) -> np.ndarray:
     """A null-free fixed-width column as a numpy view of Arrow's buffer. Arrow's own to_numpy
-    imports pandas on first use, which alone would cost a warm load half a second."""
-    array = table.column(column).combine_chunks()
+    imports pandas on first use, which alone would cost a warm load half a second. One chunk (a
+    file of one row group, as written here) is read in place: combine_chunks would copy the
+    pixels into fresh memory, seconds of page faults on a VM."""
+    chunks = table.column(column)
+    array = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
     width = count // len(array) if len(array) else 0
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=count,
                          offset=array.offset * width * np.dtype(dtype).itemsize)
