@@ -59,7 +59,7 @@ from hiertune.fsutil import atomic_dir, exclusive
 from hiertune.novelty.metrics import leaderboard_metrics
 from hiertune.secrets import redact_uri
 from hiertune.sweep.front import Pick, sweep_front
-from hiertune.sweep.records import FrontPoint
+from hiertune.sweep.records import FrontPoint, SweepPoints
 from hiertune.sweep import resources
 from hiertune.sweep.run import SweepPlace, ray_session
 from hiertune.sweep.state import SweepMeta, TrialRecord, find_meta, load_trials
@@ -308,7 +308,7 @@ def _write_export(place: SweepPlace, job: RetrainJob, rank: int, pick: Pick, out
     return summary
 
 
-def _front_png(points: list[FrontPoint], front: list[FrontPoint], plan: EnsemblePlan, name: str) -> bytes:
+def _front_png(points: SweepPoints, front: list[FrontPoint], plan: EnsemblePlan, name: str) -> bytes:
     """The sweep's front with the ensemble's point (its own front dashed) as the star."""
     with tempfile.TemporaryDirectory(prefix="hiertune-plot-") as tmp:
         path = Path(tmp) / ENSEMBLE_FRONT

@@ -377,10 +377,38 @@ class PosthocResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike | typing.BinaryIO) -> PosthocResult:
+        """A saved result, checked whole here: a sweep's front reads its cells as arrays, so a
+        damaged file must fail now (ValueError), not as one odd point of the front later."""
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return cls(tuple(meta["scores"]), counts=meta["counts"], skipped=meta["skipped"],
-                       shifted_weight=meta["shifted_weight"], **{k: z[k] for k in _ARRAYS})
+            result = cls(tuple(meta["scores"]), counts=meta["counts"], skipped=meta["skipped"],
+                         shifted_weight=meta["shifted_weight"], **{k: z[k] for k in _ARRAYS})
+        result._check()
+        return result
+
+    def _check(self) -> None:
+        n, t_super, t_sub = len(self.scores), len(self.tau_super), len(self.tau_sub)
+        if not n or not all(isinstance(s, str) and s for s in self.scores):
+            raise ValueError(f"scores must be names, got {list(self.scores)}")
+        if not isinstance(self.counts, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.counts.values()):
+            raise ValueError("counts must map names to image counts")
+        shapes = {"tau_super": (t_super,), "tau_sub": (t_sub,), "thr_super": (n, t_super), "thr_sub": (n, t_sub),
+                  "grid": (n, t_super, t_sub, len(ACCURACIES)), "threshold_free": (n, len(LEVELS), len(MEASURES)),
+                  "accept_super": (n, t_super), "accept_sub": (n, t_sub),
+                  "group_acc": (n, t_super, t_sub, len(GROUPS), 2), "group_auroc": (n, len(NOVEL_GROUPS)),
+                  "accept_shifted": (n, t_super, t_sub), "accept_shifted_super": (n, t_super),
+                  "accept_shifted_sub": (n, t_sub)}
+        for name, shape in shapes.items():
+            array = getattr(self, name)
+            if array.shape != shape or array.dtype.kind != "f":
+                raise ValueError(f"{name}: expected floats of shape {shape}, got {array.dtype} {array.shape}")
+        for name in set(_ARRAYS) - {"thr_super", "thr_sub"}:  # rates, accuracies and AUROC-like measures
+            values = getattr(self, name)
+            if ((values < 0) | (values > 1)).any():
+                raise ValueError(f"{name}: values outside [0, 1]")
+        if np.isnan(self.tau_super).any() or np.isnan(self.tau_sub).any():
+            raise ValueError("tau: NaN")
 
 
 _ARRAYS = ("tau_super", "tau_sub", "thr_super", "thr_sub", "grid", "threshold_free", "accept_super", "accept_sub",

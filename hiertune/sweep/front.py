@@ -23,32 +23,39 @@ from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, ra
 from hiertune.novelty.photos import PHOTO_KEYS
 from hiertune.novelty.records import NOVEL_GROUPS
 from hiertune.sweep.plots import front_html, plot_front
-from hiertune.sweep.records import FrontPoint, PointPhotos
+from hiertune.sweep.records import FrontPoint, PointPhotos, SweepPoints
 from hiertune.sweep.state import TrialRecord
 from hiertune.training.checkpoint import read_posthoc
 from hiertune.training.records import RECOMMENDED_SCORE, EpochMetrics
 
 
-def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> list[FrontPoint]:
+def front_points(trials: list[TrialRecord], sampled_thresholds: bool = False) -> SweepPoints:
     """Every (trial × score × τ_super × τ_sub) point of trials that have a checkpoint; or, when
     Optuna sampled the thresholds, each trial's one point at its sampled thresholds."""
-    points = []
-    for t in trials:
-        if t.checkpoint is None or t.status == "failed":
-            continue
-        if sampled_thresholds:
-            try:
-                last = EpochMetrics.from_flat(t.metrics)
-            except ValueError as exc:
-                raise UserError(f"{t.name}: its metrics in the sweep's records are not an epoch's ({exc})") from None
-            points.append(FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, last.point, last.by_score))
-            continue
+    usable = [t for t in trials if t.checkpoint is not None and t.status != "failed"]
+    if sampled_thresholds:
+        return SweepPoints.of([_sampled_point(t) for t in usable])
+    sources, parts = [], []  # parts: per trial, its measured cells' (seen, unseen, score, cell)
+    for t in usable:
         result = read_posthoc(t.checkpoint)
-        for s, i, j in np.ndindex(*result.grid.shape[:3]):
-            p = FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, result.point(s, i, j), result.by_score)
-            if p.measured():
-                points.append(p)
-    return points
+        seen, unseen = result.seen.ravel(), result.unseen.ravel()
+        measured = np.flatnonzero(~(np.isnan(seen) | np.isnan(unseen)))
+        sources.append((t, result))
+        parts.append((seen[measured], unseen[measured],
+                      np.asarray(result.scores)[np.unravel_index(measured, result.grid.shape[:3])[0]], measured))
+    seen, unseen, score, cell = (np.concatenate([part[k] for part in parts]) if parts else np.empty(0)
+                                 for k in range(4))
+    owner = np.repeat(np.arange(len(parts)), [len(part[3]) for part in parts])
+    return SweepPoints(seen.astype(float), unseen.astype(float), score.astype(str), owner, cell.astype(int),
+                       tuple(sources))
+
+
+def _sampled_point(t: TrialRecord) -> FrontPoint:
+    try:
+        last = EpochMetrics.from_flat(t.metrics)
+    except ValueError as exc:
+        raise UserError(f"{t.name}: its metrics in the sweep's records are not an epoch's ({exc})") from None
+    return FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, last.point, last.by_score)
 
 
 def point_photos(trials: list[TrialRecord], best: FrontPoint | None) -> PointPhotos | None:
@@ -76,10 +83,10 @@ def compute_front(points: list) -> list:
     return [points[k] for k in index]
 
 
-def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[list[FrontPoint], list[FrontPoint]]:
+def sweep_front(trials: list[TrialRecord], sampled_thresholds: bool) -> tuple[SweepPoints, list[FrontPoint]]:
     """(every point, the non-dominated ones): the one place a sweep's front is decided."""
     points = front_points(trials, sampled_thresholds)
-    return points, compute_front(points)
+    return points, points.front()
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ def recommended(front: list[FrontPoint], pick: Pick) -> FrontPoint | None:
     return pick.rank(front)[0] if front else None
 
 
-def write_front(sweep_dir: Path, name: str, points: list[FrontPoint], front: list[FrontPoint],
+def write_front(sweep_dir: Path, name: str, points: SweepPoints, front: list[FrontPoint],
                 best: FrontPoint | None) -> tuple[Path, Path, Path]:
     csv_path, png_path, html_path = sweep_dir / "pareto.csv", sweep_dir / "pareto.png", sweep_dir / "pareto.html"
     rows = [p.row() for p in front]

@@ -16,23 +16,23 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from hiertune.data.corrupt import CORRUPTIONS  # noqa: E402
 from hiertune.fsutil import atomic_file  # noqa: E402
 from hiertune.novelty.records import GridPoint  # noqa: E402
-from hiertune.sweep.records import FrontPoint  # noqa: E402
+from hiertune.sweep.records import FrontPoint, SweepPoints  # noqa: E402
 from hiertune.training.records import EpochMetrics  # noqa: E402
 
 
-def plot_front(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoint | None, path: Path,
+def plot_front(points: SweepPoints, front: list[FrontPoint], best: FrontPoint | None, path: Path,
                title: str, extra: list[tuple[str, list[GridPoint]]] = ()) -> None:
     """Left: every (trial × post-hoc setting) point coloured by its novelty score, the front joined,
     the recommended point marked and labelled, the axes fitted to where the points are; `extra`
     fronts (an ensemble's own) joined in grey. Right: each validation group's accuracy, and
     seen_shifted acceptance, along the front."""
     fig, (ax, groups) = plt.subplots(1, 2, figsize=(13.6, 5.6), gridspec_kw={"width_ratios": [1.15, 1]})
-    scores = sorted({p.score for p in points})
+    scores = sorted(set(points.score))
     colours = dict(zip(scores, plt.get_cmap("tab10").colors))
     for score in scores:
-        mine = [p for p in points if p.score == score]
-        ax.scatter([p.seen for p in mine], [p.unseen for p in mine], s=5, alpha=0.35, color=colours[score],
-                   label=f"{score} ({len(mine):,})", rasterized=True)
+        mine = points.score == score
+        ax.scatter(points.seen[mine], points.unseen[mine], s=5, alpha=0.35, color=colours[score],
+                   label=f"{score} ({mine.sum():,})", rasterized=True)
     ordered = sorted(front, key=lambda p: p.seen)
     ax.plot([p.seen for p in ordered], [p.unseen for p in ordered], "-", c="black", lw=1.2, zorder=3)
     ax.scatter([p.seen for p in ordered], [p.unseen for p in ordered], s=22, zorder=4, edgecolors="black",
@@ -50,10 +50,9 @@ def plot_front(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoi
                     textcoords="offset points", fontsize=8, zorder=6,
                     bbox=dict(boxstyle="round", fc="white", ec="0.5", alpha=0.9),
                     arrowprops=dict(arrowstyle="-", color="0.4"))
-    xs, ys = [p.seen for p in points], [p.unseen for p in points]
-    if xs:
-        for lim, values in ((ax.set_xlim, xs), (ax.set_ylim, ys)):
-            lo, hi = min(values), max(values)
+    if len(points):
+        for lim, values in ((ax.set_xlim, points.seen), (ax.set_ylim, points.unseen)):
+            lo, hi = float(values.min()), float(values.max())
             pad = max(0.02, 0.05 * (hi - lo))
             lim(max(0.0, lo - pad), min(1.0, hi + pad) + 0.01)
     ax.set_xlabel("seen accuracy (mean of superclass and subclass)")
@@ -82,15 +81,15 @@ def plot_front(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoi
     _save(fig, path)
 
 
-def _inward(ax, best: FrontPoint, points: list[FrontPoint]) -> tuple[int, int]:
+def _inward(ax, best: FrontPoint, points: SweepPoints) -> tuple[int, int]:
     """Where the label goes, in points from the marker: toward the middle of the data, so it
     stays inside the axes whichever corner the recommended point is in."""
-    mid_x = (min(p.seen for p in points) + max(p.seen for p in points)) / 2
-    mid_y = (min(p.unseen for p in points) + max(p.unseen for p in points)) / 2
+    mid_x = (points.seen.min() + points.seen.max()) / 2
+    mid_y = (points.unseen.min() + points.unseen.max()) / 2
     return (20 if best.seen <= mid_x else -170, -60 if best.unseen >= mid_y else 30)
 
 
-def front_html(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoint | None, path: Path,
+def front_html(points: SweepPoints, front: list[FrontPoint], best: FrontPoint | None, path: Path,
                title: str) -> None:
     """The front as one self-contained HTML page (plotly): hover a point for its trial, params,
     novelty score and thresholds. The cloud is thinned to the front plus a sample, so the page
@@ -101,10 +100,10 @@ def front_html(points: list[FrontPoint], front: list[FrontPoint], best: FrontPoi
                 f"τ_super {p.point.tau_super:.3f}, τ_sub {p.point.tau_sub:.3f}<br>seen {p.seen:.3f}, "
                 f"unseen {p.unseen:.3f}<br>{params}")
 
-    step = max(1, len(points) // 4000)
+    sample = points.at(range(0, len(points), max(1, len(points) // 4000)))
     fig = go.Figure()
-    for score in sorted({p.score for p in points}):
-        mine = [p for p in points[::step] if p.score == score]
+    for score in sorted(set(points.score)):
+        mine = [p for p in sample if p.score == score]
         fig.add_trace(go.Scattergl(x=[p.seen for p in mine], y=[p.unseen for p in mine], mode="markers",
                                    name=score, opacity=0.45, marker={"size": 4},
                                    hovertext=[hover(p) for p in mine], hoverinfo="text"))

@@ -4,7 +4,8 @@
 failure's extra report) is read and a trial's name and status decided: trials.json, its MLflow
 run, the console and what Optuna is told all take them from here. `FrontPoint` is what the front
 hands to the table, the plots, `pareto --json` and `export-best`; `row()` is its one flattening
-(pareto.csv's columns, the JSON's keys).
+(pareto.csv's columns, the JSON's keys). `SweepPoints` holds every point of a sweep as arrays,
+FrontPoints made only of those asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from hiertune.novelty.metrics import pareto_front
 from hiertune.novelty.records import NOVEL_GROUPS, GridPoint, ScoreFigures
 from hiertune.sweep.state import STATUSES, trial_status
 from hiertune.training.faults import FAILURE_KEY
@@ -167,3 +171,44 @@ _ROW_FIGURES = ("tau_super", "tau_sub", "thr_super", "thr_sub", "seen_super_acc"
                 "unseen_sub_acc", "seen", "unseen", "accept_super", "accept_sub", "accept_shifted_super",
                 "accept_shifted_sub", "seen_acc", "seen_shifted_acc", "novel_sub_acc", "novel_super_acc",
                 "accept_shifted")
+
+
+@dataclass(frozen=True)
+class SweepPoints:
+    """Every measured (trial × post-hoc setting) point of a sweep, as arrays in the order the
+    trials and their grids list them. A sweep has tens of thousands of them; only the front and
+    the few a page shows become FrontPoints (`at`)."""
+
+    seen: np.ndarray  # [P]
+    unseen: np.ndarray  # [P]
+    score: np.ndarray  # [P] each point's novelty score
+    owner: np.ndarray  # [P] index into `sources`
+    cell: np.ndarray  # [P] the flat (score, τ_super, τ_sub) index into its source's grid
+    sources: tuple  # per trial: (TrialRecord, PosthocResult), or its one FrontPoint (sampled thresholds)
+
+    @classmethod
+    def of(cls, points: list[FrontPoint]) -> "SweepPoints":
+        """Points that are FrontPoints already (a trial's one sampled point each)."""
+        return cls(np.array([p.seen for p in points], float), np.array([p.unseen for p in points], float),
+                   np.array([p.score for p in points], str), np.arange(len(points)), np.zeros(len(points), int),
+                   tuple(points))
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def at(self, indices) -> list[FrontPoint]:
+        points = []
+        for k in indices:
+            source = self.sources[self.owner[k]]
+            if isinstance(source, FrontPoint):
+                points.append(source)
+                continue
+            t, result = source
+            s, i, j = map(int, np.unravel_index(self.cell[k], result.grid.shape[:3]))
+            points.append(FrontPoint(t.name, t.trial_id, t.status, t.epochs, t.params, result.point(s, i, j),
+                                     result.by_score))
+        return points
+
+    def front(self) -> list[FrontPoint]:
+        """The non-dominated points, seen descending (as compute_front orders them)."""
+        return self.at(pareto_front(np.stack([self.seen, self.unseen], 1))) if len(self) else []

@@ -208,6 +208,29 @@ def test_result_save_load_round_trip(tmp_path):
         {s: pytest.approx(f.figures(), nan_ok=True) for s, f in result.by_score.items()}
 
 
+@pytest.mark.parametrize("damage", ["grid-shape", "grid-range", "tau-nan", "ints", "counts", "score-name"])
+def test_a_saved_result_that_does_not_hold_together_fails_its_load(tmp_path, damage):
+    """A sweep's front reads saved grids cell by cell as arrays: a file whose arrays disagree in
+    shape, or whose rates leave [0, 1], fails at its load (ValueError, which the checkpoint's
+    reader names in one line), not later as a point of the front."""
+    result = posthoc_grid(synthetic(120, True, 2), heads(True), PosthocConfig(knn_k=5), fit_scorers())
+    if damage == "grid-shape":
+        result.grid = result.grid[:, :-1]
+    elif damage == "grid-range":
+        result.grid[0, 0, 0, 0] = 1.5
+    elif damage == "tau-nan":
+        result.tau_sub[2] = np.nan
+    elif damage == "ints":
+        result.accept_super = result.accept_super.astype(np.int64)
+    elif damage == "counts":
+        result.counts = {**result.counts, "seen_super": -3}
+    else:
+        result.scores = (*result.scores[:-1], "")
+    result.save(tmp_path / "posthoc.npz")
+    with pytest.raises(ValueError):
+        PosthocResult.load(tmp_path / "posthoc.npz")
+
+
 # --- FeatureBank / FeatureScorer ---
 
 def _train(n=400, seed=0, n_classes=5):

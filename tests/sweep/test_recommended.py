@@ -10,6 +10,7 @@ import pytest
 
 from conftest import epoch, front_point
 from hiertune.sweep.front import Pick, compute_front, recommended, render, write_front
+from hiertune.sweep.records import SweepPoints
 from hiertune.sweep.reporter import ConsoleReporter
 from hiertune.sweep.state import trial_status
 from hiertune.training.faults import FAILURE_KEY
@@ -50,7 +51,7 @@ def test_the_front_plots_mark_the_recommended_point(tmp_path):
     cloud = [point(k % 5, s, u, ("msp", "energy")[k % 2]) for k, (s, u) in
              enumerate(np.random.default_rng(0).uniform(0.0, 0.6, (300, 2)))]
     best = recommended(FRONT, Pick.parse("knee"))
-    csv_path, png_path, html_path = write_front(tmp_path, "s", cloud + FRONT, FRONT, best)
+    csv_path, png_path, html_path = write_front(tmp_path, "s", SweepPoints.of(cloud + FRONT), FRONT, best)
     assert png_path.stat().st_size > 10_000
     rows = csv_path.read_text().splitlines()
     assert rows[0].endswith(",recommended") and [r.endswith(",1") for r in rows[1:]].count(True) == 1
