@@ -136,7 +136,7 @@ def overhead(args, common: dict, tmp: Path, cache: Path) -> None:
     store = FeatureStore(cache)  # as the sweep's trials share the driver's features
     for t in trials:
         run_trial(TrialConfig.from_dict(t.config), bundle, lambda m, c: None, cpus=meta.cpus_per_trial,
-                  features=store, rungs=one.scheduler.rungs, posthoc=one.posthoc_grid(), keep_scorers=False)
+                  features=store, rungs=one.scheduler.rungs, posthoc=one.posthoc_grid(), complete=False)
     t_bare = time.perf_counter() - start
     threads = {TrialConfig.from_dict(t.config).torch_threads(meta.cpus_per_trial) for t in trials}
     target = 1.10 if args.cached else 1.15

@@ -54,15 +54,15 @@ def _train(cfg: TrialConfig, bundle: DataBundle, cpus_per_trial: float, features
 
     # A sweep's checkpoints are for resuming and for the front: nothing writes a model from them
     # (export-best retrains), so they go without the feature scorers, a hundred MB that Tune
-    # would copy to the sweep's storage for every trial.
+    # would copy to the sweep's storage for every trial, and a frozen backbone's weights.
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
         run_trial(cfg, bundle, report, cpus=cpus_per_trial, features=features, rungs=rungs, posthoc=posthoc,
-                  keep_scorers=False)
+                  complete=False)
         return
     with checkpoint.as_directory() as directory:
         run_trial(cfg, bundle, report, resume=Path(directory), cpus=cpus_per_trial, features=features, rungs=rungs,
-                  posthoc=posthoc, keep_scorers=False)
+                  posthoc=posthoc, complete=False)
 
 
 class FinalFailures(ray.tune.Callback):

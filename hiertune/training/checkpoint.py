@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from hiertune.errors import UserError, first_line
 from hiertune.novelty.posthoc import PosthocResult
@@ -25,12 +25,15 @@ from hiertune.training.records import EpochMetrics
 from hiertune.novelty.scores import FeatureScorer, save_scorers
 from hiertune.storage import join, read_bytes
 from hiertune.training.faults import CheckpointUnreadable
+from hiertune.training.features import FROZEN_PART, weights_digest
 
 MODEL = "model.safetensors"
 STATE = "state.pt"  # optimizer, scheduler, RNGs, attempt: tensors and numbers only (weights_only=True)
 HISTORY = "history.json"
 POSTHOC = "posthoc.npz"  # every post-hoc grid point of the last evaluation
 SCORERS = "scorers.safetensors"
+# model.safetensors' metadata in a lean checkpoint: the digest of the frozen backbone left out of it.
+FROZEN_DIGEST = "hiertune.frozen_backbone"
 
 
 def _check_fits(saved: dict, model: dict, path: Path) -> None:
@@ -63,10 +66,21 @@ class TrainState:
     epoch: int = 0  # epochs done
     attempt: int = 1
     history: list[dict] = field(default_factory=list)  # every epoch's reported metrics, across attempts
+    frozen_digest: str | None = None  # the frozen backbone's weights_digest, once a lean save needed it
 
-    def save(self, path: Path, result: PosthocResult, scorers: dict[str, FeatureScorer]) -> None:
-        """This state, with the last evaluation's post-hoc grid and feature scorers, into `path`."""
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, path / MODEL)
+    def save(self, path: Path, result: PosthocResult, scorers: dict[str, FeatureScorer] | None,
+             lean: bool = False) -> None:
+        """This state, with the last evaluation's post-hoc grid and feature scorers, into `path`.
+        `lean`: a frozen backbone is named by its weights' digest instead of saved (it is the
+        pretrained weights the trial was built from, most of the file): for checkpoints that
+        resume a trial or replay its validation, never for one a model is written from."""
+        weights, metadata = self.model.state_dict(), None
+        if lean and getattr(self.model, "backbone_frozen", False):
+            if self.frozen_digest is None:
+                self.frozen_digest = weights_digest(self.model)
+            weights = {k: v for k, v in weights.items() if not k.startswith(FROZEN_PART)}
+            metadata = {FROZEN_DIGEST: self.frozen_digest}
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, path / MODEL, metadata=metadata)
         cuda = self.aug_gen.device.type == "cuda"
         torch.save({"epoch": self.epoch, "attempt": self.attempt, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "order_rng": self.order_gen.get_state(),
@@ -79,19 +93,11 @@ class TrainState:
 
     def restore(self, path: Path) -> None:
         """In place, from the checkpoint in `path`; this run is then the attempt after the one that wrote it."""
-        loaders = ((MODEL, load_file),
+        loaders = ((MODEL, _read_model),
                    (STATE, lambda p: torch.load(p, weights_only=True, map_location="cpu")),
                    (HISTORY, lambda p: json.loads(p.read_text())))
-        loaded = {}
-        for name, load in loaders:
-            try:
-                loaded[name] = load(path / name)
-            except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError,
-                    SafetensorError) as exc:
-                raise CheckpointUnreadable(f"{path / name}: unreadable or truncated checkpoint "
-                                           f"({first_line(exc)})") from None
-        _check_fits(loaded[MODEL], self.model.state_dict(), path / MODEL)
-        self.model.load_state_dict(loaded[MODEL])
+        loaded = {name: _read(path / name, load) for name, load in loaders}
+        self.frozen_digest = _load_model(self.model, *loaded[MODEL], path / MODEL)
         state = loaded[STATE]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -108,6 +114,42 @@ class TrainState:
             raise CheckpointUnreadable(f"{path / STATE}: not a hiertune checkpoint state "
                                        f"({type(exc).__name__}: {exc})") from None
         self.history = loaded[HISTORY]
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """A checkpoint's model.safetensors into `model` (built as the trial built it)."""
+    _load_model(model, *_read(path, _read_model), path)
+
+
+def _read(path: Path, load):
+    try:
+        return load(path)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise CheckpointUnreadable(f"{path}: unreadable or truncated checkpoint ({first_line(exc)})") from None
+
+
+def _read_model(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
+def _load_model(model: torch.nn.Module, weights: dict, metadata: dict, path: Path) -> str | None:
+    """Loads `weights` into `model`; a lean checkpoint's frozen backbone must be the one `model`
+    has (the digest it returns), or the checkpoint was written from other weights."""
+    expected = model.state_dict()
+    frozen = metadata.get(FROZEN_DIGEST)
+    if frozen is not None:
+        if not getattr(model, "backbone_frozen", False):
+            raise CheckpointUnreadable(f"{path}: the checkpoint leaves out a frozen backbone, and this trial's "
+                                       "backbone trains: written for another fine-tuning")
+        if weights_digest(model) != frozen:
+            raise CheckpointUnreadable(f"{path}: written with other backbone weights than this trial's (digest "
+                                       f"{frozen[:12]}, here {weights_digest(model)[:12]}): resume it with the "
+                                       "pretrained weights it started from")
+        expected = {k: v for k, v in expected.items() if not k.startswith(FROZEN_PART)}
+    _check_fits(weights, expected, path)
+    model.load_state_dict(weights, strict=frozen is None)
+    return frozen
 
 
 def read_history(checkpoint: str | None) -> list[EpochMetrics]:

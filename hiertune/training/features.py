@@ -69,6 +69,9 @@ def images_digest(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
+FROZEN_PART = "backbones."  # the state_dict prefix of what a frozen backbone freezes
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of the frozen part's tensors (names, dtypes, shapes and values), BatchNorm
     statistics included: it identifies random, hub and local weights alike."""

@@ -85,7 +85,7 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
 def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path | None = None,
               cpus: float | None = None, progress: bool = False, features: FeatureStore | None = None,
               rungs: tuple[int, ...] | None = None, last_only: bool = False, posthoc: PosthocConfig | None = None,
-              keep_scorers: bool = True) -> EpochMetrics | None:
+              complete: bool = True) -> EpochMetrics | None:
     """The last epoch's metrics (None when the trial had no epoch left to run). `features`: where
     frozen-backbone features are shared or cached (None: this trial's memory).
     Metrics `features_computed` (image pools this trial ran through its frozen backbone) and
@@ -94,8 +94,9 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
     vim (metric `full_evaluation`; None: every epoch is full). `last_only`: evaluate and report the
     last epoch only, for a caller that reads nothing between (a leave-species-out fold). `posthoc`:
     the grid its search space declares (SearchSpace.posthoc_grid; None: every score, τ over [0, 1]).
-    `keep_scorers`: the last epoch's checkpoint keeps the feature scorers, for a caller that
-    writes a model from it (an export's retraining, a leave-species-out fold)."""
+    `complete`: the last epoch's checkpoint is one a model can be written from (an export's
+    retraining, a leave-species-out fold): with the feature scorers and a frozen backbone's
+    weights. Every other checkpoint names a frozen backbone by its digest (TrainState.save)."""
     setup = setup_trial(cfg, bundle, cpus)
     device, autocast, scaler, heads, model, state = (setup.device, setup.autocast, setup.scaler, setup.heads,
                                                      setup.model, setup.state)
@@ -122,8 +123,8 @@ def run_trial(cfg: TrialConfig, bundle: DataBundle, report: Report, resume: Path
         with tempfile.TemporaryDirectory(prefix="hiertune-ckpt-") as tmp:
             # The feature scorers (a hundred MB with a 1280-wide feature) only with the last epoch,
             # the one an export writes out: every epoch's would cost about as much as training it.
-            last = keep_scorers and epoch + 1 == cfg.epochs
-            state.save(Path(tmp), evaluation.result, evaluation.scorers if last else None)
+            last = complete and epoch + 1 == cfg.epochs
+            state.save(Path(tmp), evaluation.result, evaluation.scorers if last else None, lean=not last)
             report(metrics, Path(tmp))
     return metrics
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
@@ -52,7 +51,7 @@ def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store
     # The checkpoint's weights hold the source projection's basis: fitting it again (seconds per
     # model with 16 directions, for every member an ensemble replays) would be overwritten.
     data = trial_data(cfg, bundle, split, heads, model, augment, store, fit_projection=False)
-    model.load_state_dict(load_file(str(trained / checkpoint.MODEL)))
+    checkpoint.load_weights(model, trained / checkpoint.MODEL)
     amp = autocast(device, cfg.amp)
     batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device, amp,
                         split.val_group)

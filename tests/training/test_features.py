@@ -8,12 +8,14 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import FAST, trial_bundle
@@ -24,6 +26,7 @@ from hiertune.data.corrupt import ShiftConfig, corrupt_batch
 from hiertune.data.splits import SHIFTED, take_rows
 from hiertune.data.synth import SynthConfig, write_synthetic
 from hiertune.errors import UserError
+from hiertune.training.faults import CheckpointUnreadable
 from hiertune.models.dualhead import DualHead
 from hiertune.models.layover import Layover
 from hiertune.models.registry import Heads, create_model
@@ -463,3 +466,43 @@ def test_epochs_between_rungs_leave_vim_out_and_say_so(bundle, data_dir, tmp_pat
     assert "vim" in reports[1]["evaluated_scores"].split(",") and "hypervolume_vim" in reports[2]
     assert reports[0]["evaluated_scores"].split(",") == [s for s in reports[2]["evaluated_scores"].split(",")
                                                         if s != "vim"]
+
+
+def test_a_frozen_trials_checkpoints_name_its_backbone_and_restore_it_from_the_weights_it_was_built_with(
+        bundle, data_dir, tmp_path):
+    """A checkpoint that resumes a trial leaves its frozen backbone out, named by the weights'
+    digest; restored, the model is the one saved, whole. Only the last checkpoint of a trial that
+    writes a model from it (`complete`) holds the backbone. A lean checkpoint refuses a model with
+    other backbone weights, or one whose backbone trains."""
+    saved = []
+
+    def keep(metrics, directory: Path) -> None:
+        saved.append(tmp_path / f"epoch{metrics.epoch}")
+        shutil.copytree(directory, saved[-1])
+
+    cfg = TrialConfig(data=str(data_dir), **{**FEATURES, "family": "dualhead"})
+    run_trial(cfg, bundle, keep, complete=False)
+    setup = loop.setup_trial(cfg, bundle)
+    digest = weights_digest(setup.model)
+    for directory in saved:
+        with safe_open(str(directory / ckpt.MODEL), "pt") as f:
+            names, metadata = list(f.keys()), f.metadata()
+        assert names and not any(n.startswith("backbones.") for n in names)
+        assert metadata == {ckpt.FROZEN_DIGEST: digest}
+    restored = loop.setup_trial(cfg, bundle).state
+    restored.restore(saved[-1])
+    whole = restored.model.state_dict()
+    assert restored.epoch == 2 and set(whole) > set(load_file(saved[-1] / ckpt.MODEL))
+    assert all(torch.equal(whole[k], v) for k, v in load_file(saved[-1] / ckpt.MODEL).items())
+    assert all(torch.equal(whole[k], v) for k, v in setup.model.state_dict().items() if k.startswith("backbones."))
+
+    last = []
+    run_trial(cfg, bundle, lambda m, d: last.append(load_file(d / ckpt.MODEL)))
+    assert any(k.startswith("backbones.") for k in last[-1]) and not any(k.startswith("backbones.") for k in last[0])
+
+    other = loop.setup_trial(dataclasses.replace(cfg, seed=1), bundle).state  # other random backbone weights
+    with pytest.raises(CheckpointUnreadable, match="written with other backbone weights"):
+        other.restore(saved[-1])
+    trains = loop.setup_trial(dataclasses.replace(cfg, finetune="full"), bundle).state
+    with pytest.raises(CheckpointUnreadable, match="another fine-tuning"):
+        trains.restore(saved[-1])
