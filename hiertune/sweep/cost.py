@@ -207,6 +207,7 @@ class Plan:
     space: SearchSpace
     left_out: str | None  # the one line saying what the budget left out
     refusal: str | None = None  # why no sweep fits the budget at all
+    drops: dict[str, list] = dataclasses.field(default_factory=dict)  # what it left out, by axis (`without`)
 
 
 def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int,
@@ -242,16 +243,17 @@ def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], p
     rung = first_rung(space, epochs)
     affordable = {k.identity: (c := costs.get(k.identity)) is None or rung * c.seconds <= budget / TRIALS_PER_SLOT
                   for k in kinds}
-    kept, dropped = _prune(space, kinds, affordable)
+    drops = _prune(space, kinds, affordable)
     if not any(affordable[k.identity] for k in kinds):
         return Plan(lines, space, None, f"budget {duration(budget)}: no kind of trial this space samples reaches its "
                     f"first {space.scheduler.label} rung ({rung} epoch(s)) in a quarter of the budget here; raise --budget"
                     + (f", or take the cheap route: {_cheap_flags(space, cheap)}" if cheap is not None else ""))
-    if not dropped:
+    if not drops:
         return Plan(lines, space, None)
-    line = (f"budget {duration(budget)}: left out {'; '.join(dropped)} (one trial would not reach the first "
+    dropped = "; ".join(f"{name}={', '.join(str(v) for v in values)}" for name, values in drops.items())
+    line = (f"budget {duration(budget)}: left out {dropped} (one trial would not reach the first "
             f"{space.scheduler.label} rung, {rung} epoch(s), in a quarter of the budget here)")
-    return Plan(lines, kept, line)
+    return Plan(lines, without(space, drops), line, drops=drops)
 
 
 def _mean_epoch(kinds: list[Kind], costs: dict[tuple, EpochCost]) -> float | None:
@@ -268,33 +270,40 @@ def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
                     if name in searched or getattr(base, name) != getattr(kind.cfg, name))
 
 
-def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> tuple[SearchSpace, list[str]]:
-    """The space without every searched value whose kinds are all unaffordable."""
+def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> dict[str, list]:
+    """Every searched categorical value whose kinds are all unaffordable, by axis; an axis none of
+    whose values is affordable is left out (plan() refuses)."""
     searched = {p.name: p for p in space.sampled}
-    drop: dict[str, list] = {}
+    drops: dict[str, list] = {}
     for name in AXES:
         p = searched.get(name)
         if p is None or p.type != "categorical":
             continue
-        for v in p.choices:
-            having = [k for k in kinds if k.values.get(name) == v]
-            if having and not any(affordable[k.identity] for k in having):
-                drop.setdefault(name, []).append(v)
-    dropped, fixed = [], {}
+        values = [v for v in p.choices
+                  if (having := [k for k in kinds if k.values.get(name) == v])
+                  and not any(affordable[k.identity] for k in having)]
+        if values and len(values) < len(p.choices):
+            drops[name] = values
+    return drops
+
+
+def without(space: SearchSpace, drops: dict[str, list]) -> SearchSpace:
+    """The space with `drops` ({axis: values}, a budget's) no longer sampled: an axis left with
+    one value is fixed to it. A resumed sweep applies its first run's drops again."""
+    fixed = {}
     params = list(space.params)
-    for name, values in drop.items():
-        p = searched[name]
+    for name, values in drops.items():
+        p = next((q for q in space.sampled if q.name == name), None)
+        if p is None:
+            continue
         keep = [c for c in p.choices if c not in values]
-        if not keep:
-            continue  # every value unaffordable: plan() refuses
-        dropped.append(f"{name}={', '.join(str(v) for v in values)}")
         if len(keep) == 1:
             fixed[name] = keep[0]
             continue
         params = [_without(q, name, values) for q in params]
         params = [q for q in params if q is not None]
     pruned = dataclasses.replace(space, params=tuple(params))
-    return (pruned.with_overrides(fixed) if fixed else pruned), dropped
+    return pruned.with_overrides(fixed) if fixed else pruned
 
 
 def _without(q, name: str, values: list):

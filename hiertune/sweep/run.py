@@ -124,18 +124,23 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
             space = _fitted_space(space, fitted)
         inputs = None if resume else data_inputs(bundle)
         if not resume:
-            write_meta(place.dir, SweepMeta(str(space.path.resolve()), space.family, space.samples_thresholds,
-                                            space.resources.cpus_per_trial, space.resources.gpus_per_trial,
-                                            pick=space.pick, objectives=tuple(_study_objectives(space)),
-                                            overrides=overrides, cache_dir=str(Path(cache_root).resolve()),
-                                            inputs=inputs))
+            meta = SweepMeta(str(space.path.resolve()), space.family, space.samples_thresholds,
+                             space.resources.cpus_per_trial, space.resources.gpus_per_trial, pick=space.pick,
+                             objectives=tuple(_study_objectives(space)), overrides=overrides,
+                             cache_dir=str(Path(cache_root).resolve()), inputs=inputs)
+            write_meta(place.dir, meta)
             place.publish(place.dir / SWEEP_JSON)
+        elif meta.left_out:  # the space its trials were sampled from (and its records name)
+            space = cost.without(space, meta.left_out)
         # A local Ray without GPUs runs its tasks on these same CPUs: the driver's own work then
         # runs here, sparing a worker's start (importing torch and timm) and the copies back.
         here = address is None and not fitted.gpus
         features = shared_features(space, bundle, cache_root, here)
         if not resume:
-            space = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
+            space, left_out = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
+            if left_out:
+                write_meta(place.dir, replace(meta, left_out=left_out))
+                place.publish(place.dir / SWEEP_JSON)
         return _run(space, place, bundle, features, recorder, resume, verbose)
 
 
@@ -173,10 +178,11 @@ def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
 
 
 def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool, local: bool,
-               data: dict) -> SearchSpace:
+               data: dict) -> tuple[SearchSpace, dict[str, list]]:
     """What the space costs here, said before the first trial; with a budget, the space without
-    what it cannot afford. `local`: the probe runs on this machine, so an earlier sweep's figures
-    for the same kinds, `data` and resources stand (hiertune.sweep.cost.measure)."""
+    what it cannot afford, and what that is ({axis: values}). `local`: the probe runs on this
+    machine, so an earlier sweep's figures for the same kinds, `data` and resources stand
+    (hiertune.sweep.cost.measure)."""
     start = time.perf_counter()
     kinds = cost.space_kinds(space)
     costs, measured = cost.measure(kinds, shared_frozen_config(space), bundle, features,
@@ -191,7 +197,7 @@ def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resou
     if result.left_out:
         log.info(result.left_out)
     log.debug("cost probe took %.1fs", time.perf_counter() - start)
-    return result.space
+    return result.space, result.drops
 
 
 @contextlib.contextmanager

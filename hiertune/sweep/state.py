@@ -119,12 +119,15 @@ class SweepMeta:
     overrides: dict | None = None
     cache_dir: str | None = None
     inputs: dict | None = None  # DataInputs.to_dict(): the data's sources, sizes and digests
+    # The searched values the budget left out ({axis: [values]}, hiertune.sweep.cost.without),
+    # which `--resume` leaves out again.
+    left_out: dict | None = None
 
     def to_dict(self) -> dict:
         return {"space": self.space, "family": self.family, "sampled_thresholds": self.sampled_thresholds,
                 "resources": {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial},
                 "pick": self.pick, "objectives": list(self.objectives), "overrides": self.overrides,
-                "cache_dir": self.cache_dir, "inputs": self.inputs}
+                "cache_dir": self.cache_dir, "inputs": self.inputs, "left_out": self.left_out}
 
 
 def write_meta(sweep_dir: Path, meta: SweepMeta) -> None:
@@ -145,7 +148,7 @@ def read_meta(sweep_dir: Path) -> SweepMeta:
                          float(resources.get("cpus_per_trial", 1.0)), float(resources.get("gpus_per_trial", 0.0)),
                          str(info.get("pick", "knee")), tuple(str(o) for o in info.get("objectives", ())),
                          _mapping(info.get("overrides"), path, "overrides"), info.get("cache_dir"),
-                         _mapping(info.get("inputs"), path, "inputs"))
+                         _mapping(info.get("inputs"), path, "inputs"), _left_out(info.get("left_out"), path))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{path}: not a hiertune sweep record ({first_line(exc)})") from None
 
@@ -154,6 +157,13 @@ def _mapping(value, path: Path, key: str) -> dict | None:
     if value is not None and not isinstance(value, dict):
         raise UserError(f"{path}: not a hiertune sweep record ({key} is not a mapping)")
     return value
+
+
+def _left_out(value, path: Path) -> dict | None:
+    left_out = _mapping(value, path, "left_out")
+    if left_out is not None and not all(isinstance(k, str) and isinstance(v, list) for k, v in left_out.items()):
+        raise UserError(f"{path}: not a hiertune sweep record (left_out is not a mapping of axes to value lists)")
+    return left_out
 
 
 def find_meta(sweep_dir: Path) -> SweepMeta | None:

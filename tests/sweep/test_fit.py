@@ -100,12 +100,16 @@ def test_a_budget_leaves_out_the_choices_it_cannot_afford_and_names_the_cheap_ro
     left = result.space
     assert left.fixed["finetune"] == "linear" and "finetune" not in {p.name for p in left.sampled}
     assert {p.name for p in left.sampled} >= {"lr", "kl_alpha", "corrupt_p"} and left.budget == 900
+    # What was left out, as sweep.json records it for --resume, gives the same space again.
+    assert result.drops == {"finetune": ["full", "partial", "gradual", "bn"]}
+    assert cost.without(space, result.drops) == left
 
     # A budget that affords two strategies keeps them as choices, and the condition on the others goes
     roomy = space.with_overrides({"budget": "50m"})
     kept = cost.plan(roomy, kinds, _costs(kinds, {**per_epoch, "partial": 1200, "gradual": 1200, "bn": 200}), 1)
     finetune = next(p for p in kept.space.sampled if p.name == "finetune")
     assert finetune.choices == ("linear", "bn") and "unfreeze_depth" not in {p.name for p in kept.space.params}
+    assert cost.without(roomy, kept.drops) == kept.space
 
     # Nothing affordable: refused in one line naming the cheap route
     tight = space.with_overrides({"budget": "1m"})

@@ -28,9 +28,13 @@ def test_trial_status_is_one_rule(iterations, failed, finished, status):
 
 def test_sweep_meta_round_trips_and_reads_a_record_without_resources(tmp_path):
     meta = SweepMeta("spaces/cnn.yaml", "cnn", True, cpus_per_trial=2.0, gpus_per_trial=0.5, pick="weight=0.7",
-                     objectives=("seen", "unseen"))
+                     objectives=("seen", "unseen"), left_out={"finetune": ["full", "bn"]})
     write_meta(tmp_path, meta)
     assert read_meta(tmp_path) == meta == find_meta(tmp_path)
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    (tmp_path / "sweep.json").write_text(json.dumps({**record, "left_out": {"finetune": "full"}}))
+    with pytest.raises(UserError, match="left_out is not a mapping of axes to value lists"):
+        read_meta(tmp_path)
     (tmp_path / "sweep.json").write_text(json.dumps({"space": "s.yaml", "family": "cnn", "sampled_thresholds": False}))
     assert read_meta(tmp_path) == SweepMeta("s.yaml", "cnn", False, 1.0, 0.0, "knee", ())  # before `pick:`
     assert find_meta(tmp_path / "nowhere") is None
