@@ -233,6 +233,23 @@ def _posthoc(ctx: Ctx, meta: str) -> None:
     np.savez(checkpoint / "posthoc.npz", meta=np.array(meta))
 
 
+def _posthoc_out_of_range(ctx: Ctx) -> None:
+    """A post-hoc file that loads, its arrays of the right shapes, with an accuracy of 1.5."""
+    import json
+
+    import numpy as np
+
+    _posthoc(ctx, json.dumps({"scores": ["msp"], "counts": {}, "skipped": {}, "shifted_weight": 0.0}))
+    path = ctx.tmp / "sweeps" / "done" / "tune" / "checkpoint_000000" / "posthoc.npz"
+    s, t = 1, 2  # scores, taus per level
+    arrays = {"tau_super": np.zeros(t), "tau_sub": np.zeros(t), "thr_super": np.zeros((s, t)),
+              "thr_sub": np.zeros((s, t)), "grid": np.full((s, t, t, 4), 1.5), "threshold_free": np.zeros((s, 2, 3)),
+              "accept_super": np.zeros((s, t)), "accept_sub": np.zeros((s, t)), "group_acc": np.zeros((s, t, t, 4, 2)),
+              "group_auroc": np.zeros((s, 2)), "accept_shifted": np.zeros((s, t, t)),
+              "accept_shifted_super": np.zeros((s, t)), "accept_shifted_sub": np.zeros((s, t))}
+    np.savez(path, meta=np.load(path)["meta"], **arrays)
+
+
 def _shifted(ctx: Ctx, edit: Callable[[Path], object]) -> list[str]:
     shifted = ctx.tmp / "shifted"
     shutil.copytree(ctx.data, shifted)
@@ -582,6 +599,10 @@ CASES = [
          lambda c: (_posthoc(c, "[" * 100_000), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     Case("posthoc-not-mapping", "", "", "unreadable post-hoc results",
          lambda c: (_posthoc(c, "[1, 2]"), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
+    Case("posthoc-out-of-range", "a `posthoc.npz` that loads but does not hold together (arrays of other shapes, "
+         "a rate outside [0, 1])", "`…/posthoc.npz: unreadable post-hoc results (grid: values outside [0, 1])`",
+         "unreadable post-hoc results (grid: values outside [0, 1])",
+         lambda c: (_posthoc_out_of_range(c), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     Case("trials-nested", "", "", "trials.json: unreadable or truncated",
          lambda c: (_sweep_dir(c, trials="[" * 100_000), ["pareto", "done", "--storage", str(c.tmp / "sweeps")])[1]),
     # places that cannot be written, found before the work

@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 import torch
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from hiertune import secrets, storage
 from hiertune.data.bundle import load_bundle
@@ -117,6 +118,9 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
     # A trial's final failure is reported as a result without metrics (hiertune.sweep.trainable);
     # Ray's check that every result carries the scheduler's metric would reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Of Ray's own per-result loggers only result.json (JsonLoggerCallback, among the callbacks):
+    # MLflow records the metrics, and the CSV and TensorBoard copies cost every result its writes.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     with ray_session(address, space.resources.cpus_per_trial), sweep_log(place.dir, verbose):
         recorder = opening.result()
         if fitted is None:
@@ -316,7 +320,8 @@ def _run(space: SearchSpace, place: SweepPlace, bundle, features, recorder, resu
             ),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage_path, storage_filesystem=filesystem,
-                callbacks=[EndWatch(), FinalFailures(), callback, *scheduler_callbacks, LiveTrials(place, space),
+                callbacks=[EndWatch(), FinalFailures(), JsonLoggerCallback(), callback, *scheduler_callbacks,
+                           LiveTrials(place, space),
                            ConsoleReporter(
                     space.tune.num_samples, space.scheduler.max_t, Pick.parse(space.pick),
                     [p.name for p in space.sampled], space.scheduler.label, space.budget,
