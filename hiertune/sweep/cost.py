@@ -271,8 +271,8 @@ def _cheap_flags(space: SearchSpace, kind: Kind) -> str:
 
 
 def _prune(space: SearchSpace, kinds: list[Kind], affordable: dict[tuple, bool]) -> dict[str, list]:
-    """Every searched categorical value whose kinds are all unaffordable, by axis; an axis none of
-    whose values is affordable is left out (plan() refuses)."""
+    """Every searched categorical value whose kinds are all unaffordable, by axis. An axis none of
+    whose values is affordable is not among them: plan() refuses such a space instead."""
     searched = {p.name: p for p in space.sampled}
     drops: dict[str, list] = {}
     for name in AXES:
