@@ -342,7 +342,7 @@ def _front_now(place):
     """The front of what the sweep's trials have reported, while it runs too: a running sweep
     replaces a trial's checkpoint each epoch, so a record read just before may name one just
     dropped; the records are read again then."""
-    from hiertune.sweep.run import front_files
+    from hiertune.sweep.front import front_files
     from hiertune.sweep.state import LIVE_JSON, load_trials
 
     for attempt in range(3):

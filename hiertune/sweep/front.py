@@ -23,8 +23,9 @@ from hiertune.novelty.metrics import ACCURACIES, knee_distance, pareto_front, ra
 from hiertune.novelty.photos import PHOTO_KEYS
 from hiertune.novelty.records import NOVEL_GROUPS
 from hiertune.sweep.plots import front_html, plot_front
-from hiertune.sweep.records import FrontPoint, PointPhotos, SweepPoints
-from hiertune.sweep.state import TrialRecord
+from hiertune.sweep.place import SweepPlace
+from hiertune.sweep.records import FrontPoint, PointPhotos, SweepFront, SweepPoints
+from hiertune.sweep.state import TrialRecord, find_meta
 from hiertune.training.checkpoint import read_posthoc
 from hiertune.training.records import RECOMMENDED_SCORE, EpochMetrics
 
@@ -163,6 +164,19 @@ def write_front(sweep_dir: Path, name: str, points: SweepPoints, front: list[Fro
     plot_front(points, front, best, png_path, title)
     front_html(points, front, best, html_path, title)
     return csv_path, png_path, html_path
+
+
+def front_files(place: SweepPlace, trials: list[TrialRecord]) -> SweepFront:
+    """The front from the stored per-trial results, as pareto.csv, pareto.png and pareto.html in
+    the sweep's (working) folder, with its recommended point under the sweep's pick: what
+    `hiertune pareto` does, which touches neither MLflow nor S3."""
+    meta = find_meta(place.dir)
+    points, front = sweep_front(trials, meta.sampled_thresholds if meta else False)
+    pick = Pick.parse(meta.pick if meta else "knee")  # sweeps from before `pick:`: the knee
+    best = recommended(front, pick)
+    csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
+    return SweepFront(len(points), front, str(pick), best, str(csv_path), str(png_path), str(html_path),
+                      point_photos(trials, best))
 
 
 def render(front: list[FrontPoint], best: FrontPoint | None = None, rows: int | None = None,

@@ -5,7 +5,7 @@ failure's extra report) is read and a trial's name and status decided: trials.js
 run, the console and what Optuna is told all take them from here. `FrontPoint` is what the front
 hands to the table, the plots, `pareto --json` and `export-best`; `row()` is its one flattening
 (pareto.csv's columns, the JSON's keys). `SweepPoints` holds every point of a sweep as arrays,
-FrontPoints made only of those asked for.
+FrontPoints made only of those asked for; `SweepFront` is the front as written to its files.
 """
 
 from __future__ import annotations
@@ -212,3 +212,39 @@ class SweepPoints:
     def front(self) -> list[FrontPoint]:
         """The non-dominated points, seen descending (as compute_front orders them)."""
         return self.at(pareto_front(np.stack([self.seen, self.unseen], 1))) if len(self) else []
+
+
+@dataclass(frozen=True)
+class SweepFront:
+    """A sweep's front as written: its points, the recommended one under the sweep's pick, and
+    where pareto.csv / .png / .html are (local paths, or the sweep's S3 locations)."""
+
+    points: int  # trial × post-hoc points the front was taken over
+    front: list[FrontPoint]
+    pick: str
+    recommended: FrontPoint | None
+    pareto_csv: str
+    pareto_png: str
+    pareto_html: str
+    photos: PointPhotos | None = None  # --shifted-data photos at the recommended point's trial
+
+    def __post_init__(self) -> None:
+        if self.recommended is not None and not any(p is self.recommended for p in self.front):
+            raise ValueError("the recommended point must be one of the front's")
+
+    def to_dict(self) -> dict:
+        return {"front": [p.row() for p in self.front], "points": self.points, "pick": self.pick,
+                "recommended": self.recommended.row() if self.recommended else None,
+                "pareto_csv": self.pareto_csv, "pareto_png": self.pareto_png, "pareto_html": self.pareto_html,
+                "recommended_photos": self.photos.to_dict() if self.photos else None}
+
+    def files(self) -> str:
+        return f"{self.pareto_csv}, {self.pareto_png}, {self.pareto_html}"
+
+    def render_recommended(self) -> str:
+        b = self.recommended
+        if b is None:
+            return "no recommended point: no trial reported a checkpoint"
+        return (f"* recommended ({self.pick}): {b.trial} at {b.epochs} epochs, {b.score} with τ_super "
+                f"{b.point.tau_super:.3f}, τ_sub {b.point.tau_sub:.3f}: seen {b.seen:.3f}, unseen {b.unseen:.3f} "
+                "on validation" + (f"\n{self.photos.render()}" if self.photos else ""))

@@ -33,7 +33,7 @@ from hiertune.errors import SweepInterrupted, UserError
 from hiertune.fsutil import check_writable
 from hiertune.novelty.posthoc import GROUP_KEYS
 from hiertune.sweep.space import SearchSpace
-from hiertune.sweep.front import Pick, point_photos, recommended, sweep_front, write_front
+from hiertune.sweep.front import Pick, front_files
 from hiertune.sweep.importance import param_importances, write_importances
 from hiertune.sweep.mlstore import sqlite_path
 from hiertune.sweep.place import SweepPlace
@@ -45,7 +45,8 @@ from hiertune.sweep import cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
 from hiertune.sweep.records import ITERATION, TrialOutcome
-from hiertune.sweep.results import Importance, SweepFront, SweepResult
+from hiertune.sweep.records import SweepFront
+from hiertune.sweep.results import Importance, SweepResult
 from hiertune.sweep.state import (
     ENDED_JSON,
     SWEEP_JSON,
@@ -362,19 +363,6 @@ def make_scheduler(space: SearchSpace) -> tuple:
     # Post-hoc thresholds: each trial's own front; sampled ones: its one (point_seen, point_unseen).
     ranked = Objectives(scalar, tuple(pair), None if space.samples_thresholds else FRONT)
     return space.scheduler.spec.build(space.scheduler, ranked)
-
-
-def front_files(place: SweepPlace, trials: list[TrialRecord]) -> SweepFront:
-    """The front from the stored per-trial results, as pareto.csv, pareto.png and pareto.html in
-    the sweep's (working) folder, with its recommended point under the sweep's pick: what
-    `hiertune pareto` does, which touches neither MLflow nor S3."""
-    meta = find_meta(place.dir)
-    points, front = sweep_front(trials, meta.sampled_thresholds if meta else False)
-    pick = Pick.parse(meta.pick if meta else "knee")  # sweeps from before `pick:`: the knee
-    best = recommended(front, pick)
-    csv_path, png_path, html_path = write_front(place.dir, place.name, points, front, best)
-    return SweepFront(len(points), front, str(pick), best, str(csv_path), str(png_path), str(html_path),
-                      point_photos(trials, best))
 
 
 def finish(place: SweepPlace, trials: list[TrialRecord], recorder, stopped_by: str

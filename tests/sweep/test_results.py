@@ -8,7 +8,8 @@ import pytest
 
 from conftest import front_point
 from hiertune.sweep.front import point_photos
-from hiertune.sweep.results import Importance, ParetoResult, SweepFront, SweepResult
+from hiertune.sweep.records import SweepFront
+from hiertune.sweep.results import Importance, ParetoResult, SweepResult
 from hiertune.sweep.state import TrialCounts, TrialRecord
 
 FRONT = [front_point("trial-00", 0.9, 0.3), front_point("trial-01", 0.7, 0.7), front_point("trial-02", 0.2, 0.95)]
