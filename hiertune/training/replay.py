@@ -19,11 +19,13 @@ import torch
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle
 from hiertune.data.views import VIEWS
+from hiertune.errors import UserError
 from hiertune.models.registry import Heads
 from hiertune.novelty.ensemble import average_views
 from hiertune.novelty.posthoc import EvalBatch
 from hiertune.novelty.scores import FeatureScorer, load_scorers
 from hiertune.training import checkpoint
+from hiertune.training.faults import CheckpointUnreadable
 from hiertune.training.device import autocast, pick_device, precision
 from hiertune.training.features import FeatureStore, predict_inputs
 from hiertune.training.loop import build, evaluate, heads_for, trial_data
@@ -51,7 +53,10 @@ def replay_validation(cfg: TrialConfig, bundle: DataBundle, trained: Path, store
     # The checkpoint's weights hold the source projection's basis: fitting it again (seconds per
     # model with 16 directions, for every member an ensemble replays) would be overwritten.
     data = trial_data(cfg, bundle, split, heads, model, augment, store, fit_projection=False)
-    checkpoint.load_weights(model, trained / checkpoint.MODEL)
+    try:
+        checkpoint.load_weights(model, trained / checkpoint.MODEL)
+    except CheckpointUnreadable as exc:  # here a sweep's file read by a command, not a trial Ray retries
+        raise UserError(str(exc)) from None
     amp = autocast(device, cfg.amp)
     batch, _ = evaluate(model, data.val, split.val_superclass, split.val_subclass, heads, cfg, device, amp,
                         split.val_group)

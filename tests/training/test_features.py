@@ -38,6 +38,7 @@ from hiertune.training.loop import forward_all, heads_for, run_trial
 from hiertune.training.features import (DRAW_BLOCK, Corruption, FeatureStore, block_generator, bundle_pools, extract,
                                         feature_key, frozen_inputs, images_digest, pool_features, weights_digest)
 from hiertune.training.inputs import FeatureInputs, ImageInputs
+from hiertune.training.replay import replay_validation
 
 SIZE = 32
 TINY = SynthConfig(train_per_subclass=4, test_per_subclass=1, novel_superclass_test_images=4, outlier_per_class=6)
@@ -497,8 +498,19 @@ def test_a_frozen_trials_checkpoints_name_its_backbone_and_restore_it_from_the_w
     assert all(torch.equal(whole[k], v) for k, v in setup.model.state_dict().items() if k.startswith("backbones."))
 
     last = []
-    run_trial(cfg, bundle, lambda m, d: last.append(load_file(d / ckpt.MODEL)))
+
+    def whole(metrics, directory: Path) -> None:
+        last.append(load_file(directory / ckpt.MODEL))
+        shutil.copytree(directory, tmp_path / "complete", dirs_exist_ok=True)
+
+    run_trial(cfg, bundle, whole)
     assert any(k.startswith("backbones.") for k in last[-1]) and not any(k.startswith("backbones.") for k in last[0])
+    # An ensemble's replay reads the lean checkpoint as the whole one (the same run, seeded) ...
+    lean, complete = (replay_validation(cfg, bundle, d, FeatureStore()) for d in (saved[-1], tmp_path / "complete"))
+    assert torch.equal(lean.batch.sub_logits, complete.batch.sub_logits)
+    # ... and names one of other weights in one line, as the command that reads it reports it.
+    with pytest.raises(UserError, match="written with other backbone weights"):
+        replay_validation(dataclasses.replace(cfg, seed=1), bundle, saved[-1], FeatureStore())
 
     other = loop.setup_trial(dataclasses.replace(cfg, seed=1), bundle).state  # other random backbone weights
     with pytest.raises(CheckpointUnreadable, match="written with other backbone weights"):
