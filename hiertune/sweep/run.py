@@ -44,8 +44,7 @@ from hiertune.sweep.search import OPTUNA_DB, FidelityAwareOptunaSearch, objectiv
 from hiertune.sweep import cost, resources
 from hiertune.sweep.ending import INTERRUPTED, EndWatch, how_it_ended
 from hiertune.sweep.resume import check_same_data, data_inputs
-from hiertune.sweep.records import ITERATION, TrialOutcome
-from hiertune.sweep.records import SweepFront
+from hiertune.sweep.records import ITERATION, SweepFront, TrialOutcome
 from hiertune.sweep.results import Importance, SweepResult
 from hiertune.sweep.state import (
     ENDED_JSON,
