@@ -27,13 +27,10 @@ PAIRS = {"labeled_vs_outliers": ("labeled", "outliers"), "labeled_vs_photos": ("
          "outliers_vs_photos": ("outliers", "shifted")}
 
 
-def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore,
-                        directions: int = 0) -> dict[str, float]:
-    """AUROC of a source probe for each pair of PAIRS whose pools the bundle has (the photos:
-    only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features;
-    with `directions`, after projecting out that many source directions fitted on the labeled
-    images against the outliers (hiertune.training.source_nullspace), as a trial without photos
-    in training fits them."""
+def frozen_pool_features(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore) -> dict[str, np.ndarray | None]:
+    """The clean view of `cfg`'s frozen features per pool of the bundle, [N, D] each, from the
+    cache the trials read; "shifted" holds only the --shifted-data photos (None without them),
+    not corruptions."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)  # as a trial builds its model: randomly initialised weights match its features' key
     model, augment = build(cfg, heads_for(bundle, cfg), device)
@@ -43,6 +40,17 @@ def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStor
     if "shifted" in flat:
         photo = bundle.shifted.photo
         flat["shifted"] = flat["shifted"][photo] if photo is not None and photo.any() else None
+    return flat
+
+
+def source_separability(cfg: TrialConfig, bundle: DataBundle, store: FeatureStore,
+                        directions: int = 0) -> dict[str, float]:
+    """AUROC of a source probe for each pair of PAIRS whose pools the bundle has (the photos:
+    only the --shifted-data ones, not corruptions), on the clean view of `cfg`'s frozen features;
+    with `directions`, after projecting out that many source directions fitted on the labeled
+    images against the outliers (hiertune.training.source_nullspace), as a trial without photos
+    in training fits them."""
+    flat = frozen_pool_features(cfg, bundle, store)
     if directions:
         if "outliers" not in flat:
             raise UserError("the source probe's directions are fitted against the outliers: give --outliers")
