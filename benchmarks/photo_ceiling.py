@@ -9,8 +9,9 @@ and the other species' photos; each head's threshold is set on the validation ou
 the images of validation's novel_super group, to reject a given share of them; printed is the
 share of the held-out species' photos accepted and given the right superclass (the mean over
 species, and per species at the bar). A head here needs no epochs, no post-hoc grid and no
-generated validation image to keep: its figure bounds what a point of a sweep on the same
-features could do with that head, not what a sweep recommends.
+generated validation image to keep, and its threshold is set on the very images it is scored
+on: each figure is what that head could reach at best on these features, not what a sweep
+recommends.
 
   logistic     a multinomial logistic regression over the three superclasses and "novel" (the
                outliers), classes weighted equally; the score is minus log p(novel)
