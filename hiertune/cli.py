@@ -244,6 +244,9 @@ def _sweep(args: argparse.Namespace) -> dict:
 
     if args.resume and not args.name:
         raise UserError("--resume needs --name of the sweep to continue")
+    if args.resume and args.remeasure:
+        raise UserError("--remeasure measures a new sweep's costs before it plans; a resumed sweep keeps the "
+                        "space its budget left, so there is nothing to measure")
     if args.resume:
         return _resume(args)
     if args.space is None:
@@ -257,7 +260,7 @@ def _sweep(args: argparse.Namespace) -> dict:
     space = dataclasses.replace(space, mlflow=dataclasses.replace(space.mlflow, tracking_uri=None))
     with _interrupt_line(place):
         return run_sweep(space, place, _cache_root(args), address=args.address, verbose=args.verbose,
-                         overrides=overrides)
+                         overrides=overrides, remeasure=args.remeasure)
 
 
 def _resume(args: argparse.Namespace) -> dict:
@@ -456,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "choices that cannot reach the scheduler's first rung in a quarter of it are left out")
     sweep.add_argument("--resume", action="store_true",
                        help="continue the sweep --name as it was started (its space, data and flags are recorded)")
+    sweep.add_argument("--remeasure", action="store_true",
+                       help="measure what an epoch of each kind of trial costs here again instead of reading an "
+                            "earlier sweep's figures (kept in the cache root), e.g. when they were measured on a "
+                            "busy machine")
 
     pareto = _command(sub, "pareto", "the seen-vs-unseen Pareto front of a sweep: table, pareto.csv, pareto.png",
                       _pareto)

@@ -45,6 +45,13 @@ def test_unknown_command_and_missing_argument_are_one_line(cli):
         assert len(result.err_lines) == 1 and message in result.err_lines[0], result.err
 
 
+def test_remeasure_with_resume_is_refused_in_one_line(cli, tmp_path):
+    result = cli("sweep", "--name", "s", "--storage", str(tmp_path), "--resume", "--remeasure")
+    assert result.code == 2 and len(result.err_lines) == 1
+    assert "--remeasure measures a new sweep's costs" in result.err_lines[0]
+    assert list(tmp_path.iterdir()) == []  # refused before anything is looked up or written
+
+
 def test_inspect_json_is_the_last_stdout_line(cli, tiny_data, tiny_outliers):
     result = cli("data", "inspect", str(tiny_data), "--outliers", str(tiny_outliers), "--json")
     assert result.code == 0

@@ -97,8 +97,8 @@ def full_share(space: SearchSpace, epochs: int) -> float:
 
 
 def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: float, gpus: float,
-            here: bool, share: float = 1.0, grid: PosthocConfig | None = None, data: dict | None = None
-            ) -> tuple[dict[tuple, EpochCost], str | None]:
+            here: bool, share: float = 1.0, grid: PosthocConfig | None = None, data: dict | None = None,
+            fresh: bool = False) -> tuple[dict[tuple, EpochCost], str | None]:
     """One epoch of each distinct kind, measured with a trial's resources: in a Ray task, or with
     `here` (a local Ray without GPUs, where a task would run on these same CPUs) in this process,
     with a trial's threads, sparing a worker's start. Cached kinds are measured only where the
@@ -107,8 +107,9 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
 
     `data`: what the trials read (hiertune.sweep.resume.data_inputs), given when the probe runs
     on this machine: the figures are then kept in the cache root (hiertune.training.probe_cache),
-    and a sweep of the same kinds on the same data, machine and resources reads them. Returns
-    the costs, and when they were measured if an earlier sweep did (else None)."""
+    and a sweep of the same kinds on the same data, machine and resources reads them, unless
+    `fresh` (`--remeasure`): then they are measured again and replace the kept ones. Returns the
+    costs, and when they were measured if an earlier sweep did (else None)."""
     import ray
     import torch
 
@@ -137,7 +138,7 @@ def measure(kinds: list[Kind], frozen: TrialConfig | None, bundle, store, cpus: 
               "cpus": cpus, "gpus": gpus, "here": here, "share": share,
               "grid": dataclasses.asdict(grid) if grid is not None else None, "machine": _machine()}
     result = cached_probe(store.cache_root, "cost", inputs, lambda: {
-        json.dumps(identity): _record(c) for identity, c in run().items()}, names)
+        json.dumps(identity): _record(c) for identity, c in run().items()}, names, fresh)
     costs = {names[name]: EpochCost(r["train_seconds"], r["eval_seconds"], r["posthoc_seconds"], bool(r["cached"]))
              for name, r in result.records.items()}
     return costs, result.measured if result.cached else None
@@ -213,9 +214,9 @@ class Plan:
 def plan(space: SearchSpace, kinds: list[Kind], costs: dict[tuple, EpochCost], parallel: int,
          measured: str | None = None) -> Plan:
     """`measured`: when an earlier sweep measured `costs` (None: this one did)."""
-    when = f", by an earlier sweep at {measured}" if measured else ""
+    when, again = (f", by an earlier sweep at {measured}", "; --remeasure measures again") if measured else ("", "")
     lines = [f"cost here, one epoch measured on a few batches{when} ({parallel} trial(s) at a time, "
-             f"{space.resources.cpus_per_trial:g} CPU(s) each):"]
+             f"{space.resources.cpus_per_trial:g} CPU(s) each{again}):"]
     shown = set()
     for k in kinds:
         if k.identity in shown:

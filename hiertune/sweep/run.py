@@ -74,8 +74,11 @@ log = logging.getLogger("hiertune")
 
 
 def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: str | None = None,
-              resume: bool = False, verbose: bool = False, overrides: dict | None = None) -> SweepResult:
-    """`overrides`: the command line's settings over the space file, recorded for `--resume`."""
+              resume: bool = False, verbose: bool = False, overrides: dict | None = None,
+              remeasure: bool = False) -> SweepResult:
+    """`overrides`: the command line's settings over the space file, recorded for `--resume`.
+    `remeasure`: what an epoch costs here is measured again, not read from an earlier sweep's
+    figures (hiertune.sweep.cost.measure)."""
     Pick.parse(space.pick)  # a misspelt pick fails now, not after the sweep
     place.prepare()
     started = place.started()
@@ -141,7 +144,7 @@ def run_sweep(space: SearchSpace, place: SweepPlace, cache_root: Path, address: 
         here = address is None and not fitted.gpus
         features = shared_features(space, bundle, cache_root, here)
         if not resume:
-            space, left_out = _cost_plan(space, bundle, features, fitted, here, address is None, inputs)
+            space, left_out = _cost_plan(space, bundle, features, fitted, here, address is None, inputs, remeasure)
             if left_out:
                 write_meta(place.dir, replace(meta, left_out=left_out))
                 place.publish(place.dir / SWEEP_JSON)
@@ -182,7 +185,7 @@ def _fitted_space(space: SearchSpace, fitted: resources.Fit) -> SearchSpace:
 
 
 def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resources.Fit, here: bool, local: bool,
-               data: dict) -> tuple[SearchSpace, dict[str, list]]:
+               data: dict, remeasure: bool) -> tuple[SearchSpace, dict[str, list]]:
     """What the space costs here, said before the first trial; with a budget, the space without
     what it cannot afford, and what that is ({axis: values}). `local`: the probe runs on this
     machine, so an earlier sweep's figures for the same kinds, `data` and resources stand
@@ -192,7 +195,7 @@ def _cost_plan(space: SearchSpace, bundle, features: FeatureStore, fitted: resou
     costs, measured = cost.measure(kinds, shared_frozen_config(space), bundle, features,
                                    space.resources.cpus_per_trial, space.resources.gpus_per_trial, here,
                                    cost.full_share(space, space.trial_config().epochs), space.posthoc_grid(),
-                                   data if local else None)
+                                   data if local else None, remeasure)
     result = cost.plan(space, kinds, costs, fitted.parallel, measured)
     for line in result.lines:
         log.info(line)

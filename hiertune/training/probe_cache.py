@@ -49,15 +49,17 @@ def probe_path(cache_root: Path, probe: str, key: str) -> Path:
 
 
 def cached_probe(cache_root: Path | None, probe: str, inputs: dict, measure: Callable[[], Records],
-                 expected: Collection[str] | None = None) -> ProbeResult:
+                 expected: Collection[str] | None = None, fresh: bool = False) -> ProbeResult:
     """`probe`'s records for `inputs`: read from the cache root when an earlier run measured them
     there, else `measure()`d and written (no cache root: measured, nothing written). `expected`:
-    the record names the caller needs; a file without them is measured again."""
+    the record names the caller needs; a file without them is measured again. `fresh`: measured
+    again even where an earlier run's figures are kept, which they replace (a user who knows they
+    were measured on a busy machine)."""
     if cache_root is None:
         return ProbeResult(measure(), _now(), False)
     key = probe_key(probe, inputs)
     path = probe_path(cache_root, probe, key)
-    if path.exists():
+    if path.exists() and not fresh:
         try:
             return _read(path, probe, key, expected)
         except ValueError as exc:

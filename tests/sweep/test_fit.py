@@ -97,6 +97,11 @@ def test_a_budget_leaves_out_the_choices_it_cannot_afford_and_names_the_cheap_ro
     assert "cheap route: --set finetune=linear (frozen features, computed once) ~15s/epoch" in text
     assert result.left_out == ("budget 15m00s: left out finetune=full, partial, gradual, bn (one trial would not "
                                "reach the first ASHA rung, 3 epoch(s), in a quarter of the budget here)")
+    assert "earlier sweep" not in text
+    # Figures an earlier sweep measured say when, and how to measure them again.
+    kept = cost.plan(space, kinds, _costs(kinds, per_epoch), parallel=1, measured="2026-12-05T08:09:46Z")
+    assert kept.lines[0] == ("cost here, one epoch measured on a few batches, by an earlier sweep at 2026-12-05T08:09:46Z "
+                             "(1 trial(s) at a time, 4 CPU(s) each; --remeasure measures again):")
     left = result.space
     assert left.fixed["finetune"] == "linear" and "finetune" not in {p.name for p in left.sampled}
     assert {p.name for p in left.sampled} >= {"lr", "kl_alpha", "corrupt_p"} and left.budget == 900

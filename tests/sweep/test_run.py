@@ -71,3 +71,30 @@ def test_a_new_sqlite_store_opens_in_a_thread_and_an_unwritable_one_is_refused_a
     blocked.write_text("not a folder")
     with pytest.raises(UserError, match="MLflow store .*is not a folder"):
         run._open_recorder(SweepPlace.resolve("s", str(blocked / "sweeps"), None), new_store=True)
+
+
+def test_an_epochs_cost_is_kept_for_the_next_sweep_and_measured_again_when_asked(tiny_data, cache_root, monkeypatch):
+    """The cost plan's figures: measured once on this machine, read by the next sweep of the same
+    kinds and data (which says when they were measured), and measured again with --remeasure."""
+    from hiertune.data.bundle import load_bundle
+    from hiertune.training.features import FeatureStore
+
+    s = space("cnn", {"cnn_width": 4, "data": str(tiny_data), "batch_size": 4})
+    base = s.trial_config()
+    bundle = load_bundle(base.data, None, base.data_size, base.split_config(), cache_root, base.shift_config())
+    store, kinds = FeatureStore(cache_root), cost.space_kinds(s)
+    measured = []
+    real = cost._measure_all
+    monkeypatch.setattr(cost, "_measure_all", lambda *args: measured.append(1) or real(*args))
+
+    def plan(fresh: bool = False):
+        return cost.measure(kinds, None, bundle, store, 1, 0, True, data={"labeled": "d1"}, fresh=fresh)
+
+    first, when = plan()
+    assert len(measured) == 1 and when is None
+    again, when = plan()
+    assert len(measured) == 1 and when is not None and again == first
+    _, when = plan(fresh=True)
+    assert len(measured) == 2 and when is None
+    _, when = plan()
+    assert len(measured) == 2 and when is not None

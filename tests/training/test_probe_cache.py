@@ -38,6 +38,18 @@ def test_a_probe_is_measured_once_per_key_and_read_after(tmp_path):
     assert not [p for p in (tmp_path / "probes").iterdir() if p.name.startswith(".")]  # no staging file left
 
 
+def test_fresh_measures_again_and_its_figures_replace_the_kept_ones(tmp_path):
+    """--remeasure: a kept measurement (say, from a busy machine) is not read but replaced."""
+    busy = Probe({"a": {"train_seconds": 7.0}})
+    kept = cached_probe(tmp_path, "cost", INPUTS, busy)
+    quiet = Probe({"a": {"train_seconds": 1.0}})
+    fresh = cached_probe(tmp_path, "cost", INPUTS, quiet, fresh=True)
+    assert quiet.calls == 1 and not fresh.cached and fresh.records == {"a": {"train_seconds": 1.0}}
+    after = cached_probe(tmp_path, "cost", INPUTS, busy)
+    assert busy.calls == 1 and after.cached and after.records == fresh.records and after.measured == fresh.measured
+    assert kept.records != after.records
+
+
 def test_without_a_cache_root_every_call_measures_and_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     probe = Probe({"a": {"x": 1.0}})
