@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ray.cluster_utils import Cluster
 
+from hiertune.cli import run_script
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.sweep.space import load_space
@@ -92,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hiertune.cli import run_script
 from hiertune.data.augment import AugmentConfig, BatchAugment
 from hiertune.data.batches import iterate_batches
 from hiertune.data.dataset import load_competition
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiertune.cli import run_script
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import DataBundle, load_bundle
 from hiertune.data.dataset import LabeledImages
@@ -161,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

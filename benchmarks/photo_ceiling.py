@@ -42,6 +42,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from hiertune.cli import run_script
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.models.weights import package_weights
@@ -192,4 +193,4 @@ def _class_names(outliers: str) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

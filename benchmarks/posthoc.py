@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference lives with the tests
 
+from hiertune.cli import run_script  # noqa: E402
 from hiertune.training.config import TrialConfig  # noqa: E402
 from hiertune.data.bundle import load_bundle  # noqa: E402
 from hiertune.data.cache import default_cache_root  # noqa: E402
@@ -231,4 +232,4 @@ def vim_floor(scorers, fit: dict[str, torch.Tensor], val: dict[str, torch.Tensor
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

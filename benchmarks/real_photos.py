@@ -19,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+from hiertune.cli import run_script
 from hiertune.training.config import TrialConfig
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
@@ -125,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertune.cli import run_script
 from hiertune.data.bundle import load_bundle
 from hiertune.data.cache import default_cache_root
 from hiertune.novelty.metrics import hypervolume_2d, knee_distance, pareto_front
@@ -110,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

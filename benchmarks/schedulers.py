@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from hiertune.cli import run_script
 from hiertune.data.cache import default_cache_root
 from hiertune.fsutil import atomic_file
 from hiertune.novelty.metrics import hypervolume_2d, pareto_front
@@ -269,4 +270,4 @@ def plot(args, runs: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

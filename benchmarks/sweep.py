@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from hiertune.cli import run_script
 from hiertune.data.bundle import load_bundle
 from hiertune.sweep.results import SweepResult
 from hiertune.training.records import EpochMetrics
@@ -231,4 +232,4 @@ def thresholds(args, common: dict, tmp: Path, cache: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hiertune.cli import run_script
 from hiertune.training.config import TrialConfig
 from hiertune.data.augment import BatchAugment
 from hiertune.data.batches import iterate_batches
@@ -94,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, Path(__file__).name)

@@ -541,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_script(main: Callable[[], object], prog: str) -> None:
+    """A script's entry point (benchmarks/*.py): bad input (a UserError) is one line on stderr and
+    exit 2, as `hiertune` says it, not a traceback."""
+    remember_env()
+    try:
+        main()
+    except UserError as exc:
+        print(redact(f"{prog}: error: {exc}"), file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     remember_env()

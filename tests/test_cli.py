@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,37 @@ def test_remeasure_with_resume_is_refused_in_one_line(cli, tmp_path):
     assert result.code == 2 and len(result.err_lines) == 1
     assert "--remeasure measures a new sweep's costs" in result.err_lines[0]
     assert list(tmp_path.iterdir()) == []  # refused before anything is looked up or written
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "imports.py"))
+def test_every_benchmark_runs_through_run_script(script):
+    """The benchmarks take data paths and settings: each says bad input as the CLI does."""
+    assert (BENCHMARKS / script).read_text().rstrip().endswith("run_script(main, Path(__file__).name)")
+
+
+def test_a_scripts_bad_input_is_one_redacted_line_and_exit_2(capsys, monkeypatch):
+    from hiertune.cli import run_script
+    from hiertune.errors import UserError
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "script-secret-4242")
+
+    def main():
+        raise UserError("s3://bucket: refused with key script-secret-4242")
+    with pytest.raises(SystemExit) as exited:
+        run_script(main, "bench.py")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench.py: error: s3://bucket: refused") and "4242" not in err[0]
+
+
+def test_a_benchmark_given_a_missing_data_folder_says_so_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "photo_ceiling.py"), "--data", str(tmp_path / "none")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"photo_ceiling.py: error: {tmp_path / 'none'}: data directory not found"]
 
 
 def test_inspect_json_is_the_last_stdout_line(cli, tiny_data, tiny_outliers):
