@@ -145,6 +145,7 @@ def main() -> None:
 
     rows: dict[str, list[list[float]]] = {}
     at_bar: dict[str, np.ndarray] = {}
+    imagenet = imagenet_mass(cfg.backbone, labeled, labeled_sup)  # the labeled images' alone: one for every fold
     for held in np.unique(photo_sub):
         other = photo_sub != held
         x = np.concatenate([labeled, out_train, photos[other]])
@@ -152,9 +153,9 @@ def main() -> None:
         heads = {"logistic": logistic(x, sup, cfg.seed),
                  "mahalanobis": mahalanobis(np.concatenate([labeled, photos[other]]),
                                             np.concatenate([labeled_sub, photo_sub[other]]), h.sub_to_super),
-                 "imagenet": imagenet_mass(cfg.backbone, labeled, labeled_sup)}
-        if heads["imagenet"] is not None:
-            heads["both"] = both(heads["logistic"], heads["imagenet"], out_train)
+                 "imagenet": imagenet}
+        if imagenet is not None:
+            heads["both"] = both(heads["logistic"], imagenet, out_train)
         for name, head in heads.items():
             if head is None:
                 continue

@@ -142,9 +142,9 @@ def _load_model(model: torch.nn.Module, weights: dict, metadata: dict, path: Pat
         if not getattr(model, "backbone_frozen", False):
             raise CheckpointUnreadable(f"{path}: the checkpoint leaves out a frozen backbone, and this trial's "
                                        "backbone trains: written for another fine-tuning")
-        if weights_digest(model) != frozen:
+        if (here := weights_digest(model)) != frozen:
             raise CheckpointUnreadable(f"{path}: written with other backbone weights than this trial's (digest "
-                                       f"{frozen[:12]}, here {weights_digest(model)[:12]}): resume it with the "
+                                       f"{frozen[:12]}, here {here[:12]}): resume it with the "
                                        "pretrained weights it started from")
         expected = {k: v for k, v in expected.items() if not k.startswith(FROZEN_PART)}
     _check_fits(weights, expected, path)
